@@ -1,0 +1,37 @@
+"""Test-wide settings: DDS on loopback with a private domain, small torch thread pool."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# DDS must never leave this machine during tests: loopback discovery, private domain.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    except ImportError:
+        pass
+
+
+@pytest.fixture
+def assets():
+    """The shared assets folder; skips the test when it is absent."""
+    from ams_ros.core.assets import assets_dir
+
+    root = assets_dir()
+    if root is None:
+        pytest.skip("shared assets not found (set AMS_ASSETS or place ../shared/assets)")
+    return root
