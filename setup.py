@@ -1,0 +1,47 @@
+"""ament_python package ams_ros: AMS edge and server nodes, core library, eval harness."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "ams_ros"
+
+CONSOLE_SCRIPTS = [
+    # edge (robot)
+    "camera_sampler = ams_ros.nodes.camera_sampler:main",
+    "student_segmenter = ams_ros.nodes.student_segmenter:main",
+    "model_patcher = ams_ros.nodes.model_patcher:main",
+    "edge = ams_ros.nodes.edge:main",
+    # server (base station)
+    "teacher_labeler = ams_ros.nodes.teacher_labeler:main",
+    "ams_trainer = ams_ros.nodes.ams_trainer:main",
+    "asr_controller = ams_ros.nodes.asr_controller:main",
+    "server = ams_ros.nodes.server:main",
+    # tools
+    "ams_demo = ams_ros.demo:main",
+    "ams_bench = ams_ros.bench:main",
+    "ams-bench = ams_ros.bench:main",
+    "ams_eval = ams_ros.eval.cli:main",
+    "ams-eval = ams_ros.eval.cli:main",
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test", "test.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="ams_ros maintainers",
+    maintainer_email="ams-ros@example.com",
+    description="Adaptive Model Streaming for ROS 2 semantic segmentation",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)

@@ -1,0 +1,97 @@
+"""Shared helpers for tests that start ROS 2 nodes (DDS on loopback, private domain)."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def require_ros() -> None:
+    """Skip the calling test module when the workspace is not built/sourced."""
+    try:
+        import rclpy  # noqa: F401
+        import ams_msgs.msg  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"ROS workspace not available ({exc}); run `make test` which builds it")
+
+
+def loopback_env(domain_id: int | None = None) -> dict[str, str]:
+    """Environment for a child process that keeps DDS on loopback in a private domain."""
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else os.environ["ROS_DOMAIN_ID"])
+    env["PYTHONPATH"] = f"{REPO_ROOT}:{env.get('PYTHONPATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_python(args: list[str], domain_id: int | None = None, **kw: Any) -> subprocess.Popen:
+    """Start ``python args...`` as a separate OS process with loopback DDS."""
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env=loopback_env(domain_id),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+        **kw,
+    )
+
+
+def spin_until(executor, predicate: Callable[[], bool], timeout: float) -> bool:
+    """Spin ``executor`` until ``predicate()`` holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        executor.spin_once(timeout_sec=0.05)
+    return predicate()
+
+
+def fill_message(msg: Any, rng: random.Random, big_bytes: int = 0) -> Any:
+    """Fill every field of a ROS message with random values (recursively).
+
+    ``big_bytes`` sets the length of uint8[] fields, for large-payload tests.
+    """
+    for name, typ in msg.get_fields_and_field_types().items():
+        setattr(msg, name, _random_value(typ, getattr(msg, name), rng, big_bytes))
+    return msg
+
+
+def _random_value(typ: str, current: Any, rng: random.Random, big_bytes: int) -> Any:
+    from builtin_interfaces.msg import Time
+
+    if typ.startswith("sequence<") or typ.endswith("[]"):
+        inner = typ[len("sequence<"):-1] if typ.startswith("sequence<") else typ[:-2]
+        if inner in ("uint8", "octet"):
+            return rng.randbytes(big_bytes or rng.randint(1, 64))
+        return [_random_value(inner, None, rng, big_bytes) for _ in range(rng.randint(1, 5))]
+    if typ == "string":
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789_-/") for _ in range(rng.randint(1, 24)))
+    if typ == "boolean":
+        return rng.random() < 0.5
+    if typ in ("float", "double"):
+        return float(rng.randint(-10000, 10000)) / 8.0  # exactly representable in float32
+    if typ.startswith("uint") or typ == "octet":
+        bits = 8 if typ == "octet" else int(typ[4:])
+        return rng.getrandbits(min(bits, 63))
+    if typ.startswith("int"):
+        bits = int(typ[3:])
+        return rng.randint(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if typ == "builtin_interfaces/Time":
+        return Time(sec=rng.randint(0, 2**31 - 1), nanosec=rng.randint(0, 999_999_999))
+    if current is not None and hasattr(current, "get_fields_and_field_types"):
+        return fill_message(type(current)(), rng, big_bytes)
+    # nested message type by name, e.g. std_msgs/Header
+    pkg, _, cls = typ.partition("/")
+    mod = __import__(f"{pkg}.msg", fromlist=[cls])
+    return fill_message(getattr(mod, cls)(), rng, big_bytes)
