@@ -1,0 +1,570 @@
+"""Server-side online distillation of the student (paper Algorithms 1 and 2).
+
+``AMSTrainer`` owns the server's copy of the student and trains it, one *phase* per call of
+``train_phase(now)``, on mini-batches drawn uniformly from the frames of the last
+``T_horizon`` seconds (``SampleBuffer``). Only a gamma fraction of the flat parameter vector
+(``ams_ros.core.params``) is trained per phase; the phase returns those coordinates' indices
+and new values (``PhaseResult``), which the update codec ships to the edge.
+
+Adam is implemented by hand on the flat vector rather than with ``torch.optim.Adam`` because
+Algorithm 2 needs what torch's optimiser hides: the moments ``m``, ``v`` are updated for *all*
+parameters every iteration while only the masked coordinates move, and the last update vector
+``u_{n-1}`` of every parameter picks the next phase's mask.
+
+Adam step (Algorithm 2, line 12), in the bias-correction-folded form of Kingma & Ba §2 and of
+TensorFlow 1's ``AdamOptimizer`` that the authors used::
+
+    u = lr * sqrt(1 - beta2^i) / (1 - beta1^i) * m / (sqrt(v) + eps)
+
+The paper typesets ``sqrt(v + eps)``; TensorFlow (and so the authors' code) adds eps outside
+the root, which this module does by default. ``TrainerConfig.eps_inside_sqrt=True`` gives the
+literal typeset form. Either way eps is the "eps-hat" of the folded form, not torch Adam's eps
+(which is applied after bias-correcting v).
+
+The training period is not decided here: the caller (``rate_control.AdaptiveTrainingPeriod``
+or a fixed ``update_period_s`` timer) calls ``train_phase`` when it is time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, NamedTuple, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ams_ros.core.params import fingerprint, flatten_params, param_layout
+from ams_ros.core.selection import (
+    FULL,
+    GAUSS_SOUTHWELL_SGD,
+    GRADIENT_GUIDED,
+    STRATEGIES,
+    mask_from_indices,
+    num_selected,
+    phase_indices,
+    top_k_indices,
+    validate_strategy,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "AMSTrainer",
+    "BatchSampler",
+    "BufferEntry",
+    "PhaseResult",
+    "SampleBuffer",
+    "TrainerConfig",
+    "batch_to_tensors",
+    "train_mode_frozen_bn",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Sample buffer
+# --------------------------------------------------------------------------------------------
+
+
+class BufferEntry(NamedTuple):
+    """One training sample: stream time, RGB frame (H x W x 3 uint8), teacher label (H x W uint8)."""
+
+    t: float
+    frame: np.ndarray
+    label: np.ndarray
+
+
+class SampleBuffer:
+    """Time-stamped (frame, teacher label) store of Algorithm 1, kept in time order.
+
+    Frames and labels are resized to the training size on ``add`` (frames bilinear, labels
+    nearest) so that memory is bounded by the training resolution, not the camera's. Entries
+    older than the horizon are evicted by ``sample`` and, when the buffer was given a
+    ``horizon_s``, also by ``add`` (relative to the newest timestamp), so a server that
+    receives frames but never trains does not grow without bound. A lock makes ``add`` from a
+    subscriber thread safe against ``sample`` from the training thread.
+    """
+
+    def __init__(
+        self,
+        input_size: Optional[tuple[int, int]] = None,
+        horizon_s: Optional[float] = None,
+        max_entries: Optional[int] = None,
+    ) -> None:
+        """``input_size`` is (W, H) or None to keep sizes; ``max_entries`` is a hard cap."""
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.horizon_s = horizon_s
+        self.max_entries = max_entries
+        self._times: list[float] = []
+        self._entries: list[BufferEntry] = []
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def latest_time(self) -> Optional[float]:
+        with self._lock:
+            return self._times[-1] if self._times else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._times.clear()
+            self._entries.clear()
+
+    def add(self, t: float, frame: np.ndarray, label: np.ndarray) -> None:
+        """Store one sample (resized to ``input_size``); out-of-order timestamps are allowed."""
+        frame = np.asarray(frame)
+        label = np.asarray(label)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 HxWx3, got {frame.dtype} {frame.shape}")
+        if label.ndim != 2:
+            raise ValueError(f"label must be HxW, got shape {label.shape}")
+        if label.dtype != np.uint8:
+            if label.size and (label.min() < 0 or label.max() > 255):
+                raise ValueError("label values must fit in uint8 (255 = ignore)")
+            label = label.astype(np.uint8)
+        if self.input_size is not None:
+            w, h = self.input_size
+            if frame.shape[:2] != (h, w):
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            if label.shape != (h, w):
+                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
+        elif label.shape != frame.shape[:2]:
+            raise ValueError(f"label {label.shape} and frame {frame.shape[:2]} sizes differ")
+        entry = BufferEntry(float(t), np.ascontiguousarray(frame), np.ascontiguousarray(label))
+        with self._lock:
+            pos = bisect.bisect_right(self._times, entry.t)
+            self._times.insert(pos, entry.t)
+            self._entries.insert(pos, entry)
+            if self.horizon_s is not None:
+                self.evict(self._times[-1] - self.horizon_s)
+            if self.max_entries is not None and len(self._entries) > self.max_entries:
+                drop = len(self._entries) - self.max_entries
+                del self._times[:drop]
+                del self._entries[:drop]
+
+    def evict(self, before: float) -> int:
+        """Drop entries with ``t < before``; returns how many were dropped."""
+        with self._lock:
+            n = bisect.bisect_left(self._times, before)
+            if n:
+                del self._times[:n]
+                del self._entries[:n]
+            return n
+
+    def _window_bounds(self, now: float, horizon: float) -> tuple[int, int]:
+        lo = bisect.bisect_left(self._times, now - horizon)
+        hi = bisect.bisect_right(self._times, now)
+        return lo, hi
+
+    def window(self, now: float, horizon: float) -> list[BufferEntry]:
+        """Entries with ``now - horizon <= t <= now`` (later ones are not yet "received")."""
+        with self._lock:
+            lo, hi = self._window_bounds(now, horizon)
+            return self._entries[lo:hi]
+
+    def sample(
+        self, now: float, horizon: float, batch_size: int, rng: np.random.Generator
+    ) -> list[BufferEntry]:
+        """Uniform draw with replacement of ``batch_size`` entries from the window.
+
+        Evicts entries older than ``now - horizon`` first. Returns [] when the window is empty.
+        """
+        with self._lock:
+            self.evict(now - horizon)
+            lo, hi = self._window_bounds(now, horizon)
+            if hi <= lo:
+                return []
+            picks = rng.integers(lo, hi, size=batch_size)
+            return [self._entries[int(i)] for i in picks]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration and results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainerConfig:
+    """Hyper-parameters of the server's training phase; defaults are the paper's (§4.1).
+
+    ``update_period_s`` is carried for the caller that schedules phases; the trainer itself
+    trains whenever ``train_phase`` is called. ``sgd_lr`` is only used by
+    ``gauss_southwell_sgd``: 0.01, the plain-SGD rate the Just-In-Time ports use for the same
+    student, since the paper gives none for its Gauss-Southwell baseline.
+
+    ``authors_variant`` reproduces the authors' released code instead of Algorithm 2: each
+    phase restarts from the pretrained weights (Adam moments and step count carry over), and
+    the gradient-guided mask is the top gamma fraction of ``|step|`` of a first full Adam step
+    taken in the phase (the other coordinates are reverted; the step counts as iteration 1).
+    The authors cut at the (1 - gamma) percentile; here it is an exact top-k, which differs
+    only by ties and percentile interpolation.
+    """
+
+    iterations: int = 20
+    batch_size: int = 8
+    horizon_s: float = 240.0
+    update_period_s: float = 10.0
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    eps_inside_sqrt: bool = False
+    gamma: float = 0.05
+    strategy: str = GRADIENT_GUIDED
+    input_size: tuple[int, int] = (512, 256)
+    seed: int = 0
+    ignore_index: int = 255
+    class_weights: Optional[Sequence[float]] = None
+    sgd_lr: float = 0.01
+    authors_variant: bool = False
+
+    def __post_init__(self) -> None:
+        validate_strategy(self.strategy)
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if self.iterations < 1 or self.batch_size < 1:
+            raise ValueError("iterations and batch_size must be >= 1")
+        if self.horizon_s <= 0:
+            raise ValueError("horizon_s must be > 0")
+        b1, b2 = self.betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        self.betas = (float(b1), float(b2))
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if d["class_weights"] is not None:
+            d["class_weights"] = list(d["class_weights"])
+        return d
+
+
+@dataclass
+class PhaseResult:
+    """What one training phase produced: the coordinates to ship and their new values.
+
+    ``indices`` are sorted int64 flat indices (params.py layout); ``values`` the float32 values
+    of the trained model at them (absolute weights, written onto the receiver's copy).
+    ``changed_fraction`` is the fraction of all coordinates whose value differs from the model
+    before the phase (coordinates selected but not moved are in ``indices``, not in it).
+    """
+
+    indices: np.ndarray
+    values: np.ndarray
+    phase: int = 0
+    loss: float = float("nan")
+    duration_s: float = 0.0
+    num_samples: int = 0
+    strategy: str = ""
+    changed_fraction: float = 0.0
+    num_params: int = 0
+    iterations: int = 0
+    now: float = float("nan")
+
+
+BatchSampler = Callable[["SampleBuffer", float, int, np.random.Generator], list[BufferEntry]]
+"""(buffer, now, batch_size, rng) -> mini-batch; lets tests and emulators control the batches."""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def train_mode_frozen_bn(model: nn.Module) -> nn.Module:
+    """``model.train()`` with every BatchNorm back in eval mode (running stats frozen).
+
+    The online training set is a few hundred correlated frames; letting BN re-estimate its
+    statistics from them would drift the features the rest of the network relies on, and
+    the running stats are buffers that are never shipped to the edge.
+    """
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+    return model
+
+
+def batch_to_tensors(
+    entries: Sequence[BufferEntry], device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float B x 3 x H x W images in [0, 1] and int64 B x H x W labels for the student."""
+    frames = torch.from_numpy(np.stack([e.frame for e in entries])).to(device)
+    labels = torch.from_numpy(np.stack([e.label for e in entries])).to(device)
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    return x, labels.long()
+
+
+def _logits(model: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    out = model(x)
+    if isinstance(out, dict):  # torchvision segmentation models return {"out": ...}
+        out = out["out"]
+    if out.shape[-2:] != size:
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Trainer
+# --------------------------------------------------------------------------------------------
+
+
+class AMSTrainer:
+    """The AMS server's trainer for one edge device (Algorithm 1 training phase + Algorithm 2)."""
+
+    STATE_VERSION = 1
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: Optional[TrainerConfig] = None,
+        buffer: Optional[SampleBuffer] = None,
+        batch_sampler: Optional[BatchSampler] = None,
+    ) -> None:
+        self.model = model
+        self.config = config if config is not None else TrainerConfig()
+        self.buffer = (
+            buffer
+            if buffer is not None
+            else SampleBuffer(self.config.input_size, horizon_s=self.config.horizon_s)
+        )
+        self._batch_sampler: BatchSampler = batch_sampler or (
+            lambda buf, now, bs, rng: buf.sample(now, self.config.horizon_s, bs, rng)
+        )
+        self._slots = param_layout(model)
+        self._params = list(model.parameters())
+        self._fingerprint = fingerprint(model)
+        self.num_params = sum(s.numel for s in self._slots)
+        self.device = self._params[0].device if self._params else torch.device("cpu")
+        n = self.num_params
+        # Adam state of Algorithm 2: moments for every parameter, global step, last update.
+        self.m = torch.zeros(n, dtype=torch.float32, device=self.device)
+        self.v = torch.zeros(n, dtype=torch.float32, device=self.device)
+        self.step = 0
+        self.u: Optional[torch.Tensor] = None
+        self.phase = 0
+        # Separate streams so that the batches do not depend on the selection strategy.
+        self._sample_rng = np.random.default_rng([self.config.seed, 0])
+        self._select_rng = np.random.default_rng([self.config.seed, 1])
+        # Pretrained weights: the authors' variant restarts every phase from them.
+        self._w0 = flatten_params(model).to(self.device) if self.config.authors_variant else None
+
+    # ---------------------------------------------------------------- public conveniences
+    def add_sample(self, t: float, frame: np.ndarray, label: np.ndarray) -> None:
+        self.buffer.add(t, frame, label)
+
+    def last_update(self) -> Optional[np.ndarray]:
+        """u_{n-1}: the last Adam update of every parameter (None before the first phase)."""
+        return None if self.u is None else self.u.detach().cpu().numpy().copy()
+
+    def full_snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(all indices, all values): a full-model update, e.g. for a newly joined edge device."""
+        return np.arange(self.num_params, dtype=np.int64), flatten_params(self.model).cpu().numpy()
+
+    def compute_loss(self, entries: Sequence[BufferEntry]) -> torch.Tensor:
+        """Mean pixel cross-entropy of the student on ``entries`` against the teacher labels.
+
+        Pixels labelled ``ignore_index`` (and class ids the student does not have) do not
+        contribute; a batch with no valid pixel gives a zero loss with zero gradient.
+        """
+        return self._loss(entries)[0]
+
+    def _loss(self, entries: Sequence[BufferEntry]) -> tuple[torch.Tensor, bool]:
+        x, y = batch_to_tensors(entries, self.device)
+        logits = _logits(self.model, x, tuple(y.shape[-2:]))
+        ignore = self.config.ignore_index
+        if ignore >= logits.shape[1]:  # ids beyond the student's classes count as ignore
+            y = y.masked_fill(y >= logits.shape[1], ignore)
+        if not bool((y != ignore).any()):
+            return logits.sum() * 0.0, False
+        weight = None
+        if self.config.class_weights is not None:
+            weight = torch.as_tensor(
+                list(self.config.class_weights), dtype=logits.dtype, device=logits.device
+            )
+        return F.cross_entropy(logits, y, weight=weight, ignore_index=ignore), True
+
+    # ---------------------------------------------------------------- flat-vector plumbing
+    def _flat_grad(self) -> torch.Tensor:
+        return torch.cat(
+            [
+                p.grad.detach().reshape(-1).float()
+                if p.grad is not None
+                else torch.zeros(p.numel(), device=self.device)
+                for p in self._params
+            ]
+        )
+
+    @torch.no_grad()
+    def _subtract(self, delta: torch.Tensor) -> None:
+        """w <- w - delta on the flat vector (delta is zero outside the selected coordinates)."""
+        for slot, p in zip(self._slots, self._params):
+            d = delta[slot.offset : slot.offset + slot.numel].view_as(p)
+            p.sub_(d.to(p.dtype))
+
+    @torch.no_grad()
+    def _write_all(self, flat: torch.Tensor) -> None:
+        for slot, p in zip(self._slots, self._params):
+            p.copy_(flat[slot.offset : slot.offset + slot.numel].view_as(p).to(p.dtype))
+
+    def _loss_and_grad(self, batch: Sequence[BufferEntry]) -> tuple[float, torch.Tensor]:
+        """Loss (nan when the batch has no valid pixel) and flat gradient at the current weights."""
+        self.model.zero_grad(set_to_none=True)
+        loss, valid = self._loss(batch)
+        loss.backward()
+        g = self._flat_grad()
+        self.model.zero_grad(set_to_none=True)
+        return (float(loss.detach()) if valid else float("nan")), g
+
+    def _adam_update(self, g: torch.Tensor) -> torch.Tensor:
+        """Lines 9-12 of Algorithm 2 for all parameters; returns u_{n,k}."""
+        b1, b2 = self.config.betas
+        self.m.mul_(b1).add_(g * (1.0 - b1))
+        self.v.mul_(b2).add_(g * g * (1.0 - b2))
+        self.step += 1
+        i = self.step
+        step_size = self.config.lr * math.sqrt(1.0 - b2**i) / (1.0 - b1**i)
+        if self.config.eps_inside_sqrt:
+            denom = (self.v + self.config.eps).sqrt()
+        else:
+            denom = self.v.sqrt() + self.config.eps
+        return self.m / denom * step_size
+
+    # ---------------------------------------------------------------- the training phase
+    def train_phase(self, now: float) -> Optional[PhaseResult]:
+        """One training phase at stream time ``now``; None if the horizon holds no sample."""
+        cfg = self.config
+        strategy = validate_strategy(cfg.strategy)
+        self.buffer.evict(now - cfg.horizon_s)
+        num_samples = len(self.buffer.window(now, cfg.horizon_s))
+        if num_samples == 0:
+            return None
+        t0 = time.perf_counter()
+        self.phase += 1
+        n = self.num_params
+        k = num_selected(n, cfg.gamma)
+        w_before = flatten_params(self.model).to(self.device)
+        if cfg.authors_variant:
+            self._write_all(self._w0)
+
+        train_mode_frozen_bn(self.model)
+        losses: list[float] = []
+        try:
+            if strategy == GAUSS_SOUTHWELL_SGD:
+                selected = self._run_gauss_southwell(now, k, losses)
+            else:
+                selected = self._run_adam(now, strategy, k, losses)
+        finally:
+            self.model.eval()  # the server's copy rests in inference mode between phases
+
+        w_after = flatten_params(self.model).to(self.device)
+        changed = w_after != w_before
+        # Coordinates that moved are always shipped; in the authors' variant that includes
+        # last phase's coordinates reset to their pretrained values, so the edge copy ends up
+        # equal to the server's model (which is what the authors' emulator evaluates).
+        ship = selected | changed
+        indices = torch.nonzero(ship).reshape(-1)
+        values = w_after[indices]
+        finite = [l for l in losses if math.isfinite(l)]
+        return PhaseResult(
+            indices=indices.cpu().numpy().astype(np.int64),
+            values=values.cpu().numpy().astype(np.float32),
+            phase=self.phase,
+            loss=float(np.mean(finite)) if finite else float("nan"),
+            duration_s=time.perf_counter() - t0,
+            num_samples=num_samples,
+            strategy=strategy,
+            changed_fraction=float(changed.float().mean()) if n else 0.0,
+            num_params=n,
+            iterations=cfg.iterations,
+            now=float(now),
+        )
+
+    def _next_batch(self, now: float) -> list[BufferEntry]:
+        batch = self._batch_sampler(self.buffer, now, self.config.batch_size, self._sample_rng)
+        if not batch:
+            raise RuntimeError("batch sampler returned no samples for a non-empty horizon")
+        return batch
+
+    def _run_adam(self, now: float, strategy: str, k: int, losses: list[float]) -> torch.Tensor:
+        """Algorithm 2 (or the authors' variant); returns the boolean selection of the phase."""
+        cfg = self.config
+        n = self.num_params
+        authors_gg = cfg.authors_variant and strategy == GRADIENT_GUIDED
+        mask: Optional[torch.Tensor] = None
+        if not authors_gg:
+            idx = phase_indices(strategy, n, cfg.gamma, self._select_rng, self.u)
+            mask = None if strategy == FULL else mask_from_indices(n, idx, self.device)
+        u = None
+        for it in range(cfg.iterations):
+            loss, g = self._loss_and_grad(self._next_batch(now))
+            losses.append(loss)
+            u = self._adam_update(g)
+            if authors_gg and it == 0:
+                mask = mask_from_indices(n, top_k_indices(u.abs(), k), self.device)
+            self._subtract(u if mask is None else u * mask)
+        self.u = u  # u_n <- u_{n,K}
+        if mask is None:
+            return torch.ones(n, dtype=torch.bool, device=self.device)
+        return mask.bool()
+
+    def _run_gauss_southwell(self, now: float, k: int, losses: list[float]) -> torch.Tensor:
+        """Plain SGD on the top-k |gradient| coordinates of each iteration; returns their union."""
+        n = self.num_params
+        union = torch.zeros(n, dtype=torch.bool, device=self.device)
+        for _ in range(self.config.iterations):
+            loss, g = self._loss_and_grad(self._next_batch(now))
+            losses.append(loss)
+            mask = mask_from_indices(n, top_k_indices(g.abs(), k), self.device)
+            self._subtract(g * self.config.sgd_lr * mask)
+            union |= mask.bool()
+        return union
+
+    # ---------------------------------------------------------------- persistence
+    def state_dict(self, include_model: bool = True) -> dict[str, Any]:
+        """Adam state, last update, phase count, RNG states as CPU tensors.
+
+        With ``include_model`` the model's full ``state_dict`` (weights and BN running stats)
+        is stored too, so one file restores the server's copy of the student.
+        """
+        state: dict[str, Any] = {
+            "version": self.STATE_VERSION,
+            "fingerprint": self._fingerprint,
+            "num_params": self.num_params,
+            "phase": self.phase,
+            "step": self.step,
+            "m": self.m.detach().cpu().clone(),
+            "v": self.v.detach().cpu().clone(),
+            "u": None if self.u is None else self.u.detach().cpu().clone(),
+            "pretrained": None if self._w0 is None else self._w0.detach().cpu().clone(),
+            "sample_rng": self._sample_rng.bit_generator.state,
+            "select_rng": self._select_rng.bit_generator.state,
+            "config": self.config.to_dict(),
+        }
+        if include_model:
+            state["model"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` saved; the model layout must match (ValueError if not)."""
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"unsupported trainer state version {state.get('version')!r}")
+        if state["fingerprint"] != self._fingerprint or state["num_params"] != self.num_params:
+            raise ValueError("trainer state was saved for a different model layout")
+        self.phase = int(state["phase"])
+        self.step = int(state["step"])
+        self.m = state["m"].to(self.device, torch.float32).clone()
+        self.v = state["v"].to(self.device, torch.float32).clone()
+        self.u = None if state["u"] is None else state["u"].to(self.device, torch.float32).clone()
+        if state.get("pretrained") is not None:
+            self._w0 = state["pretrained"].to(self.device, torch.float32).clone()
+        self._sample_rng.bit_generator.state = state["sample_rng"]
+        self._select_rng.bit_generator.state = state["select_rng"]
+        if state.get("model") is not None:
+            self.model.load_state_dict(state["model"])
