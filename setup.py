@@ -8,14 +8,11 @@ PACKAGE = "ams_ros"
 
 CONSOLE_SCRIPTS = [
     # edge (robot)
-    "camera_sampler = ams_ros.nodes.camera_sampler:main",
-    "student_segmenter = ams_ros.nodes.student_segmenter:main",
-    "model_patcher = ams_ros.nodes.model_patcher:main",
+    # edge (robot): camera_sampler + student_segmenter + model_patcher in one process (shared model)
     "edge = ams_ros.nodes.edge:main",
-    # server (base station)
-    "teacher_labeler = ams_ros.nodes.teacher_labeler:main",
-    "ams_trainer = ams_ros.nodes.ams_trainer:main",
-    "asr_controller = ams_ros.nodes.asr_controller:main",
+    # the sampler alone, e.g. on a camera computer separate from the inference computer
+    "camera_sampler = ams_ros.nodes.camera_sampler:main",
+    # server (base station): teacher_labeler + ams_trainer + asr_controller in one process
     "server = ams_ros.nodes.server:main",
     # tools
     "ams_demo = ams_ros.demo:main",

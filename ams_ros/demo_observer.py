@@ -1,0 +1,259 @@
+"""The demo's observer: an rclpy node that watches one robot and scores it.
+
+It scores every n-th label map of the streamed student, and the same frame through a frozen
+copy of the initial student, against ground truth (synthetic world) or the teacher (real
+footage); it also counts uplink/downlink bytes, sampling commands, label-map gaps (stalls)
+and records the overlay video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+
+from ams_msgs.msg import EdgeStatus, FrameBatch, ModelUpdate, SamplingCommand, ServerStatus
+from ams_msgs.srv import GetModelSnapshot
+from ams_ros.core.labels import colorize
+from ams_ros.core.metrics import ConfusionMatrix, miou
+from ams_ros.core.models.student import load_student, predict
+from ams_ros.image_conversion import imgmsg_to_rgb
+from ams_ros.nodes import common as T
+from ams_ros.nodes.common import qos, stamp_to_sec
+from ams_ros.nodes.edge_model import resolve_label_space
+
+
+class Observer:
+    def __init__(self, args: argparse.Namespace, weights: str, out: Path) -> None:
+        self.args = args
+        self.out = out
+        dev = args.device_id
+        rclpy.init()
+        self.node = rclpy.create_node("ams_demo_observer")
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        selected = [c.strip() for c in args.selected_classes.split(",") if c.strip()]
+        self.space = resolve_label_space(args.label_space, selected)
+        self.num_classes = len(self.space.class_names)
+        self.frozen = load_student(args.student, num_classes=self.num_classes, weights=weights).eval()
+        self.size = (args.width, args.height)
+        self.reference = _reference(args, self.space, selected)
+        n = self.node
+        ns = f"/{dev}"
+        n.create_subscription(Image, f"{ns}/{T.LABELS}", self._on_labels, qos("reliable", 50))
+        n.create_subscription(Image, f"{ns}/{T.OVERLAY}", self._on_overlay, qos("reliable", 5))
+        n.create_subscription(Image, f"{ns}/{T.IMAGE}", self._on_image, qos("best_effort", 5))
+        n.create_subscription(FrameBatch, f"{ns}/{T.FRAME_BATCH}", self._on_batch, qos("reliable", 10))
+        n.create_subscription(ModelUpdate, f"{ns}/{T.MODEL_UPDATE}", self._on_update, qos("reliable", 10))
+        n.create_subscription(SamplingCommand, f"{ns}/{T.SAMPLING_COMMAND}", self._on_command, qos("reliable", 10))
+        n.create_subscription(EdgeStatus, f"{ns}/{T.EDGE_STATUS}", self._on_edge_status, qos("reliable", 10))
+        n.create_subscription(ServerStatus, f"{ns}/{T.SERVER_STATUS}", self._on_server_status, qos("reliable", 10))
+        self._snapshot_client = n.create_client(GetModelSnapshot, f"{ns}/{T.SNAPSHOT_SERVICE}")
+        # measurements
+        self.label_arrivals: list[float] = []
+        self.scores: list[dict] = []        # per scored frame: t, streamed, frozen, version
+        self.uplink: list[tuple[float, int]] = []
+        self.downlink: list[tuple[float, int]] = []
+        self.commands: list[tuple[float, float, float]] = []
+        self.edge_status: EdgeStatus | None = None
+        self.server_status: list[ServerStatus] = []
+        self.latest_stream_t = 0.0
+        self.version_at: list[tuple[float, int]] = []
+        self._images: dict[float, np.ndarray] = {}
+        self._image_order: deque[float] = deque()
+        self._pending: deque[tuple[float, np.ndarray]] = deque(maxlen=20)
+        self._label_count = 0
+        self._video = None if args.no_video else _VideoWriter(out / "overlay.mp4", fps=args.fps)
+        self.cm_streamed = ConfusionMatrix(self.num_classes)
+        self.cm_frozen = ConfusionMatrix(self.num_classes)
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_labels(self, msg: Image) -> None:
+        self.label_arrivals.append(time.monotonic())
+        t = stamp_to_sec(msg.header.stamp)
+        self.latest_stream_t = max(self.latest_stream_t, t)
+        self._label_count += 1
+        if self._label_count % max(1, self.args.eval_every) == 0:
+            labels = np.frombuffer(bytes(msg.data), np.uint8).reshape(msg.height, msg.width).copy()
+            self._pending.append((t, labels))
+
+    def _on_overlay(self, msg: Image) -> None:
+        if self._video is not None:
+            self._video.write(imgmsg_to_rgb(msg))
+
+    def _on_image(self, msg: Image) -> None:
+        if self.reference.needs_images:
+            t = stamp_to_sec(msg.header.stamp)
+            self._images[t] = imgmsg_to_rgb(msg)
+            self._image_order.append(t)
+            while len(self._image_order) > 50:
+                self._images.pop(self._image_order.popleft(), None)
+
+    def _on_batch(self, msg: FrameBatch) -> None:
+        self.uplink.append((stamp_to_sec(msg.header.stamp), len(msg.data)))
+
+    def _on_update(self, msg: ModelUpdate) -> None:
+        self.downlink.append((stamp_to_sec(msg.header.stamp), len(msg.indices) + len(msg.values)))
+
+    def _on_command(self, msg: SamplingCommand) -> None:
+        self.commands.append((stamp_to_sec(msg.header.stamp), float(msg.sampling_rate), float(msg.update_period)))
+
+    def _on_edge_status(self, msg: EdgeStatus) -> None:
+        if self.edge_status is None or msg.model_version != self.edge_status.model_version:
+            self.version_at.append((self.latest_stream_t, int(msg.model_version)))
+        self.edge_status = msg
+
+    def _on_server_status(self, msg: ServerStatus) -> None:
+        self.server_status.append(msg)
+
+    # ------------------------------------------------------------------ scoring
+    def _score_pending(self, budget_s: float) -> None:
+        deadline = time.monotonic() + budget_s
+        while self._pending and time.monotonic() < deadline:
+            t, streamed = self._pending.popleft()
+            ref = self.reference.labels(t, self._images.get(t))
+            if ref is None:
+                continue
+            rgb, gt = ref
+            frozen = predict(self.frozen, [rgb], size=self.size)[0]
+            if streamed.shape != gt.shape:
+                continue
+            version = int(self.edge_status.model_version) if self.edge_status else 0
+            s = miou(streamed, gt, self.num_classes)
+            f = miou(frozen, gt, self.num_classes)
+            self.scores.append({"t": t, "streamed": s, "frozen": f, "version": version})
+            if t >= self.reference.score_from:
+                self.cm_streamed.update(streamed, gt)
+                self.cm_frozen.update(frozen, gt)
+
+    # ------------------------------------------------------------------ run
+    def wait_for_service(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._snapshot_client.service_is_ready():
+                return True
+            self.executor.spin_once(timeout_sec=0.1)
+        return False
+
+    def run(self, until_stream_t: float, processes: list) -> None:
+        last_print = 0.0
+        t0 = time.monotonic()
+        while self.latest_stream_t < until_stream_t:
+            self.executor.spin_once(timeout_sec=0.02)
+            self._score_pending(budget_s=0.05)
+            dead = [p.name for p in processes if not p.alive()]
+            if dead:
+                raise RuntimeError(f"process(es) {', '.join(dead)} exited early; see their logs in {self.out}")
+            if time.monotonic() - last_print > 10.0:
+                last_print = time.monotonic()
+                self.print_progress(until_stream_t, time.monotonic() - t0)
+            if self.latest_stream_t == 0.0 and time.monotonic() - t0 > 120:
+                raise RuntimeError(f"no label maps after 120 s; see logs in {self.out}")
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # drain what is in flight
+            self.executor.spin_once(timeout_sec=0.02)
+        self._score_pending(budget_s=10.0)
+
+    def print_progress(self, total: float, wall: float) -> None:
+        recent = [s for s in self.scores if s["t"] > self.latest_stream_t - 10.0]
+        st = self.edge_status
+        ms = f"mIoU streamed {np.nanmean([s['streamed'] for s in recent]):.3f} frozen {np.nanmean([s['frozen'] for s in recent]):.3f}" if recent else "mIoU -"
+        v = f"model v{st.model_version}, {st.inference_rate:.1f} fps, {st.inference_latency_ms:.0f} ms" if st else "edge starting"
+        pct = 100.0 * min(1.0, self.latest_stream_t / total)
+        print(f"[demo] {pct:5.1f}%  t={self.latest_stream_t:6.1f}/{total:g} s  {v}  {ms}  "
+              f"up {sum(b for _, b in self.uplink) / 1024:.0f} KiB  down {sum(b for _, b in self.downlink) / 1024:.0f} KiB  "
+              f"(wall {wall:.0f} s)", flush=True)
+
+    def close(self) -> None:
+        if self._video is not None:
+            self._video.close()
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+class _Reference:
+    needs_images = False
+    score_from = 0.0
+
+    def labels(self, t: float, image: np.ndarray | None):
+        raise NotImplementedError
+
+
+class _SyntheticReference(_Reference):
+    """Ground truth regenerated from the deterministic synthetic world at the frame's stamp."""
+
+    def __init__(self, spec: str, size: tuple[int, int], duration: float) -> None:
+        from ams_ros.core.synthetic import SyntheticWorld, world_from_spec
+
+        self.world: SyntheticWorld = world_from_spec(spec, width=size[0], height=size[1])
+        shifts = [s.t for s in self.world.shifts]
+        self.score_from = min(shifts) if shifts else 0.0
+
+    def labels(self, t: float, image):
+        return self.world.frame_at(t)
+
+
+class _TeacherReference(_Reference):
+    """Teacher labels of the frames seen on the image topic (real footage has no ground truth)."""
+
+    needs_images = True
+
+    def __init__(self, spec: str, lut) -> None:
+        from ams_ros.core.models.teachers import build_teacher
+
+        self.teacher = build_teacher(spec)
+        self.lut = lut
+
+    def labels(self, t: float, image):
+        if image is None:
+            return None
+        lab = self.teacher.label([image])[0]
+        return image, (self.lut[lab] if self.lut is not None else lab)
+
+
+def _reference(args, space, selected) -> _Reference:
+    if args.source.startswith("synthetic"):
+        return _SyntheticReference(args.source, (args.width, args.height), args.duration)
+    from ams_ros.core.labels import get_label_space
+
+    lut = get_label_space(args.label_space).restrict(selected)[1] if selected else None
+    return _TeacherReference(args.teacher, lut)
+
+
+class _VideoWriter:
+    """Overlay frames to H.264 mp4 with PyAV (falls back to nothing if encoding fails)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = path
+        self.fps = max(1, int(round(fps)))
+        self._c = None
+        self._s = None
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+
+        h, w = rgb.shape[:2]
+        if self._c is None:
+            self._c = av.open(str(self.path), "w")
+            self._s = self._c.add_stream("libx264", rate=self.fps)
+            self._s.width, self._s.height = w - w % 2, h - h % 2
+            self._s.pix_fmt = "yuv420p"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[: self._s.height, : self._s.width]), format="rgb24")
+        for pkt in self._s.encode(frame):
+            self._c.mux(pkt)
+        self.frames += 1
+
+    def close(self) -> None:
+        if self._c is not None:
+            for pkt in self._s.encode():
+                self._c.mux(pkt)
+            self._c.close()

@@ -1,0 +1,118 @@
+"""The demo's outputs: summary.json and plots (mIoU over time, sampling rate, bandwidth)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _kbps(events: list[tuple[float, int]], duration: float) -> float:
+    return float(sum(b for _, b in events) * 8 / max(duration, 1e-9) / 1000.0)
+
+
+def max_gap_ms(arrivals: list[float], skip_s: float = 0.0) -> float:
+    """Largest gap between consecutive label maps (ms), ignoring the first ``skip_s`` seconds."""
+    if len(arrivals) < 2:
+        return float("nan")
+    a = np.asarray(arrivals)
+    a = a[a >= a[0] + skip_s]
+    return float(np.max(np.diff(a)) * 1000.0) if a.size >= 2 else float("nan")
+
+
+def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
+    duration = max(obs.latest_stream_t, 1e-9)
+    st = obs.edge_status
+    summary = {
+        "source": args.source,
+        "teacher": args.teacher,
+        "student": args.student,
+        "resolution": [args.width, args.height],
+        "stream_seconds": round(duration, 2),
+        "updates_applied": int(st.updates_applied) if st else 0,
+        "updates_rejected": int(st.updates_rejected) if st else 0,
+        "model_version": int(st.model_version) if st else 0,
+        "miou_streamed": _nan_none(obs.cm_streamed.miou()),
+        "miou_frozen": _nan_none(obs.cm_frozen.miou()),
+        "miou_scored_from_s": obs.reference.score_from,
+        "miou_reference": "ground truth" if not obs.reference.needs_images else f"teacher {args.teacher}",
+        "frames_scored": len(obs.scores),
+        "uplink_kbps": round(_kbps(obs.uplink, duration), 2),
+        "downlink_kbps": round(_kbps(obs.downlink, duration), 2),
+        "max_inference_gap_ms": _nan_none(max_gap_ms(obs.label_arrivals, skip_s=2.0)),
+        "frame_period_ms": 1000.0 / args.fps,
+        "inference_latency_ms": float(st.inference_latency_ms) if st else None,
+        "inference_rate": float(st.inference_rate) if st else None,
+        "frames_dropped": int(st.frames_dropped) if st else None,
+        "sampling_commands": [{"t": t, "rate": r, "period": p} for t, r, p in obs.commands],
+        "period_stretched_phases": sum(1 for s in obs.server_status if s.period_stretched),
+        "train_seconds_mean": float(np.mean([s.train_seconds for s in obs.server_status])) if obs.server_status else None,
+        **extra,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "scores.json").write_text(json.dumps(obs.scores))
+    _plots(obs, out, duration)
+    return summary
+
+
+def _nan_none(x: float):
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def _plots(obs, out: Path, duration: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if obs.scores:
+        t = np.array([s["t"] for s in obs.scores])
+        fig, ax = plt.subplots(figsize=(9, 3.5))
+        for key, label in (("streamed", "AMS streamed student"), ("frozen", "frozen initial student")):
+            v = np.array([s[key] for s in obs.scores], dtype=float)
+            ax.plot(t, _smooth(v, 5), label=label)
+        world = getattr(obs.reference, "world", None)
+        for shift in (world.shifts if world is not None else []):
+            ax.axvline(shift.t, color="grey", ls="--", lw=0.8)
+        ax.set_xlabel("stream time (s)")
+        ax.set_ylabel("mIoU")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("Segmentation accuracy (dashed: domain shifts)")
+        fig.tight_layout()
+        fig.savefig(out / "miou.png", dpi=110)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(9, 3))
+    if obs.commands:
+        ct = [0.0] + [c[0] for c in obs.commands] + [duration]
+        cr = [obs.commands[0][1]] + [c[1] for c in obs.commands] + [obs.commands[-1][1]]
+        ax.step(ct, cr, where="post")
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("sampling rate (frames/s)")
+    ax.set_title("Adaptive sampling rate commanded by the server")
+    fig.tight_layout()
+    fig.savefig(out / "sampling_rate.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(9, 3))
+    for events, label in ((obs.uplink, "uplink (frame batches)"), (obs.downlink, "downlink (model updates)")):
+        if events:
+            bins = np.arange(0, duration + 10, 10)
+            tt = np.array([e[0] for e in events])
+            bb = np.array([e[1] for e in events])
+            h, _ = np.histogram(tt, bins=bins, weights=bb)
+            ax.step(bins[:-1], h * 8 / 10 / 1000, where="post", label=label)
+    ax.set_xlabel("stream time (s)")
+    ax.set_ylabel("Kbps (10 s bins)")
+    ax.legend()
+    ax.set_title("Bandwidth")
+    fig.tight_layout()
+    fig.savefig(out / "bandwidth.png", dpi=110)
+    plt.close(fig)
+
+
+def _smooth(v: np.ndarray, k: int) -> np.ndarray:
+    if v.size < k:
+        return v
+    return np.convolve(np.nan_to_num(v, nan=np.nanmean(v)), np.ones(k) / k, mode="same")

@@ -1,0 +1,103 @@
+"""The demo's orchestration: weights, the two processes, the observer, the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from ams_ros.launcher import CONFIG, RosProcess, write_overrides
+
+
+def _selected(args: argparse.Namespace) -> list[str]:
+    return [c.strip() for c in args.selected_classes.split(",") if c.strip()]
+
+
+def prepare_weights(args: argparse.Namespace, out: Path) -> str:
+    """The student's initial weights: given, or pretrained on the synthetic world and cached."""
+    if args.student_weights:
+        return args.student_weights
+    if not args.source.startswith("synthetic"):
+        raise SystemExit("--student-weights is required with a real source (a checkpoint or tflite:PATH)")
+    from ams_ros.demo_pretrain import pretrained_synthetic_student
+
+    return str(pretrained_synthetic_student(args, cache_dir=Path("out/cache")))
+
+
+def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) -> tuple[Path, Path]:
+    sel = _selected(args) or [""]
+    dev = args.device_id
+    edge = write_overrides(out / "params_edge.yaml", {
+        "camera_sampler": {
+            "device_id": dev, "source": args.source, "publish_rate": float(args.fps),
+            "duration_s": float(args.duration) + 5.0, "stamp_origin": "stream",
+            "source_width": args.width, "source_height": args.height,
+            "train_width": args.width, "train_height": args.height,
+            "update_period": float(args.update_period), "bitrate_bps": int(args.bitrate),
+        },
+        "student_segmenter": {
+            "device_id": dev, "student": args.student, "student_weights": weights,
+            "label_space": args.label_space, "selected_classes": sel,
+            "input_width": args.width, "input_height": args.height, "torch_threads": 1,
+        },
+        "model_patcher": {"device_id": dev},
+    })
+    server = write_overrides(out / "params_server.yaml", {
+        "teacher_labeler": {"device_ids": [dev], "teacher": args.teacher, "label_space": args.label_space,
+                            "selected_classes": sel},
+        "ams_trainer": {
+            "device_ids": [dev], "student": args.student, "student_weights": weights,
+            "label_space": args.label_space, "selected_classes": sel,
+            "input_width": args.width, "input_height": args.height, "iterations": int(args.iterations),
+            "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
+            "update_period_s": float(args.update_period), "lr": float(args.lr), "gamma": float(args.gamma),
+            "update_encoding": args.encoding, "torch_threads": 1,
+        },
+        "asr_controller": {"device_ids": [dev]},
+    })
+    return edge, server
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={__import__('os').environ['ROS_DOMAIN_ID']}, DDS on loopback)")
+    weights = prepare_weights(args, out)
+    edge_params, server_params = edge_and_server_params(args, weights, out)
+
+    from ams_ros.demo_observer import Observer
+
+    observer = Observer(args, weights, out)
+    server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
+                        out / "server.log", echo=not args.quiet)
+    # give the server a moment to come up so the robot's start-up snapshot request is answered
+    observer.wait_for_service(timeout=30.0)
+    edge = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", edge_params], args.device_id,
+                      out / "edge.log", echo=not args.quiet)
+    print(f"[demo] server pid {server.pid}, edge pid {edge.pid}; streaming {args.duration:g} s of '{args.source}'")
+    interrupted = False
+    try:
+        observer.run(until_stream_t=args.duration, processes=[edge, server])
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\n[demo] interrupted: stopping both processes and writing what was measured")
+    finally:
+        edge_rc = edge.stop()
+        server_rc = server.stop()
+        observer.close()
+    tracebacks = [p.name for p in (edge, server) if "Traceback" in p.output()]
+    from ams_ros.demo_report import write_report
+
+    summary = write_report(observer, out, args, extra={
+        "edge_pid": edge.pid, "server_pid": server.pid, "edge_exit_code": edge_rc, "server_exit_code": server_rc,
+        "tracebacks_in": tracebacks, "interrupted": interrupted, "wall_seconds": time.monotonic() - t_start,
+        "student_weights": weights,
+    })
+    print(json.dumps(summary, indent=2))
+    return 0 if not tracebacks else 1

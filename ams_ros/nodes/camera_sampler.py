@@ -1,0 +1,243 @@
+"""camera_sampler: samples camera frames at the server's rate and uplinks one batch per period.
+
+Input is a ``sensor_msgs/Image`` topic (sensor-data QoS, any common encoding) or, when no
+camera driver runs, a source this node plays itself (video file, image folder, rosbag,
+``device:N``, ``synthetic[:seed]``), which it then also publishes for the segmenter.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ams_msgs.msg import FrameBatch, SamplingCommand
+from ams_ros.core.frame_codec import encode_frames
+from ams_ros.core.frame_sampler import FrameSampler, SampledBatch
+from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
+from ams_ros.nodes.common import (
+    FRAME_BATCH,
+    SAMPLING_COMMAND,
+    declare,
+    qos,
+    sec_to_stamp,
+    spin_nodes,
+    stamp_to_sec,
+)
+
+PARAMS = {
+    "device_id": ("robot1", "Name of this robot; the server addresses it by this id"),
+    "source": ("topic", "'topic' to subscribe to image_topic, else a video file, image folder, rosbag, device:N or synthetic[:seed] played by this node"),
+    "image_topic": ("image_raw", "Camera image topic (input when source is 'topic', output otherwise)"),
+    "frame_id": ("camera", "frame_id of images this node publishes as the source"),
+    "publish_rate": (10.0, "Frames/s published when this node is the source (0 = the source's own rate)"),
+    "loop": (False, "Replay a finite source from the start when it ends"),
+    "duration_s": (0.0, "Stop the source after this much stream time (0 = unlimited)"),
+    "stamp_origin": ("now", "'now': stamps on the node clock; 'stream': seconds since the source started"),
+    "source_width": (512, "Width of synthetic frames / resize of file sources (0 = native)"),
+    "source_height": (256, "Height of synthetic frames / resize of file sources (0 = native)"),
+    "sampling_rate": (1.0, "Initial training-sample rate in frames/s (the server commands it later)"),
+    "update_period": (10.0, "Initial seconds of samples per frame batch (the server commands it later)"),
+    "train_width": (512, "Width of uplinked frames (the training resolution)"),
+    "train_height": (256, "Height of uplinked frames (the training resolution)"),
+    "batch_codec": ("h264", "Frame batch codec: h264 | jpeg"),
+    "bitrate_bps": (200000, "Target uplink bitrate of H.264 batches (bits per second of stream time)"),
+    "x264_preset": ("medium", "libx264 preset for batch encoding"),
+    "image_qos_reliability": ("best_effort", "Camera image QoS reliability: best_effort (sensor data) | reliable"),
+    "image_qos_depth": (5, "Camera image QoS queue depth"),
+    "batch_qos_depth": (10, "Frame batch / sampling command QoS depth (always reliable)"),
+}
+
+
+class EdgeCounters:
+    """Counters shared by the edge nodes of one process, reported in EdgeStatus."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.frames_received = 0
+        self.frames_sampled = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.sampling_rate = 0.0
+        self.update_period = 0.0
+
+
+class CameraSampler(Node):
+    """Samples frames by stamp at the commanded rate, buffers a period, publishes a FrameBatch."""
+
+    def __init__(self, counters: EdgeCounters | None = None, **kwargs: Any) -> None:
+        super().__init__("camera_sampler", **kwargs)
+        self.p = declare(self, PARAMS)
+        self.counters = counters or EdgeCounters()
+        self.sampler = FrameSampler(
+            sampling_rate=float(self.p["sampling_rate"]),
+            update_period=float(self.p["update_period"]),
+            size=(int(self.p["train_width"]), int(self.p["train_height"])),
+        )
+        self._sampler_lock = threading.Lock()
+        self.counters.sampling_rate = self.sampler.sampling_rate
+        self.counters.update_period = self.sampler.update_period
+        self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch_encoder")
+        self._input_group = MutuallyExclusiveCallbackGroup()
+        reliable = qos("reliable", int(self.p["batch_qos_depth"]))
+        self.batch_pub = self.create_publisher(FrameBatch, FRAME_BATCH, reliable)
+        self.create_subscription(SamplingCommand, SAMPLING_COMMAND, self._on_command, reliable,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+        image_qos = qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"]))
+        self._source = None
+        self.finished = False
+        if self.p["source"] == "topic":
+            self.create_subscription(Image, self.p["image_topic"], self._on_image, image_qos,
+                                     callback_group=self._input_group)
+            self.get_logger().info(f"sampling frames from topic '{self.resolve_topic_name(self.p['image_topic'])}'")
+        else:
+            self._open_source()
+            self.image_pub = self.create_publisher(Image, self.p["image_topic"], image_qos)
+            rate = float(self.p["publish_rate"]) or float(getattr(self._source, "fps", 10.0) or 10.0)
+            self._t_wall0 = time.monotonic()
+            self._clock0 = self.get_clock().now().nanoseconds * 1e-9
+            self._pending = None
+            self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
+            self.get_logger().info(f"playing source '{self.p['source']}' at {rate:g} frames/s")
+
+    # ------------------------------------------------------------------ sources
+    def _open_source(self) -> None:
+        from ams_ros.eval.sources import open_source
+
+        w, h = int(self.p["source_width"]), int(self.p["source_height"])
+        size = (w, h) if w > 0 and h > 0 else None
+        try:
+            self._source = open_source(self.p["source"], size=size, loop=bool(self.p["loop"]))
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot open source '{self.p['source']}': {exc}. Use 'topic', a video file, an image "
+                f"folder, a rosbag, device:N or synthetic[:seed]"
+            ) from exc
+        self._frames = iter(self._source)
+
+    def _tick_source(self) -> None:
+        """Publish the source frame for the current wall time (skipping frames to keep pace)."""
+        if self.finished:
+            return
+        elapsed = time.monotonic() - self._t_wall0
+        duration = float(self.p["duration_s"])
+        frame = self._pending
+        try:
+            while frame is None or frame[0] < elapsed - 1e-9:
+                frame = next(self._frames)
+                if frame[0] >= elapsed - 1e-9:
+                    break
+        except StopIteration:
+            frame = None
+        if frame is None or (duration > 0 and frame[0] > duration):
+            self.finished = True
+            self._flush()
+            self.get_logger().info("source finished")
+            return
+        if frame[0] > elapsed + 1e-3:  # not due yet: keep it for the next tick
+            self._pending = frame
+            return
+        self._pending = None
+        t, rgb = float(frame[0]), frame[1]
+        stamp_t = t if self.p["stamp_origin"] == "stream" else self._clock0 + t
+        msg = numpy_to_imgmsg(rgb, "rgb8")
+        msg.header.stamp = sec_to_stamp(stamp_t)
+        msg.header.frame_id = self.p["frame_id"]
+        self.image_pub.publish(msg)
+        self._offer(stamp_t, rgb, msg.header.frame_id)
+
+    # ------------------------------------------------------------------ sampling
+    def _on_image(self, msg: Image) -> None:
+        try:
+            rgb = to_rgb(msg)
+        except ImageConversionError as exc:
+            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            return
+        self._offer(stamp_to_sec(msg.header.stamp), rgb, msg.header.frame_id)
+
+    def _offer(self, t: float, rgb, frame_id: str) -> None:
+        with self.counters.lock:
+            self.counters.frames_received += 1
+        with self._sampler_lock:
+            before = self.sampler.sampled
+            batch = self.sampler.offer(t, rgb)
+            sampled = self.sampler.sampled - before
+        if sampled:
+            with self.counters.lock:
+                self.counters.frames_sampled += sampled
+        if batch is not None:
+            self._encoder.submit(self._encode_and_publish, batch, frame_id)
+
+    def _flush(self) -> None:
+        with self._sampler_lock:
+            batch = self.sampler.flush()
+        if batch is not None:
+            self._encoder.submit(self._encode_and_publish, batch, self.p["frame_id"])
+
+    def _encode_and_publish(self, batch: SampledBatch, frame_id: str) -> None:
+        """Runs on the encoder thread so image callbacks never wait for H.264."""
+        try:
+            enc = encode_frames(
+                batch.frames, batch.timestamps, bitrate_bps=int(self.p["bitrate_bps"]),
+                codec=self.p["batch_codec"], preset=self.p["x264_preset"], period_s=batch.update_period,
+            )
+        except Exception as exc:
+            self.get_logger().error(f"could not encode frame batch {batch.seq}: {exc}")
+            return
+        msg = FrameBatch()
+        msg.header.stamp = sec_to_stamp(batch.timestamps[-1])
+        msg.header.frame_id = frame_id
+        msg.device_id = self.p["device_id"]
+        msg.batch_seq = batch.seq
+        msg.codec = enc.codec
+        msg.width, msg.height = int(enc.width), int(enc.height)
+        msg.frame_stamps = [sec_to_stamp(t) for t in batch.timestamps]
+        msg.sampling_rate = float(batch.sampling_rate)
+        msg.update_period = float(batch.update_period)
+        msg.target_bitrate = int(self.p["bitrate_bps"]) if enc.codec == "h264" else 0
+        msg.data = enc.data
+        if not rclpy.ok():
+            return
+        self.batch_pub.publish(msg)
+        with self.counters.lock:
+            self.counters.bytes_sent += len(enc.data)
+        self.get_logger().info(
+            f"batch {batch.seq}: {len(batch.frames)} frames, {len(enc.data)} bytes "
+            f"({len(enc.data) * 8 / max(batch.update_period, 1e-6) / 1000:.0f} kbps)"
+        )
+
+    def _on_command(self, msg: SamplingCommand) -> None:
+        if msg.device_id and msg.device_id != self.p["device_id"]:
+            return
+        try:
+            with self._sampler_lock:
+                self.sampler.command(msg.sampling_rate, msg.update_period)
+        except ValueError as exc:
+            self.get_logger().warning(f"ignored sampling command: {exc}")
+            return
+        with self.counters.lock:
+            self.counters.sampling_rate = self.sampler.sampling_rate
+            self.counters.update_period = self.sampler.update_period
+        self.get_logger().info(
+            f"sampling command: {msg.sampling_rate:.2f} frames/s, period {msg.update_period:.1f} s (phi {msg.phi:.3f})"
+        )
+
+    def close(self) -> None:
+        self._encoder.shutdown(wait=True, cancel_futures=True)
+        if self._source is not None and hasattr(self._source, "close"):
+            self._source.close()
+
+
+def main(args: list[str] | None = None) -> None:
+    rclpy.init(args=args)
+    spin_nodes([CameraSampler()])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""model_patcher: verifies sparse updates, applies them to the inactive student copy, swaps.
+
+Rejects (with a log line and no change to the running model) updates for another
+architecture, corrupted or truncated ones, ones with non-finite values and ones that do not
+follow the version chain; after a gap, and at start-up, it asks the server for a full snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from ams_msgs.msg import ModelUpdate
+from ams_msgs.srv import GetModelSnapshot
+from ams_ros.core.params import fingerprint
+from ams_ros.core.update_codec import UpdateError, VersionGapError
+from ams_ros.nodes.camera_sampler import EdgeCounters
+from ams_ros.nodes.common import MODEL_UPDATE, SNAPSHOT_SERVICE, declare, qos
+from ams_ros.nodes.conversions import msg_to_update
+from ams_ros.nodes.edge_model import EdgeModel
+
+PARAMS = {
+    "device_id": ("robot1", "Name of this robot (updates for other devices are ignored)"),
+    "request_snapshot_on_start": (True, "Ask the server for a full model snapshot at start-up"),
+    "snapshot_timeout_s": (30.0, "Seconds to wait for a snapshot response before asking again"),
+    "auth_key": ("", "Shared HMAC key; when set, unauthenticated updates are rejected"),
+    "update_qos_depth": (10, "Model update QoS depth (always reliable)"),
+}
+
+
+class PatchStats:
+    def __init__(self) -> None:
+        self.applied = 0
+        self.rejected = 0
+        self.last_rejection = ""
+
+
+class ModelPatcher(Node):
+    def __init__(self, model: EdgeModel, counters: EdgeCounters, **kwargs: Any) -> None:
+        super().__init__("model_patcher", **kwargs)
+        self.p = declare(self, PARAMS)
+        self.model = model
+        self.counters = counters
+        self.stats = PatchStats()
+        self._fingerprint = fingerprint(model.holder.active)
+        self._key = self.p["auth_key"].encode() if self.p["auth_key"] else None
+        group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
+        self.create_subscription(ModelUpdate, MODEL_UPDATE, self._on_update,
+                                 qos("reliable", int(self.p["update_qos_depth"])), callback_group=group)
+        self.snapshot_client = self.create_client(GetModelSnapshot, SNAPSHOT_SERVICE, callback_group=group)
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_future = None
+        self._snapshot_sent_at = 0.0
+        self._need_snapshot = bool(self.p["request_snapshot_on_start"])
+        self.create_timer(0.5, self._maybe_request_snapshot, callback_group=group)
+
+    # ------------------------------------------------------------------ updates
+    def _on_update(self, msg: ModelUpdate) -> None:
+        if msg.device_id and msg.device_id != self.p["device_id"]:
+            return
+        with self.counters.lock:
+            self.counters.bytes_received += len(msg.indices) + len(msg.values)
+        self._apply(msg, source="update")
+
+    def _apply(self, msg: ModelUpdate, source: str) -> bool:
+        holder = self.model.holder
+        try:
+            update = msg_to_update(msg)
+            if self._key is not None and not update.verify(self._key):
+                raise UpdateError("authentication tag does not match the shared key")
+            before = holder.version
+            version = holder.apply_update(update)
+        except VersionGapError as exc:
+            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}; requesting a full snapshot")
+            self._need_snapshot = True
+            return False
+        except UpdateError as exc:
+            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
+            return False
+        self.stats.applied += 1
+        self.get_logger().info(
+            f"applied {source} v{before}->v{version} ({msg.num_selected} of {msg.num_params} parameters, "
+            f"{len(msg.indices) + len(msg.values)} bytes, {msg.encoding})"
+        )
+        return True
+
+    def _reject(self, reason: str) -> None:
+        self.stats.rejected += 1
+        self.stats.last_rejection = reason
+        self.get_logger().error(f"rejected {reason}; the running model is unchanged (v{self.model.holder.version})")
+
+    # ------------------------------------------------------------------ snapshots
+    def _maybe_request_snapshot(self) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9
+        fut = self._snapshot_future
+        if fut is not None:
+            if fut.done():
+                self._snapshot_future = None
+                self._on_snapshot(fut)
+            elif now - self._snapshot_sent_at > float(self.p["snapshot_timeout_s"]):
+                self.get_logger().warning("snapshot request timed out; asking again")
+                self._snapshot_future = None
+            return
+        if not self._need_snapshot or not self.snapshot_client.service_is_ready():
+            return
+        req = GetModelSnapshot.Request(
+            device_id=self.p["device_id"], model_fingerprint=self._fingerprint,
+            have_version=int(self.model.holder.version), encoding="",
+        )
+        self._snapshot_sent_at = now
+        self._snapshot_future = self.snapshot_client.call_async(req)
+        self.get_logger().info(f"requested a full model snapshot (have v{self.model.holder.version})")
+
+    def _on_snapshot(self, fut) -> None:
+        try:
+            resp = fut.result()
+        except Exception as exc:  # service gone mid-call
+            self.get_logger().warning(f"snapshot request failed: {exc}")
+            return
+        if not resp.success:
+            self.get_logger().warning(f"server refused the snapshot: {resp.message}")
+            return
+        with self.counters.lock:
+            self.counters.bytes_received += len(resp.snapshot.indices) + len(resp.snapshot.values)
+        if self._apply(resp.snapshot, source="snapshot"):
+            self._need_snapshot = False

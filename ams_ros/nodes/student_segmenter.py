@@ -1,0 +1,187 @@
+"""student_segmenter: runs the student on every frame; publishes labels, colour mask, overlay.
+
+Inference reads the active model of a double buffer, so a model swap by the patcher never
+blocks it; frames that arrive while inference is busy are dropped (depth-1 queue), never queued.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ams_msgs.msg import EdgeStatus, LabelInfo
+from ams_ros.core.labels import colorize, overlay
+from ams_ros.core.models.student import predict
+from ams_ros.core.params import fingerprint
+from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
+from ams_ros.nodes.camera_sampler import EdgeCounters
+from ams_ros.nodes.common import EDGE_STATUS, LABEL_INFO, LABELS, MASK_COLOR, OVERLAY, declare, qos
+from ams_ros.nodes.edge_model import EdgeModel
+
+PARAMS = {
+    "device_id": ("robot1", "Name of this robot"),
+    "image_topic": ("image_raw", "Camera image topic to segment"),
+    "student": ("deeplabv3_mobilenet_v2", "Student model name (deeplabv3_mobilenet_v2 | lraspp_mobilenet_v3_large)"),
+    "student_weights": ("", "Initial student weights: checkpoint path or tflite:PATH (empty = random init)"),
+    "label_space": ("synthetic", "Label space of the student's classes (synthetic | cityscapes | voc | camvid)"),
+    "selected_classes": ([""], "Restrict the label space to these class names ([''] = all)"),
+    "input_width": (512, "Student input width"),
+    "input_height": (256, "Student input height"),
+    "overlay_alpha": (0.5, "Opacity of the colour mask in the overlay image"),
+    "publish_mask_color": (True, "Publish the colourised mask (rgb8)"),
+    "publish_overlay": (True, "Publish the image blended with the mask (rgb8)"),
+    "annotate_overlay": (True, "Draw model version, inference rate and latency into the overlay (status in RViz)"),
+    "image_qos_reliability": ("best_effort", "Camera image QoS reliability (best_effort | reliable)"),
+    "image_qos_depth": (1, "Camera image queue depth (1 = always the newest frame)"),
+    "output_qos_reliability": ("reliable", "QoS reliability of labels/mask/overlay (RViz defaults to reliable)"),
+    "status_period_s": (1.0, "Seconds between EdgeStatus and diagnostics messages"),
+    "torch_threads": (0, "Torch intra-op threads for inference (0 = torch default)"),
+}
+
+
+class StudentSegmenter(Node):
+    def __init__(self, model: EdgeModel, counters: EdgeCounters, patch_stats: Any = None, **kwargs: Any) -> None:
+        super().__init__("student_segmenter", **kwargs)
+        self.p = declare(self, PARAMS)
+        if int(self.p["torch_threads"]) > 0:
+            torch.set_num_threads(int(self.p["torch_threads"]))
+        self.model = model
+        self.counters = counters
+        self.patch_stats = patch_stats
+        out_qos = qos(self.p["output_qos_reliability"], 2)
+        self.labels_pub = self.create_publisher(Image, LABELS, out_qos)
+        self.mask_pub = self.create_publisher(Image, MASK_COLOR, out_qos) if self.p["publish_mask_color"] else None
+        self.overlay_pub = self.create_publisher(Image, OVERLAY, out_qos) if self.p["publish_overlay"] else None
+        self.info_pub = self.create_publisher(LabelInfo, LABEL_INFO, qos("reliable", 1, transient_local=True))
+        self.status_pub = self.create_publisher(EdgeStatus, EDGE_STATUS, qos("reliable", 10))
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos("reliable", 10))
+        self.create_subscription(
+            Image, self.p["image_topic"], self._on_image,
+            qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"])),
+            callback_group=MutuallyExclusiveCallbackGroup(),
+        )
+        self.create_timer(float(self.p["status_period_s"]), self._publish_status,
+                          callback_group=MutuallyExclusiveCallbackGroup())
+        self._lock = threading.Lock()
+        self._latencies: deque[float] = deque(maxlen=200)
+        self._window_lat: list[float] = []
+        self._window_count = 0
+        self._window_t0 = time.monotonic()
+        self.frames_segmented = 0
+        self.frames_rejected = 0
+        self._info_version = -1
+        self._last_rate = 0.0
+        self._last_latency = 0.0
+        self._publish_label_info()
+        self.get_logger().info(
+            f"segmenting '{self.resolve_topic_name(self.p['image_topic'])}' with {model.student} "
+            f"({len(model.label_space.class_names)} classes, input {model.input_size[0]}x{model.input_size[1]})"
+        )
+
+    def _on_image(self, msg: Image) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = to_rgb(msg)
+        except ImageConversionError as exc:
+            self.frames_rejected += 1
+            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            return
+        net = self.model.holder.active  # one reference read: a concurrent swap never blocks this
+        labels = predict(net, [rgb], size=self.model.input_size)[0]
+        header = msg.header
+        self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
+        if self.mask_pub is not None or self.overlay_pub is not None:
+            color = colorize(labels, self.model.label_space)
+            if self.mask_pub is not None:
+                self.mask_pub.publish(numpy_to_imgmsg(color, "rgb8", header))
+            if self.overlay_pub is not None:
+                blended = overlay(rgb, color, float(self.p["overlay_alpha"]))
+                if self.p["annotate_overlay"]:
+                    self._annotate(blended)
+                self.overlay_pub.publish(numpy_to_imgmsg(blended, "rgb8", header))
+        dt = (time.perf_counter() - t0) * 1000.0
+        with self._lock:
+            self.frames_segmented += 1
+            self._window_count += 1
+            self._window_lat.append(dt)
+
+    def _annotate(self, image: np.ndarray) -> None:
+        text = f"v{self.model.holder.version}  {self._last_rate:.1f} fps  {self._last_latency:.0f} ms"
+        scale = max(0.3, image.shape[0] / 600)
+        cv2.putText(image, text, (4, int(14 * scale / 0.4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+
+    def _publish_label_info(self) -> None:
+        space = self.model.label_space
+        msg = LabelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.label_space = space.name
+        msg.class_names = list(space.class_names)
+        msg.colors = np.asarray(space.colors, dtype=np.uint8).reshape(-1).tobytes()
+        msg.ignore_index = int(space.ignore_index)
+        msg.model_version = int(self.model.holder.version)
+        self._info_version = msg.model_version
+        self.info_pub.publish(msg)
+
+    def _publish_status(self) -> None:
+        with self._lock:
+            lat, count = self._window_lat, self._window_count
+            self._window_lat, self._window_count = [], 0
+            segmented = self.frames_segmented
+        now = time.monotonic()
+        span, self._window_t0 = now - self._window_t0, now
+        c = self.counters
+        with c.lock:
+            received, sampled, sent, recv = c.frames_received, c.frames_sampled, c.bytes_sent, c.bytes_received
+            rate, period = c.sampling_rate, c.update_period
+        holder = self.model.holder
+        msg = EdgeStatus()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.device_id = self.p["device_id"]
+        msg.model_version = int(holder.version)
+        msg.model_fingerprint = fingerprint(holder.active)
+        msg.inference_rate = float(count / span) if span > 0 else 0.0
+        msg.inference_latency_ms = float(np.mean(lat)) if lat else 0.0
+        msg.inference_latency_max_ms = float(np.max(lat)) if lat else 0.0
+        msg.frames_received = received
+        msg.frames_segmented = segmented
+        msg.frames_dropped = max(0, received - segmented - self.frames_rejected)
+        msg.frames_sampled = sampled
+        msg.bytes_sent = sent
+        msg.bytes_received = recv
+        if self.patch_stats is not None:
+            msg.updates_applied = self.patch_stats.applied
+            msg.updates_rejected = self.patch_stats.rejected
+            msg.last_rejection = self.patch_stats.last_rejection
+        msg.sampling_rate = float(rate)
+        msg.update_period = float(period)
+        self.status_pub.publish(msg)
+        self._last_rate, self._last_latency = msg.inference_rate, msg.inference_latency_ms
+        if msg.model_version != self._info_version:
+            self._publish_label_info()
+        self._publish_diagnostics(msg)
+
+    def _publish_diagnostics(self, s: EdgeStatus) -> None:
+        st = DiagnosticStatus()
+        st.name = f"ams_ros/{s.device_id}/student_segmenter"
+        st.hardware_id = s.device_id
+        st.level = DiagnosticStatus.OK if s.inference_rate > 0 else DiagnosticStatus.WARN
+        st.message = f"model v{s.model_version}, {s.inference_rate:.1f} frames/s" if s.inference_rate > 0 else "no frames"
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("model_version", s.model_version), ("inference_latency_ms", f"{s.inference_latency_ms:.1f}"),
+            ("frames_dropped", s.frames_dropped), ("updates_applied", s.updates_applied),
+            ("updates_rejected", s.updates_rejected), ("sampling_rate", f"{s.sampling_rate:.2f}"),
+        )]
+        arr = DiagnosticArray()
+        arr.header.stamp = s.header.stamp
+        arr.status = [st]
+        self.diag_pub.publish(arr)

@@ -1,0 +1,51 @@
+"""Robot side of AMS: camera sampler, student segmenter and model patcher in one process.
+
+    ros2 launch ams_ros edge.launch.py device_id:=robot1 image_topic:=/camera/image_raw
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+
+def generate_launch_description() -> LaunchDescription:
+    share = get_package_share_directory("ams_ros")
+    args = [
+        DeclareLaunchArgument("device_id", default_value="robot1",
+                              description="Name of this robot; the server addresses it by this id"),
+        DeclareLaunchArgument("namespace", default_value=LaunchConfiguration("device_id"),
+                              description="Namespace of all edge topics (default: the device id)"),
+        DeclareLaunchArgument("config_file", default_value=os.path.join(share, "config", "edge.yaml"),
+                              description="YAML parameter file for camera_sampler, student_segmenter, model_patcher"),
+        DeclareLaunchArgument("source", default_value="topic",
+                              description="'topic' (camera driver publishes image_topic), a video file, an image folder, a rosbag, device:N or synthetic[:seed]"),
+        DeclareLaunchArgument("image_topic", default_value="image_raw",
+                              description="Camera image topic (sensor_msgs/Image), relative to the namespace unless absolute"),
+        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2",
+                              description="Student model name (deeplabv3_mobilenet_v2 | lraspp_mobilenet_v3_large)"),
+        DeclareLaunchArgument("student_weights", default_value="",
+                              description="Student initial weights: checkpoint path or tflite:PATH"),
+        DeclareLaunchArgument("label_space", default_value="synthetic",
+                              description="Label space of the teacher/student classes (synthetic | cityscapes | voc | camvid)"),
+    ]
+    device = LaunchConfiguration("device_id")
+    # No `name=`: a node-name remap would rename all three nodes the process hosts.
+    edge = Node(
+        package="ams_ros",
+        executable="edge",
+        namespace=LaunchConfiguration("namespace"),
+        output="screen",
+        emulate_tty=True,
+        parameters=[
+            LaunchConfiguration("config_file"),
+            {"device_id": device, "source": LaunchConfiguration("source"),
+             "image_topic": LaunchConfiguration("image_topic"), "student": LaunchConfiguration("student"),
+             "student_weights": LaunchConfiguration("student_weights"),
+             "label_space": LaunchConfiguration("label_space")},
+        ],
+    )
+    return LaunchDescription(args + [edge])
