@@ -1,0 +1,217 @@
+"""Teachers: the server-side models whose labels the student is trained on.
+
+A teacher turns RGB frames into ``uint8`` label maps (255 = ignore) at each frame's own size, in
+its :attr:`Teacher.label_space`. :func:`build_teacher` makes one from a spec string:
+``tflite:PATH``, ``torchvision:NAME[@WEIGHTS.pth]``, ``checkpoint:PATH``, or a prefix registered
+by another module with :func:`register_teacher_factory` (the synthetic world adds ``oracle``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+
+from ams_ros.core.labels import CITYSCAPES, VOC, LabelSpace, get_label_space, import_provider
+
+log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """What the trainer needs from a teacher."""
+
+    name: str
+    label_space: LabelSpace
+
+    def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """uint8 label maps, one per image, each at that image's size."""
+        ...
+
+
+def _space(space: LabelSpace | str | None, default: LabelSpace) -> LabelSpace:
+    return default if space is None else get_label_space(space)
+
+
+def _check_range(labels: np.ndarray, space: LabelSpace) -> np.ndarray:
+    """Ids the space does not know become ignore rather than silently wrong classes."""
+    labels = labels.astype(np.uint8, copy=False)
+    bad = labels >= space.num_classes
+    if bad.any():
+        labels = labels.copy()
+        labels[bad] = space.ignore_index
+    return labels
+
+
+class TFLiteTeacher:
+    """A TFLite segmenter (default: the Cityscapes EdgeTPU DeepLab; 0 = road, no background)."""
+
+    def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
+                 num_threads: int | None = None, resize: str = "stretch") -> None:
+        from ams_ros.core.models.tflite_import import TFLiteSegmenter
+
+        self.segmenter = TFLiteSegmenter(path, num_threads=num_threads, resize=resize)
+        self.label_space = _space(label_space, CITYSCAPES)
+        self.name = f"tflite:{path}"
+
+    def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [_check_range(self.segmenter(img), self.label_space) for img in images]
+
+
+class _TorchTeacher:
+    """Shared inference for PyTorch teachers: resize, argmax, nearest back to the frame size."""
+
+    model: torch.nn.Module
+    input_size: tuple[int, int]
+
+    def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        from ams_ros.core.models.student import predict
+
+        labels = predict(self.model, list(images), size=self.input_size, batch_size=2)
+        return [_check_range(lab, self.label_space) for lab in labels]
+
+
+TORCHVISION_TEACHERS = (
+    "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+    "fcn_resnet50", "fcn_resnet101", "lraspp_mobilenet_v3_large",
+)
+
+
+class _TorchvisionSeg(torch.nn.Module):
+    """A torchvision segmentation net behind the student interface ([0, 1] in, logits out)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        from ams_ros.core.models.student import IMAGENET_MEAN, IMAGENET_STD, Normalize
+
+        self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))["out"]
+
+
+class TorchvisionTeacher(_TorchTeacher):
+    """A torchvision segmentation model (VOC classes) with its pretrained weights.
+
+    The weights are downloaded only because this teacher was asked for; ``weights_path`` uses a
+    local copy instead. A failed download raises a RuntimeError saying what to do.
+    """
+
+    def __init__(self, name: str, weights_path: str | os.PathLike | None = None,
+                 label_space: LabelSpace | str | None = None, input_size: tuple[int, int] = (520, 520)) -> None:
+        import torchvision.models.segmentation as seg
+
+        from ams_ros.core.models.student import _download_torchvision
+
+        if name not in TORCHVISION_TEACHERS:
+            raise ValueError(f"unknown torchvision teacher '{name}' (valid: {', '.join(TORCHVISION_TEACHERS)})")
+        import torchvision.models as tvm
+
+        net = getattr(seg, name)(weights=None, weights_backbone=None, num_classes=21)
+        if weights_path:
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        else:
+            state = _download_torchvision(tvm.get_model_weights(name).DEFAULT)
+        state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
+        net.load_state_dict(state, strict=True)
+        self.model = _TorchvisionSeg(net).eval()
+        self.label_space = _space(label_space, VOC)
+        self.input_size = tuple(input_size)
+        self.name = f"torchvision:{name}"
+
+
+class CheckpointTeacher(_TorchTeacher):
+    """A student-style checkpoint (e.g. a big offline-trained model) used as the teacher."""
+
+    def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
+                 input_size: tuple[int, int] | None = None) -> None:
+        from ams_ros.core.models.student import (
+            DEFAULT_INPUT_SIZE, checkpoint_label_space, load_student, read_checkpoint,
+        )
+
+        meta = read_checkpoint(path)
+        if "name" not in meta or "num_classes" not in meta:
+            raise ValueError(f"checkpoint '{path}' lacks 'name'/'num_classes'; save it with save_student_checkpoint()")
+        stored = checkpoint_label_space(meta)
+        if label_space is None and stored is None:
+            raise ValueError(f"checkpoint '{path}' names no label space; pass label_space")
+        self.label_space = _space(label_space, stored)  # type: ignore[arg-type]
+        if self.label_space.num_classes != int(meta["num_classes"]):
+            raise ValueError(f"checkpoint '{path}' has {meta['num_classes']} classes but label space "
+                             f"'{self.label_space.name}' has {self.label_space.num_classes}")
+        self.model = load_student(meta["name"], int(meta["num_classes"]), weights=str(path)).eval()
+        self.input_size = tuple(input_size or meta.get("input_size") or DEFAULT_INPUT_SIZE)
+        self.name = f"checkpoint:{path}"
+
+
+class SelectedClassesTeacher:
+    """Restricts a teacher to the selected classes: their ids become 0..K-1, the rest 255."""
+
+    def __init__(self, teacher: Teacher, selected_names: Sequence[str]) -> None:
+        self.teacher = teacher
+        self.label_space, self.lut = teacher.label_space.restrict(selected_names)
+        self.name = f"{teacher.name}[{','.join(self.label_space.class_names)}]"
+
+    def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.lut[lab] for lab in self.teacher.label(images)]
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------------
+
+TeacherFactory = Callable[[str, "LabelSpace | None"], Teacher]
+"""``factory(argument_after_prefix, label_space_or_None) -> Teacher``."""
+
+
+def _tflite(arg: str, space: LabelSpace | None) -> Teacher:
+    return TFLiteTeacher(arg, label_space=space)
+
+
+def _torchvision(arg: str, space: LabelSpace | None) -> Teacher:
+    name, _, path = arg.partition("@")
+    return TorchvisionTeacher(name, weights_path=path or None, label_space=space)
+
+
+def _checkpoint(arg: str, space: LabelSpace | None) -> Teacher:
+    return CheckpointTeacher(arg, label_space=space)
+
+
+TEACHER_FACTORIES: dict[str, TeacherFactory] = {
+    "tflite": _tflite, "torchvision": _torchvision, "checkpoint": _checkpoint,
+}
+# prefixes provided by other modules, imported on first use
+_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.synthetic"}
+_FORMS = {"tflite": "tflite:PATH", "torchvision": "torchvision:NAME[@WEIGHTS.pth]",
+          "checkpoint": "checkpoint:PATH", "oracle": "oracle[:ARGS]"}
+
+
+def register_teacher_factory(prefix: str, factory: TeacherFactory) -> None:
+    """Make ``prefix`` or ``prefix:ARG`` specs build teachers with ``factory(ARG, label_space)``."""
+    TEACHER_FACTORIES[prefix.strip().lower()] = factory
+
+
+def accepted_teacher_specs() -> list[str]:
+    prefixes = sorted(set(TEACHER_FACTORIES) | set(_PROVIDERS))
+    return [_FORMS.get(p, f"{p}[:ARG]") for p in prefixes]
+
+
+def build_teacher(spec: str, label_space: LabelSpace | str | None = None) -> Teacher:
+    """The teacher a spec names; ``label_space`` overrides the teacher's default space."""
+    text = str(spec or "").strip()
+    prefix, _, arg = text.partition(":")
+    prefix = prefix.strip().lower()
+    if prefix not in TEACHER_FACTORIES and prefix in _PROVIDERS:
+        import_provider(_PROVIDERS[prefix], f"teacher '{prefix}'")
+    factory = TEACHER_FACTORIES.get(prefix)
+    needs_arg = prefix in ("tflite", "torchvision", "checkpoint")
+    if factory is None or (needs_arg and not arg.strip()):
+        raise ValueError(f"unknown teacher spec '{spec}' (accepted: {', '.join(accepted_teacher_specs())})")
+    space = None if label_space is None else get_label_space(label_space)
+    teacher = factory(arg.strip(), space)
+    log.info("teacher %s (label space %s)", teacher.name, teacher.label_space.name)
+    return teacher

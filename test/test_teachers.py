@@ -1,0 +1,105 @@
+"""Teachers: spec parsing, restriction wrapper, checkpoint teacher and the real TFLite teacher."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ams_ros.core.labels import CITYSCAPES, get_label_space, labels_from_colors
+from ams_ros.core.models import teachers as T
+from ams_ros.core.models.student import build_student, save_student_checkpoint
+
+TEACHER = "models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
+CITY = "images/cityscapes/frankfurt_000001_058914"
+
+
+class FixedTeacher:
+    name = "fixed"
+    label_space = CITYSCAPES
+
+    def label(self, images):
+        return [np.full(img.shape[:2], i % 19, dtype=np.uint8) for i, img in enumerate(images)]
+
+
+def test_build_teacher_unknown_specs_list_forms():
+    for spec in ("", "magic:foo", "tflite:", "resnet"):
+        with pytest.raises(ValueError, match="accepted") as err:
+            T.build_teacher(spec)
+        for form in ("tflite:PATH", "torchvision:NAME", "checkpoint:PATH", "oracle"):
+            assert form in str(err.value)
+
+
+def test_build_teacher_missing_files():
+    with pytest.raises(FileNotFoundError):
+        T.build_teacher("tflite:/nonexistent/model.tflite")
+    with pytest.raises(FileNotFoundError):
+        T.build_teacher("checkpoint:/nonexistent/ckpt.pt")
+    with pytest.raises(ValueError, match="deeplabv3_resnet50"):
+        T.build_teacher("torchvision:vgg_seg")
+
+
+def test_register_teacher_factory():
+    seen = {}
+
+    def factory(arg, space):
+        seen["arg"], seen["space"] = arg, space
+        return FixedTeacher()
+
+    T.register_teacher_factory("fixedtest", factory)
+    try:
+        t = T.build_teacher("fixedtest:0.5", label_space="cityscapes")
+        assert isinstance(t, T.Teacher) and seen == {"arg": "0.5", "space": CITYSCAPES}
+        assert any(s.startswith("fixedtest") for s in T.accepted_teacher_specs())
+    finally:
+        T.TEACHER_FACTORIES.pop("fixedtest")
+
+
+def test_selected_classes_teacher():
+    t = T.SelectedClassesTeacher(FixedTeacher(), ["sidewalk", "road"])
+    assert t.label_space.class_names == ("sidewalk", "road")
+    a, b, c = t.label([np.zeros((4, 5, 3), np.uint8)] * 3)
+    assert a.shape == (4, 5) and np.all(a == 1) and np.all(b == 0) and np.all(c == 255)
+
+
+def test_checkpoint_teacher(tmp_path):
+    torch.manual_seed(0)
+    space = get_label_space("cityscapes[road,car,sky]")
+    save_student_checkpoint(build_student("deeplabv3_mobilenet_v2", 3), tmp_path / "t.pt",
+                            "deeplabv3_mobilenet_v2", 3, space, input_size=(128, 64))
+    t = T.build_teacher(f"checkpoint:{tmp_path / 't.pt'}")
+    assert t.label_space == space and t.input_size == (128, 64)
+    out = t.label([np.zeros((30, 40, 3), np.uint8), np.full((64, 128, 3), 200, np.uint8)])
+    assert [o.shape for o in out] == [(30, 40), (64, 128)] and all(o.max() < 3 for o in out)
+    with pytest.raises(ValueError, match="19"):
+        T.CheckpointTeacher(tmp_path / "t.pt", label_space="cityscapes")
+
+
+def test_torchvision_teacher_offline(monkeypatch, tmp_path):
+    import urllib.error
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(RuntimeError, match="can't be downloaded here"):
+        T.build_teacher("torchvision:lraspp_mobilenet_v3_large")
+
+
+def test_tflite_teacher_agrees_with_cityscapes_ground_truth(assets):
+    img = cv2.cvtColor(cv2.imread(str(assets / f"{CITY}_leftImg8bit.png")), cv2.COLOR_BGR2RGB)
+    gt_rgb = cv2.cvtColor(cv2.imread(str(assets / f"{CITY}_gtFine_color.png")), cv2.COLOR_BGR2RGB)
+    gt = labels_from_colors(gt_rgb, CITYSCAPES)
+    teacher = T.build_teacher(f"tflite:{assets / TEACHER}")
+    assert teacher.label_space is CITYSCAPES
+    (lab,) = teacher.label([img])
+    assert lab.shape == img.shape[:2] and lab.dtype == np.uint8
+    valid = gt != 255
+    accuracy = float((lab == gt)[valid].mean())
+    print(f"TFLite teacher pixel accuracy on {CITY}: {accuracy:.4f}")
+    assert valid.mean() > 0.5 and accuracy >= 0.85
+    sel = T.SelectedClassesTeacher(teacher, ["road", "car"])
+    (small,) = sel.label([img[::4, ::4].copy()])
+    assert set(np.unique(small)) <= {0, 1, 255} and (small == 0).mean() > 0.2
