@@ -48,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device-id", default="robot1", help="robot name")
     p.add_argument("--pretrain-steps", type=int, default=300, help="steps of synthetic pretraining when no weights are given")
     p.add_argument("--eval-every", type=int, default=2, help="score every n-th label map (saves CPU)")
+    p.add_argument("--cache-dir", default="out/cache", help="where the pretrained synthetic student is cached")
     p.add_argument("--no-video", action="store_true", help="do not record overlay.mp4")
     p.add_argument("--domain-id", type=int, default=None, help="private ROS_DOMAIN_ID (default: derived from the pid)")
     p.add_argument("--quiet", action="store_true", help="progress lines only, no node logs")

@@ -26,7 +26,7 @@ def prepare_weights(args: argparse.Namespace, out: Path) -> str:
         raise SystemExit("--student-weights is required with a real source (a checkpoint or tflite:PATH)")
     from ams_ros.demo_pretrain import pretrained_synthetic_student
 
-    return str(pretrained_synthetic_student(args, cache_dir=Path("out/cache")))
+    return str(pretrained_synthetic_student(args, cache_dir=Path(args.cache_dir)))
 
 
 def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) -> tuple[Path, Path]:
@@ -69,6 +69,12 @@ def run_demo(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={__import__('os').environ['ROS_DOMAIN_ID']}, DDS on loopback)")
     weights = prepare_weights(args, out)
+    if args.teacher == "oracle":
+        if not args.source.startswith("synthetic"):
+            raise SystemExit("the oracle teacher only knows the synthetic world: pass --teacher tflite:PATH (or another spec)")
+        args.teacher = "oracle" + (args.source[len("synthetic"):] or ":0")
+        if args.teacher.startswith("oracle?"):
+            args.teacher = "oracle:0" + args.teacher[len("oracle"):]
     edge_params, server_params = edge_and_server_params(args, weights, out)
 
     from ams_ros.demo_observer import Observer

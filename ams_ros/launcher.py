@@ -22,7 +22,8 @@ CONFIG = REPO_ROOT / "config"
 
 def write_overrides(path: Path, sections: dict[str, dict]) -> Path:
     """Write ``{node: {param: value}}`` as a ROS 2 parameter file."""
-    data = {node: {"ros__parameters": params} for node, params in sections.items()}
+    # "/**/name" matches the node in any namespace (robots run under /<device_id>)
+    data = {f"/**/{node}": {"ros__parameters": params} for node, params in sections.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

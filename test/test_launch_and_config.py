@@ -117,7 +117,8 @@ def param_tables():
 def test_yaml_keys_match_declared_parameters(config, param_tables):
     data = yaml.safe_load(config.read_text())
     assert data, f"{config.name} is empty"
-    for section, body in data.items():
+    for key, body in data.items():
+        section = key.removeprefix("/**/")
         assert section in param_tables, f"{config.name}: unknown node section '{section}'"
         params = body["ros__parameters"]
         declared = param_tables[section]
@@ -135,7 +136,7 @@ def test_yaml_keys_match_declared_parameters(config, param_tables):
 def test_every_node_has_a_yaml_section(param_tables):
     sections = set()
     for config in (ROOT / "config").glob("*.yaml"):
-        sections |= set(yaml.safe_load(config.read_text()))
+        sections |= {k.removeprefix("/**/") for k in yaml.safe_load(config.read_text())}
     assert set(param_tables) <= sections
 
 

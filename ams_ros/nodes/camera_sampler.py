@@ -22,6 +22,7 @@ from ams_ros.core.frame_codec import encode_frames
 from ams_ros.core.frame_sampler import FrameSampler, SampledBatch
 from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
 from ams_ros.nodes.common import (
+    RejectLog,
     FRAME_BATCH,
     SAMPLING_COMMAND,
     declare,
@@ -74,6 +75,7 @@ class CameraSampler(Node):
     def __init__(self, counters: EdgeCounters | None = None, **kwargs: Any) -> None:
         super().__init__("camera_sampler", **kwargs)
         self.p = declare(self, PARAMS)
+        self._reject = RejectLog(self)
         self.counters = counters or EdgeCounters()
         self.sampler = FrameSampler(
             sampling_rate=float(self.p["sampling_rate"]),
@@ -157,7 +159,7 @@ class CameraSampler(Node):
         try:
             rgb = to_rgb(msg)
         except ImageConversionError as exc:
-            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            self._reject("image", str(exc))
             return
         self._offer(stamp_to_sec(msg.header.stamp), rgb, msg.header.frame_id)
 

@@ -89,3 +89,21 @@ def spin_nodes(nodes: list[Node], threads: int | None = None) -> None:
         executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.try_shutdown()
+
+
+class RejectLog:
+    """Logs each distinct rejection reason at once, repeats of it at most every ``every_s``."""
+
+    def __init__(self, node: Node, every_s: float = 5.0) -> None:
+        self._node = node
+        self._every = every_s
+        self._last: dict[str, float] = {}
+
+    def __call__(self, what: str, reason: str) -> None:
+        import time
+
+        now = time.monotonic()
+        key = reason[:80]
+        if now - self._last.get(key, -1e9) >= self._every:
+            self._last[key] = now
+            self._node.get_logger().warning(f"rejected {what}: {reason}")

@@ -170,7 +170,10 @@ class TeacherLabeler(Node):
         frames = decode_frames(bytes(msg.data), msg.codec, int(msg.width), int(msg.height))
         if len(frames) != len(stamps):
             raise ValueError(f"batch holds {len(frames)} frames but {len(stamps)} timestamps")
-        labels = self.teacher.label(frames)
+        if getattr(self.teacher, "uses_stamps", False):  # the synthetic oracle renders by stream time
+            labels = self.teacher.label(frames, stamps=stamps)
+        else:
+            labels = self.teacher.label(frames)
         session = self.state.sessions[dev]
         for t, frame, label in zip(stamps, frames, labels):
             if self._lut is not None:

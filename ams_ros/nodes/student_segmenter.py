@@ -25,7 +25,7 @@ from ams_ros.core.models.student import predict
 from ams_ros.core.params import fingerprint
 from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
 from ams_ros.nodes.camera_sampler import EdgeCounters
-from ams_ros.nodes.common import EDGE_STATUS, LABEL_INFO, LABELS, MASK_COLOR, OVERLAY, declare, qos
+from ams_ros.nodes.common import RejectLog, EDGE_STATUS, LABEL_INFO, LABELS, MASK_COLOR, OVERLAY, declare, qos
 from ams_ros.nodes.edge_model import EdgeModel
 
 PARAMS = {
@@ -53,6 +53,7 @@ class StudentSegmenter(Node):
     def __init__(self, model: EdgeModel, counters: EdgeCounters, patch_stats: Any = None, **kwargs: Any) -> None:
         super().__init__("student_segmenter", **kwargs)
         self.p = declare(self, PARAMS)
+        self._reject = RejectLog(self)
         if int(self.p["torch_threads"]) > 0:
             torch.set_num_threads(int(self.p["torch_threads"]))
         self.model = model
@@ -94,10 +95,10 @@ class StudentSegmenter(Node):
             rgb = to_rgb(msg)
         except ImageConversionError as exc:
             self.frames_rejected += 1
-            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            self._reject("image", str(exc))
             return
-        net = self.model.holder.active  # one reference read: a concurrent swap never blocks this
-        labels = predict(net, [rgb], size=self.model.input_size)[0]
+        with self.model.holder.use() as net:  # a concurrent swap never blocks this, nor writes into net
+            labels = predict(net, [rgb], size=self.model.input_size)[0]
         header = msg.header
         self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
         if self.mask_pub is not None or self.overlay_pub is not None:

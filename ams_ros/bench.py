@@ -1,0 +1,189 @@
+"""`make bench` / `ams-bench`: speed and size figures of the core pieces, as JSON.
+
+Writes ``out/bench/bench.json`` and prints it. CPU figures on this machine; no timed asserts
+live in the unit tests, targets are checked here and reported as ``targets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GAMMAS = (0.2, 0.1, 0.05, 0.01)
+PAPER_UPDATE_BYTES_AT_5PCT = 205_000 / 8 * 10  # 205 Kbps at T_update 10 s = 256 KB per update
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return float(statistics.median(times))
+
+
+def _synthetic_samples(n: int, size: tuple[int, int], seed: int = 0):
+    from ams_ros.core.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(seed=seed, width=size[0], height=size[1])
+    return [(float(t), *world.frame_at(float(t))) for t in np.linspace(0.0, 60.0, n)]
+
+
+def _trainer(model, size, gamma, iterations=20, batch=8, seed=0):
+    from ams_ros.core.trainer import AMSTrainer, TrainerConfig
+
+    cfg = TrainerConfig(iterations=iterations, batch_size=batch, gamma=gamma, input_size=size, seed=seed)
+    return AMSTrainer(model, cfg)
+
+
+def _teacher_agreement_on_decoded() -> dict | None:
+    """Teacher labels on H.264-decoded vs original frames of real footage (shared assets)."""
+    from ams_ros.core.assets import asset_path
+    from ams_ros.core.frame_codec import decode_frames, encode_frames
+
+    teacher_path = asset_path("models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite")
+    frames_dir = asset_path("video/camvid-0016E5/frames")
+    if teacher_path is None or frames_dir is None:
+        log("shared assets absent: skipping the teacher agreement on decoded frames")
+        return None
+    import cv2
+
+    from ams_ros.core.models.teachers import build_teacher
+
+    files = sorted(frames_dir.glob("*.jpg"))[:10]
+    frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (512, 256)) for f in files]
+    stamps = [int(f.stem) / 30.0 for f in files]
+    enc = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=10.0)
+    decoded = decode_frames(enc.data, enc.codec, enc.width, enc.height)
+    teacher = build_teacher(f"tflite:{teacher_path}")
+    a = teacher.label(frames)
+    b = teacher.label(decoded)
+    agree = float(np.mean([np.mean(x == y) for x, y in zip(a, b)]))
+    log(f"teacher label agreement, decoded vs original (10 CamVid frames, 200 Kbps): {agree:.4f}")
+    return {"frames": len(files), "batch_bytes": len(enc.data), "pixel_agreement": round(agree, 4),
+            "teacher": teacher_path.name, "source": "camvid-0016E5"}
+
+
+def run(args: argparse.Namespace) -> dict:
+    from ams_ros.core.frame_codec import encode_frames
+    from ams_ros.core.models.student import build_student
+    from ams_ros.core.params import flatten_params, num_params
+    from ams_ros.core.update_codec import ENCODINGS, DoubleBufferedModel, encode_update, quantize_roundtrip
+
+    torch.manual_seed(0)
+    res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                             "torch": torch.__version__, "device": "cpu"}}
+    student = build_student("deeplabv3_mobilenet_v2", num_classes=21).eval()
+    res["student_params"] = num_params(student)
+    log(f"student deeplabv3_mobilenet_v2: {res['student_params']:,} parameters")
+
+    x = torch.rand(1, 3, 256, 512)
+    with torch.no_grad():
+        res["student_ms_512x256"] = round(_median_ms(lambda: student(x), repeat=args.repeat), 2)
+    log(f"student inference 512x256, batch 1: {res['student_ms_512x256']} ms")
+
+    # one training phase at the paper's settings (K=20, batch 8, 512x256, gamma 0.05)
+    samples = _synthetic_samples(24, (512, 256))
+    model = copy.deepcopy(student)
+    tr = _trainer(model, (512, 256), 0.05, iterations=args.iterations)
+    for t, f, g in samples:
+        tr.add_sample(t, f, g)
+    before = flatten_params(model).clone()
+    log(f"training one phase: K={args.iterations}, batch 8, 512x256, gamma 0.05 ...")
+    t0 = time.perf_counter()
+    tr.train_phase(60.0)
+    res["trainer_phase_s"] = round(time.perf_counter() - t0, 2)
+    res["trainer_phase_iterations"] = args.iterations
+    res["changed_fraction"] = round(float((flatten_params(model) != before).float().mean()), 5)
+    log(f"phase: {res['trainer_phase_s']} s, changed fraction {res['changed_fraction']}")
+
+    # update sizes after real training phases, per encoding and gamma
+    size_small = (args.update_width, args.update_height)
+    small = _synthetic_samples(24, size_small)
+    res["update_bytes"] = {name: {} for name in ENCODINGS}
+    res["update_bytes_setup"] = (f"2 phases (random then gradient-guided mask), K={args.iterations}, batch 8, "
+                                 f"{size_small[0]}x{size_small[1]}, synthetic world; bytes of the 2nd update")
+    last_update_5pct = None
+    for gamma in GAMMAS:
+        m = copy.deepcopy(student)
+        tr = _trainer(m, size_small, gamma, iterations=args.iterations)
+        for t, f, g in small:
+            tr.add_sample(t, f, g)
+        tr.train_phase(60.0)
+        result = tr.train_phase(60.0)
+        for name in ENCODINGS:
+            vals = quantize_roundtrip(name, m, result.indices, result.values)
+            upd = encode_update(m, result.indices, vals, base_version=1, new_version=2, encoding=name)
+            res["update_bytes"][name][str(gamma)] = len(upd.indices_blob) + len(upd.values_blob)
+            if gamma == 0.05 and name == "paper_gzip_fp16":
+                last_update_5pct = (m, upd)
+        log(f"update bytes at gamma {gamma}: " + ", ".join(f"{n} {res['update_bytes'][n][str(gamma)]:,}" for n in ENCODINGS))
+
+    # decode + apply + swap of a 5% update on the edge's double buffer
+    m, upd = last_update_5pct
+    edge = DoubleBufferedModel(copy.deepcopy(student))
+    edge_version = [1]
+
+    def apply():
+        u = copy.copy(upd)
+        u.base_version, u.new_version = edge.version, edge.version + 1
+        u.checksum = u.compute_checksum()
+        edge.apply_update(u)
+
+    res["patch_apply_ms"] = round(_median_ms(apply, repeat=args.repeat), 2)
+    log(f"patch decode+apply+swap (5%): {res['patch_apply_ms']} ms")
+
+    frames = [f for _, f, _ in _synthetic_samples(10, (512, 256))]
+    stamps = [float(i) for i in range(10)]
+    t0 = time.perf_counter()
+    enc = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=10.0)
+    res["batch_encode_s"] = round(time.perf_counter() - t0, 3)
+    res["batch_bytes_10_frames"] = len(enc.data)
+    log(f"frame batch: 10 frames 512x256 at 200 Kbps -> {len(enc.data):,} bytes in {res['batch_encode_s']} s")
+
+    res["batch_teacher_agreement"] = _teacher_agreement_on_decoded()
+
+    paper5 = res["update_bytes"]["paper_gzip_fp16"]["0.05"]
+    best5 = min(v["0.05"] for v in res["update_bytes"].values())
+    res["targets"] = {
+        "paper_encoding_5pct_at_most_256KB": paper5 <= PAPER_UPDATE_BYTES_AT_5PCT,
+        "best_encoding_5pct_at_most_half_of_paper_figure": best5 <= PAPER_UPDATE_BYTES_AT_5PCT / 2,
+        "patch_apply_under_10ms": res["patch_apply_ms"] < 10.0,
+        "batch_within_1.3x_of_200kbps_budget": len(enc.data) <= 1.3 * 200_000 / 8 * 10,
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="ams-bench", description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="out/bench", help="output folder")
+    p.add_argument("--repeat", type=int, default=20, help="timed repetitions of short measurements")
+    p.add_argument("--iterations", type=int, default=20, help="K per training phase")
+    p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
+    p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
+    args = p.parse_args(argv)
+    res = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(res, indent=2))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Frame batches on the uplink: one update period of sampled frames as one H.264 clip.
+
+The edge buffers its samples and encodes them with libx264 at a target bitrate (the paper
+uses 200 Kbps, two-pass, preset medium). Here x264's ABR with a VBV cap of the same bitrate
+plays the role of two-pass rate control so the batch lands near ``bitrate * period`` bytes.
+Timestamps travel beside the bytes (in the message), so they are preserved exactly.
+A ``jpeg`` codec (length-prefixed full-quality JPEGs) serves the remote+tracking baseline.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+
+import av
+import cv2
+import numpy as np
+
+CODECS = ("h264", "jpeg")
+
+
+class FrameCodecError(ValueError):
+    """Bytes that do not decode into the announced frames."""
+
+
+@dataclass
+class EncodedBatch:
+    data: bytes
+    codec: str
+    width: int
+    height: int
+    timestamps: list[float] = field(default_factory=list)
+    num_frames: int = 0
+    bitrate_bps: int = 0
+
+
+def _even(x: int) -> int:
+    return x + (x % 2)
+
+
+def encode_frames(frames: list[np.ndarray], timestamps: list[float], bitrate_bps: int = 200_000,
+                  codec: str = "h264", preset: str = "medium", period_s: float | None = None,
+                  jpeg_quality: int = 95) -> EncodedBatch:
+    """Encode RGB ``frames`` (all the same size). ``period_s`` is the stream time the batch
+    covers (default: the span of the timestamps + one frame interval); the H.264 size target
+    is ``bitrate_bps * period_s / 8`` bytes."""
+    if not frames:
+        raise FrameCodecError("no frames to encode")
+    if len(frames) != len(timestamps):
+        raise FrameCodecError(f"{len(frames)} frames but {len(timestamps)} timestamps")
+    h, w = frames[0].shape[:2]
+    if any(f.shape[:2] != (h, w) for f in frames):
+        raise FrameCodecError("all frames of a batch must have the same size")
+    if codec == "jpeg":
+        parts = []
+        for f in frames:
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            if not ok:
+                raise FrameCodecError("JPEG encoding failed")
+            parts.append(struct.pack("<I", buf.size) + buf.tobytes())
+        return EncodedBatch(b"".join(parts), "jpeg", w, h, list(timestamps), len(frames), 0)
+    if codec != "h264":
+        raise FrameCodecError(f"unknown frame codec '{codec}'; use one of {CODECS}")
+    n = len(frames)
+    if period_s is None:
+        span = (timestamps[-1] - timestamps[0]) if n > 1 else 1.0
+        period_s = span + (span / max(n - 1, 1) if n > 1 else 0.0)
+    # x264 sees the clip at 1 frame per "slot": bitrate per frame = budget / n frames.
+    budget_bits = max(1.0, bitrate_bps * float(period_s))
+    fps = 1
+    kbps = max(1, int(budget_bits / n / 1000))  # kbit per second of the 1-fps clip
+    pw, ph = _even(w), _even(h)
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.options = {"preset": preset, "x264-params":
+                          f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"}
+        for f in frames:
+            img = f if (pw, ph) == (w, h) else cv2.copyMakeBorder(f, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                out.mux(pkt)
+        for pkt in stream.encode():
+            out.mux(pkt)
+    return EncodedBatch(buf.getvalue(), "h264", w, h, list(timestamps), n, int(bitrate_bps))
+
+
+def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: int = 10_000) -> list[np.ndarray]:
+    """Decode a batch into RGB frames of ``width`` x ``height``; garbage raises FrameCodecError."""
+    if not data:
+        raise FrameCodecError("empty frame batch")
+    if codec == "jpeg":
+        frames, pos = [], 0
+        while pos < len(data):
+            if pos + 4 > len(data):
+                raise FrameCodecError("truncated JPEG batch")
+            (size,) = struct.unpack_from("<I", data, pos)
+            pos += 4
+            if size == 0 or pos + size > len(data):
+                raise FrameCodecError("truncated JPEG batch")
+            img = cv2.imdecode(np.frombuffer(data, np.uint8, count=size, offset=pos), cv2.IMREAD_COLOR)
+            if img is None or img.shape[:2] != (height, width):
+                raise FrameCodecError("undecodable JPEG frame or unexpected size")
+            frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            pos += size
+        return frames
+    if codec != "h264":
+        raise FrameCodecError(f"unknown frame codec '{codec}'; use one of {CODECS}")
+    frames = []
+    try:
+        with av.open(io.BytesIO(bytes(data)), "r", format="mp4") as container:
+            if not container.streams.video:
+                raise FrameCodecError("batch holds no video stream")
+            for frame in container.decode(video=0):
+                rgb = frame.to_ndarray(format="rgb24")
+                if rgb.shape[0] < height or rgb.shape[1] < width:
+                    raise FrameCodecError(f"decoded frame {rgb.shape[1]}x{rgb.shape[0]} smaller than {width}x{height}")
+                frames.append(np.ascontiguousarray(rgb[:height, :width]))
+                if len(frames) > max_frames:
+                    raise FrameCodecError("batch holds more frames than allowed")
+    except FrameCodecError:
+        raise
+    except (av.error.FFmpegError, ValueError, EOFError, OSError, IndexError) as exc:
+        raise FrameCodecError(f"corrupted or truncated H.264 batch: {exc}") from exc
+    if not frames:
+        raise FrameCodecError("H.264 batch decoded to no frames")
+    return frames

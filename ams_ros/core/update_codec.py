@@ -1,0 +1,439 @@
+"""Sparse model updates on the wire: encodings, verification, and the edge's double buffer.
+
+An update carries new values for a subset of coordinates of the flat parameter vector
+(:mod:`ams_ros.core.params`). Encodings are selectable by name:
+
+- ``paper_gzip_fp16``: the paper's — a packed bit mask over all parameters (gzip -9) and the
+  selected values as float16 (gzip -9).
+- ``delta_lzma_fp16``: delta-coded sorted indices as LEB128 varints + float16 values, LZMA.
+- ``delta_lzma_q8``: the same indices + values quantised to 8 bits with a scale/offset per
+  parameter tensor (max error half a step of that tensor's range / 255), LZMA.
+
+Decoding verifies fingerprint, encoding, checksum, sizes and finiteness and raises
+:class:`UpdateError` with a clear reason; it never touches the model.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import hashlib
+import hmac
+import lzma
+import struct
+import threading
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from ams_ros.core.params import fingerprint, param_layout
+
+
+class UpdateError(ValueError):
+    """An update failed verification; the model was not modified."""
+
+
+class VersionGapError(UpdateError):
+    """The update does not apply on top of the version the edge runs."""
+
+    def __init__(self, base: int, current: int) -> None:
+        super().__init__(f"update applies on top of v{base} but this model is v{current} (gap in the version chain)")
+        self.base = base
+        self.current = current
+
+
+@dataclass
+class EncodedUpdate:
+    """Mirror of ``ams_msgs/ModelUpdate`` (without header/device)."""
+
+    fingerprint: str
+    base_version: int
+    new_version: int
+    full_snapshot: bool
+    encoding: str
+    num_params: int
+    indices_blob: bytes
+    values_blob: bytes
+    num_selected: int
+    checksum: str = ""
+    auth_tag: bytes = b""
+
+    def compute_checksum(self) -> str:
+        h = hashlib.sha256()
+        for part in (self.fingerprint, str(self.base_version), str(self.new_version), str(int(self.full_snapshot)),
+                     self.encoding, str(self.num_params), str(self.num_selected)):
+            h.update(part.encode())
+            h.update(b"\x00")
+        h.update(hashlib.sha256(self.indices_blob).digest())
+        h.update(hashlib.sha256(self.values_blob).digest())
+        return h.hexdigest()
+
+    def sign(self, key: bytes) -> None:
+        """Attach an HMAC-SHA256 tag over the checksum (shared-key authentication)."""
+        self.auth_tag = hmac.new(key, self.checksum.encode(), hashlib.sha256).digest()
+
+    def verify(self, key: bytes) -> bool:
+        expected = hmac.new(key, self.checksum.encode(), hashlib.sha256).digest()
+        return hmac.compare_digest(expected, bytes(self.auth_tag))
+
+    @property
+    def wire_bytes(self) -> int:
+        return len(self.indices_blob) + len(self.values_blob)
+
+
+def encoded_size(update: EncodedUpdate) -> int:
+    """Bytes on the wire: blobs plus the fixed header fields (fingerprint, versions, checksum)."""
+    return update.wire_bytes + 64 + 64 + 8 * 5 + len(update.encoding) + len(update.auth_tag)
+
+
+# ---------------------------------------------------------------------------- index coders
+def _mask_encode(indices: np.ndarray, n: int) -> bytes:
+    mask = np.zeros(n, dtype=bool)
+    mask[indices] = True
+    return gzip.compress(np.packbits(mask).tobytes(), compresslevel=9, mtime=0)
+
+
+def _mask_decode(blob: bytes, n: int) -> np.ndarray:
+    bits = np.frombuffer(_gunzip(blob), dtype=np.uint8)
+    if bits.size != (n + 7) // 8:
+        raise UpdateError(f"index mask holds {bits.size * 8} bits, model has {n} parameters")
+    mask = np.unpackbits(bits)[:n].astype(bool)
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def _varint_encode(values: np.ndarray) -> bytes:
+    """LEB128 of non-negative int64s, vectorised over 7-bit groups."""
+    v = values.astype(np.uint64)
+    out = []
+    groups = np.ones(v.size, dtype=np.int64)
+    tmp = v >> np.uint64(7)
+    while np.any(tmp):
+        groups += (tmp > 0)
+        tmp >>= np.uint64(7)
+    maxg = int(groups.max()) if v.size else 0
+    byte_rows = np.zeros((v.size, maxg), dtype=np.uint8)
+    tmp = v.copy()
+    for g in range(maxg):
+        byte_rows[:, g] = (tmp & np.uint64(0x7F)).astype(np.uint8) | np.where(g < groups - 1, 0x80, 0).astype(np.uint8)
+        tmp >>= np.uint64(7)
+    keep = np.arange(maxg)[None, :] < groups[:, None]
+    out = byte_rows[keep]
+    return out.tobytes()
+
+
+def _varint_decode(blob: bytes, count: int) -> np.ndarray:
+    b = np.frombuffer(blob, dtype=np.uint8)
+    ends = np.flatnonzero((b & 0x80) == 0)
+    if ends.size != count or (b.size and ends[-1] != b.size - 1):
+        raise UpdateError(f"index stream holds {ends.size} indices, header says {count}")
+    starts = np.concatenate([[0], ends[:-1] + 1]) if count else np.zeros(0, np.int64)
+    out = np.zeros(count, dtype=np.uint64)
+    lengths = ends - starts + 1
+    if count and lengths.max() > 9:
+        raise UpdateError("index stream has an over-long varint")
+    for g in range(int(lengths.max()) if count else 0):
+        sel = lengths > g
+        out[sel] |= (b[starts[sel] + g] & 0x7F).astype(np.uint64) << np.uint64(7 * g)
+    return out.astype(np.int64)
+
+
+def _delta_encode(indices: np.ndarray) -> bytes:
+    d = np.diff(indices, prepend=0)
+    return _varint_encode(d)
+
+
+def _delta_decode(blob: bytes, count: int) -> np.ndarray:
+    return np.cumsum(_varint_decode(blob, count)).astype(np.int64)
+
+
+def _gunzip(blob: bytes) -> bytes:
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UpdateError(f"corrupted or truncated gzip payload: {exc}") from exc
+
+
+def _unlzma(blob: bytes) -> bytes:
+    try:
+        return lzma.decompress(blob)
+    except (lzma.LZMAError, EOFError) as exc:
+        raise UpdateError(f"corrupted or truncated lzma payload: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- value coders
+def _slot_of(indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    return np.searchsorted(offsets, indices, side="right") - 1
+
+
+def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> bytes:
+    slots = _slot_of(indices, offsets)
+    uniq, start = np.unique(slots, return_index=True)
+    ends = np.append(start[1:], slots.size)
+    header = [struct.pack("<I", uniq.size)]
+    q = np.zeros(values.size, dtype=np.uint8)
+    for s, a, b in zip(uniq, start, ends):
+        v = values[a:b]
+        lo, hi = float(v.min()), float(v.max())
+        scale = (hi - lo) / 255.0 if hi > lo else 0.0
+        header.append(struct.pack("<Iff", int(s), lo, scale))
+        if scale > 0:
+            q[a:b] = np.clip(np.rint((v - lo) / scale), 0, 255).astype(np.uint8)
+    return b"".join(header) + q.tobytes()
+
+
+def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    if len(raw) < 4:
+        raise UpdateError("q8 value stream is truncated")
+    (nslots,) = struct.unpack_from("<I", raw, 0)
+    head = 4 + 12 * nslots
+    if len(raw) != head + indices.size:
+        raise UpdateError(f"q8 value stream has {len(raw) - head} values, expected {indices.size}")
+    q = np.frombuffer(raw, dtype=np.uint8, offset=head).astype(np.float32)
+    table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("lo", "<f4"), ("scale", "<f4")]), count=nslots, offset=4)
+    nslot_total = offsets.size
+    if nslots and int(table["slot"].max()) >= nslot_total:
+        raise UpdateError("q8 value stream names a parameter tensor the model does not have")
+    lo = np.full(nslot_total, np.nan, dtype=np.float32)
+    scale = np.full(nslot_total, np.nan, dtype=np.float32)
+    lo[table["slot"]] = table["lo"]
+    scale[table["slot"]] = table["scale"]
+    slots = _slot_of(indices, offsets)
+    out = lo[slots] + q * scale[slots]
+    if np.isnan(lo[slots]).any():
+        raise UpdateError("q8 value stream misses the scale of some parameter tensors")
+    return out
+
+
+def _fp16(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype=np.float16).tobytes()
+
+
+def _from_fp16(raw: bytes, count: int) -> np.ndarray:
+    if len(raw) != 2 * count:
+        raise UpdateError(f"value stream holds {len(raw) // 2} float16 values, expected {count}")
+    return np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Encoding:
+    name: str
+    lossy_values: bool  # values are rounded: the server must keep what the edge decodes
+
+
+ENCODINGS: dict[str, Encoding] = {
+    "paper_gzip_fp16": Encoding("paper_gzip_fp16", True),
+    "delta_lzma_fp16": Encoding("delta_lzma_fp16", True),
+    "delta_lzma_q8": Encoding("delta_lzma_q8", True),
+}
+
+
+def _check_encoding(name: str) -> None:
+    if name not in ENCODINGS:
+        raise UpdateError(f"unknown update encoding '{name}'; known: {', '.join(ENCODINGS)}")
+
+
+def _offsets(model_or_layout) -> np.ndarray:
+    layout = param_layout(model_or_layout) if isinstance(model_or_layout, nn.Module) else model_or_layout
+    return np.array([s.offset for s in layout], dtype=np.int64)
+
+
+def _encode_blobs(encoding: str, indices: np.ndarray, values: np.ndarray, n: int, offsets: np.ndarray) -> tuple[bytes, bytes]:
+    if encoding == "paper_gzip_fp16":
+        return _mask_encode(indices, n), gzip.compress(_fp16(values), compresslevel=9, mtime=0)
+    idx = lzma.compress(_delta_encode(indices), preset=9 | lzma.PRESET_EXTREME)
+    if encoding == "delta_lzma_fp16":
+        return idx, lzma.compress(_fp16(values), preset=9 | lzma.PRESET_EXTREME)
+    return idx, lzma.compress(_q8_encode(indices, values, offsets), preset=9 | lzma.PRESET_EXTREME)
+
+
+def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, k = u.num_params, u.num_selected
+    if u.encoding == "paper_gzip_fp16":
+        idx = _mask_decode(u.indices_blob, n)
+        if idx.size != k:
+            raise UpdateError(f"index mask selects {idx.size} parameters, header says {k}")
+        vals = _from_fp16(_gunzip(u.values_blob), k)
+    else:
+        idx = _delta_decode(_unlzma(u.indices_blob), k)
+        if k and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
+            raise UpdateError(f"indices out of range [0, {n}) or not strictly increasing")
+        raw = _unlzma(u.values_blob)
+        vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets)
+    return idx, vals
+
+
+def _sorted(indices: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    val = np.asarray(values, dtype=np.float32).reshape(-1)
+    if idx.size != val.size:
+        raise ValueError(f"{idx.size} indices but {val.size} values")
+    order = np.argsort(idx, kind="stable")
+    idx, val = idx[order], val[order]
+    if idx.size and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) == 0)):
+        raise ValueError(f"indices must be unique and within [0, {n})")
+    return idx, val
+
+
+def encode_update(model_or_layout, indices, values, base_version: int, new_version: int,
+                  encoding: str = "paper_gzip_fp16", full_snapshot: bool = False) -> EncodedUpdate:
+    """Encode new ``values`` at flat ``indices`` as an update from ``base_version``."""
+    _check_encoding(encoding)
+    if isinstance(model_or_layout, nn.Module):
+        fp, offsets = fingerprint(model_or_layout), _offsets(model_or_layout)
+        n = sum(p.numel() for p in model_or_layout.parameters())
+    else:
+        raise TypeError("encode_update needs the model (for its fingerprint and layout)")
+    idx, val = _sorted(indices, values, n)
+    ib, vb = _encode_blobs(encoding, idx, val, n, offsets)
+    u = EncodedUpdate(fp, int(base_version), int(new_version), bool(full_snapshot), encoding, n, ib, vb, int(idx.size))
+    u.checksum = u.compute_checksum()
+    return u
+
+
+def encode_snapshot(model: nn.Module, version: int, encoding: str = "paper_gzip_fp16") -> EncodedUpdate:
+    """Every parameter, as a full snapshot that applies on top of any version.
+
+    Snapshots use float16 values (or q8) like updates; the server keeps its own copy equal
+    to what the edge decodes by applying :func:`quantize_roundtrip` before encoding updates.
+    """
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).numpy()
+    return encode_update(model, np.arange(flat.size), flat, base_version=version, new_version=version,
+                         encoding=encoding, full_snapshot=True)
+
+
+def quantize_roundtrip(encoding: str, model: nn.Module, indices, values) -> np.ndarray:
+    """The values exactly as the edge will decode them (so server and edge stay identical)."""
+    _check_encoding(encoding)
+    n = sum(p.numel() for p in model.parameters())
+    idx, val = _sorted(indices, values, n)
+    if encoding == "delta_lzma_q8":
+        raw = _q8_encode(idx, val, _offsets(model))
+        dec = _q8_decode(raw, idx, _offsets(model))
+    else:
+        dec = val.astype(np.float16).astype(np.float32)
+    # back to the caller's order
+    out = np.empty_like(dec)
+    order = np.argsort(np.asarray(indices, dtype=np.int64).reshape(-1), kind="stable")
+    out[order] = dec
+    return out
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """What verification needs to know about a model, computed once per model."""
+
+    fingerprint: str
+    num_params: int
+    offsets: np.ndarray
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "ModelLayout":
+        return cls(fingerprint(model), sum(p.numel() for p in model.parameters()), _offsets(model))
+
+
+def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Verify and decode; raises :class:`UpdateError` with the reason. Never modifies ``model``."""
+    layout = model if isinstance(model, ModelLayout) else ModelLayout.of(model)
+    fp, n = layout.fingerprint, layout.num_params
+    if update.fingerprint != fp:
+        raise UpdateError(f"update is for architecture {update.fingerprint[:12]}..., this model is {fp[:12]}...")
+    _check_encoding(update.encoding)
+    if update.checksum != update.compute_checksum():
+        raise UpdateError("checksum mismatch: the update was corrupted in transit")
+    if update.num_params != n:
+        raise UpdateError(f"update is for a model of {update.num_params} parameters, this one has {n}")
+    if not 0 <= update.num_selected <= n:
+        raise UpdateError(f"update selects {update.num_selected} of {n} parameters")
+    if update.full_snapshot and update.num_selected != n:
+        raise UpdateError(f"full snapshot carries {update.num_selected} of {n} parameters")
+    idx, vals = _decode_blobs(update, layout.offsets)
+    if not np.all(np.isfinite(vals)):
+        raise UpdateError(f"update carries {int(np.sum(~np.isfinite(vals)))} non-finite values (NaN/Inf)")
+    return idx, vals
+
+
+class _FlatWriter:
+    """Fast scatter of sorted flat indices into a model's parameters (one slice per tensor)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = [p for p in model.parameters()]
+        self.offsets = _offsets(model)
+
+    @torch.no_grad()
+    def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
+        cuts = np.searchsorted(idx, self.offsets)
+        cuts = np.append(cuts, idx.size)
+        ti = torch.from_numpy(idx)
+        tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
+        for k, p in enumerate(self.params):
+            a, b = int(cuts[k]), int(cuts[k + 1])
+            if b > a:
+                p.view(-1)[ti[a:b] - int(self.offsets[k])] = tv[a:b].to(p.dtype)
+
+
+class DoubleBufferedModel:
+    """The edge's running model and an inactive copy.
+
+    Updates are written into the inactive copy, which is then swapped in with one reference
+    assignment: inference never blocks on a patch and never sees a half-written model. The
+    copy that was swapped out is brought up to date lazily, before the next update, and only
+    once no inference still runs on it (readers hold it through :meth:`use`).
+    """
+
+    def __init__(self, model: nn.Module, version: int = 0) -> None:
+        model.eval()
+        self._active = model
+        self._inactive = copy.deepcopy(model)
+        self._writers = {id(model): _FlatWriter(model), id(self._inactive): _FlatWriter(self._inactive)}
+        self._readers = {id(model): 0, id(self._inactive): 0}
+        self._readers_cv = threading.Condition()
+        self._catch_up: list[tuple[np.ndarray, np.ndarray]] = []
+        self._version = int(version)
+        self._lock = threading.Lock()
+        self.layout = ModelLayout.of(model)
+
+    @property
+    def active(self) -> nn.Module:
+        """The model inference should use now (a plain reference read)."""
+        return self._active
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @contextmanager
+    def use(self) -> Iterator[nn.Module]:
+        """Hold the active model for one inference; the patcher will not write into it meanwhile."""
+        with self._readers_cv:
+            model = self._active
+            self._readers[id(model)] += 1
+        try:
+            yield model
+        finally:
+            with self._readers_cv:
+                self._readers[id(model)] -= 1
+                self._readers_cv.notify_all()
+
+    def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0) -> int:
+        """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched)."""
+        with self._lock:
+            if not update.full_snapshot and update.base_version != self._version:
+                raise VersionGapError(update.base_version, self._version)
+            idx, vals = decode_update(update, self.layout)
+            target = self._inactive
+            with self._readers_cv:  # an inference that started before the last swap may still run on it
+                if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
+                    raise UpdateError("inactive model still in use by inference; try again")
+            writer = self._writers[id(target)]
+            for c_idx, c_vals in self._catch_up:  # the previous update(s), not yet in this copy
+                writer.write(c_idx, c_vals)
+            writer.write(idx, vals)
+            self._catch_up = [(idx, vals)]
+            self._inactive, self._active = self._active, target  # the swap readers see
+            self._version = int(update.new_version)
+            return self._version

@@ -1,0 +1,73 @@
+"""End to end over DDS between two OS processes (the `make demo` path, short, low resolution):
+the edge applies several updates in order, its model version advances, inference never stalls
+longer than two frame periods during swaps, the streamed student beats a frozen copy after a
+domain shift, and Ctrl-C stops both processes cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ros_helpers import REPO_ROOT, loopback_env, require_ros
+
+require_ros()
+
+FPS = 5.0
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("e2e")
+    cmd = [sys.executable, "-m", "ams_ros.demo", "--out", str(out), "--cache-dir", str(out / "cache"),
+           "--duration", "60", "--source", "synthetic:0?shifts=20", "--width", "96", "--height", "48",
+           "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
+           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "150", "--eval-every", "1", "--quiet",
+           "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
+    proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    return out, summary, proc.stdout
+
+
+def test_edge_applies_several_updates_in_order(demo_run):
+    out, summary, _ = demo_run
+    log = (out / "edge.log").read_text()
+    applied = [(int(a), int(b)) for a, b in re.findall(r"applied update v(\d+)->v(\d+)", log)]
+    assert len(applied) >= 4, log[-3000:]
+    assert all(b == a + 1 for a, b in applied)
+    assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1))
+    assert summary["updates_applied"] >= len(applied)
+    assert summary["model_version"] >= applied[-1][1]
+    assert summary["updates_rejected"] == 0
+
+
+def test_inference_never_stalls_during_swaps(demo_run):
+    _, summary, _ = demo_run
+    assert summary["max_inference_gap_ms"] is not None
+    assert summary["max_inference_gap_ms"] < 2 * 1000.0 / FPS, summary
+
+
+def test_streamed_student_beats_frozen_copy_after_shift(demo_run):
+    _, summary, _ = demo_run
+    assert summary["frames_scored"] > 50
+    assert summary["miou_streamed"] > summary["miou_frozen"] + 0.03, summary
+
+
+def test_bandwidth_is_accounted_both_ways(demo_run):
+    _, summary, _ = demo_run
+    assert 0 < summary["uplink_kbps"] < 400
+    assert 0 < summary["downlink_kbps"]
+
+
+def test_ctrl_c_stops_both_processes_cleanly(demo_run):
+    out, summary, _ = demo_run
+    assert summary["edge_exit_code"] == 0 and summary["server_exit_code"] == 0
+    assert summary["tracebacks_in"] == []
+    assert summary["edge_pid"] != summary["server_pid"]
+    assert (out / "miou.png").exists() and (out / "bandwidth.png").exists()

@@ -1,0 +1,79 @@
+"""The server rejects garbage and truncated frame batches with a clear log line and keeps
+serving: a good batch afterwards still produces a model update."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ros_helpers import require_ros, spin_until
+
+require_ros()
+
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+
+from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
+from ams_ros.core.frame_codec import encode_frames  # noqa: E402
+from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
+from ams_ros.launcher import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common import qos, sec_to_stamp  # noqa: E402
+
+DEV = "robot_srv"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("server_bad")
+    params = write_overrides(out / "server.yaml", {
+        "teacher_labeler": {"device_ids": [DEV], "teacher": "oracle"},
+        "ams_trainer": {"device_ids": [DEV], "input_width": 64, "input_height": 32, "iterations": 2,
+                        "batch_size": 2, "torch_threads": 1},
+        "asr_controller": {"device_ids": [DEV]},
+    })
+    rclpy.init()
+    node = rclpy.create_node("server_bad_input_tester")
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    updates: list[ModelUpdate] = []
+    statuses: list[ServerStatus] = []
+    node.create_subscription(ModelUpdate, f"/{DEV}/ams/model_update", updates.append, qos("reliable", 10))
+    node.create_subscription(ServerStatus, f"/{DEV}/ams/server_status", statuses.append, qos("reliable", 10))
+    pub = node.create_publisher(FrameBatch, f"/{DEV}/ams/frame_batch", qos("reliable", 10))
+    proc = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", params], None, out / "server.log")
+    assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 60), proc.output()[-3000:]
+    yield dict(node=node, ex=ex, proc=proc, pub=pub, updates=updates, statuses=statuses)
+    rc = proc.stop()
+    ex.remove_node(node)
+    node.destroy_node()
+    rclpy.shutdown()
+    assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    assert rc == 0
+
+
+def _batch(seq: int, data: bytes, stamps: list[float], w=64, h=32) -> FrameBatch:
+    msg = FrameBatch(device_id=DEV, batch_seq=seq, codec="h264", width=w, height=h, sampling_rate=1.0,
+                     update_period=4.0)
+    msg.frame_stamps = [sec_to_stamp(t) for t in stamps]
+    msg.data = data
+    return msg
+
+
+def test_garbage_then_truncated_then_good_batch(server):
+    world = SyntheticWorld(seed=0, width=64, height=32)
+    stamps = [float(t) for t in range(4)]
+    frames = [world.frame_at(t)[0] for t in stamps]
+    good = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=4.0)
+    server["pub"].publish(_batch(0, np.random.default_rng(0).bytes(5000), stamps))
+    server["pub"].publish(_batch(1, good.data[: len(good.data) // 3], stamps))
+    server["pub"].publish(_batch(2, good.data, stamps))
+    assert spin_until(server["ex"], lambda: len(server["updates"]) >= 1, 120), server["proc"].output()[-3000:]
+    log = server["proc"].output()
+    assert "rejected batch 0" in log
+    assert "rejected batch 1" in log
+    assert server["proc"].alive()
+    assert spin_until(server["ex"], lambda: len(server["statuses"]) >= 1, 10)
+    st = server["statuses"][-1]
+    assert st.batches_received == 3
+    assert st.batches_dropped >= 2
+    assert server["updates"][0].new_version == 1 and server["updates"][0].base_version == 0
