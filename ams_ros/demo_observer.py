@@ -58,11 +58,13 @@ class Observer:
         self._snapshot_client = n.create_client(GetModelSnapshot, f"{ns}/{T.SNAPSHOT_SERVICE}")
         # measurements
         self.label_arrivals: list[float] = []
+        self.label_stamps: list[float] = []
         self.scores: list[dict] = []        # per scored frame: t, streamed, frozen, version
         self.uplink: list[tuple[float, int]] = []
         self.downlink: list[tuple[float, int]] = []
         self.commands: list[tuple[float, float, float]] = []
         self.edge_status: EdgeStatus | None = None
+        self.edge_gap_max_ms = 0.0
         self.server_status: list[ServerStatus] = []
         self.latest_stream_t = 0.0
         self.version_at: list[tuple[float, int]] = []
@@ -76,8 +78,9 @@ class Observer:
 
     # ------------------------------------------------------------------ callbacks
     def _on_labels(self, msg: Image) -> None:
-        self.label_arrivals.append(time.monotonic())
         t = stamp_to_sec(msg.header.stamp)
+        self.label_arrivals.append(time.monotonic())
+        self.label_stamps.append(t)
         self.latest_stream_t = max(self.latest_stream_t, t)
         self._label_count += 1
         if self._label_count % max(1, self.args.eval_every) == 0:
@@ -106,6 +109,8 @@ class Observer:
         self.commands.append((stamp_to_sec(msg.header.stamp), float(msg.sampling_rate), float(msg.update_period)))
 
     def _on_edge_status(self, msg: EdgeStatus) -> None:
+        if self.edge_status is not None and msg.frames_segmented > 0:  # skip the start-up period
+            self.edge_gap_max_ms = max(self.edge_gap_max_ms, float(msg.inference_gap_max_ms))
         if self.edge_status is None or msg.model_version != self.edge_status.model_version:
             self.version_at.append((self.latest_stream_t, int(msg.model_version)))
         self.edge_status = msg

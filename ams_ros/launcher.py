@@ -20,12 +20,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = REPO_ROOT / "config"
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """rcl's YAML parser rejects anchors/aliases, which PyYAML emits for shared objects."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def write_overrides(path: Path, sections: dict[str, dict]) -> Path:
     """Write ``{node: {param: value}}`` as a ROS 2 parameter file."""
     # "/**/name" matches the node in any namespace (robots run under /<device_id>)
     data = {f"/**/{node}": {"ros__parameters": params} for node, params in sections.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
     return path
 
 

@@ -110,12 +110,13 @@ class CameraSampler(Node):
 
     # ------------------------------------------------------------------ sources
     def _open_source(self) -> None:
-        from ams_ros.eval.sources import open_source
+        from ams_ros.core.sources import open_source
 
         w, h = int(self.p["source_width"]), int(self.p["source_height"])
         size = (w, h) if w > 0 and h > 0 else None
         try:
-            self._source = open_source(self.p["source"], size=size, loop=bool(self.p["loop"]))
+            self._source = open_source(self.p["source"], size=size, loop=bool(self.p["loop"]),
+                                       fps=float(self.p["publish_rate"]) or None)
         except Exception as exc:
             raise RuntimeError(
                 f"cannot open source '{self.p['source']}': {exc}. Use 'topic', a video file, an image "
@@ -129,23 +130,25 @@ class CameraSampler(Node):
             return
         elapsed = time.monotonic() - self._t_wall0
         duration = float(self.p["duration_s"])
-        frame = self._pending
+        frame, self._pending = self._pending, None
+        exhausted = False
         try:
-            while frame is None or frame[0] < elapsed - 1e-9:
+            if frame is None:
                 frame = next(self._frames)
-                if frame[0] >= elapsed - 1e-9:
+            if frame[0] > elapsed:  # not due yet
+                self._pending = frame
+                return
+            while True:  # publish the newest due frame, skip older ones (keeps pace in real time)
+                nxt = next(self._frames)
+                if nxt[0] > elapsed:
+                    self._pending = nxt
                     break
+                frame = nxt
         except StopIteration:
-            frame = None
+            exhausted = True
         if frame is None or (duration > 0 and frame[0] > duration):
-            self.finished = True
-            self._flush()
-            self.get_logger().info("source finished")
+            self._finish()
             return
-        if frame[0] > elapsed + 1e-3:  # not due yet: keep it for the next tick
-            self._pending = frame
-            return
-        self._pending = None
         t, rgb = float(frame[0]), frame[1]
         stamp_t = t if self.p["stamp_origin"] == "stream" else self._clock0 + t
         msg = numpy_to_imgmsg(rgb, "rgb8")
@@ -153,6 +156,13 @@ class CameraSampler(Node):
         msg.header.frame_id = self.p["frame_id"]
         self.image_pub.publish(msg)
         self._offer(stamp_t, rgb, msg.header.frame_id)
+        if exhausted:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.finished = True
+        self._flush()
+        self.get_logger().info("source finished")
 
     # ------------------------------------------------------------------ sampling
     def _on_image(self, msg: Image) -> None:

@@ -78,6 +78,8 @@ class StudentSegmenter(Node):
         self._window_lat: list[float] = []
         self._window_count = 0
         self._window_t0 = time.monotonic()
+        self._window_gap = 0.0
+        self._last_done: float | None = None
         self.frames_segmented = 0
         self.frames_rejected = 0
         self._info_version = -1
@@ -110,8 +112,12 @@ class StudentSegmenter(Node):
                 if self.p["annotate_overlay"]:
                     self._annotate(blended)
                 self.overlay_pub.publish(numpy_to_imgmsg(blended, "rgb8", header))
-        dt = (time.perf_counter() - t0) * 1000.0
+        done = time.perf_counter()
+        dt = (done - t0) * 1000.0
         with self._lock:
+            if self._last_done is not None:
+                self._window_gap = max(self._window_gap, (done - self._last_done) * 1000.0)
+            self._last_done = done
             self.frames_segmented += 1
             self._window_count += 1
             self._window_lat.append(dt)
@@ -135,8 +141,8 @@ class StudentSegmenter(Node):
 
     def _publish_status(self) -> None:
         with self._lock:
-            lat, count = self._window_lat, self._window_count
-            self._window_lat, self._window_count = [], 0
+            lat, count, gap = self._window_lat, self._window_count, self._window_gap
+            self._window_lat, self._window_count, self._window_gap = [], 0, 0.0
             segmented = self.frames_segmented
         now = time.monotonic()
         span, self._window_t0 = now - self._window_t0, now
@@ -153,6 +159,7 @@ class StudentSegmenter(Node):
         msg.inference_rate = float(count / span) if span > 0 else 0.0
         msg.inference_latency_ms = float(np.mean(lat)) if lat else 0.0
         msg.inference_latency_max_ms = float(np.max(lat)) if lat else 0.0
+        msg.inference_gap_max_ms = float(gap)
         msg.frames_received = received
         msg.frames_segmented = segmented
         msg.frames_dropped = max(0, received - segmented - self.frames_rejected)
