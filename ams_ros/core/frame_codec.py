@@ -71,19 +71,33 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float], bitrate_bps
     fps = 1
     kbps = max(1, int(budget_bits / n / 1000))  # kbit per second of the 1-fps clip
     pw, ph = _even(w), _even(h)
+    padded = [f if (pw, ph) == (w, h) else cv2.copyMakeBorder(f, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
+              for f in frames]
+    # Two passes at most three: ABR cannot converge within a 10-frame clip, so the rate is
+    # corrected from the size of the previous attempt until the batch fits the budget.
+    budget_bytes = budget_bits / 8.0
+    data = b""
+    for _ in range(3):
+        data = _x264(padded, pw, ph, fps, kbps, n, preset)
+        if len(data) <= 1.05 * budget_bytes:
+            break
+        kbps = max(1, int(kbps * budget_bytes / len(data) * 0.92))
+    return EncodedBatch(data, "h264", w, h, list(timestamps), n, int(bitrate_bps))
+
+
+def _x264(frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": preset, "x264-params":
                           f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"}
         for f in frames:
-            img = f if (pw, ph) == (w, h) else cv2.copyMakeBorder(f, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
-            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+            for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(pkt)
         for pkt in stream.encode():
             out.mux(pkt)
-    return EncodedBatch(buf.getvalue(), "h264", w, h, list(timestamps), n, int(bitrate_bps))
+    return buf.getvalue()
 
 
 def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: int = 10_000) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ The :class:`OracleTeacher` returns ground truth with realistic noise.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -61,6 +62,21 @@ def default_shifts(duration_s: float = 180.0) -> list[DomainShift]:
             DomainShift(2.0 * duration_s / 3.0, "fog-palette-layout", fog)][: (2 if duration_s > 0 else 0)] if base else []
 
 
+# Recently rendered frames of any world, by content: lets the oracle label frames it is handed
+# uncompressed (e.g. in offline evaluation) without their time stamps.
+_RENDERED: "OrderedDict[bytes, np.ndarray]" = OrderedDict()
+
+
+def _key(rgb: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16).digest()
+
+
+def _remember(rgb: np.ndarray, lab: np.ndarray, keep: int = 512) -> None:
+    _RENDERED[_key(rgb)] = lab
+    while len(_RENDERED) > keep:
+        _RENDERED.popitem(last=False)
+
+
 def _hash01(*keys: int) -> float:
     h = hashlib.blake2b(",".join(map(str, keys)).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64
@@ -81,7 +97,6 @@ class SyntheticWorld:
         self._noise /= self._noise.std() + 1e-6
         yy, xx = np.mgrid[0:height, 0:width]
         self._yy, self._xx = yy.astype(np.float32), xx.astype(np.float32)
-        self._cache: dict[bytes, np.ndarray] = {}
 
     def appearance_at(self, t: float) -> Appearance:
         app = self.base
@@ -175,9 +190,7 @@ class SyntheticWorld:
             f = (a.fog * dist)[..., None]
             img = img * (1 - f) + 200.0 * f
         rgb = np.clip(img, 0, 255).astype(np.uint8)
-        if len(self._cache) > 512:
-            self._cache.clear()
-        self._cache[hashlib.blake2b(rgb.tobytes(), digest_size=16).digest()] = lab
+        _remember(rgb, lab)
         return rgb, lab
 
     def iter_frames(self, t0: float, t1: float, fps: float | None = None) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
@@ -190,7 +203,7 @@ class SyntheticWorld:
 
     def lookup_labels(self, rgb: np.ndarray) -> np.ndarray | None:
         """Ground truth of a frame this world rendered recently (by content hash)."""
-        return self._cache.get(hashlib.blake2b(np.ascontiguousarray(rgb).tobytes(), digest_size=16).digest())
+        return _RENDERED.get(_key(rgb))
 
 
 def parse_spec(spec: str) -> tuple[int, list[float] | None]:

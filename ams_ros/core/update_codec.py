@@ -387,24 +387,28 @@ class DoubleBufferedModel:
 
     def __init__(self, model: nn.Module, version: int = 0) -> None:
         model.eval()
-        self._active = model
+        self._state: tuple[nn.Module, int] = (model, int(version))
         self._inactive = copy.deepcopy(model)
         self._writers = {id(model): _FlatWriter(model), id(self._inactive): _FlatWriter(self._inactive)}
         self._readers = {id(model): 0, id(self._inactive): 0}
         self._readers_cv = threading.Condition()
         self._catch_up: list[tuple[np.ndarray, np.ndarray]] = []
-        self._version = int(version)
         self._lock = threading.Lock()
         self.layout = ModelLayout.of(model)
 
     @property
     def active(self) -> nn.Module:
         """The model inference should use now (a plain reference read)."""
-        return self._active
+        return self._state[0]
 
     @property
     def version(self) -> int:
-        return self._version
+        """Version of :attr:`active` (both change in one assignment)."""
+        return self._state[1]
+
+    @property
+    def _active(self) -> nn.Module:
+        return self._state[0]
 
     @contextmanager
     def use(self) -> Iterator[nn.Module]:
@@ -422,8 +426,8 @@ class DoubleBufferedModel:
     def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0) -> int:
         """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched)."""
         with self._lock:
-            if not update.full_snapshot and update.base_version != self._version:
-                raise VersionGapError(update.base_version, self._version)
+            if not update.full_snapshot and update.base_version != self.version:
+                raise VersionGapError(update.base_version, self.version)
             idx, vals = decode_update(update, self.layout)
             target = self._inactive
             with self._readers_cv:  # an inference that started before the last swap may still run on it
@@ -434,6 +438,7 @@ class DoubleBufferedModel:
                 writer.write(c_idx, c_vals)
             writer.write(idx, vals)
             self._catch_up = [(idx, vals)]
-            self._inactive, self._active = self._active, target  # the swap readers see
-            self._version = int(update.new_version)
-            return self._version
+            old = self._state[0]
+            self._state = (target, int(update.new_version))  # the swap readers see: one assignment
+            self._inactive = old
+            return self.version

@@ -1,0 +1,62 @@
+"""H.264 frame batches: near the bitrate budget, faithful, timestamps kept, garbage rejected."""
+
+import numpy as np
+import pytest
+
+from ams_ros.core.frame_codec import FrameCodecError, decode_frames, encode_frames
+from ams_ros.core.synthetic import SyntheticWorld
+
+
+def psnr(a, b):
+    return 10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2))
+
+
+@pytest.fixture(scope="module")
+def clip():
+    world = SyntheticWorld(seed=1, width=512, height=256)
+    stamps = [float(t) for t in range(10)]
+    return [world.frame_at(t)[0] for t in stamps], stamps
+
+
+def test_ten_frames_fit_the_200kbps_budget_and_decode_faithfully(clip):
+    frames, stamps = clip
+    enc = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=10.0)
+    budget = 200_000 / 8 * 10
+    assert 0 < len(enc.data) <= 1.3 * budget
+    assert enc.timestamps == stamps and enc.num_frames == 10
+    dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
+    assert len(dec) == 10 and dec[0].shape == (256, 512, 3)
+    assert min(psnr(a, b) for a, b in zip(frames, dec)) > 25.0
+
+
+def test_lower_bitrate_gives_smaller_batches(clip):
+    frames, stamps = clip
+    hi = encode_frames(frames, stamps, bitrate_bps=400_000, period_s=10.0)
+    lo = encode_frames(frames, stamps, bitrate_bps=25_000, period_s=10.0)
+    assert len(lo.data) < len(hi.data)
+
+
+def test_odd_sizes_and_jpeg(clip):
+    frames = [f[:101, :203] for f in clip[0][:3]]
+    enc = encode_frames(frames, [0.0, 1.0, 2.0])
+    dec = decode_frames(enc.data, "h264", 203, 101)
+    assert dec[0].shape == (101, 203, 3)
+    jp = encode_frames(frames, [0.0, 1.0, 2.0], codec="jpeg")
+    assert min(psnr(a, b) for a, b in zip(frames, decode_frames(jp.data, "jpeg", 203, 101))) > 30
+
+
+@pytest.mark.parametrize("mangle", [lambda d: np.random.default_rng(0).bytes(4000), lambda d: d[: len(d) // 2],
+                                    lambda d: b"", lambda d: d[:40]])
+def test_garbage_and_truncated_bytes_raise_clear_error(clip, mangle):
+    frames, stamps = clip
+    enc = encode_frames(frames[:4], stamps[:4])
+    with pytest.raises(FrameCodecError):
+        decode_frames(mangle(enc.data), "h264", 512, 256)
+
+
+def test_unknown_codec_and_mismatched_inputs():
+    f = [np.zeros((8, 8, 3), np.uint8)]
+    with pytest.raises(FrameCodecError, match="unknown frame codec"):
+        encode_frames(f, [0.0], codec="vp99")
+    with pytest.raises(FrameCodecError, match="timestamps"):
+        encode_frames(f, [0.0, 1.0])
