@@ -125,10 +125,12 @@ def run(args: argparse.Namespace) -> dict:
         for t, f, g in small:
             tr.add_sample(t, f, g)
         tr.train_phase(60.0)
+        before = flatten_params(m).numpy()
         result = tr.train_phase(60.0)
+        base = before[result.indices]
         for name in ENCODINGS:
-            vals = quantize_roundtrip(name, m, result.indices, result.values)
-            upd = encode_update(m, result.indices, vals, base_version=1, new_version=2, encoding=name)
+            upd = encode_update(m, result.indices, result.values, base_version=1, new_version=2, encoding=name,
+                                base_values=base if ENCODINGS[name].residual else None)
             res["update_bytes"][name][str(gamma)] = len(upd.indices_blob) + len(upd.values_blob)
             if gamma == 0.05 and name == "paper_gzip_fp16":
                 last_update_5pct = (m, upd)
@@ -146,7 +148,8 @@ def run(args: argparse.Namespace) -> dict:
         edge.apply_update(u)
 
     res["patch_apply_ms"] = round(_median_ms(apply, repeat=args.repeat), 2)
-    log(f"patch decode+apply+swap (5%): {res['patch_apply_ms']} ms")
+    res["patch_apply_encoding"] = upd.encoding
+    log(f"patch decode+apply+swap (5%, {upd.encoding}): {res['patch_apply_ms']} ms")
 
     frames = [f for _, f, _ in _synthetic_samples(10, (512, 256))]
     stamps = [float(i) for i in range(10)]

@@ -27,7 +27,7 @@ def demo_run(tmp_path_factory):
     cmd = [sys.executable, "-m", "ams_ros.demo", "--out", str(out), "--cache-dir", str(out / "cache"),
            "--duration", "60", "--source", "synthetic:0?shifts=20", "--width", "96", "--height", "48",
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
-           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "150", "--eval-every", "1", "--quiet",
+           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "150", "--eval-every", "2", "--quiet",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
     proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -43,7 +43,8 @@ def test_edge_applies_several_updates_in_order(demo_run):
     assert all(b == a + 1 for a, b in applied)
     assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1))
     assert summary["updates_applied"] >= len(applied)
-    assert summary["model_version"] >= applied[-1][1]
+    # the observer's last EdgeStatus may predate the very last swap (status is periodic)
+    assert summary["model_version"] >= applied[-1][1] - 1
     assert summary["updates_rejected"] == 0
 
 
@@ -55,7 +56,8 @@ def test_inference_never_stalls_during_swaps(demo_run):
 
 def test_streamed_student_beats_frozen_copy_after_shift(demo_run):
     _, summary, _ = demo_run
-    assert summary["frames_scored"] > 50
+    assert summary["frames_scored"] > 40
+    assert summary["frames_skipped"] == 0
     assert summary["miou_streamed"] > summary["miou_frozen"] + 0.03, summary
 
 

@@ -40,11 +40,13 @@ def sparse(model: nn.Module, frac: float = 0.05, seed: int = 0):
 def test_round_trip_every_encoding(encoding):
     m = small_net()
     idx, vals = sparse(m, 0.2)
-    upd = encode_update(m, idx, vals, 3, 4, encoding)
-    got_idx, got_vals = decode_update(upd, m)
+    base = flatten_params(m).numpy()[idx] if ENCODINGS[encoding].residual else None
+    upd = encode_update(m, idx, vals, 3, 4, encoding, base_values=base)
+    got_idx, got_vals = decode_update(upd, m)  # m holds the base version
     np.testing.assert_array_equal(got_idx, idx)
-    np.testing.assert_array_equal(got_vals, quantize_roundtrip(encoding, m, idx, vals))
-    bound = 1e-3 if "fp16" in encoding else (np.ptp(vals) / 255.0)
+    np.testing.assert_array_equal(got_vals, quantize_roundtrip(encoding, m, idx, vals, base_values=base))
+    spread = np.ptp(vals - base) if base is not None else np.ptp(vals)
+    bound = 1e-3 if "fp16" in encoding else spread / 255.0
     assert np.max(np.abs(got_vals - vals)) <= bound + 1e-6
 
 
@@ -188,6 +190,25 @@ def test_better_encoding_smaller_than_paper_on_trained_like_values():
     paper = encode_update(m, idx, vals, 0, 1, "paper_gzip_fp16").wire_bytes
     best = encode_update(m, idx, vals, 0, 1, "delta_lzma_q8").wire_bytes
     assert best < 0.75 * paper, (best, paper)
+    residual = encode_update(m, idx, vals, 0, 1, "residual_lzma_q8", base_values=flat[idx]).wire_bytes
+    assert residual < best, (residual, best)
+
+
+def test_residual_updates_keep_edge_and_server_identical():
+    from ams_ros.core.params import write_flat
+
+    server = small_net()
+    edge = DoubleBufferedModel(copy.deepcopy(server))
+    rng = np.random.default_rng(1)
+    for v in range(5):
+        idx, _ = sparse(server, 0.1, seed=v)
+        base = flatten_params(server).numpy()[idx]
+        new = base + rng.normal(0, 0.01, idx.size).astype(np.float32)
+        write_flat(server, idx, quantize_roundtrip("residual_lzma_q8", server, idx, new, base_values=base))
+        edge.apply_update(encode_update(server, idx, new, v, v + 1, "residual_lzma_q8", base_values=base))
+        assert torch.equal(flatten_params(edge.active), flatten_params(server))
+    with pytest.raises(ValueError, match="base_values"):
+        encode_update(server, idx, new, 5, 6, "residual_lzma_q8")
 
 
 def test_hmac_sign_and_verify():

@@ -17,8 +17,8 @@ from torch import nn
 
 from ams_ros.core.rate_control import AdaptiveTrainingPeriod, SamplingRateController
 from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
-from ams_ros.core.update_codec import EncodedUpdate, encode_snapshot, encode_update, quantize_roundtrip
-from ams_ros.core.params import write_flat
+from ams_ros.core.params import flatten_params, write_flat
+from ams_ros.core.update_codec import ENCODINGS, EncodedUpdate, encode_snapshot, encode_update, quantize_roundtrip
 
 
 @dataclass
@@ -100,6 +100,7 @@ class DeviceSession:
             return None
         t0 = time.perf_counter()
         with self.lock:
+            before = flatten_params(self.model).numpy() if ENCODINGS[self.config.update_encoding].residual else None
             result = self.trainer.train_phase(now)
             if result is None:
                 return None
@@ -107,11 +108,12 @@ class DeviceSession:
             enc = self.config.update_encoding
             # Lossy encodings: the server keeps exactly what the edge will decode, so both
             # copies stay identical and the next update applies on top of the same weights.
-            values = quantize_roundtrip(enc, self.model, result.indices, result.values)
-            if values is not result.values:
-                write_flat(self.model, result.indices, values)
-            update = encode_update(self.model, result.indices, values, base_version=self.version,
-                                   new_version=self.version + 1, encoding=enc)
+            base = before[result.indices] if before is not None else None
+            values = quantize_roundtrip(enc, self.model, result.indices, result.values, base_values=base)
+            write_flat(self.model, result.indices, values)
+            # encode the raw values: the edge's decoder runs the same rounding as quantize_roundtrip
+            update = encode_update(self.model, result.indices, result.values, base_version=self.version,
+                                   new_version=self.version + 1, encoding=enc, base_values=base)
             if self.config.auth_key:
                 update.sign(self.config.auth_key)
             self.version += 1

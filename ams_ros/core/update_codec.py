@@ -8,6 +8,10 @@ An update carries new values for a subset of coordinates of the flat parameter v
 - ``delta_lzma_fp16``: delta-coded sorted indices as LEB128 varints + float16 values, LZMA.
 - ``delta_lzma_q8``: the same indices + values quantised to 8 bits with a scale/offset per
   parameter tensor (max error half a step of that tensor's range / 255), LZMA.
+- ``residual_lzma_q8``: the same indices + the *change* of each value from the base version,
+  quantised to 8 bits per tensor, LZMA. Changes are small and alike, so they compress far
+  better than values; the edge adds them to the base version it runs (which the version
+  chain guarantees is the server's base).
 
 Decoding verifies fingerprint, encoding, checksum, sizes and finiteness and raises
 :class:`UpdateError` with a clear reason; it never touches the model.
@@ -223,12 +227,14 @@ def _from_fp16(raw: bytes, count: int) -> np.ndarray:
 class Encoding:
     name: str
     lossy_values: bool  # values are rounded: the server must keep what the edge decodes
+    residual: bool = False  # values are coded relative to the base version's values
 
 
 ENCODINGS: dict[str, Encoding] = {
     "paper_gzip_fp16": Encoding("paper_gzip_fp16", True),
     "delta_lzma_fp16": Encoding("delta_lzma_fp16", True),
     "delta_lzma_q8": Encoding("delta_lzma_q8", True),
+    "residual_lzma_q8": Encoding("residual_lzma_q8", True, residual=True),
 }
 
 
@@ -251,7 +257,11 @@ def _encode_blobs(encoding: str, indices: np.ndarray, values: np.ndarray, n: int
     return idx, lzma.compress(_q8_encode(indices, values, offsets), preset=9 | lzma.PRESET_EXTREME)
 
 
-def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _is_residual(encoding: str) -> bool:
+    return ENCODINGS[encoding].residual
+
+
+def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray, base_reader=None) -> tuple[np.ndarray, np.ndarray]:
     n, k = u.num_params, u.num_selected
     if u.encoding == "paper_gzip_fp16":
         idx = _mask_decode(u.indices_blob, n)
@@ -264,6 +274,10 @@ def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray) -> tuple[np.ndarray, np
             raise UpdateError(f"indices out of range [0, {n}) or not strictly increasing")
         raw = _unlzma(u.values_blob)
         vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets)
+        if _is_residual(u.encoding):
+            if base_reader is None:
+                raise UpdateError(f"'{u.encoding}' needs the base model's values to decode")
+            vals = base_reader(idx) + vals
     return idx, vals
 
 
@@ -280,9 +294,22 @@ def _sorted(indices: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray
 
 
 def encode_update(model_or_layout, indices, values, base_version: int, new_version: int,
-                  encoding: str = "paper_gzip_fp16", full_snapshot: bool = False) -> EncodedUpdate:
-    """Encode new ``values`` at flat ``indices`` as an update from ``base_version``."""
+                  encoding: str = "paper_gzip_fp16", full_snapshot: bool = False,
+                  base_values=None) -> EncodedUpdate:
+    """Encode new ``values`` at flat ``indices`` as an update from ``base_version``.
+
+    Residual encodings also need ``base_values``: the values at ``indices`` in the base version.
+    """
     _check_encoding(encoding)
+    if _is_residual(encoding):
+        if full_snapshot:
+            raise ValueError(f"'{encoding}' codes changes from a base version; snapshots need a value encoding")
+        if base_values is None:
+            raise ValueError(f"'{encoding}' needs base_values (the base version's values at indices)")
+        order = np.argsort(np.asarray(indices, dtype=np.int64).reshape(-1), kind="stable")
+        values = np.asarray(values, np.float32).reshape(-1) - np.asarray(base_values, np.float32).reshape(-1)
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)[order]
+        values = values[order]
     if isinstance(model_or_layout, nn.Module):
         fp, offsets = fingerprint(model_or_layout), _offsets(model_or_layout)
         n = sum(p.numel() for p in model_or_layout.parameters())
@@ -296,6 +323,12 @@ def encode_update(model_or_layout, indices, values, base_version: int, new_versi
 
 
 def encode_snapshot(model: nn.Module, version: int, encoding: str = "paper_gzip_fp16") -> EncodedUpdate:
+    if _is_residual(encoding):  # a snapshot has no base to be relative to
+        encoding = "delta_lzma_q8" if "q8" in encoding else "paper_gzip_fp16"
+    return _encode_snapshot(model, version, encoding)
+
+
+def _encode_snapshot(model: nn.Module, version: int, encoding: str) -> EncodedUpdate:
     """Every parameter, as a full snapshot that applies on top of any version.
 
     Snapshots use float16 values (or q8) like updates; the server keeps its own copy equal
@@ -306,16 +339,24 @@ def encode_snapshot(model: nn.Module, version: int, encoding: str = "paper_gzip_
                          encoding=encoding, full_snapshot=True)
 
 
-def quantize_roundtrip(encoding: str, model: nn.Module, indices, values) -> np.ndarray:
+def quantize_roundtrip(encoding: str, model: nn.Module, indices, values, base_values=None) -> np.ndarray:
     """The values exactly as the edge will decode them (so server and edge stay identical)."""
     _check_encoding(encoding)
     n = sum(p.numel() for p in model.parameters())
+    base = None
+    if _is_residual(encoding):
+        if base_values is None:
+            raise ValueError(f"'{encoding}' needs base_values")
+        base = np.asarray(base_values, np.float32).reshape(-1)
+        values = np.asarray(values, np.float32).reshape(-1) - base
     idx, val = _sorted(indices, values, n)
-    if encoding == "delta_lzma_q8":
+    if encoding in ("delta_lzma_q8", "residual_lzma_q8"):
         raw = _q8_encode(idx, val, _offsets(model))
         dec = _q8_decode(raw, idx, _offsets(model))
     else:
         dec = val.astype(np.float16).astype(np.float32)
+    if base is not None:
+        dec = dec + base[np.argsort(np.asarray(indices, dtype=np.int64).reshape(-1), kind="stable")]
     # back to the caller's order
     out = np.empty_like(dec)
     order = np.argsort(np.asarray(indices, dtype=np.int64).reshape(-1), kind="stable")
@@ -336,8 +377,13 @@ class ModelLayout:
         return cls(fingerprint(model), sum(p.numel() for p in model.parameters()), _offsets(model))
 
 
-def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout) -> tuple[np.ndarray, np.ndarray]:
-    """Verify and decode; raises :class:`UpdateError` with the reason. Never modifies ``model``."""
+def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout,
+                  base_model: nn.Module | None = None, base_reader=None) -> tuple[np.ndarray, np.ndarray]:
+    """Verify and decode; raises :class:`UpdateError` with the reason. Never modifies ``model``.
+
+    Residual encodings add the decoded changes to ``base_model`` (default: ``model``), which
+    must hold the update's base version.
+    """
     layout = model if isinstance(model, ModelLayout) else ModelLayout.of(model)
     fp, n = layout.fingerprint, layout.num_params
     if update.fingerprint != fp:
@@ -351,7 +397,9 @@ def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout) -> tupl
         raise UpdateError(f"update selects {update.num_selected} of {n} parameters")
     if update.full_snapshot and update.num_selected != n:
         raise UpdateError(f"full snapshot carries {update.num_selected} of {n} parameters")
-    idx, vals = _decode_blobs(update, layout.offsets)
+    base = base_model if base_model is not None else (model if isinstance(model, nn.Module) else None)
+    reader = base_reader or (_FlatWriter(base).read if base is not None else None)
+    idx, vals = _decode_blobs(update, layout.offsets, reader)
     if not np.all(np.isfinite(vals)):
         raise UpdateError(f"update carries {int(np.sum(~np.isfinite(vals)))} non-finite values (NaN/Inf)")
     return idx, vals
@@ -363,6 +411,17 @@ class _FlatWriter:
     def __init__(self, model: nn.Module) -> None:
         self.params = [p for p in model.parameters()]
         self.offsets = _offsets(model)
+
+    @torch.no_grad()
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        """Values at sorted flat ``idx`` (float32)."""
+        cuts = np.append(np.searchsorted(idx, self.offsets), idx.size)
+        out = np.empty(idx.size, dtype=np.float32)
+        for k, p in enumerate(self.params):
+            a, b = int(cuts[k]), int(cuts[k + 1])
+            if b > a:
+                out[a:b] = p.detach().reshape(-1)[torch.from_numpy(idx[a:b] - int(self.offsets[k]))].float().numpy()
+        return out
 
     @torch.no_grad()
     def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
@@ -428,7 +487,8 @@ class DoubleBufferedModel:
         with self._lock:
             if not update.full_snapshot and update.base_version != self.version:
                 raise VersionGapError(update.base_version, self.version)
-            idx, vals = decode_update(update, self.layout)
+            active = self._state[0]
+            idx, vals = decode_update(update, self.layout, base_reader=self._writers[id(active)].read)
             target = self._inactive
             with self._readers_cv:  # an inference that started before the last swap may still run on it
                 if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
