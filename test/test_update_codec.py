@@ -81,7 +81,8 @@ def test_corruption_rejected(field, mutate, reason):
 def test_truncated_payload_with_valid_checksum_rejected(encoding):
     m = small_net()
     idx, vals = sparse(m)
-    upd = encode_update(m, idx, vals, 0, 1, encoding)
+    base = flatten_params(m).numpy()[idx] if ENCODINGS[encoding].residual else None
+    upd = encode_update(m, idx, vals, 0, 1, encoding, base_values=base)
     upd.values_blob = upd.values_blob[: len(upd.values_blob) // 2]
     upd.checksum = upd.compute_checksum()
     with pytest.raises(UpdateError):
