@@ -39,7 +39,7 @@ def write_results(out: Path, args, preset, clip, results: dict, space, partial: 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     lines = [f"Source `{args.source}`, preset `{preset.name}`, {len(clip.frames)} frames over {duration:.0f} s"
-             + (" (PARTIAL: interrupted)" if partial else ""), "",
+             + (" (partial: not every scheme finished)" if partial else ""), "",
              "| scheme | mIoU vs teacher | mIoU vs human labels | uplink Kbps | downlink Kbps | updates | frames better than none |",
              "|---|---|---|---|---|---|---|"]
     for name, s in schemes.items():
