@@ -46,7 +46,7 @@ def test_round_trip_every_encoding(encoding):
     np.testing.assert_array_equal(got_idx, idx)
     np.testing.assert_array_equal(got_vals, quantize_roundtrip(encoding, m, idx, vals, base_values=base))
     spread = np.ptp(vals - base) if base is not None else np.ptp(vals)
-    bound = 1e-3 if "fp16" in encoding else spread / 255.0
+    bound = 1e-3 if "fp16" in encoding else spread / ((1 << ENCODINGS[encoding].bits) - 1)
     assert np.max(np.abs(got_vals - vals)) <= bound + 1e-6
 
 
@@ -193,9 +193,12 @@ def test_better_encoding_smaller_than_paper_on_trained_like_values():
     assert best < 0.75 * paper, (best, paper)
     residual = encode_update(m, idx, vals, 0, 1, "residual_lzma_q8", base_values=flat[idx]).wire_bytes
     assert residual < best, (residual, best)
+    q6 = encode_update(m, idx, vals, 0, 1, "residual_lzma_q6", base_values=flat[idx]).wire_bytes
+    assert q6 < residual, (q6, residual)
 
 
-def test_residual_updates_keep_edge_and_server_identical():
+@pytest.mark.parametrize("encoding", ["residual_lzma_q8", "residual_lzma_q6"])
+def test_residual_updates_keep_edge_and_server_identical(encoding):
     from ams_ros.core.params import write_flat
 
     server = small_net()
@@ -205,11 +208,11 @@ def test_residual_updates_keep_edge_and_server_identical():
         idx, _ = sparse(server, 0.1, seed=v)
         base = flatten_params(server).numpy()[idx]
         new = base + rng.normal(0, 0.01, idx.size).astype(np.float32)
-        write_flat(server, idx, quantize_roundtrip("residual_lzma_q8", server, idx, new, base_values=base))
-        edge.apply_update(encode_update(server, idx, new, v, v + 1, "residual_lzma_q8", base_values=base))
+        write_flat(server, idx, quantize_roundtrip(encoding, server, idx, new, base_values=base))
+        edge.apply_update(encode_update(server, idx, new, v, v + 1, encoding, base_values=base))
         assert torch.equal(flatten_params(edge.active), flatten_params(server))
     with pytest.raises(ValueError, match="base_values"):
-        encode_update(server, idx, new, 5, 6, "residual_lzma_q8")
+        encode_update(server, idx, new, 5, 6, encoding)
 
 
 def test_hmac_sign_and_verify():

@@ -8,6 +8,8 @@ An update carries new values for a subset of coordinates of the flat parameter v
 - ``delta_lzma_fp16``: delta-coded sorted indices as LEB128 varints + float16 values, LZMA.
 - ``delta_lzma_q8``: the same indices + values quantised to 8 bits with a scale/offset per
   parameter tensor (max error half a step of that tensor's range / 255), LZMA.
+- ``residual_lzma_q6``: as below with 6-bit changes (|error| <= range of the changes / 126),
+  packed four to three bytes; the smallest encoding.
 - ``residual_lzma_q8``: the same indices + the *change* of each value from the base version,
   quantised to 8 bits per tensor, LZMA. Changes are small and alike, so they compress far
   better than values; the edge adds them to the base version it runs (which the version
@@ -174,7 +176,20 @@ def _slot_of(indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.searchsorted(offsets, indices, side="right") - 1
 
 
-def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> bytes:
+def _pack_bits(q: np.ndarray, bits: int) -> bytes:
+    if bits == 8:
+        return q.astype(np.uint8).tobytes()
+    return np.packbits(np.unpackbits(q.astype(np.uint8)[:, None], axis=1)[:, 8 - bits:].reshape(-1)).tobytes()
+
+
+def _unpack_bits(raw: bytes, count: int, bits: int) -> np.ndarray:
+    if bits == 8:
+        return np.frombuffer(raw, dtype=np.uint8, count=count)
+    b = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: count * bits].reshape(count, bits)
+    return np.packbits(np.pad(b, ((0, 0), (8 - bits, 0))), axis=1).reshape(-1)
+
+
+def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, bits: int = 8) -> bytes:
     slots = _slot_of(indices, offsets)
     uniq, start = np.unique(slots, return_index=True)
     ends = np.append(start[1:], slots.size)
@@ -182,22 +197,23 @@ def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> 
     q = np.zeros(values.size, dtype=np.uint8)
     for s, a, b in zip(uniq, start, ends):
         v = values[a:b]
+        top = (1 << bits) - 1
         lo, hi = float(v.min()), float(v.max())
-        scale = (hi - lo) / 255.0 if hi > lo else 0.0
+        scale = (hi - lo) / top if hi > lo else 0.0
         header.append(struct.pack("<Iff", int(s), lo, scale))
         if scale > 0:
-            q[a:b] = np.clip(np.rint((v - lo) / scale), 0, 255).astype(np.uint8)
-    return b"".join(header) + q.tobytes()
+            q[a:b] = np.clip(np.rint((v - lo) / scale), 0, top).astype(np.uint8)
+    return b"".join(header) + _pack_bits(q, bits)
 
 
-def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int = 8) -> np.ndarray:
     if len(raw) < 4:
         raise UpdateError("q8 value stream is truncated")
     (nslots,) = struct.unpack_from("<I", raw, 0)
     head = 4 + 12 * nslots
-    if len(raw) != head + indices.size:
-        raise UpdateError(f"q8 value stream has {len(raw) - head} values, expected {indices.size}")
-    q = np.frombuffer(raw, dtype=np.uint8, offset=head).astype(np.float32)
+    if len(raw) != head + (indices.size * bits + 7) // 8:
+        raise UpdateError(f"q{bits} value stream has {len(raw) - head} bytes, expected {(indices.size * bits + 7) // 8}")
+    q = _unpack_bits(raw[head:], indices.size, bits).astype(np.float32)
     table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("lo", "<f4"), ("scale", "<f4")]), count=nslots, offset=4)
     nslot_total = offsets.size
     if nslots and int(table["slot"].max()) >= nslot_total:
@@ -228,6 +244,7 @@ class Encoding:
     name: str
     lossy_values: bool  # values are rounded: the server must keep what the edge decodes
     residual: bool = False  # values are coded relative to the base version's values
+    bits: int = 8  # width of quantised values (q encodings)
 
 
 ENCODINGS: dict[str, Encoding] = {
@@ -235,6 +252,7 @@ ENCODINGS: dict[str, Encoding] = {
     "delta_lzma_fp16": Encoding("delta_lzma_fp16", True),
     "delta_lzma_q8": Encoding("delta_lzma_q8", True),
     "residual_lzma_q8": Encoding("residual_lzma_q8", True, residual=True),
+    "residual_lzma_q6": Encoding("residual_lzma_q6", True, residual=True, bits=6),
 }
 
 
@@ -254,7 +272,8 @@ def _encode_blobs(encoding: str, indices: np.ndarray, values: np.ndarray, n: int
     idx = lzma.compress(_delta_encode(indices), preset=9 | lzma.PRESET_EXTREME)
     if encoding == "delta_lzma_fp16":
         return idx, lzma.compress(_fp16(values), preset=9 | lzma.PRESET_EXTREME)
-    return idx, lzma.compress(_q8_encode(indices, values, offsets), preset=9 | lzma.PRESET_EXTREME)
+    bits = ENCODINGS[encoding].bits
+    return idx, lzma.compress(_q8_encode(indices, values, offsets, bits), preset=9 | lzma.PRESET_EXTREME)
 
 
 def _is_residual(encoding: str) -> bool:
@@ -273,7 +292,7 @@ def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray, base_reader=None) -> tu
         if k and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
             raise UpdateError(f"indices out of range [0, {n}) or not strictly increasing")
         raw = _unlzma(u.values_blob)
-        vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets)
+        vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets, ENCODINGS[u.encoding].bits)
         if _is_residual(u.encoding):
             if base_reader is None:
                 raise UpdateError(f"'{u.encoding}' needs the base model's values to decode")
@@ -350,9 +369,10 @@ def quantize_roundtrip(encoding: str, model: nn.Module, indices, values, base_va
         base = np.asarray(base_values, np.float32).reshape(-1)
         values = np.asarray(values, np.float32).reshape(-1) - base
     idx, val = _sorted(indices, values, n)
-    if encoding in ("delta_lzma_q8", "residual_lzma_q8"):
-        raw = _q8_encode(idx, val, _offsets(model))
-        dec = _q8_decode(raw, idx, _offsets(model))
+    if "_q" in encoding:
+        bits = ENCODINGS[encoding].bits
+        raw = _q8_encode(idx, val, _offsets(model), bits)
+        dec = _q8_decode(raw, idx, _offsets(model), bits)
     else:
         dec = val.astype(np.float16).astype(np.float32)
     if base is not None:
