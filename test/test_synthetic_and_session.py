@@ -105,6 +105,7 @@ def test_ams_session_beats_frozen_student_after_a_shift():
     cfg = SessionConfig(trainer=TrainerConfig(iterations=10, batch_size=4, gamma=0.1, lr=2e-3, input_size=size,
                                               horizon_s=240.0, update_period_s=10.0))
     session = DeviceSession("r", copy.deepcopy(student), cfg)
+    edge.apply_update(session.snapshot())  # start-up resync, as the model patcher does
     for t in range(0, 160):  # 1 frame/s sampled, a phase every 10 s
         rgb, _ = world.frame_at(float(t))
         session.add_labeled(float(t), rgb, teacher.label([rgb], stamps=[float(t)])[0])

@@ -18,7 +18,14 @@ from torch import nn
 from ams_ros.core.rate_control import AdaptiveTrainingPeriod, SamplingRateController
 from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
 from ams_ros.core.params import flatten_params, write_flat
-from ams_ros.core.update_codec import ENCODINGS, EncodedUpdate, encode_snapshot, encode_update, quantize_roundtrip
+from ams_ros.core.update_codec import (
+    ENCODINGS,
+    EncodedUpdate,
+    decode_update,
+    encode_snapshot,
+    encode_update,
+    quantize_roundtrip,
+)
 
 
 @dataclass
@@ -124,6 +131,10 @@ class DeviceSession:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""
         with self.lock:
             update = encode_snapshot(self.model, self.version, encoding or self.config.snapshot_encoding)
+            # Keep exactly what the edge decodes (e.g. float16), or the copies would differ at
+            # every coordinate no later sparse update touches.
+            idx, vals = decode_update(update, self.model)
+            write_flat(self.model, idx, vals)
             if self.config.auth_key:
                 update.sign(self.config.auth_key)
             return update

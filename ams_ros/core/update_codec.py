@@ -342,8 +342,8 @@ def encode_update(model_or_layout, indices, values, base_version: int, new_versi
 
 
 def encode_snapshot(model: nn.Module, version: int, encoding: str = "paper_gzip_fp16") -> EncodedUpdate:
-    if _is_residual(encoding):  # a snapshot has no base to be relative to
-        encoding = "delta_lzma_q8" if "q8" in encoding else "paper_gzip_fp16"
+    if _is_residual(encoding):  # a snapshot has no base to be relative to: send float16 values
+        encoding = "paper_gzip_fp16"
     return _encode_snapshot(model, version, encoding)
 
 
