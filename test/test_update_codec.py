@@ -89,6 +89,49 @@ def test_truncated_payload_with_valid_checksum_rejected(encoding):
         decode_update(upd, m)
 
 
+@pytest.mark.parametrize("encoding,blob", [("paper_gzip_fp16", "values_blob"), ("paper_gzip_fp16", "indices_blob"),
+                                           ("delta_lzma_fp16", "values_blob"), ("residual_lzma_q8", "values_blob"),
+                                           ("delta_lzma_q8", "indices_blob")])
+def test_payload_inflating_past_its_header_is_refused_without_inflating_it(encoding, blob):
+    """A "zip bomb" with a valid checksum: 256 MiB of zeros in a few hundred KB must not be
+    inflated (the LZMA decoder's own dictionary, 64 MiB at the encoder's preset, is the most)."""
+    import gzip
+    import lzma
+    import tracemalloc
+
+    m = small_net()
+    idx, vals = sparse(m)
+    base = flatten_params(m).numpy()[idx] if ENCODINGS[encoding].residual else None
+    upd = encode_update(m, idx, vals, 0, 1, encoding, base_values=base)
+    bomb = bytes(256 << 20)
+    packed = gzip.compress(bomb, mtime=0) if encoding.startswith("paper") else lzma.compress(bomb, preset=9)
+    del bomb
+    assert len(packed) < 400_000
+    setattr(upd, blob, packed)
+    upd.checksum = upd.compute_checksum()
+    tracemalloc.start()
+    try:
+        with pytest.raises(UpdateError, match="inflates past"):
+            decode_update(upd, m)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 80 << 20, peak  # never held the 256 MiB
+
+
+def test_lzma_stream_asking_for_a_huge_dictionary_is_refused():
+    import lzma
+
+    m = small_net()
+    idx, vals = sparse(m)
+    upd = encode_update(m, idx, vals, 0, 1, "delta_lzma_fp16")
+    raw = lzma.decompress(upd.values_blob)
+    upd.values_blob = lzma.compress(raw, filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1 << 30}])
+    upd.checksum = upd.compute_checksum()
+    with pytest.raises(UpdateError, match="lzma"):
+        decode_update(upd, m)
+
+
 def test_nan_values_and_size_mismatches_rejected():
     m = small_net()
     idx, vals = sparse(m)

@@ -105,7 +105,7 @@ def _mask_encode(indices: np.ndarray, n: int) -> bytes:
 
 
 def _mask_decode(blob: bytes, n: int) -> np.ndarray:
-    bits = np.frombuffer(_gunzip(blob), dtype=np.uint8)
+    bits = np.frombuffer(_gunzip(blob, (n + 7) // 8), dtype=np.uint8)
     if bits.size != (n + 7) // 8:
         raise UpdateError(f"index mask holds {bits.size * 8} bits, model has {n} parameters")
     mask = np.unpackbits(bits)[:n].astype(bool)
@@ -157,16 +157,33 @@ def _delta_decode(blob: bytes, count: int) -> np.ndarray:
     return np.cumsum(_varint_decode(blob, count)).astype(np.int64)
 
 
-def _gunzip(blob: bytes) -> bytes:
+def _bounded(decompressor, blob: bytes, limit: int, kind: str) -> bytes:
+    """Decompress at most ``limit`` bytes: the header says how large the payload can be, so a
+    small message that inflates to gigabytes (a "zip bomb") is refused instead of exhausting
+    the robot's memory."""
+    out = decompressor.decompress(blob, limit + 1)
+    if len(out) > limit:
+        raise UpdateError(f"{kind} payload inflates past the {limit} bytes its header allows")
+    if not decompressor.eof:
+        raise UpdateError(f"corrupted or truncated {kind} payload: stream does not end")
+    return out
+
+
+def _gunzip(blob: bytes, limit: int) -> bytes:
     try:
-        return gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as exc:
+        return _bounded(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), blob, limit, "gzip")
+    except zlib.error as exc:
         raise UpdateError(f"corrupted or truncated gzip payload: {exc}") from exc
 
 
-def _unlzma(blob: bytes) -> bytes:
+# The encoder's preset 9 uses a 64 MiB dictionary; a stream that declares a larger one (to make
+# the robot allocate it) is refused.
+_LZMA_MEMLIMIT = 96 << 20
+
+
+def _unlzma(blob: bytes, limit: int) -> bytes:
     try:
-        return lzma.decompress(blob)
+        return _bounded(lzma.LZMADecompressor(memlimit=_LZMA_MEMLIMIT), blob, limit, "lzma")
     except (lzma.LZMAError, EOFError) as exc:
         raise UpdateError(f"corrupted or truncated lzma payload: {exc}") from exc
 
@@ -286,12 +303,13 @@ def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray, base_reader=None) -> tu
         idx = _mask_decode(u.indices_blob, n)
         if idx.size != k:
             raise UpdateError(f"index mask selects {idx.size} parameters, header says {k}")
-        vals = _from_fp16(_gunzip(u.values_blob), k)
+        vals = _from_fp16(_gunzip(u.values_blob, 2 * k), k)
     else:
-        idx = _delta_decode(_unlzma(u.indices_blob), k)
+        idx = _delta_decode(_unlzma(u.indices_blob, 10 * k), k)  # a LEB128 int64 takes at most 10 bytes
         if k and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
             raise UpdateError(f"indices out of range [0, {n}) or not strictly increasing")
-        raw = _unlzma(u.values_blob)
+        q_limit = 4 + 12 * len(offsets) + (k * ENCODINGS[u.encoding].bits + 7) // 8  # slot table + packed values
+        raw = _unlzma(u.values_blob, 2 * k if u.encoding == "delta_lzma_fp16" else q_limit)
         vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets, ENCODINGS[u.encoding].bits)
         if _is_residual(u.encoding):
             if base_reader is None:
