@@ -1,198 +1,240 @@
-"""`make eval ARGS="..."` / `ams-eval`: compare every scheme of the paper on one clip.
+"""ams-eval: replay a video through every scheme of the paper in stream time and compare them.
 
-    ams-eval run --source ../shared/assets/video/camvid-0016E5 \\
-        --teacher tflite:../shared/assets/models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite \\
-        --student-weights out/eval/pretrained_not_0016E5.pt --preset cpu-quick --out out/eval/camvid-0016E5
-    ams-eval pretrain --sources A B --teacher ... --out out/eval/pretrained.pt
+    make eval ARGS="run --source VIDEO|FOLDER|ROSBAG|synthetic[:SEED] --teacher SPEC \\
+        --student-weights CKPT --preset cpu-quick --out out/eval/NAME"
+    make eval ARGS="pretrain --sources A B ... --exclude EVALUATED --teacher SPEC \\
+        --student-weights tflite:STUDENT.tflite --out out/eval/student.pt"
+    make eval ARGS="summarize out/eval/A out/eval/B"
+
+``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
+``checkpoint:PATH``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
+``one_time``, ``remote_tracking``, ``jit``, ``shadowtutor``, ``ams``, each optionally with
+parameters (``jit:threshold=0.6``, ``ams:strategy=random,gamma=0.1``); ``--table3`` adds the
+selection strategies x fractions of the paper's Table 3. Ctrl-C writes what was computed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import datetime as _dt
+import os
+import platform
+import shlex
 import sys
 import time
+import traceback
 from pathlib import Path
 
-import numpy as np
-
 DEFAULT_CLASSES = "road,sidewalk,building,vegetation,sky,person,car"
+DEFAULT_SCHEMES = "none,one_time,remote_tracking,jit,shadowtutor,ams"
+DEFAULT_CACHE = "out/eval/cache"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="tflite:PATH | torchvision:NAME | checkpoint:PATH | oracle:SEED")
-    p.add_argument("--label-space", default="cityscapes", help="the teacher's label space")
-    p.add_argument("--selected-classes", default=DEFAULT_CLASSES, help="comma-separated class names evaluated and trained")
+    p.add_argument("--teacher", required=True,
+                   help="tflite:PATH | torchvision:NAME[@WEIGHTS.pth] | checkpoint:PATH | oracle[:SEED][?shifts=T,..]")
+    p.add_argument("--label-space", default="", help="the teacher's label space (default: the teacher's own)")
+    p.add_argument("--classes", "--selected-classes", dest="classes", default=DEFAULT_CLASSES,
+                   help="comma-separated class names evaluated and trained ('' = all of the teacher's)")
     p.add_argument("--student", default="deeplabv3_mobilenet_v2", help="student model name")
     p.add_argument("--preset", default="cpu-quick", help="paper | cpu-quick")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="use only the first N seconds of the source (0 = all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override preset fields, e.g. --set train_speedup=5 --set jit_threshold=0.6")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="use only the first N seconds of each source (0 = all)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a small machine shared with other work; 0 = torch's default)")
+    p.add_argument("--cache", default=DEFAULT_CACHE, help="folder caching the teacher's labels ('' = no cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="ams-eval", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="ams-eval", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = ap.add_subparsers(dest="cmd")
-    run = sub.add_parser("run", help="replay a clip through the schemes")
-    run.add_argument("--source", required=True, help="video file, image folder (frame-number names), rosbag or synthetic[:seed]")
-    run.add_argument("--student-weights", default="", help="initial student weights (checkpoint or tflite:PATH)")
-    run.add_argument("--schemes", default="none,one_time,remote_tracking,jit,shadowtutor,ams", help="comma-separated schemes")
-    run.add_argument("--out", default="out/eval", help="output folder")
+    run = sub.add_parser("run", help="replay a clip through the schemes (default)")
+    run.add_argument("--source", required=True,
+                     help="video file, image folder (frame-number names, labels/ beside), rosbag2, device:N, synthetic[:SEED]")
+    run.add_argument("--student-weights", default="", help="initial student weights: checkpoint or tflite:PATH")
+    run.add_argument("--schemes", default=DEFAULT_SCHEMES, help=f"comma-separated (default {DEFAULT_SCHEMES}); "
+                     "parameters after ':' separated by '+', e.g. jit:threshold=0.6+gamma=1")
+    run.add_argument("--table3", action="store_true", help="also run AMS with every Table 3 strategy x fraction")
+    run.add_argument("--out", default="out/eval/run", help="output folder")
+    run.add_argument("--no-plots", action="store_true")
     _common(run)
     pre = sub.add_parser("pretrain", help="distil the teacher into the student on generic footage")
     pre.add_argument("--sources", nargs="+", required=True, help="footage NOT evaluated later")
-    pre.add_argument("--student-weights", default="", help="starting weights, e.g. tflite:PATH (backbone)")
+    pre.add_argument("--exclude", nargs="*", default=[], help="evaluated footage; refused as a pretraining source")
+    pre.add_argument("--student-weights", default="", help="starting weights, e.g. tflite:PATH (VOC backbone)")
     pre.add_argument("--steps", type=int, default=300, help="Adam steps")
+    pre.add_argument("--batch-size", type=int, default=8)
+    pre.add_argument("--lr", type=float, default=1e-3)
+    pre.add_argument("--sample-fps", type=float, default=1.0, help="frames taken per second of each source")
+    pre.add_argument("--holdout", type=float, default=0.2, help="last fraction of each source held out for scoring")
+    pre.add_argument("--no-flip", action="store_true", help="no mirrored copies")
     pre.add_argument("--out", required=True, help="checkpoint path to write")
     _common(pre)
+    summ = sub.add_parser("summarize", help="one markdown table over several runs")
+    summ.add_argument("runs", nargs="+", help="output folders (or results.json files)")
+    summ.add_argument("--out", default="", help="write the markdown here (default: print)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "pretrain", "-h", "--help"):
+    if argv and argv[0] not in ("run", "pretrain", "summarize", "-h", "--help"):
         argv = ["run", *argv]
     args = ap.parse_args(argv)
     if args.cmd is None:
         ap.print_help()
         raise SystemExit(2)
+    args.argv = argv
     return args
 
 
-def _spaces(args):
-    from ams_ros.core.labels import get_label_space
+def _setup(args):
+    """Threads, preset, teacher, selected label space and its LUT."""
+    from ams_ros.core.models.teachers import build_teacher
+    from ams_ros.eval.presets import get_preset, parse_overrides
+    from ams_ros.eval.simulator import torch_threads
 
-    full = get_label_space(args.label_space)
-    selected = [c.strip() for c in args.selected_classes.split(",") if c.strip()]
-    if selected:
-        return full.restrict(selected)
-    return full, None
+    torch_threads(args.threads)
+    overrides = parse_overrides(args.overrides)
+    preset = get_preset(args.preset).with_overrides(overrides)
+    teacher = build_teacher(args.teacher, label_space=args.label_space or None)
+    full = teacher.label_space
+    names = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if names and tuple(names) != tuple(full.class_names):
+        space, lut = full.restrict(names)
+    else:
+        space, lut = full, None
+    return preset, overrides, teacher, space, lut
 
 
-def load_clip(source: str, size: tuple[int, int], eval_fps: float, max_seconds: float, teacher, lut, progress=True):
-    """Frames of ``source`` at the evaluation rate, with teacher and (if any) human labels."""
-    from tqdm import tqdm
+def _machine() -> dict:
+    import torch
 
-    from ams_ros.core.labels import camvid_to_cityscapes
-    from ams_ros.core.sources import open_source
-    from ams_ros.eval.harness import Clip
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
-    times, frames, gts = [], [], []
-    next_t = -1e9
-    for t, rgb, gt in open_source(source, size=size, fps=eval_fps or None):
-        if max_seconds and t > max_seconds:
-            break
-        if eval_fps and t < next_t - 1e-6:
-            continue
-        next_t = t + (1.0 / eval_fps if eval_fps else 0.0)
-        times.append(float(t))
-        frames.append(rgb)
-        if gt is not None and source.startswith("synthetic"):
-            gts.append(lut[gt] if lut is not None else gt)
-        elif gt is not None and "camvid" in source.lower():  # CamVid ids -> Cityscapes -> selected
-            g = camvid_to_cityscapes(gt)
-            gts.append(lut[g] if lut is not None else g)
-        else:
-            gts.append(None)
-    if not frames:
-        raise SystemExit(f"no frames read from '{source}'")
-    labels = []
-    it = tqdm(range(0, len(frames), 8), desc="teacher labels", disable=not progress, unit="batch")
-    for a in it:
-        batch = frames[a:a + 8]
-        stamped = getattr(teacher, "uses_stamps", False)
-        for lab in (teacher.label(batch, stamps=times[a:a + 8]) if stamped else teacher.label(batch)):
-            labels.append(lut[lab] if lut is not None else lab)
-    n = int(lut.max(initial=0)) + 1 if lut is not None else len(teacher.label_space.class_names)
-    n = len([v for v in np.unique(lut) if v != 255]) if lut is not None else n
-    return Clip(np.asarray(times), frames, labels, gts, n)
+
+def _scheme_list(args) -> list:
+    from ams_ros.eval.schemes import parse_scheme, table3_specs
+
+    texts = [s.strip() for s in args.schemes.split(",") if s.strip()]
+    # parameters are written with '+' between them on the command line (',' separates schemes)
+    texts = [t.replace("+", ",") for t in texts]
+    if args.table3:
+        texts += [t for t in table3_specs() if t not in texts]
+    specs = [parse_scheme(t) for t in texts]
+    if not any(s.name == "none" for s in specs):
+        specs.insert(0, parse_scheme("none"))  # the reference of Figure 5
+    else:
+        specs.sort(key=lambda s: s.name != "none")
+    seen, out = set(), []
+    for s in specs:
+        if s.name not in seen:
+            seen.add(s.name)
+            out.append(s)
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ams_ros.core.models.student import load_student
-    from ams_ros.core.models.teachers import build_teacher
-    from ams_ros.eval.harness import RUNNERS, SCHEMES
-    from ams_ros.eval.presets import get_preset
     from ams_ros.eval.report import write_results
+    from ams_ros.eval.simulator import RunContext
+    from ams_ros.eval.sources import load_clip
+    from ams_ros.eval.schemes import run_scheme
 
-    preset = get_preset(args.preset)
-    schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
-    unknown = [s for s in schemes if s not in SCHEMES]
-    if unknown:
-        raise SystemExit(f"unknown scheme(s) {unknown}; choose from {', '.join(SCHEMES)}")
-    if "none" in schemes:
-        schemes.remove("none")
-    schemes = ["none", *schemes]  # the reference for Figure 5
+    t_start = time.monotonic()
+    specs = _scheme_list(args)
+    preset, overrides, teacher, space, lut = _setup(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    space, lut = _spaces(args)
-    teacher = build_teacher(args.teacher, label_space=args.label_space)
-    t0 = time.monotonic()
-    clip = load_clip(args.source, (preset.width, preset.height), preset.eval_fps, args.max_seconds, teacher, lut)
-    student = load_student(args.student, num_classes=len(space.class_names), weights=args.student_weights or None).eval()
-    print(f"[ams-eval] {len(clip.frames)} frames over {clip.times[-1] - clip.times[0]:.0f} s of '{args.source}', "
-          f"preset {preset.name}, classes {list(space.class_names)}", flush=True)
-    results = {}
+    meta = {"source": args.source, "teacher": args.teacher, "student": args.student,
+            "student_weights": args.student_weights or None, "overrides": overrides or None,
+            "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine()}
+    results: dict = {}
     interrupted = False
-    for name in schemes:
-        bar = tqdm(total=len(clip.frames), desc=name, unit="frame")
+    failed: list[str] = []
+    try:
+        clip = load_clip(args.source, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
+                         max_seconds=args.max_seconds, cache_dir=args.cache or None, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\n[ams-eval] interrupted while labelling the clip: nothing to report", flush=True)
+        return 130
+    student = load_student(args.student, num_classes=len(space.class_names),
+                           weights=args.student_weights or None).eval()
+    print(f"[ams-eval] {len(clip)} frames over {clip.duration:.1f} s of '{args.source}', preset {preset.name}"
+          f"{' ' + str(overrides) if overrides else ''}, classes {list(space.class_names)}", flush=True)
+    for spec in specs:
+        bar = tqdm(total=len(clip), desc=spec.name, unit="frame", disable=args.quiet)
+        ctx = RunContext(clip, student, preset, teacher=teacher, lut=lut, progress=bar.update)
         try:
-            results[name] = RUNNERS[name](clip, student, preset, bar.update)
+            results[spec.name] = run_scheme(ctx, spec)
         except KeyboardInterrupt:
             interrupted = True
-            print(f"\n[ams-eval] interrupted during '{name}': writing what was computed", flush=True)
-            break
+            if ctx.started:
+                results[spec.name] = ctx.started[-1].finish(interrupted=True)
+            print(f"\n[ams-eval] interrupted during '{spec.name}': writing what was computed", flush=True)
+        except Exception as exc:  # one scheme's failure must not cost the others' results
+            failed.append(spec.name)
+            traceback.print_exc()
+            if ctx.started:
+                res = ctx.started[-1].finish(interrupted=True)
+                res.notes.append(f"FAILED after {res.frames_done} frames: {type(exc).__name__}: {exc}")
+                results[spec.name] = res
+            print(f"\n[ams-eval] '{spec.name}' failed ({exc}); going on with the other schemes", flush=True)
         finally:
             bar.close()
-        write_results(out, args, preset, clip, results, space, partial=True)
-    summary = write_results(out, args, preset, clip, results, space, partial=interrupted)
-    summary["wall_seconds"] = round(time.monotonic() - t0, 1)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    print((out / "results.md").read_text())
-    return 130 if interrupted else 0
+        meta["wall_seconds"] = round(time.monotonic() - t_start, 1)
+        last = interrupted or spec is specs[-1]
+        write_results(out, meta, clip, results, preset, partial=interrupted, plots=last and not args.no_plots)
+        if interrupted:
+            break
+    print((out / "results.md").read_text(), flush=True)
+    print(f"[ams-eval] wrote {out}/results.json, results.md and plots", flush=True)
+    if failed:
+        print(f"[ams-eval] failed: {', '.join(failed)} (see the notes in results.md)", file=sys.stderr, flush=True)
+    return 130 if interrupted else (1 if failed else 0)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ams_ros.core.distill import distill
-    from ams_ros.core.labels import get_label_space
-    from ams_ros.core.metrics import ConfusionMatrix
-    from ams_ros.core.models.student import load_student, predict, save_student_checkpoint
-    from ams_ros.core.models.teachers import build_teacher
-    from ams_ros.eval.presets import get_preset
+    from ams_ros.eval.pretrain import pretrain
 
-    preset = get_preset(args.preset)
-    size = (preset.width, preset.height)
-    space, lut = _spaces(args)
-    teacher = build_teacher(args.teacher, label_space=args.label_space)
-    samples = []
-    for src in args.sources:
-        clip = load_clip(src, size, 1.0, args.max_seconds, teacher, lut)
-        samples += list(zip(clip.frames, clip.teacher))
-    held = samples[::5]
-    train = [s for i, s in enumerate(samples) if i % 5]
-    model = load_student(args.student, num_classes=len(space.class_names), weights=args.student_weights or None)
+    preset, _, teacher, space, lut = _setup(args)
+    try:
+        pretrain(args.sources, teacher, lut, args.student, args.student_weights or None,
+                 (preset.width, preset.height), args.out, space, steps=args.steps, batch_size=args.batch_size,
+                 lr=args.lr, sample_fps=args.sample_fps, holdout=args.holdout, max_seconds=args.max_seconds,
+                 flip=not args.no_flip, cache_dir=args.cache or None, exclude=args.exclude,
+                 log=lambda m: print(m, flush=True), progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\n[ams-eval pretrain] interrupted: no checkpoint written", flush=True)
+        return 130
+    return 0
 
-    def score() -> float:
-        cm = ConfusionMatrix(len(space.class_names))
-        for f, lab in held:
-            cm.update(predict(model, [f], size=size)[0], lab)
-        return cm.miou()
 
-    before = score()
-    print(f"[ams-eval pretrain] {len(train)} training / {len(held)} held-out frames from {args.sources}; "
-          f"held-out mIoU vs teacher before: {before:.3f}", flush=True)
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from ams_ros.eval.report import combine
 
-    def progress(step: int, loss: float) -> None:
-        if step % 50 == 0:
-            print(f"[ams-eval pretrain] step {step}/{args.steps} loss {loss:.3f}", flush=True)
-
-    distill(model, train, steps=args.steps, batch_size=8, lr=1e-3, progress=progress)
-    after = score()
-    save_student_checkpoint(model, args.out, args.student, len(space.class_names), space,
-                            pretrained_on=args.sources, heldout_miou=after)
-    print(f"[ams-eval pretrain] held-out mIoU vs teacher after: {after:.3f}; wrote {args.out}")
+    text = combine(args.runs)
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return cmd_pretrain(args) if args.cmd == "pretrain" else cmd_run(args)
+    try:
+        if args.cmd == "pretrain":
+            return cmd_pretrain(args)
+        if args.cmd == "summarize":
+            return cmd_summarize(args)
+        return cmd_run(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ams-eval: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

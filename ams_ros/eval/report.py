@@ -1,107 +1,322 @@
-"""results.json, a Table-1-style results.md, and the plots of an evaluation run."""
+"""``results.json``, a Table-1-style ``results.md`` and the plots of an evaluation run.
+
+mIoU follows the paper's protocol as the authors' code computes it: per frame, a confusion
+matrix over the selected classes against the teacher's labels; the matrices of the last
+``window_s`` seconds are summed and their mIoU (classes with a zero union left out) is the
+value at that frame; the reported figure is the mean of those values over the frames after
+``skip_s``. The same is done against human labels on the frames that have them. The global
+confusion-matrix mIoU is reported beside it (``*_global``).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
+from ams_ros.eval.simulator import SchemeResult
 
-def _kbps(events, duration: float) -> float:
-    return float(sum(b for _, b in events) * 8 / max(duration, 1e-9) / 1000.0)
-
-
-def _r(x):
-    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+PAPER_NAMES = {"none": "No Customization", "one_time": "One-Time", "remote_tracking": "Remote+Tracking",
+               "jit": "Just-In-Time", "shadowtutor": "ShadowTutor", "ams": "AMS"}
 
 
-def write_results(out: Path, args, preset, clip, results: dict, space, partial: bool) -> dict:
-    duration = float(clip.times[-1] - clip.times[0]) + 1.0 / max(preset.eval_fps or 30.0, 1e-9)
-    none = results.get("none")
-    schemes = {}
-    for name, r in results.items():
-        better = None
-        if none is not None and len(none.per_frame) == len(r.per_frame) and name != "none":
-            better = float(np.mean(np.asarray(r.per_frame) > np.asarray(none.per_frame)))
-        schemes[name] = {
-            "miou_teacher": _r(r.cm_teacher.miou()),
-            "miou_gt": _r(r.cm_gt.miou()) if r.cm_gt.matrix.sum() else None,
-            "uplink_kbps": round(_kbps(r.uplink, duration), 2),
-            "downlink_kbps": round(_kbps(r.downlink, duration), 2),
-            "updates": int(r.updates),
-            "frac_frames_better_than_none": _r(better) if better is not None else None,
-        }
-    summary = {"preset": preset.name, "preset_params": preset.to_dict(), "source": args.source,
-               "teacher": args.teacher, "student": args.student, "student_weights": args.student_weights,
-               "classes": list(space.class_names), "frames_evaluated": len(clip.frames),
-               "stream_seconds": round(duration, 1), "partial": partial, "schemes": schemes}
+def _r(x, nd: int = 4):
+    if x is None:
+        return None
+    x = float(x)
+    return None if not math.isfinite(x) else round(x, nd)
+
+
+def _nanmean(v) -> float:
+    a = np.asarray(v, dtype=float)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _span(times: list[float], step: float) -> float:
+    if not times:
+        return 0.0
+    return float(times[-1] - times[0] + step)
+
+
+def frac_better(r: SchemeResult, none: SchemeResult | None) -> float | None:
+    """Fraction of the frames both scored where ``r`` beats ``none`` against the teacher (Figure 5)."""
+    if none is None or r is none:
+        return None
+    n = min(r.frames_done, none.frames_done)
+    if n == 0:
+        return None
+    a, b = np.asarray(r.frame_miou[:n], float), np.asarray(none.frame_miou[:n], float)
+    ok = np.isfinite(a) | np.isfinite(b)
+    if not ok.any():
+        return None
+    better = np.nan_to_num(a, nan=0.0) > np.nan_to_num(b, nan=0.0)
+    return float(better[ok].mean())
+
+
+def summarize(r: SchemeResult, none: SchemeResult | None, clip_times: np.ndarray, skip_s: float, step: float) -> dict:
+    t0 = float(clip_times[0]) if len(clip_times) else 0.0
+    times = np.asarray(r.times, float)
+    keep = times >= t0 + skip_s
+    gt_times = np.asarray(r.gt_times, float)
+    keep_gt = gt_times >= t0 + skip_s
+    duration = _span(r.times, step)
+    delays = [u.t_arrive - u.t_data for u in r.updates if u.t_arrive <= (r.times[-1] if r.times else -np.inf)]
+    up = sum(b for _, b in r.uplink)
+    down = sum(b for _, b in r.downlink)
+    return {
+        "miou_teacher": _r(_nanmean(np.asarray(r.window_miou, float)[keep])) if r.times else None,
+        "miou_gt": _r(_nanmean(np.asarray(r.gt_window_miou, float)[keep_gt])) if r.gt_times else None,
+        "uplink_kbps": _r(up * 8 / max(duration, 1e-9) / 1000.0, 2) if duration else 0.0,
+        "downlink_kbps": _r(down * 8 / max(duration, 1e-9) / 1000.0, 2) if duration else 0.0,
+        "updates": int(len(r.updates)),
+        "frac_frames_better_than_none": _r(frac_better(r, none)),
+        "miou_teacher_global": _r(r.cm_teacher.miou()) if r.cm_teacher is not None and r.times else None,
+        "miou_gt_global": _r(r.cm_gt.miou()) if r.cm_gt is not None and r.gt_times else None,
+        "mean_update_delay_s": _r(float(np.mean(delays)), 3) if delays else None,
+        "frames_sent_up": len(r.sent_times),
+        "frames": r.frames_done,
+        "frames_total": r.frames_total,
+        "partial": bool(r.interrupted or r.frames_done < r.frames_total),
+        "uplink_bytes": int(up),
+        "downlink_bytes": int(down),
+        "train_wall_s": _r(r.train_wall_s, 1),
+        "wall_s": _r(r.wall_s, 1),
+        "params": r.params,
+        "notes": r.notes,
+    }
+
+
+def write_results(out: Path, meta: Mapping, clip, results: Mapping[str, SchemeResult], preset, partial: bool,
+                  plots: bool = True) -> dict:
+    """Write results.json, results.md and the plots; returns the JSON object."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    lines = [f"Source `{args.source}`, preset `{preset.name}`, {len(clip.frames)} frames over {duration:.0f} s"
-             + (" (partial: not every scheme finished)" if partial else ""), "",
-             "| scheme | mIoU vs teacher | mIoU vs human labels | uplink Kbps | downlink Kbps | updates | frames better than none |",
-             "|---|---|---|---|---|---|---|"]
-    for name, s in schemes.items():
-        f = lambda v, pct=True: "-" if v is None else (f"{100 * v:.1f}" if pct else f"{v:g}")  # noqa: E731
-        lines.append(f"| {name} | {f(s['miou_teacher'])} | {f(s['miou_gt'])} | {s['uplink_kbps']:.1f} | "
-                     f"{s['downlink_kbps']:.1f} | {s['updates']} | {f(s['frac_frames_better_than_none'])} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    _plots(out, clip, results, duration)
+    none = results.get("none")
+    step = float(np.median(np.diff(clip.times))) if len(clip) > 1 else 1.0
+    schemes = {name: summarize(r, none, clip.times, preset.skip_s, step) for name, r in results.items()}
+    summary = {"preset": preset.name, "source": meta.get("source"), **{k: v for k, v in meta.items() if k != "source"},
+               "classes": list(clip.class_names), "frames_evaluated": len(clip),
+               "stream_seconds": _r(clip.duration, 2), "partial": bool(partial or any(s["partial"] for s in schemes.values())),
+               "preset_params": preset.to_dict(), "schemes": schemes}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    tmp.replace(out / "results.json")
+    (out / "results.md").write_text(markdown(summary))
+    if plots:
+        plot_all(out, clip, results)
     return summary
 
 
-def _plots(out: Path, clip, results: dict, duration: float) -> None:
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(s: Mapping) -> str:
+    """A Table-1-style table (schemes as columns) and, when AMS variants ran, a Table-3-style one."""
+    sch = s["schemes"]
+    names = list(sch)
+    head = "| Metric | " + " | ".join(f"{PAPER_NAMES.get(n, n)}" + (f" (`{n}`)" if n not in PAPER_NAMES else "")
+                                       for n in names) + " |"
+    rows = [head, "|---" * (len(names) + 1) + "|"]
+
+    def row(label, f):
+        rows.append(f"| {label} | " + " | ".join(f(sch[n]) for n in names) + " |")
+
+    row("mIoU vs teacher (%)", lambda x: _pct(x["miou_teacher"]))
+    row("mIoU vs human labels (%)", lambda x: _pct(x["miou_gt"]))
+    row("Up/Down BW (Kbps)", lambda x: f"{x['uplink_kbps']:.1f}/{x['downlink_kbps']:.1f}")
+    row("updates sent", lambda x: str(x["updates"]))
+    row("frames better than none (%)", lambda x: _pct(x["frac_frames_better_than_none"]))
+    row("mean update delay (s)", lambda x: _num(x["mean_update_delay_s"], "{:.2f}"))
+    row("frames scored", lambda x: f"{x['frames']}/{x['frames_total']}" + (" (partial)" if x["partial"] else ""))
+    lines = [f"# ams-eval: `{s['source']}`", "",
+             f"Preset `{s['preset']}`" + (f" with overrides `{s.get('overrides')}`" if s.get("overrides") else "")
+             + f"; {s['frames_evaluated']} frames scored over {s['stream_seconds']} s of stream; classes "
+             + ", ".join(s["classes"]) + "." + (" **PARTIAL: interrupted.**" if s.get("partial") else ""), ""]
+    if s.get("command"):
+        lines += ["Command: `" + s["command"] + "`", ""]
+    lines += rows
+    notes = [f"- `{n}`: {note}" for n in names for note in sch[n].get("notes", [])]
+    if notes:
+        lines += ["", "Notes:", ""] + notes
+    t3 = table3(sch)
+    if t3:
+        lines += ["", "Selection strategies (Table 3 style): mIoU vs teacher relative to full-model training "
+                  "(percentage points), downlink Kbps in brackets.", ""] + t3
+    return "\n".join(lines) + "\n"
+
+
+def table3(sch: Mapping) -> list[str]:
+    variants = {}
+    full = None
+    for name, x in sch.items():
+        p = x.get("params", {})
+        if not name.startswith("ams") or "strategy" not in p:
+            continue
+        if p["strategy"] == "full":
+            full = x
+        else:
+            variants[(p["strategy"], float(p["gamma"]))] = x
+    if full is None or len(variants) < 2 or full["miou_teacher"] is None:
+        return []
+    strategies = list(dict.fromkeys(k[0] for k in variants))
+    fractions = sorted({k[1] for k in variants}, reverse=True)
+    out = ["| Strategy | " + " | ".join(f"{100 * g:g}%" for g in fractions) + " |", "|---" * (len(fractions) + 1) + "|"]
+    for st in strategies:
+        cells = []
+        for g in fractions:
+            x = variants.get((st, g))
+            if x is None or x["miou_teacher"] is None:
+                cells.append("-")
+            else:
+                cells.append(f"{100 * (x['miou_teacher'] - full['miou_teacher']):+.2f} ({x['downlink_kbps']:.0f})")
+        out.append(f"| {st} | " + " | ".join(cells) + " |")
+    out.append(f"| full model | mIoU {100 * full['miou_teacher']:.2f}, {full['downlink_kbps']:.0f} Kbps |"
+               + " |" * (len(fractions) - 1))
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = clip.times
-    fig, ax = plt.subplots(figsize=(9, 3.5))
+    out = Path(out)
+    colors = {name: f"C{k % 10}" for k, name in enumerate(results)}  # one colour per scheme in every figure
+    end = float(clip.times[-1]) if len(clip) else 1.0
+    t0 = float(clip.times[0]) if len(clip) else 0.0
+
+    fig, ax = plt.subplots(figsize=(9, 3.6))
     for name, r in results.items():
-        v = np.asarray(r.per_frame, dtype=float)
-        k = min(9, max(1, v.size // 10))
-        ax.plot(t[: v.size], np.convolve(np.nan_to_num(v), np.ones(k) / k, mode="same"), label=name)
+        if r.times:
+            ax.plot(r.times, np.asarray(r.window_miou, float) * 100, label=name, lw=1.2, color=colors[name])
     ax.set_xlabel("stream time (s)")
-    ax.set_ylabel("mIoU vs teacher")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=3)
+    ax.set_ylabel("mIoU vs teacher (%), last 10 s")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    if results:
+        ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(out / "miou_over_time.png", dpi=110)
     plt.close(fig)
-    none = results.get("none")
+
     fig, ax = plt.subplots(figsize=(6, 4))
+    none = results.get("none")
+    drawn = False
     for name, r in results.items():
-        if name == "none" or none is None or len(r.per_frame) != len(none.per_frame):
+        if none is None or r is none:
             continue
-        gain = np.sort(np.asarray(r.per_frame) - np.asarray(none.per_frame))
-        ax.plot(gain * 100, np.linspace(0, 1, gain.size), label=name)
+        n = min(r.frames_done, none.frames_done)
+        if n == 0:
+            continue
+        gain = np.nan_to_num(np.asarray(r.frame_miou[:n], float)) - np.nan_to_num(np.asarray(none.frame_miou[:n], float))
+        gain = np.sort(gain) * 100
+        ax.plot(gain, np.arange(1, n + 1) / n, label=name, color=colors[name])
+        drawn = True
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("per-frame mIoU gain over none (%)")
-    ax.set_ylabel("CDF")
-    ax.legend(fontsize=8)
+    ax.set_xlabel("per-frame mIoU gain over none (percentage points)")
+    ax.set_ylabel("CDF over frames")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "gain_cdf.png", dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(9, 3))
+
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    drawn = False
+    rate_bin = 10.0
+    redges = np.arange(t0, end + rate_bin + 1e-9, rate_bin)
+    if redges.size < 2:
+        redges = np.array([t0, t0 + rate_bin])
     for name, r in results.items():
-        if r.rates:
-            ax.step([x[0] for x in r.rates], [x[1] for x in r.rates], where="post", label=name)
+        color = colors[name]
+        if r.sent_times:
+            h, _ = np.histogram(r.sent_times, bins=redges)
+            ax.step(redges, np.append(h, h[-1]) / rate_bin, where="post", color=color, label=name)
+            drawn = True
+        if name.startswith("ams") and r.rates:  # the rate the server commanded (Eq. 1)
+            xs = [x[0] for x in r.rates] + [end]
+            ys = [x[1] for x in r.rates] + [r.rates[-1][1]]
+            ax.step(xs, ys, where="post", color=color, ls="--", lw=0.9, label=f"{name} commanded")
+    ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xlabel("stream time (s)")
-    ax.set_ylabel("sampling rate (frames/s)")
+    ax.set_ylabel(f"frames sent up / s ({rate_bin:g} s bins)")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(out / "sampling_rate.png", dpi=110)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(9, 3))
-    bins = np.arange(0, duration + 10, 10)
-    for name, r in results.items():
-        if r.downlink:
-            h, _ = np.histogram([e[0] for e in r.downlink], bins=bins, weights=[e[1] for e in r.downlink])
-            ax.step(bins[:-1], h * 8 / 10 / 1000, where="post", label=f"{name} down")
-    ax.set_xlabel("stream time (s)")
-    ax.set_ylabel("Kbps (10 s bins)")
-    ax.legend(fontsize=8, ncol=3)
+
+    bin_s = 10.0
+    edges = np.arange(t0, end + bin_s + 1e-9, bin_s)
+    if edges.size < 2:
+        edges = np.array([t0, t0 + bin_s])
+    fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    for ax, attr, label in ((axes[0], "uplink", "uplink"), (axes[1], "downlink", "downlink")):
+        for name, r in results.items():
+            ev = getattr(r, attr)
+            if not ev:
+                continue
+            h, _ = np.histogram([e[0] for e in ev], bins=edges, weights=[e[1] for e in ev])
+            ax.step(edges[:-1], h * 8 / bin_s / 1000, where="post", label=name, color=colors[name])
+        ax.set_ylabel(f"{label} Kbps ({bin_s:g} s bins)")
+        ax.set_yscale("symlog", linthresh=10)
+        ax.grid(alpha=0.3)
+    axes[1].set_xlabel("stream time (s)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    h2, l2 = axes[1].get_legend_handles_labels()
+    merged = dict(zip(labels + l2, handles + h2))
+    if merged:
+        axes[0].legend(merged.values(), merged.keys(), fontsize=8, ncol=3)
     fig.tight_layout()
     fig.savefig(out / "bandwidth.png", dpi=110)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- many runs
+
+
+def combine(dirs: list[str | Path]) -> str:
+    """One markdown table per metric over several runs' results.json (clips as rows), plus the mean."""
+    runs = []
+    for d in dirs:
+        p = Path(d) / "results.json" if Path(d).is_dir() else Path(d)
+        runs.append((p, json.loads(p.read_text())))
+    if not runs:
+        return ""
+    names = list(dict.fromkeys(n for _, r in runs for n in r["schemes"]))
+    lines = []
+    for key, label, fmt in (("miou_teacher", "mIoU vs teacher (%)", _pct), ("miou_gt", "mIoU vs human labels (%)", _pct),
+                            ("uplink_kbps", "uplink Kbps", lambda v: _num(v)),
+                            ("downlink_kbps", "downlink Kbps", lambda v: _num(v)),
+                            ("updates", "updates sent", lambda v: "-" if v is None else f"{v:.0f}"),
+                            ("frac_frames_better_than_none", "frames better than none (%)", _pct)):
+        lines += [f"**{label}**", "", "| clip (preset) | " + " | ".join(PAPER_NAMES.get(n, n) for n in names) + " |",
+                  "|---" * (len(names) + 1) + "|"]
+        per = {n: [] for n in names}
+        for p, r in runs:
+            cells = []
+            for n in names:
+                v = r["schemes"].get(n, {}).get(key)
+                if v is not None:
+                    per[n].append(v)
+                cells.append(fmt(v))
+            partial = " PARTIAL" if r.get("partial") else ""
+            lines.append(f"| {Path(str(r['source'])).name} ({r['preset']}{partial}) | " + " | ".join(cells) + " |")
+        lines.append("| **mean** | " + " | ".join(fmt(float(np.mean(per[n]))) if per[n] else "-" for n in names) + " |")
+        lines.append("")
+    return "\n".join(lines)

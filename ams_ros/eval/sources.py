@@ -1,0 +1,282 @@
+"""Frame sources for the evaluation, and the labelled clip every scheme is replayed on.
+
+The sources themselves live in :mod:`ams_ros.core.sources` (the ROS camera sampler uses the same
+module): ``open_source(spec, size=None, ...)`` with ``spec`` a video file, an image folder whose
+file names are frame numbers at 30 fps (human labels in a sibling ``labels/`` folder), a
+rosbag2 (first ``sensor_msgs/Image`` topic), ``device:N`` or ``synthetic[:SEED][?shifts=...]``;
+each yields ``(t, rgb, gt_or_None)`` in stream time. This module re-exports it and adds what
+the evaluation needs on top:
+
+- :func:`load_clip` picks the scored frames (every frame, or ``eval_fps``), runs the teacher once
+  per frame on the *source* frame (the reference labels of the paper's protocol), maps human
+  labels (CamVid) into the teacher's selected classes, and stores the labels in ``.npy`` files
+  (a cache keyed by source, size, teacher and classes), so a clip of any length is replayed
+  from disk without holding it in memory.
+- :class:`Clip` replays the scored frames at the evaluation size, as often as needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from ams_ros.core.sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
+
+__all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper", "label_with"]
+
+
+def nominal_fps(spec: str, src: FrameSource) -> float:
+    """Frame rate that "N frames" means for this source (image folders: 30 fps by naming)."""
+    if spec.startswith("synthetic"):
+        return float(getattr(src, "fps", 30.0))
+    p = Path(spec)
+    if p.is_dir() and not (p / "metadata.yaml").exists() and not any(p.glob("*.db3")) and not any(p.glob("*.mcap")):
+        return 30.0
+    return float(getattr(src, "fps", 30.0) or 30.0)
+
+
+def _slot(t: float, t0: float, eval_fps: float) -> int:
+    """Index of the 1/eval_fps slot of stream time ``t`` (exact multiples land in their own slot)."""
+    return int(np.floor((t - t0) * eval_fps + 1e-3))
+
+
+def select_frames(times: Sequence[float], eval_fps: float) -> list[int]:
+    """Indices of the frames scored: all of them, or the first frame in every 1/eval_fps slot."""
+    if not eval_fps or eval_fps <= 0:
+        return list(range(len(times)))
+    keep, last = [], None
+    for i, t in enumerate(times):
+        s = _slot(float(t), float(times[0]), eval_fps)
+        if last is None or s > last:
+            keep.append(i)
+            last = s
+    return keep
+
+
+def gt_mapper(spec: str, teacher_space_name: str) -> Callable[[np.ndarray], np.ndarray] | None:
+    """Human labels -> the teacher's full label space, or None when there is no mapping.
+
+    Synthetic ground truth is already in the oracle's space; CamVid label folders (11 classes +
+    void) map to Cityscapes train ids.
+    """
+    from ams_ros.core.labels import camvid_to_cityscapes
+
+    base = teacher_space_name.split("[", 1)[0].lower()
+    if spec.startswith("synthetic"):
+        return lambda g: g
+    if base == "cityscapes":
+        return camvid_to_cityscapes
+    return None
+
+
+def label_with(teacher, frames: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:
+    """``teacher.label``; teachers that render by stream time (the synthetic oracle) get the stamps."""
+    if getattr(teacher, "uses_stamps", False) and stamps is not None:
+        return teacher.label(list(frames), stamps=[float(s) for s in stamps])
+    return teacher.label(list(frames))
+
+
+@dataclass
+class Clip:
+    """The scored frames of a source at the evaluation size, with their labels.
+
+    ``teacher`` (N x H x W uint8, selected-class ids, 255 = ignore) are the reference labels;
+    ``gt`` the human labels in the same ids (or None) and ``has_gt`` which frames have them.
+    ``frames()`` re-reads the source each time (constant memory for long videos); for short clips
+    ``cache_frames()`` keeps them in memory.
+    """
+
+    spec: str
+    times: np.ndarray
+    teacher: np.ndarray
+    gt: np.ndarray | None
+    has_gt: np.ndarray
+    num_classes: int
+    class_names: tuple[str, ...]
+    size: tuple[int, int]
+    nominal_fps: float
+    source_indices: list[int] = field(default_factory=list)
+    _frames: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.times.size)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of stream covered by the scored frames (last minus first, plus one frame)."""
+        if len(self) == 0:
+            return 0.0
+        step = float(np.median(np.diff(self.times))) if len(self) > 1 else 1.0
+        return float(self.times[-1] - self.times[0] + step)
+
+    def frames(self) -> Iterator[tuple[int, float, np.ndarray]]:
+        """(index, stream time, RGB at the evaluation size) of every scored frame, in order."""
+        if self._frames is not None:
+            for i, f in enumerate(self._frames):
+                yield i, float(self.times[i]), f
+            return
+        want = iter(enumerate(self.source_indices))
+        nxt = next(want, None)
+        for k, (t, rgb, _) in enumerate(_source_frames(self.spec, self.size)):
+            if nxt is None:
+                return
+            if k == nxt[1]:
+                i = nxt[0]
+                yield i, float(self.times[i]), _to_size(rgb, self.size)
+                nxt = next(want, None)
+
+    def head(self, n: int) -> "Clip":
+        """The first ``n`` scored frames as a clip of their own (frames held in memory)."""
+        frames = [f for i, _, f in self.frames() if i < n] if self._frames is None else self._frames[:n]
+        return Clip(self.spec, self.times[:n], self.teacher[:n], None if self.gt is None else self.gt[:n],
+                    self.has_gt[:n], self.num_classes, self.class_names, self.size, self.nominal_fps,
+                    self.source_indices[:n], frames)
+
+    def cache_frames(self) -> "Clip":
+        self._frames = [f for _, _, f in self.frames()]
+        return self
+
+
+def _to_size(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if (img.shape[1], img.shape[0]) == tuple(size):
+        return np.ascontiguousarray(img)
+    return cv2.resize(img, tuple(size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _source_frames(spec: str, size: tuple[int, int]) -> Iterator[tuple[float, np.ndarray, np.ndarray | None]]:
+    # synthetic worlds render at the evaluation size; real sources at their own (teacher input)
+    src = open_source(spec, size=size if spec.startswith("synthetic") else None)
+    return iter(src)
+
+
+def _cache_key(spec: str, size, eval_fps: float, max_seconds: float, teacher_name: str, lut: np.ndarray | None) -> str:
+    p = Path(spec)
+    stamp = ""
+    if p.exists():
+        st = p.stat()
+        stamp = f"{p.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+    h = hashlib.sha1(json.dumps([spec, stamp, list(size), eval_fps, max_seconds, teacher_name,
+                                 None if lut is None else lut.tolist(), 3]).encode()).hexdigest()[:16]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (p.name or spec))[:40]
+    return f"{name}-{size[0]}x{size[1]}-{h}"
+
+
+def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None = None, eval_fps: float = 0.0,
+              max_seconds: float = 0.0, cache_dir: str | os.PathLike | None = None, progress: bool = True,
+              in_memory: bool | None = None) -> Clip:
+    """Read ``spec``, label every scored frame with ``teacher`` (once; cached in ``cache_dir``).
+
+    ``lut`` maps the teacher's ids to the selected classes (``LabelSpace.restrict``); ``None``
+    keeps all of the teacher's classes. ``max_seconds`` cuts the clip (0 = all of it).
+    """
+    from tqdm import tqdm
+
+    size = (int(size[0]), int(size[1]))
+    if not max_seconds and spec.startswith("synthetic"):
+        max_seconds = 180.0  # the synthetic world's default span (its shifts are scheduled over it)
+    if not max_seconds and spec.startswith("device:"):
+        raise ValueError("a live camera never ends: give max_seconds (--max-seconds)")
+    space = teacher.label_space
+    if lut is not None:
+        n_cls = int(len([v for v in np.unique(lut) if v != 255]))
+        ids = sorted((c for c in range(space.num_classes) if lut[c] != 255), key=lambda c: int(lut[c]))
+        names = tuple(space.class_names[c] for c in ids)
+    else:
+        n_cls, names = space.num_classes, tuple(space.class_names)
+    src = open_source(spec, size=size if spec.startswith("synthetic") else None)
+    nfps = nominal_fps(spec, src)
+    key = _cache_key(spec, size, eval_fps, max_seconds, getattr(teacher, "name", type(teacher).__name__), lut)
+    tmp_root = None
+    if cache_dir:
+        root = Path(cache_dir) / key
+    else:
+        tmp_root = Path(tempfile.mkdtemp(prefix="ams-eval-labels-"))
+        root = tmp_root / key
+    meta_path = root / "meta.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        times = np.load(root / "times.npy")
+        teacher_labels = np.load(root / "teacher.npy", mmap_mode="r")
+        gt = np.load(root / "gt.npy", mmap_mode="r") if meta["has_any_gt"] else None
+        has_gt = np.load(root / "has_gt.npy")
+        clip = Clip(spec, times, teacher_labels, gt, has_gt, n_cls, names, size, nfps, meta["source_indices"])
+        return clip.cache_frames() if (in_memory if in_memory is not None else len(clip) <= 4000) else clip
+
+    # first pass: which frames are scored (times only; cheap for files, exact for live sources)
+    to_gt = gt_mapper(spec, space.name)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    times_all: list[float] = []
+    t_labels: list[np.ndarray] = []
+    g_labels: list[np.ndarray | None] = []
+    src_idx: list[int] = []
+    kept: list[np.ndarray] | None = [] if in_memory is not False else None
+    t_first, last_slot = None, None
+    bar = tqdm(desc=f"teacher labels {Path(spec).name or spec}", unit="frame", disable=not progress)
+    try:
+        for k, (t, rgb, gt) in enumerate(src):
+            if max_seconds and t > max_seconds + 1e-9:
+                break
+            if eval_fps:
+                t_first = t if t_first is None else t_first
+                slot = _slot(t, t_first, eval_fps)
+                if last_slot is not None and slot <= last_slot:
+                    continue
+                last_slot = slot
+            lab = label_with(teacher, [rgb], [t])[0]
+            lab = _to_size(lab, size, nearest=True)
+            t_labels.append(lut[lab] if lut is not None else lab)
+            if gt is not None and to_gt is not None:
+                g = _to_size(to_gt(gt), size, nearest=True)
+                g_labels.append(lut[g] if lut is not None else g)
+            else:
+                g_labels.append(None)
+            times_all.append(float(t))
+            src_idx.append(k)
+            if kept is not None:
+                kept.append(_to_size(rgb, size))
+                if in_memory is None and len(kept) > 4000:
+                    kept = None
+            bar.update(1)
+    finally:
+        bar.close()
+        close = getattr(src, "close", None)
+        if close is not None:
+            close()
+    if not times_all:
+        raise ValueError(f"no frames read from '{spec}'")
+    times = np.asarray(times_all, dtype=np.float64)
+    teacher_arr = np.stack(t_labels).astype(np.uint8)
+    has_gt = np.array([g is not None for g in g_labels], dtype=bool)
+    gt_arr = None
+    if has_gt.any():
+        gt_arr = np.stack([g if g is not None else np.full((h, w), 255, np.uint8) for g in g_labels]).astype(np.uint8)
+    # written into a private folder and renamed into place, so runs sharing the cache never
+    # read a half-written entry (a concurrent run that finished first wins; ours is identical)
+    part = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
+    np.save(part / "times.npy", times)
+    np.save(part / "teacher.npy", teacher_arr)
+    np.save(part / "has_gt.npy", has_gt)
+    if gt_arr is not None:
+        np.save(part / "gt.npy", gt_arr)
+    (part / "meta.json").write_text(json.dumps({"spec": spec, "size": list(size), "eval_fps": eval_fps,
+                                               "max_seconds": max_seconds, "teacher": getattr(teacher, "name", ""),
+                                               "classes": list(names), "frames": int(times.size),
+                                               "has_any_gt": bool(has_gt.any()), "source_indices": src_idx}))
+    try:
+        os.rename(part, root)
+    except OSError:  # another run stored the same entry meanwhile
+        shutil.rmtree(part, ignore_errors=True)
+    clip = Clip(spec, times, teacher_arr, gt_arr, has_gt, n_cls, names, size, nfps, src_idx, kept)
+    if tmp_root is not None:  # the labels are in memory; frames are re-read from the source if not kept
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return clip
