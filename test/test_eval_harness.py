@@ -31,7 +31,7 @@ from ams_ros.eval.baselines import (
 )
 from ams_ros.eval.cli import main as eval_main
 from ams_ros.eval.presets import PRESETS, get_preset, parse_overrides
-from ams_ros.eval.sources import load_clip, select_frames
+from ams_ros.eval.sources import load_clip, open_source, select_frames
 
 SIZE = (64, 32)
 SPEC = "synthetic:0?shifts=30"
@@ -384,9 +384,25 @@ def test_cli_writes_results_json_md_and_plots(tmp_path, student):
     assert data["preset_params"]["width"] == 64 and data["overrides"]["width"] == "64" and not data["partial"]
     md = (out / "results.md").read_text()
     assert "| mIoU vs teacher (%) |" in md and "AMS" in md and "cpu-quick" in md
-    for png in ("miou_over_time.png", "gain_cdf.png", "sampling_rate.png", "bandwidth.png"):
+    pngs = ("miou_over_time.png", "gain_cdf.png", "sampling_rate.png", "bandwidth.png")
+    for png in pngs:
         assert (out / png).stat().st_size > 1000
     assert any((tmp_path / "cache").iterdir())  # the teacher's labels are cached for the next run
+    # series.json keeps every scheme's per-frame series: the figures are redrawn without a rerun
+    from ams_ros.eval.report import read_series
+
+    times, series = read_series(out)
+    assert len(times) == data["frames_evaluated"] and list(series) == list(data["schemes"])
+    ams = series["ams"]
+    assert len(ams.window_miou) == len(ams.times) == data["schemes"]["ams"]["frames"]
+    assert len(ams.updates) == data["schemes"]["ams"]["updates"] and ams.updates[0].t_arrive > ams.updates[0].t_data
+    assert sum(b for _, b in ams.downlink) == data["schemes"]["ams"]["downlink_bytes"]
+    for png in pngs:
+        (out / png).unlink()
+    assert eval_main(["replot", str(out)]) == 0
+    for png in pngs:
+        assert (out / png).stat().st_size > 1000
+    assert eval_main(["replot", str(tmp_path)]) == 2  # not a run folder: a clear error, not a traceback
 
 
 def _tiny_cli(tmp_path, schemes: str, seconds: float):
@@ -498,3 +514,48 @@ def test_camvid_folder_gives_human_labels_in_the_selected_classes(assets):
     assert set(np.unique(c.teacher)) <= set(range(7)) | {255}
     road = (np.asarray(c.gt) == 0) & (np.asarray(c.teacher) != 255)
     assert road.any() and np.mean(np.asarray(c.teacher)[road] == 0) > 0.7  # the teacher sees the road too
+
+
+def _write_image_bag(path, frames, stamps, encoding="rgb8"):
+    """A rosbag2 (sqlite3) with one sensor_msgs/Image topic, written with ``rosbags``."""
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    ts = get_typestore(Stores.ROS2_KILTED)
+    Image, Header, Time = ts.types["sensor_msgs/msg/Image"], ts.types["std_msgs/msg/Header"], ts.types["builtin_interfaces/msg/Time"]
+    with Writer(path, version=9) as w:
+        other = w.add_connection("/chatter", "std_msgs/msg/String", typestore=ts)
+        conn = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=ts)
+        w.write(other, 1, ts.serialize_cdr(ts.types["std_msgs/msg/String"](data="hi"), "std_msgs/msg/String"))
+        for f, t in zip(frames, stamps):
+            data = f[..., ::-1] if encoding == "bgr8" else f
+            sec, nsec = int(t), int(round((t - int(t)) * 1e9))
+            msg = Image(header=Header(stamp=Time(sec=sec, nanosec=nsec), frame_id="cam"), height=f.shape[0],
+                        width=f.shape[1], encoding=encoding, is_bigendian=0, step=f.shape[1] * 3,
+                        data=np.ascontiguousarray(data).reshape(-1))
+            w.write(conn, int(t * 1e9), ts.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+
+
+@pytest.mark.parametrize("encoding", ["rgb8", "bgr8"])
+def test_a_rosbag_is_replayed_in_stream_time_from_its_image_topic(tmp_path, clip, encoding):
+    """A robot's own recording as the evaluated source: the first Image topic, stamps from t=0."""
+    frames = [f for _, _, f in clip.frames()][:4]
+    stamps = [100.0, 100.5, 101.0, 102.25]  # a recording's wall-clock stamps
+    bag = tmp_path / "bag"
+    _write_image_bag(bag, frames, stamps, encoding)
+    got = list(open_source(str(bag)))
+    assert [round(t, 6) for t, _, _ in got] == [0.0, 0.5, 1.0, 2.25]
+    for (_, rgb, gt), f in zip(got, frames):
+        assert gt is None and np.array_equal(rgb, f)
+    scored = load_clip(str(bag), SIZE, build_teacher("oracle:0?shifts=30"), None, eval_fps=1.0, progress=False)
+    assert list(scored.times) == [0.0, 1.0, 2.25]  # one frame per 1 s slot
+    assert scored.gt is None
+
+
+def test_rate_and_bandwidth_bins_end_with_the_clip():
+    from ams_ros.eval.report import _bin_edges
+
+    assert _bin_edges(0.0, 30.08, 10.0).tolist() == [0.0, 10.0, 20.0, 30.08]  # a sliver joins the last bin
+    assert _bin_edges(0.0, 276.0, 10.0)[-2:].tolist() == [270.0, 276.0]
+    assert _bin_edges(0.0, 5.0, 10.0).tolist() == [0.0, 5.0]  # a clip shorter than one bin
+    assert _bin_edges(3.0, 3.0, 10.0).tolist() == [3.0, 13.0]  # a single frame still gets a bin

@@ -7,6 +7,7 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 
 from ams_ros.core.distill import distill
 from ams_ros.core.labels import get_label_space
@@ -97,6 +98,7 @@ def test_ams_session_beats_frozen_student_after_a_shift():
     world = world_from_spec("synthetic:0?shifts=40", width=size[0], height=size[1])
     teacher = build_teacher("oracle:0?shifts=40")
     n_cls = len(get_label_space("synthetic").class_names)
+    torch.manual_seed(0)  # the random initialisation: unseeded, the margin over frozen varied 0.08-0.10+
     student = load_student("deeplabv3_mobilenet_v2", num_classes=n_cls, weights=None)
     pre = [world.frame_at(float(t)) for t in np.arange(0, 38, 0.5)]
     distill(student, pre, steps=120, batch_size=8, lr=2e-3)

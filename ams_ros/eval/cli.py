@@ -5,6 +5,7 @@
     make eval ARGS="pretrain --sources A B ... --exclude EVALUATED --teacher SPEC \\
         --student-weights tflite:STUDENT.tflite --out out/eval/student.pt"
     make eval ARGS="summarize out/eval/A out/eval/B"
+    make eval ARGS="replot out/eval/A"
 
 ``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
 ``checkpoint:PATH``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
@@ -76,8 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     summ = sub.add_parser("summarize", help="one markdown table over several runs")
     summ.add_argument("runs", nargs="+", help="output folders (or results.json files)")
     summ.add_argument("--out", default="", help="write the markdown here (default: print)")
+    rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
+    rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "pretrain", "summarize", "-h", "--help"):
+    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "-h", "--help"):
         argv = ["run", *argv]
     args = ap.parse_args(argv)
     if args.cmd is None:
@@ -224,6 +227,17 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replot(args: argparse.Namespace) -> int:
+    from ams_ros.eval.report import replot
+
+    for run in args.runs:
+        if not (Path(run) / "series.json").exists():
+            raise FileNotFoundError(f"{run}/series.json not found: replot needs a run folder written by 'ams-eval run'")
+        replot(Path(run))
+        print(f"[ams-eval] redrew the figures of {run}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_pretrain(args)
         if args.cmd == "summarize":
             return cmd_summarize(args)
+        if args.cmd == "replot":
+            return cmd_replot(args)
         return cmd_run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ams-eval: error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ confusion-matrix mIoU is reported beside it (``*_global``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ams_ros.eval.simulator import SchemeResult
+from ams_ros.eval.simulator import SchemeResult, UpdateRecord
 
 PAPER_NAMES = {"none": "No Customization", "one_time": "One-Time", "remote_tracking": "Remote+Tracking",
                "jit": "Just-In-Time", "shadowtutor": "ShadowTutor", "ams": "AMS"}
@@ -106,9 +107,59 @@ def write_results(out: Path, meta: Mapping, clip, results: Mapping[str, SchemeRe
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "results.json")
     (out / "results.md").write_text(markdown(summary))
+    write_series(out, clip.times, results)
     if plots:
-        plot_all(out, clip, results)
+        plot_all(out, clip.times, results)
     return summary
+
+
+# ----------------------------------------------------------------------------- per-frame series
+
+#: The per-frame and per-event series of a SchemeResult that ``series.json`` keeps (enough to
+#: redraw every figure or compute any other statistic without running the schemes again).
+SERIES_FIELDS = ("times", "frame_miou", "window_miou", "gt_times", "gt_window_miou", "uplink", "downlink",
+                 "rates", "sent_times")
+
+
+def _finite_or_none(v):
+    if isinstance(v, (list, tuple)):
+        return [_finite_or_none(x) for x in v]
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+def write_series(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None:
+    """``series.json``: the clip's scored times and every scheme's series (NaN as null)."""
+    data = {"clip_times": [float(t) for t in clip_times], "schemes": {}}
+    for name, r in results.items():
+        d = {f: _finite_or_none([list(x) if isinstance(x, tuple) else x for x in getattr(r, f)]) for f in SERIES_FIELDS}
+        d.update(name=r.name, scheme=r.scheme, frames_total=r.frames_total, interrupted=r.interrupted,
+                 updates=[dataclasses.asdict(u) for u in r.updates])
+        data["schemes"][name] = d
+    tmp = Path(out) / "series.json.tmp"
+    tmp.write_text(json.dumps(data))
+    tmp.replace(Path(out) / "series.json")
+
+
+def read_series(out: Path) -> tuple[np.ndarray, dict[str, SchemeResult]]:
+    """(clip times, scheme results) back from ``series.json`` (without confusion matrices)."""
+    data = json.loads((Path(out) / "series.json").read_text())
+    results = {}
+    for name, d in data["schemes"].items():
+        nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
+        r = SchemeResult(d["name"], d["scheme"], frames_total=d["frames_total"], interrupted=d["interrupted"])
+        r.times, r.gt_times, r.sent_times = d["times"], d["gt_times"], d["sent_times"]
+        r.frame_miou, r.window_miou, r.gt_window_miou = nan(d["frame_miou"]), nan(d["window_miou"]), nan(d["gt_window_miou"])
+        r.uplink, r.downlink = [tuple(e) for e in d["uplink"]], [tuple(e) for e in d["downlink"]]
+        r.rates = [tuple(e) for e in d["rates"]]
+        r.updates = [UpdateRecord(**u) for u in d["updates"]]
+        results[name] = r
+    return np.asarray(data["clip_times"], float), results
+
+
+def replot(out: Path) -> None:
+    """Redraw a run's figures from its ``series.json``."""
+    times, results = read_series(out)
+    plot_all(Path(out), times, results)
 
 
 def _pct(v) -> str:
@@ -123,8 +174,7 @@ def markdown(s: Mapping) -> str:
     """A Table-1-style table (schemes as columns) and, when AMS variants ran, a Table-3-style one."""
     sch = s["schemes"]
     names = list(sch)
-    head = "| Metric | " + " | ".join(f"{PAPER_NAMES.get(n, n)}" + (f" (`{n}`)" if n not in PAPER_NAMES else "")
-                                       for n in names) + " |"
+    head = "| Metric | " + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + " |"
     rows = [head, "|---" * (len(names) + 1) + "|"]
 
     def row(label, f):
@@ -187,7 +237,28 @@ def table3(sch: Mapping) -> list[str]:
 # ----------------------------------------------------------------------------- plots
 
 
-def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
+def _bin_edges(t0: float, end: float, bin_s: float) -> np.ndarray:
+    """Bins of about ``bin_s`` from ``t0`` to the end of the clip: the last bin ends with the clip
+    (rates use each bin's own width, so they are not diluted by time after it)."""
+    n = max(1, int(round((end - t0) / bin_s)))
+    edges = t0 + bin_s * np.arange(n + 1, dtype=float)
+    if end > edges[-2]:
+        edges[-1] = end
+    return edges
+
+
+def _save(plt, fig, ax, path: Path, legend: bool, ncol: int = 1) -> None:
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=8, ncol=ncol)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None:
+    """The four figures of a run: mIoU over time, CDF of the per-frame gain over ``none``,
+    frames sent up (and AMS's commanded rate), uplink and downlink over time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,8 +266,8 @@ def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
 
     out = Path(out)
     colors = {name: f"C{k % 10}" for k, name in enumerate(results)}  # one colour per scheme in every figure
-    end = float(clip.times[-1]) if len(clip) else 1.0
-    t0 = float(clip.times[0]) if len(clip) else 0.0
+    end = float(clip_times[-1]) if len(clip_times) else 1.0
+    t0 = float(clip_times[0]) if len(clip_times) else 0.0
 
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for name, r in results.items():
@@ -205,12 +276,7 @@ def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel("mIoU vs teacher (%), last 10 s")
     ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    if results:
-        ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(out / "miou_over_time.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "miou_over_time.png", legend=bool(results), ncol=3)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     none = results.get("none")
@@ -228,24 +294,18 @@ def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_xlabel("per-frame mIoU gain over none (percentage points)")
     ax.set_ylabel("CDF over frames")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "gain_cdf.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "gain_cdf.png", legend=drawn)
 
     fig, ax = plt.subplots(figsize=(9, 3.4))
     drawn = False
     rate_bin = 10.0
-    redges = np.arange(t0, end + rate_bin + 1e-9, rate_bin)
-    if redges.size < 2:
-        redges = np.array([t0, t0 + rate_bin])
+    redges = _bin_edges(t0, end, rate_bin)
     for name, r in results.items():
         color = colors[name]
         if r.sent_times:
             h, _ = np.histogram(r.sent_times, bins=redges)
-            ax.step(redges, np.append(h, h[-1]) / rate_bin, where="post", color=color, label=name)
+            per_s = h / np.diff(redges)
+            ax.step(redges, np.append(per_s, per_s[-1]), where="post", color=color, label=name)
             drawn = True
         if name.startswith("ams") and r.rates:  # the rate the server commanded (Eq. 1)
             xs = [x[0] for x in r.rates] + [end]
@@ -254,17 +314,10 @@ def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel(f"frames sent up / s ({rate_bin:g} s bins)")
-    ax.grid(alpha=0.3)
-    if drawn:
-        ax.legend(fontsize=8, ncol=3)
-    fig.tight_layout()
-    fig.savefig(out / "sampling_rate.png", dpi=110)
-    plt.close(fig)
+    _save(plt, fig, ax, out / "sampling_rate.png", legend=drawn, ncol=3)
 
     bin_s = 10.0
-    edges = np.arange(t0, end + bin_s + 1e-9, bin_s)
-    if edges.size < 2:
-        edges = np.array([t0, t0 + bin_s])
+    edges = _bin_edges(t0, end, bin_s)
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
     for ax, attr, label in ((axes[0], "uplink", "uplink"), (axes[1], "downlink", "downlink")):
         for name, r in results.items():
@@ -272,7 +325,8 @@ def plot_all(out: Path, clip, results: Mapping[str, SchemeResult]) -> None:
             if not ev:
                 continue
             h, _ = np.histogram([e[0] for e in ev], bins=edges, weights=[e[1] for e in ev])
-            ax.step(edges[:-1], h * 8 / bin_s / 1000, where="post", label=name, color=colors[name])
+            kbps = h * 8 / np.diff(edges) / 1000
+            ax.step(edges, np.append(kbps, kbps[-1]), where="post", label=name, color=colors[name])
         ax.set_ylabel(f"{label} Kbps ({bin_s:g} s bins)")
         ax.set_yscale("symlog", linthresh=10)
         ax.grid(alpha=0.3)
@@ -305,7 +359,7 @@ def combine(dirs: list[str | Path]) -> str:
                             ("downlink_kbps", "downlink Kbps", lambda v: _num(v)),
                             ("updates", "updates sent", lambda v: "-" if v is None else f"{v:.0f}"),
                             ("frac_frames_better_than_none", "frames better than none (%)", _pct)):
-        lines += [f"**{label}**", "", "| clip (preset) | " + " | ".join(PAPER_NAMES.get(n, n) for n in names) + " |",
+        lines += [f"**{label}**", "", "| clip (preset) | " + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + " |",
                   "|---" * (len(names) + 1) + "|"]
         per = {n: [] for n in names}
         for p, r in runs:
