@@ -42,8 +42,8 @@ def test_edge_applies_several_updates_in_order(demo_run):
     assert len(applied) >= 4, log[-3000:]
     assert all(b == a + 1 for a, b in applied)
     assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1))
-    assert summary["updates_applied"] >= len(applied)
-    # the observer's last EdgeStatus may predate the very last swap (status is periodic)
+    # the observer's last EdgeStatus may predate the very last swap (status is periodic): one behind
+    assert summary["updates_applied"] >= len(applied) - 1
     assert summary["model_version"] >= applied[-1][1] - 1
     assert summary["updates_rejected"] == 0
 
