@@ -495,3 +495,18 @@ def test_phases_reduce_loss_on_synthetic_task(gamma):
     end = _eval_loss(trainer, held)
     print(f"gamma={gamma}: held-out loss {start:.3f} -> {end:.3f}")
     assert end < 0.7 * start, (start, end)
+
+
+def test_write_flat_writes_unsorted_indices_and_refuses_out_of_range():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    n = num_params(model)
+    idx = np.array([n - 1, 0, 17, 5, 16])  # across all four tensors, unsorted
+    vals = np.arange(idx.size, dtype=np.float32) + 10
+    write_flat(model, idx, vals)
+    np.testing.assert_array_equal(read_flat(model, idx), vals)
+    before = flatten_params(model).clone()
+    with pytest.raises(ValueError, match="indices"):
+        write_flat(model, np.array([0, n]), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="values"):
+        write_flat(model, np.array([0, 1]), np.zeros(3, np.float32))
+    assert torch.equal(before, flatten_params(model))  # nothing written by a refused call

@@ -66,15 +66,33 @@ def read_flat(model: nn.Module, indices: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def write_flat(model: nn.Module, indices: np.ndarray, values: np.ndarray) -> None:
-    """Write ``values`` into the parameters at flat ``indices`` (sorted or not)."""
-    idx = torch.as_tensor(np.asarray(indices, dtype=np.int64))
-    val = torch.as_tensor(np.asarray(values, dtype=np.float32))
-    if idx.numel() != val.numel():
-        raise ValueError(f"{idx.numel()} indices but {val.numel()} values")
-    for slot, p in zip(param_layout(model), model.parameters()):
-        sel = (idx >= slot.offset) & (idx < slot.offset + slot.numel)
-        if bool(sel.any()):
-            p.view(-1)[idx[sel] - slot.offset] = val[sel].to(p.dtype)
+    """Write ``values`` into the parameters at flat ``indices`` (sorted or not, unique)."""
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    val = np.asarray(values, dtype=np.float32).reshape(-1)
+    if idx.size != val.size:
+        raise ValueError(f"{idx.size} indices but {val.size} values")
+    params = list(model.parameters())
+    sizes = np.array([p.numel() for p in params], dtype=np.int64)
+    offsets, n = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), int(sizes.sum())
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"flat indices must lie in [0, {n})")
+    if idx.size > 1 and np.any(idx[1:] < idx[:-1]):
+        order = np.argsort(idx, kind="stable")
+        idx, val = idx[order], val[order]
+    scatter_sorted(params, offsets, idx, val)
+
+
+def scatter_sorted(params: list[torch.Tensor], offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
+    """Write ``vals`` at *sorted* flat ``idx``: one indexed assignment per tensor, found by
+    binary search (a mask per tensor over every index made a 5 % update take ~100 ms)."""
+    cuts = np.append(np.searchsorted(idx, offsets), idx.size)
+    ti = torch.from_numpy(np.ascontiguousarray(idx))
+    tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
+    with torch.no_grad():
+        for k, p in enumerate(params):
+            a, b = int(cuts[k]), int(cuts[k + 1])
+            if b > a:
+                p.view(-1)[ti[a:b] - int(offsets[k])] = tv[a:b].to(p.dtype)
 
 
 def iter_trainable(model: nn.Module) -> Iterable[torch.nn.Parameter]:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ams_ros.core.params import fingerprint, param_layout
+from ams_ros.core.params import fingerprint, param_layout, scatter_sorted
 
 
 class UpdateError(ValueError):
@@ -461,16 +461,8 @@ class _FlatWriter:
                 out[a:b] = p.detach().reshape(-1)[torch.from_numpy(idx[a:b] - int(self.offsets[k]))].float().numpy()
         return out
 
-    @torch.no_grad()
     def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
-        cuts = np.searchsorted(idx, self.offsets)
-        cuts = np.append(cuts, idx.size)
-        ti = torch.from_numpy(idx)
-        tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
-        for k, p in enumerate(self.params):
-            a, b = int(cuts[k]), int(cuts[k + 1])
-            if b > a:
-                p.view(-1)[ti[a:b] - int(self.offsets[k])] = tv[a:b].to(p.dtype)
+        scatter_sorted(self.params, self.offsets, idx, vals)
 
 
 class DoubleBufferedModel:
