@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 import zlib
 
 import pytest
@@ -44,7 +45,14 @@ def peer_and_node():
         assert "Traceback" not in (out or ""), out
 
 
-def _roundtrip(node, ex, type_name: str, msg, timeout: float = 20.0):
+def _roundtrip(node, ex, type_name: str, msg, timeout: float = 20.0, resend_s: float = 1.0):
+    """Publish ``msg`` to the peer and return its echo.
+
+    Matching is one-sided: this process may see the peer's endpoints before the peer has matched
+    this publisher (or the peer's echo publisher this subscription), and a volatile sample sent
+    in that window is lost (seen once in CI). So the message is sent again every ``resend_s``
+    until an echo comes back; the echo must still equal it field by field.
+    """
     cls = getattr(M, type_name)
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
     received = []
@@ -54,8 +62,11 @@ def _roundtrip(node, ex, type_name: str, msg, timeout: float = 20.0):
         assert spin_until(ex, lambda: pub.get_subscription_count() > 0 and sub.get_publisher_count() > 0, timeout), (
             f"peer process never matched {type_name} topics"
         )
-        pub.publish(msg)
-        assert spin_until(ex, lambda: len(received) > 0, timeout), f"{type_name} did not come back"
+        deadline = time.monotonic() + timeout
+        while not received and time.monotonic() < deadline:
+            pub.publish(msg)
+            spin_until(ex, lambda: len(received) > 0, min(resend_s, max(0.0, deadline - time.monotonic())))
+        assert received, f"{type_name} did not come back within {timeout:g} s"
         return received[0]
     finally:
         node.destroy_publisher(pub)

@@ -1,7 +1,8 @@
 """`edge` executable: camera_sampler + student_segmenter + model_patcher in one process.
 
-They share the student (a double buffer) and counters; a MultiThreadedExecutor with separate
-callback groups keeps inference running while updates are patched and batches encoded.
+They share the student (a double buffer) and counters. The segmenter spins on an executor and
+thread of its own, so inference never waits for the dispatch of patching or sampling work; the
+sampler and patcher share a MultiThreadedExecutor, with separate callback groups.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"[edge] start-up failed: {exc}", file=sys.stderr)
         rclpy.try_shutdown()
         sys.exit(1)
-    spin_nodes([sampler, segmenter, patcher], threads=4)
+    spin_nodes([sampler, patcher], threads=3, dedicated=[segmenter])
 
 
 if __name__ == "__main__":
