@@ -64,22 +64,21 @@ def read_flat(model: nn.Module, indices: np.ndarray) -> np.ndarray:
     return flatten_params(model).numpy()[np.asarray(indices, dtype=np.int64)]
 
 
-@torch.no_grad()
 def write_flat(model: nn.Module, indices: np.ndarray, values: np.ndarray) -> None:
     """Write ``values`` into the parameters at flat ``indices`` (sorted or not, unique)."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
     val = np.asarray(values, dtype=np.float32).reshape(-1)
     if idx.size != val.size:
         raise ValueError(f"{idx.size} indices but {val.size} values")
-    params = list(model.parameters())
-    sizes = np.array([p.numel() for p in params], dtype=np.int64)
-    offsets, n = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64), int(sizes.sum())
+    layout = param_layout(model)
+    offsets = np.array([slot.offset for slot in layout], dtype=np.int64)
+    n = layout[-1].offset + layout[-1].numel if layout else 0
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise ValueError(f"flat indices must lie in [0, {n})")
     if idx.size > 1 and np.any(idx[1:] < idx[:-1]):
         order = np.argsort(idx, kind="stable")
         idx, val = idx[order], val[order]
-    scatter_sorted(params, offsets, idx, val)
+    scatter_sorted(list(model.parameters()), offsets, idx, val)
 
 
 def scatter_sorted(params: list[torch.Tensor], offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:

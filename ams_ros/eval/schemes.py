@@ -26,11 +26,10 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import torch
 
 from ams_ros.core.frame_codec import decode_frames, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler
-from ams_ros.core.params import flatten_params
+from ams_ros.core.params import read_flat, write_flat
 from ams_ros.core.selection import STRATEGIES
 from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.trainer import TrainerConfig
@@ -43,7 +42,6 @@ from ams_ros.eval.baselines import (
     decoder_tail,
     gray,
     jit_next_stride,
-    set_flat,
     shadowtutor_next_stride,
 )
 from ams_ros.eval.presets import Preset
@@ -116,11 +114,8 @@ def _ship(model, indices: np.ndarray, base_values: np.ndarray, encoding: str, ve
     As the core's DeviceSession does: the server keeps exactly what the edge will decode, so
     both copies stay identical and the next update applies on the same weights.
     """
-    flat = flatten_params(model)
-    new = flat.numpy()[indices].astype(np.float32)
-    vals = quantize_roundtrip(encoding, model, indices, new, base_values=base_values)
-    flat[torch.as_tensor(indices)] = torch.as_tensor(vals)
-    set_flat(list(model.parameters()), flat)  # one pass over the tensors (params.write_flat loops per slot)
+    new = read_flat(model, indices)
+    write_flat(model, indices, quantize_roundtrip(encoding, model, indices, new, base_values=base_values))
     return encode_update(model, indices, new, base_version=version, new_version=version + 1,
                          encoding=encoding, base_values=base_values)
 

@@ -55,22 +55,16 @@ class Link:
         self.events.append((float(t_ready), int(nbytes)))
         return self.free_at + self.latency_s
 
-    @property
-    def total_bytes(self) -> int:
-        return int(sum(b for _, b in self.events))
-
 
 class ServerClock:
     """The server's GPU: one job at a time, in arrival order."""
 
     def __init__(self) -> None:
         self.free_at = -np.inf
-        self.busy_s = 0.0
 
     def run(self, t_ready: float, duration_s: float) -> tuple[float, float]:
         start = max(float(t_ready), self.free_at)
         self.free_at = start + max(0.0, float(duration_s))
-        self.busy_s += max(0.0, float(duration_s))
         return start, self.free_at
 
 
