@@ -14,7 +14,7 @@ from ams_ros.core.labels import get_label_space
 from ams_ros.core.metrics import ConfusionMatrix
 from ams_ros.core.models.student import load_student, predict
 from ams_ros.core.models.teachers import build_teacher
-from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
 from ams_ros.core.sources import open_source
 from ams_ros.core.synthetic import SYNTHETIC_CLASSES, SyntheticWorld, world_from_spec
 from ams_ros.core.trainer import TrainerConfig
@@ -123,3 +123,42 @@ def test_ams_session_beats_frozen_student_after_a_shift():
     assert streamed > base + 0.1, (streamed, base)
     cmd = session.sampling_command(160.0)
     assert cmd is not None and 0.1 <= cmd[0] <= 1.0
+
+
+def test_a_diverged_phase_is_undone_and_the_next_one_ships():
+    """A phase whose weights float16 cannot carry must not reach the edge: shipped, the edge
+    would refuse it and every later update built on it (and the snapshots) forever."""
+    size = (48, 24)
+    world = world_from_spec("synthetic:1", width=size[0], height=size[1])
+    n_cls = len(get_label_space("synthetic").class_names)
+    torch.manual_seed(1)
+    student = load_student("deeplabv3_mobilenet_v2", num_classes=n_cls, weights=None)
+    edge = DoubleBufferedModel(copy.deepcopy(student))
+    cfg = SessionConfig(trainer=TrainerConfig(iterations=3, batch_size=2, gamma=0.05, lr=1e6, input_size=size,
+                                              horizon_s=60.0, update_period_s=5.0))
+    session = DeviceSession("r", copy.deepcopy(student), cfg)
+    edge.apply_update(session.snapshot())
+
+    def feed(t0: int) -> None:
+        for t in range(t0, t0 + 5):
+            rgb, lab = world.frame_at(float(t))
+            session.add_labeled(float(t), rgb, lab)
+
+    def flat(model):
+        return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+
+    feed(0)
+    before, m_before = flat(session.model), session.trainer.m.clone()
+    with pytest.raises(TrainingDiverged, match="diverged.*undone.*v0.*Lower the learning rate"):
+        session.run_phase(4.0)
+    assert np.array_equal(flat(session.model), before)  # weights as before the phase, bit for bit
+    assert torch.equal(session.trainer.m, m_before) and session.trainer.step == 0
+    assert session.version == 0 and session.diverged_phases == 1 and not session.ready()
+
+    session.trainer.config.lr = 2e-3
+    feed(5)
+    out = session.run_phase(9.0)
+    assert out.update.base_version == 0 and out.update.new_version == 1
+    edge.apply_update(out.update)  # accepted: finite, and on the base the edge holds
+    assert np.array_equal(flat(edge.active), flat(session.model))
+    assert not np.array_equal(flat(session.model), before)

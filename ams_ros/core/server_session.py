@@ -51,6 +51,11 @@ class SessionConfig:
     atp_max_factor: float = 6.0
 
 
+class TrainingDiverged(RuntimeError):
+    """A phase produced weights the update encoding cannot carry (NaN/Inf, or past float16).
+    The phase was undone: the server's copy, Adam state and version are as before it."""
+
+
 @dataclass
 class PhaseOutcome:
     """A trained phase and the update that carries it to the edge."""
@@ -71,6 +76,7 @@ class DeviceSession:
         self.lock = threading.RLock()  # guards model + version: a snapshot never sees half a phase
         self.reset_rate_control()
         self.new_samples = 0
+        self.diverged_phases = 0
         self.last_phase_wall_s = 0.0
         self.latest_t: Optional[float] = None
 
@@ -107,16 +113,29 @@ class DeviceSession:
             return None
         t0 = time.perf_counter()
         with self.lock:
-            before = flatten_params(self.model).numpy() if ENCODINGS[self.config.update_encoding].residual else None
+            ckpt = self.trainer.checkpoint()
+            before = ckpt[0].cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
             result = self.trainer.train_phase(now)
             if result is None:
                 return None
-            self.new_samples = 0
+            self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
             enc = self.config.update_encoding
             # Lossy encodings: the server keeps exactly what the edge will decode, so both
             # copies stay identical and the next update applies on top of the same weights.
             base = before[result.indices] if before is not None else None
-            values = quantize_roundtrip(enc, self.model, result.indices, result.values, base_values=base)
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+                values = quantize_roundtrip(enc, self.model, result.indices, result.values, base_values=base)
+            bad = int(np.sum(~np.isfinite(values)))
+            if bad:
+                # Shipping it would make the edge reject this update and every later one (they
+                # build on it), and poison the snapshots too: undo the phase instead.
+                self.trainer.rollback(ckpt)
+                self.diverged_phases += 1
+                raise TrainingDiverged(
+                    f"phase {result.phase} diverged: {bad} of {len(values)} updated parameters are not finite "
+                    f"in '{enc}' (loss {result.loss:.3g}); the phase was undone and the model stays at "
+                    f"v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
+                )
             write_flat(self.model, result.indices, values)
             # encode the raw values: the edge's decoder runs the same rounding as quantize_roundtrip
             update = encode_update(self.model, result.indices, result.values, base_version=self.version,

@@ -315,6 +315,16 @@ def _logits(model: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.T
 # --------------------------------------------------------------------------------------------
 
 
+class TrainerCheckpoint(NamedTuple):
+    """What :meth:`AMSTrainer.rollback` restores."""
+
+    weights: torch.Tensor
+    m: torch.Tensor
+    v: torch.Tensor
+    step: int
+    u: Optional[torch.Tensor]
+
+
 class AMSTrainer:
     """The AMS server's trainer for one edge device (Algorithm 1 training phase + Algorithm 2)."""
 
@@ -525,6 +535,20 @@ class AMSTrainer:
             self._subtract(g * self.config.sgd_lr * mask)
             union |= mask.bool()
         return union
+
+    # ---------------------------------------------------------------- undo
+    def checkpoint(self) -> "TrainerCheckpoint":
+        """Weights, Adam state and selection guide before a phase (BN statistics are frozen,
+        so that is all a phase changes), for :meth:`rollback` when the phase diverges."""
+        return TrainerCheckpoint(flatten_params(self.model).to(self.device).clone(), self.m.clone(), self.v.clone(),
+                                 self.step, None if self.u is None else self.u.clone())
+
+    def rollback(self, ckpt: "TrainerCheckpoint") -> None:
+        """Undo a phase: back to what :meth:`checkpoint` saved. The phase counter and the
+        random streams keep going, so the next phase is not a replay of the failed one."""
+        self._write_all(ckpt.weights)
+        self.m, self.v, self.step = ckpt.m.clone(), ckpt.v.clone(), int(ckpt.step)
+        self.u = None if ckpt.u is None else ckpt.u.clone()
 
     # ---------------------------------------------------------------- persistence
     def state_dict(self, include_model: bool = True) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from ams_ros.core.frame_codec import decode_frames, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler
 from ams_ros.core.params import read_flat, write_flat
 from ams_ros.core.selection import STRATEGIES
-from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
 from ams_ros.core.trainer import TrainerConfig
 from ams_ros.core.update_codec import EncodedUpdate, encode_update, quantize_roundtrip
 from ams_ros.eval.baselines import (
@@ -135,6 +135,20 @@ def run_none(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     return run.finish()
 
 
+def _phase(session: DeviceSession, t_data: float):
+    """``session.run_phase``, with a diverged phase (undone by the session) as None."""
+    try:
+        return session.run_phase(t_data)
+    except TrainingDiverged:
+        return None
+
+
+def _diverged_note(session: DeviceSession) -> list[str]:
+    n = session.diverged_phases
+    return [f"training diverged in {n} phase(s): weights past what '{session.config.update_encoding}' carries; "
+            f"each was undone and nothing was shipped (lower lr)"] if n else []
+
+
 # ----------------------------------------------------------------------------- one-time
 
 
@@ -183,7 +197,8 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
             if last is not None:
                 upload(t, last)
             if arrivals:  # the one fine-tuning, once the last batch is labelled
-                out = session.run_phase(t_data)
+                out = _phase(session, t_data)
+            if arrivals and out is not None:
                 train_s = run.timer.modelled(out.wall_s, p.one_time_train_steps())
                 start, end = run.server.run(max(arrivals), train_s)
                 arrive = run.down.send(end, out.update.wire_bytes)
@@ -194,6 +209,7 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         run.score(i, t, edge.infer(frame))
     if not done:
         run.res.notes.append(f"clip shorter than one_time_s={p.one_time_s:g} s: never fine-tuned")
+    run.res.notes += _diverged_note(session)
     return run.finish()
 
 
@@ -375,7 +391,7 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
                     session.add_labeled(s, f, lab)
                 n += len(dec)
                 t_data = max(t_data, max(enc.timestamps))
-            out = session.run_phase(t_data)
+            out = _phase(session, t_data)
             train_s = run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0
             start, end = run.server.run(start, n * p.teacher_s + train_s)
             if out is not None:
@@ -400,6 +416,7 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     if not run.res.updates:
         run.res.notes.append(f"no update reached the edge: the clip ({ctx.clip.duration:.1f} s) is shorter than "
                              f"what one phase needs (T_update={p.update_period_s:g} s of frames + training + transfer)")
+    run.res.notes += _diverged_note(session)
     return run.finish()
 
 
