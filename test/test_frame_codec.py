@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ams_ros.core.frame_codec import FrameCodecError, decode_frames, encode_frames
+from ams_ros.core.frame_codec import FrameCodecError, batch_checksum, decode_frames, encode_frames
 from ams_ros.core.synthetic import SyntheticWorld
 
 
@@ -60,3 +60,18 @@ def test_unknown_codec_and_mismatched_inputs():
         encode_frames(f, [0.0], codec="vp99")
     with pytest.raises(FrameCodecError, match="timestamps"):
         encode_frames(f, [0.0, 1.0])
+
+
+def test_batch_checksum_covers_every_field_it_names():
+    stamps = [0, 1_000_000_000, 2_000_000_001]
+    base = batch_checksum("h264", 64, 32, stamps, b"abcdef")
+    assert base == batch_checksum("h264", 64, 32, list(stamps), bytearray(b"abcdef"))  # deterministic
+    variants = [
+        batch_checksum("jpeg", 64, 32, stamps, b"abcdef"),
+        batch_checksum("h264", 66, 32, stamps, b"abcdef"),
+        batch_checksum("h264", 64, 34, stamps, b"abcdef"),
+        batch_checksum("h264", 64, 32, [0, 1_000_000_000, 2_000_000_002], b"abcdef"),  # 1 ns
+        batch_checksum("h264", 64, 32, stamps[:2], b"abcdef"),
+        batch_checksum("h264", 64, 32, stamps, b"abcdeg"),
+    ]
+    assert base not in variants and len(set(variants)) == len(variants)

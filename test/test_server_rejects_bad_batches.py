@@ -1,5 +1,5 @@
-"""The server rejects garbage and truncated frame batches with a clear log line and keeps
-serving: a good batch afterwards still produces a model update."""
+"""The server rejects garbage, truncated and corrupted (checksum) frame batches with a clear log
+line and keeps serving: a good batch afterwards still produces a model update."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
-from ams_ros.core.frame_codec import encode_frames  # noqa: E402
+from ams_ros.core.frame_codec import batch_checksum, encode_frames  # noqa: E402
 from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
 from ams_ros.launcher import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.common import qos, sec_to_stamp  # noqa: E402
+from ams_ros.nodes.common import qos, sec_to_stamp, stamp_to_ns  # noqa: E402
 
 DEV = "robot_srv"
 
@@ -51,11 +51,14 @@ def server(tmp_path_factory):
     assert rc == 0
 
 
-def _batch(seq: int, data: bytes, stamps: list[float], w=64, h=32) -> FrameBatch:
+def _batch(seq: int, data: bytes, stamps: list[float], w=64, h=32, checksum_of: bytes | None = None) -> FrameBatch:
+    """A batch as the edge sends it; ``checksum_of`` = the bytes the checksum is computed over."""
     msg = FrameBatch(device_id=DEV, batch_seq=seq, codec="h264", width=w, height=h, sampling_rate=1.0,
                      update_period=4.0)
     msg.frame_stamps = [sec_to_stamp(t) for t in stamps]
     msg.data = data
+    if checksum_of is not None:
+        msg.checksum = batch_checksum("h264", w, h, [stamp_to_ns(s) for s in msg.frame_stamps], checksum_of)
     return msg
 
 
@@ -64,16 +67,25 @@ def test_garbage_then_truncated_then_good_batch(server):
     stamps = [float(t) for t in range(4)]
     frames = [world.frame_at(t)[0] for t in stamps]
     good = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=4.0)
+    flipped = bytearray(good.data)
+    flipped[len(flipped) // 2] ^= 0x10  # one bit in the middle of the stream
     server["pub"].publish(_batch(0, np.random.default_rng(0).bytes(5000), stamps))
     server["pub"].publish(_batch(1, good.data[: len(good.data) // 3], stamps))
-    server["pub"].publish(_batch(2, good.data, stamps))
+    server["pub"].publish(_batch(2, bytes(flipped), stamps, checksum_of=good.data))
+    shifted = _batch(3, good.data, stamps, checksum_of=good.data)
+    shifted.frame_stamps[1].nanosec += 1  # frames right, one stamp 1 ns off
+    server["pub"].publish(shifted)
+    server["pub"].publish(_batch(4, good.data, stamps, checksum_of=good.data))
     assert spin_until(server["ex"], lambda: len(server["updates"]) >= 1, 120), server["proc"].output()[-3000:]
     log = server["proc"].output()
     assert "rejected batch 0" in log
     assert "rejected batch 1" in log
+    assert "rejected batch 2: checksum mismatch" in log
+    assert "rejected batch 3: checksum mismatch" in log
+    assert "frame batches carry no checksum" in log  # batches 0 and 1 had none
     assert server["proc"].alive()
     assert spin_until(server["ex"], lambda: len(server["statuses"]) >= 1, 10)
     st = server["statuses"][-1]
-    assert st.batches_received == 3
-    assert st.batches_dropped >= 2
+    assert st.batches_received == 5
+    assert st.batches_dropped >= 4
     assert server["updates"][0].new_version == 1 and server["updates"][0].base_version == 0

@@ -262,6 +262,12 @@ def test_hmac_sign_and_verify():
     m = small_net()
     idx, vals = sparse(m)
     upd = encode_update(m, idx, vals, 0, 1)
-    upd.sign(b"secret")
-    assert upd.verify(b"secret") and not upd.verify(b"other")
+    upd.sign(b"secret", "robot1")
+    assert upd.verify(b"secret", "robot1")
+    assert not upd.verify(b"other", "robot1")
+    assert not upd.verify(b"secret", "robot2")  # the tag names its target: no replay to another robot
+    tampered = copy.copy(upd)
+    tampered.new_version = 2
+    tampered.checksum = tampered.compute_checksum()  # a consistent checksum is not enough without the key
+    assert not tampered.verify(b"secret", "robot1")
     assert fingerprint(m) == upd.fingerprint

@@ -9,8 +9,10 @@ A ``jpeg`` codec (length-prefixed full-quality JPEGs) serves the remote+tracking
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
+from typing import Sequence
 from dataclasses import dataclass, field
 
 import av
@@ -33,6 +35,17 @@ class EncodedBatch:
     timestamps: list[float] = field(default_factory=list)
     num_frames: int = 0
     bitrate_bps: int = 0
+
+
+def batch_checksum(codec: str, width: int, height: int, stamps_ns: Sequence[int], data: bytes) -> str:
+    """SHA-256 (hex) over what a frame batch carries: codec, frame size, every frame stamp (integer
+    nanoseconds, as on the wire) and the encoded bytes. A bit flip that still decodes would
+    otherwise put wrong frames, or frames at wrong times, into the training buffer."""
+    h = hashlib.sha256()
+    h.update(f"{codec}\x00{int(width)}\x00{int(height)}\x00".encode())
+    h.update(np.asarray(list(stamps_ns), dtype="<i8").tobytes())
+    h.update(hashlib.sha256(bytes(data)).digest())
+    return h.hexdigest()
 
 
 def _even(x: int) -> int:

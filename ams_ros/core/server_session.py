@@ -141,7 +141,7 @@ class DeviceSession:
             update = encode_update(self.model, result.indices, result.values, base_version=self.version,
                                    new_version=self.version + 1, encoding=enc, base_values=base)
             if self.config.auth_key:
-                update.sign(self.config.auth_key)
+                update.sign(self.config.auth_key, self.device_id)
             self.version += 1
         self.last_phase_wall_s = time.perf_counter() - t0
         return PhaseOutcome(update, result, self.last_phase_wall_s)
@@ -155,7 +155,7 @@ class DeviceSession:
             idx, vals = decode_update(update, self.model)
             write_flat(self.model, idx, vals)
             if self.config.auth_key:
-                update.sign(self.config.auth_key)
+                update.sign(self.config.auth_key, self.device_id)
             return update
 
     def sampling_command(self, now: float) -> tuple[float, float, float] | None:

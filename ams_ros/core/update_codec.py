@@ -79,13 +79,18 @@ class EncodedUpdate:
         h.update(hashlib.sha256(self.values_blob).digest())
         return h.hexdigest()
 
-    def sign(self, key: bytes) -> None:
-        """Attach an HMAC-SHA256 tag over the checksum (shared-key authentication)."""
-        self.auth_tag = hmac.new(key, self.checksum.encode(), hashlib.sha256).digest()
+    def _tag(self, key: bytes, device_id: str) -> bytes:
+        # The target device is authenticated too: an update signed for one robot does not
+        # verify on another that shares the key (same architecture and version chain).
+        return hmac.new(key, device_id.encode() + b"\x00" + self.checksum.encode(), hashlib.sha256).digest()
 
-    def verify(self, key: bytes) -> bool:
-        expected = hmac.new(key, self.checksum.encode(), hashlib.sha256).digest()
-        return hmac.compare_digest(expected, bytes(self.auth_tag))
+    def sign(self, key: bytes, device_id: str) -> None:
+        """Attach an HMAC-SHA256 tag over ``device_id`` and the checksum (shared-key authentication)."""
+        self.auth_tag = self._tag(key, device_id)
+
+    def verify(self, key: bytes, device_id: str) -> bool:
+        """True when the tag was made with ``key`` for ``device_id`` over this checksum."""
+        return hmac.compare_digest(self._tag(key, device_id), bytes(self.auth_tag))
 
     @property
     def wire_bytes(self) -> int:

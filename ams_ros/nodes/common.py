@@ -59,6 +59,11 @@ def stamp_to_sec(stamp: Time) -> float:
     return float(stamp.sec) + float(stamp.nanosec) * 1e-9
 
 
+def stamp_to_ns(stamp: Time) -> int:
+    """A stamp as integer nanoseconds (exact, unlike float seconds)."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
 def sec_to_stamp(t: float) -> Time:
     sec = int(t // 1)
     nsec = int(round((t - sec) * 1e9))

@@ -69,7 +69,7 @@ class ModelPatcher(Node):
         holder = self.model.holder
         try:
             update = msg_to_update(msg)
-            if self._key is not None and not update.verify(self._key):
+            if self._key is not None and not update.verify(self._key, self.p["device_id"]):
                 raise UpdateError("authentication tag does not match the shared key")
             before = holder.version
             version = holder.apply_update(update)

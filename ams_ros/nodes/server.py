@@ -22,7 +22,7 @@ from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, SamplingCommand, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.frame_codec import decode_frames
+from ams_ros.core.frame_codec import FrameCodecError, batch_checksum, decode_frames
 from ams_ros.core.models.student import load_student
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.params import fingerprint
@@ -38,6 +38,7 @@ from ams_ros.nodes.common import (
     qos,
     sec_to_stamp,
     spin_nodes,
+    stamp_to_ns,
     stamp_to_sec,
     string_list,
 )
@@ -124,6 +125,7 @@ class TeacherLabeler(Node):
         for dev in state.device_ids:
             self.create_subscription(FrameBatch, f"/{dev}/{FRAME_BATCH}", self._make_cb(dev),
                                      qos("reliable", int(self.p["batch_qos_depth"])), callback_group=group)
+        self._unchecked_warned: set[str] = set()
         self._thread = threading.Thread(target=self._work, name="teacher_labeler", daemon=True)
         self._thread.start()
         self.get_logger().info(f"teacher '{self.p['teacher']}' labelling batches of {', '.join(state.device_ids)}")
@@ -152,6 +154,18 @@ class TeacherLabeler(Node):
             dev = max((d for d in st.device_ids if st.pending[d]), key=lambda d: len(st.pending[d]))
             return dev, st.pending[dev].popleft()
 
+    def _check_integrity(self, dev: str, msg: FrameBatch) -> None:
+        """Raises FrameCodecError on a checksum mismatch; warns once per device when there is none."""
+        if not msg.checksum:
+            if dev not in self._unchecked_warned:
+                self._unchecked_warned.add(dev)
+                self.get_logger().warning(f"{dev}: frame batches carry no checksum; corruption in transit goes unnoticed")
+            return
+        expected = batch_checksum(msg.codec, msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps],
+                                  bytes(msg.data))
+        if msg.checksum != expected:
+            raise FrameCodecError("checksum mismatch: the batch was corrupted in transit (frames or stamps)")
+
     def _work(self) -> None:
         while True:
             dev, msg = self._next()
@@ -166,6 +180,7 @@ class TeacherLabeler(Node):
                 self.get_logger().error(f"{dev}: rejected batch {msg.batch_seq}: {exc}")
 
     def _label_batch(self, dev: str, msg: FrameBatch) -> None:
+        self._check_integrity(dev, msg)
         stamps = [stamp_to_sec(s) for s in msg.frame_stamps]
         frames = decode_frames(bytes(msg.data), msg.codec, int(msg.width), int(msg.height))
         if len(frames) != len(stamps):
