@@ -1,0 +1,26 @@
+"""ams-bench runs end to end (tiny settings) and reports what it promises: update sizes per
+encoding and fraction, and decode+apply time per encoding. Figures are printed, not asserted."""
+
+from __future__ import annotations
+
+import json
+
+from ams_ros import bench
+from ams_ros.core.update_codec import ENCODINGS
+
+
+def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
+    out = tmp_path / "bench"
+    assert bench.main(["--out", str(out), "--repeat", "1", "--iterations", "1",
+                       "--update-width", "64", "--update-height", "32"]) == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert set(res["patch_apply_ms_by_encoding"]) == set(ENCODINGS)
+    assert all(ms > 0 for ms in res["patch_apply_ms_by_encoding"].values())
+    assert res["patch_apply_ms"] == res["patch_apply_ms_by_encoding"]["paper_gzip_fp16"]
+    for name, by_gamma in res["update_bytes"].items():
+        sizes = [by_gamma[g] for g in ("0.01", "0.05", "0.1", "0.2")]
+        assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (name, sizes)  # more parameters, more bytes
+    # the quantised residual encodings beat the paper's float16+gzip at 5 %
+    assert res["update_bytes"]["residual_lzma_q8"]["0.05"] < res["update_bytes"]["paper_gzip_fp16"]["0.05"]
+    within = res["smallest_encoding_within_10ms"]
+    assert within is None or res["patch_apply_ms_by_encoding"][within] < 10.0
