@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -91,7 +92,8 @@ def test_truncated_payload_with_valid_checksum_rejected(encoding):
 
 @pytest.mark.parametrize("encoding,blob", [("paper_gzip_fp16", "values_blob"), ("paper_gzip_fp16", "indices_blob"),
                                            ("delta_lzma_fp16", "values_blob"), ("residual_lzma_q8", "values_blob"),
-                                           ("delta_lzma_q8", "indices_blob")])
+                                           ("delta_lzma_q8", "indices_blob"), ("residual_zlib_q6", "values_blob"),
+                                           ("residual_zlib_q6", "indices_blob")])
 def test_payload_inflating_past_its_header_is_refused_without_inflating_it(encoding, blob):
     """A "zip bomb" with a valid checksum: 256 MiB of zeros in a few hundred KB must not be
     inflated (the LZMA decoder's own dictionary, 64 MiB at the encoder's preset, is the most)."""
@@ -104,7 +106,10 @@ def test_payload_inflating_past_its_header_is_refused_without_inflating_it(encod
     base = flatten_params(m).numpy()[idx] if ENCODINGS[encoding].residual else None
     upd = encode_update(m, idx, vals, 0, 1, encoding, base_values=base)
     bomb = bytes(256 << 20)
-    packed = gzip.compress(bomb, mtime=0) if encoding.startswith("paper") else lzma.compress(bomb, preset=9)
+    if encoding.startswith("paper"):
+        packed = gzip.compress(bomb, mtime=0)
+    else:
+        packed = zlib.compress(bomb, 9) if "zlib" in encoding else lzma.compress(bomb, preset=9)
     del bomb
     assert len(packed) < 400_000
     setattr(upd, blob, packed)
@@ -238,9 +243,23 @@ def test_better_encoding_smaller_than_paper_on_trained_like_values():
     assert residual < best, (residual, best)
     q6 = encode_update(m, idx, vals, 0, 1, "residual_lzma_q6", base_values=flat[idx]).wire_bytes
     assert q6 < residual, (q6, residual)
+    q6z = encode_update(m, idx, vals, 0, 1, "residual_zlib_q6", base_values=flat[idx]).wire_bytes
+    assert q6 <= q6z < 0.75 * paper, (q6, q6z, paper)  # zlib trades a little size for decode speed
 
 
-@pytest.mark.parametrize("encoding", ["residual_lzma_q8", "residual_lzma_q6"])
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 5, 7, 8, 1001])
+def test_six_bit_packing_keeps_the_wire_format(count):
+    """The shift-based 6-bit packer writes exactly the MSB-first bit stream of the generic one
+    (what residual_lzma_q6 updates always carried), and reads it back."""
+    from ams_ros.core.update_codec import _pack_bits, _unpack_bits
+
+    q = np.random.default_rng(count).integers(0, 64, count).astype(np.uint8)
+    generic = np.packbits(np.unpackbits(q[:, None], axis=1)[:, 2:].reshape(-1)).tobytes()
+    assert _pack_bits(q, 6) == generic
+    np.testing.assert_array_equal(_unpack_bits(generic, count, 6), q)
+
+
+@pytest.mark.parametrize("encoding", ["residual_lzma_q8", "residual_lzma_q6", "residual_zlib_q6"])
 def test_residual_updates_keep_edge_and_server_identical(encoding):
     from ams_ros.core.params import write_flat
 

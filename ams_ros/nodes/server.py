@@ -28,6 +28,7 @@ from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.params import fingerprint
 from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.update_codec import ENCODINGS
 from ams_ros.nodes.common import (
     FRAME_BATCH,
     MODEL_UPDATE,
@@ -70,8 +71,9 @@ TRAINER_PARAMS = {
     "strategy": ("gradient_guided", "Coordinate selection: gradient_guided | full | random | first_layers | last_layers | first_last | gauss_southwell_sgd"),
     "authors_variant": (False, "Authors' code variant: mask from a first full step, restart from w0 each phase"),
     "min_samples": (1, "New labelled samples needed before a phase runs"),
-    "update_encoding": ("paper_gzip_fp16", "Encoding of sparse updates"),
-    "snapshot_encoding": ("paper_gzip_fp16", "Encoding of full snapshots"),
+    "update_encoding": ("paper_gzip_fp16", "Encoding of sparse updates: " + " | ".join(ENCODINGS)
+                        + " (residual_zlib_q6: about half the bytes, decodes within 10 ms on the edge)"),
+    "snapshot_encoding": ("paper_gzip_fp16", "Encoding of full snapshots (a value encoding, not residual_*)"),
     "auth_key": ("", "Shared HMAC key to sign updates (empty = unsigned)"),
     "seed": (0, "Seed of coordinate selection and batch sampling"),
     "torch_threads": (0, "Torch intra-op threads for training (0 = torch default)"),
