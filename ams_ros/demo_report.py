@@ -44,8 +44,15 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
         # measured on the robot between consecutive label maps (the observer's arrival times also
         # carry DDS and this process's own scheduling delays: reported beside it)
         "max_inference_gap_ms": round(obs.edge_gap_max_ms, 1),
+        # one value per status period (1 s): a swap that stalls inference would mark every
+        # period with a swap; a rare stall of the whole machine marks one
+        "inference_gap_windows": len(obs.edge_gap_windows),
+        "inference_gap_windows_over_2_periods": sum(1 for g in obs.edge_gap_windows if g >= 2000.0 / args.fps),
+        "median_window_inference_gap_ms": round(float(np.median(obs.edge_gap_windows)), 1) if obs.edge_gap_windows else None,
+        "max_inference_wait_ms": round(obs.edge_wait_max_ms, 2),
         "max_label_arrival_gap_ms": _nan_none(max_gap_ms(obs.label_arrivals, skip_s=2.0)),
         "frames_skipped": _skipped(obs.label_stamps, 1.0 / args.fps),
+        "label_maps_received": len(obs.label_stamps),
         "frame_period_ms": 1000.0 / args.fps,
         "inference_latency_ms": float(st.inference_latency_ms) if st else None,
         "inference_rate": float(st.inference_rate) if st else None,

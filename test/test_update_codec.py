@@ -290,3 +290,47 @@ def test_hmac_sign_and_verify():
     tampered.checksum = tampered.compute_checksum()  # a consistent checksum is not enough without the key
     assert not tampered.verify(b"secret", "robot1")
     assert fingerprint(m) == upd.fingerprint
+
+
+@pytest.mark.parametrize("stage", ["decode_update", "write"])
+def test_inference_is_handed_the_active_model_while_a_patch_is_half_done(monkeypatch, stage):
+    """The structural half of "swaps never stall inference": while the patcher is stopped in the
+    middle of an update (decoding it, or writing the inactive copy), inference still gets the
+    active model at once, at the old version; the swap happens after."""
+    import ams_ros.core.update_codec as uc
+
+    m = small_net()
+    holder = DoubleBufferedModel(copy.deepcopy(m))
+    inside, release = threading.Event(), threading.Event()
+
+    def paused(real):
+        def wrapper(*args, **kwargs):
+            inside.set()
+            assert release.wait(20)
+            return real(*args, **kwargs)
+        return wrapper
+
+    if stage == "decode_update":
+        monkeypatch.setattr(uc, "decode_update", paused(uc.decode_update))
+    else:
+        monkeypatch.setattr(uc._FlatWriter, "write", paused(uc._FlatWriter.write))
+    idx, vals = sparse(m)
+    patcher = threading.Thread(target=holder.apply_update, args=(encode_update(m, idx, vals, 0, 1),))
+    patcher.start()
+    assert inside.wait(20)
+    got: list = []
+
+    def infer() -> None:
+        with holder.use() as net:
+            got.append((net is holder.active, holder.version))
+
+    reader = threading.Thread(target=infer)
+    reader.start()
+    reader.join(5.0)
+    handed_over = not reader.is_alive()
+    release.set()
+    patcher.join(20)
+    reader.join(20)
+    assert handed_over, "inference waited for the patch"
+    assert got == [(True, 0)]
+    assert holder.version == 1

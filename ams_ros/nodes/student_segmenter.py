@@ -79,6 +79,7 @@ class StudentSegmenter(Node):
         self._window_count = 0
         self._window_t0 = time.monotonic()
         self._window_gap = 0.0
+        self._window_wait = 0.0
         self._last_done: float | None = None
         self.frames_segmented = 0
         self.frames_rejected = 0
@@ -99,7 +100,9 @@ class StudentSegmenter(Node):
             self.frames_rejected += 1
             self._reject("image", str(exc))
             return
+        t_ask = time.perf_counter()
         with self.model.holder.use() as net:  # a concurrent swap never blocks this, nor writes into net
+            wait = (time.perf_counter() - t_ask) * 1000.0
             labels = predict(net, [rgb], size=self.model.input_size)[0]
         header = msg.header
         self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
@@ -121,6 +124,7 @@ class StudentSegmenter(Node):
             self.frames_segmented += 1
             self._window_count += 1
             self._window_lat.append(dt)
+            self._window_wait = max(self._window_wait, wait)
 
     def _annotate(self, image: np.ndarray) -> None:
         text = f"v{self.model.holder.version}  {self._last_rate:.1f} fps  {self._last_latency:.0f} ms"
@@ -141,8 +145,8 @@ class StudentSegmenter(Node):
 
     def _publish_status(self) -> None:
         with self._lock:
-            lat, count, gap = self._window_lat, self._window_count, self._window_gap
-            self._window_lat, self._window_count, self._window_gap = [], 0, 0.0
+            lat, count, gap, wait = self._window_lat, self._window_count, self._window_gap, self._window_wait
+            self._window_lat, self._window_count, self._window_gap, self._window_wait = [], 0, 0.0, 0.0
             segmented = self.frames_segmented
         now = time.monotonic()
         span, self._window_t0 = now - self._window_t0, now
@@ -160,6 +164,7 @@ class StudentSegmenter(Node):
         msg.inference_latency_ms = float(np.mean(lat)) if lat else 0.0
         msg.inference_latency_max_ms = float(np.max(lat)) if lat else 0.0
         msg.inference_gap_max_ms = float(gap)
+        msg.inference_wait_max_ms = float(wait)
         msg.frames_received = received
         msg.frames_segmented = segmented
         msg.frames_dropped = max(0, received - segmented - self.frames_rejected)
