@@ -64,7 +64,6 @@ class Observer:
         self.downlink: list[tuple[float, int]] = []
         self.commands: list[tuple[float, float, float]] = []
         self.edge_status: EdgeStatus | None = None
-        self.edge_gap_max_ms = 0.0
         self.edge_gap_windows: list[float] = []  # the robot's longest inference gap, per status period
         self.edge_wait_max_ms = 0.0
         self.server_status: list[ServerStatus] = []
@@ -112,7 +111,6 @@ class Observer:
 
     def _on_edge_status(self, msg: EdgeStatus) -> None:
         if self.edge_status is not None and msg.frames_segmented > 0:  # skip the start-up period
-            self.edge_gap_max_ms = max(self.edge_gap_max_ms, float(msg.inference_gap_max_ms))
             self.edge_gap_windows.append(float(msg.inference_gap_max_ms))
             self.edge_wait_max_ms = max(self.edge_wait_max_ms, float(msg.inference_wait_max_ms))
         if self.edge_status is None or msg.model_version != self.edge_status.model_version:

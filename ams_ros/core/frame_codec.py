@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import io
 import struct
-from typing import Sequence
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import av
 import cv2

@@ -17,7 +17,7 @@ from torch import nn
 
 from ams_ros.core.rate_control import AdaptiveTrainingPeriod, SamplingRateController
 from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
-from ams_ros.core.params import flatten_params, write_flat
+from ams_ros.core.params import write_flat
 from ams_ros.core.update_codec import (
     ENCODINGS,
     EncodedUpdate,
@@ -114,7 +114,7 @@ class DeviceSession:
         t0 = time.perf_counter()
         with self.lock:
             ckpt = self.trainer.checkpoint()
-            before = ckpt[0].cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
+            before = ckpt.weights.cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
             result = self.trainer.train_phase(now)
             if result is None:
                 return None
