@@ -14,10 +14,11 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
-from ams_ros.core.frame_codec import batch_checksum, encode_frames  # noqa: E402
+from ams_ros.core.frame_codec import encode_frames  # noqa: E402
 from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
 from ams_ros.launcher import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.common import qos, sec_to_stamp, stamp_to_ns  # noqa: E402
+from ams_ros.nodes.common import qos, sec_to_stamp  # noqa: E402
+from ams_ros.nodes.conversions import frame_batch_checksum  # noqa: E402
 
 DEV = "robot_srv"
 
@@ -52,13 +53,15 @@ def server(tmp_path_factory):
 
 
 def _batch(seq: int, data: bytes, stamps: list[float], w=64, h=32, checksum_of: bytes | None = None) -> FrameBatch:
-    """A batch as the edge sends it; ``checksum_of`` = the bytes the checksum is computed over."""
+    """A batch as the edge sends it, with the checksum of ``checksum_of`` (as sent), then ``data``
+    (as received)."""
     msg = FrameBatch(device_id=DEV, batch_seq=seq, codec="h264", width=w, height=h, sampling_rate=1.0,
                      update_period=4.0)
     msg.frame_stamps = [sec_to_stamp(t) for t in stamps]
-    msg.data = data
     if checksum_of is not None:
-        msg.checksum = batch_checksum("h264", w, h, [stamp_to_ns(s) for s in msg.frame_stamps], checksum_of)
+        msg.data = checksum_of
+        msg.checksum = frame_batch_checksum(msg)
+    msg.data = data
     return msg
 
 

@@ -196,9 +196,8 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
             last = sampler.flush(t)
             if last is not None:
                 upload(t, last)
-            if arrivals:  # the one fine-tuning, once the last batch is labelled
-                out = _phase(session, t_data)
-            if arrivals and out is not None:
+            out = _phase(session, t_data) if arrivals else None  # the one fine-tuning, once the last batch is labelled
+            if out is not None:
                 train_s = run.timer.modelled(out.wall_s, p.one_time_train_steps())
                 start, end = run.server.run(max(arrivals), train_s)
                 arrive = run.down.send(end, out.update.wire_bytes)

@@ -18,7 +18,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from ams_msgs.msg import FrameBatch, SamplingCommand
-from ams_ros.core.frame_codec import batch_checksum, encode_frames
+from ams_ros.core.frame_codec import encode_frames
 from ams_ros.core.frame_sampler import FrameSampler, SampledBatch
 from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
 from ams_ros.nodes.common import (
@@ -29,9 +29,9 @@ from ams_ros.nodes.common import (
     qos,
     sec_to_stamp,
     spin_nodes,
-    stamp_to_ns,
     stamp_to_sec,
 )
+from ams_ros.nodes.conversions import frame_batch_checksum
 
 PARAMS = {
     "device_id": ("robot1", "Name of this robot; the server addresses it by this id"),
@@ -215,7 +215,7 @@ class CameraSampler(Node):
         msg.update_period = float(batch.update_period)
         msg.target_bitrate = int(self.p["bitrate_bps"]) if enc.codec == "h264" else 0
         msg.data = enc.data
-        msg.checksum = batch_checksum(enc.codec, msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps], enc.data)
+        msg.checksum = frame_batch_checksum(msg)
         if not rclpy.ok():
             return
         self.batch_pub.publish(msg)

@@ -80,7 +80,7 @@ def spin_nodes(nodes: list[Node], threads: int | None = None, dedicated: Iterabl
     MultiThreadedExecutor dispatches every callback from one Python loop, and while other work is
     in flight (a model update arriving, a batch going out) that loop delayed the camera-image
     callback by 0.4-2.4 s in 9 of 18 demo runs on 2 cores. With the segmenter on its own
-    executor the longest gap between two inferences was 212-228 ms at 5 frames/s (4 runs).
+    executor the longest gap between two inferences was 212-228 ms at 5 frames/s (10 runs).
     """
     dedicated = list(dedicated)
     executor = MultiThreadedExecutor(num_threads=threads)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from ams_msgs.msg import ModelUpdate
+from ams_msgs.msg import FrameBatch, ModelUpdate
+from ams_ros.core.frame_codec import batch_checksum
 from ams_ros.core.update_codec import EncodedUpdate
+from ams_ros.nodes.common import stamp_to_ns
+
+
+def frame_batch_checksum(msg: FrameBatch) -> str:
+    """The checksum a FrameBatch carries (what the edge sets and the server verifies)."""
+    return batch_checksum(msg.codec, msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps], bytes(msg.data))
 
 
 def update_to_msg(update: EncodedUpdate, device_id: str, stamp=None, phase: int = 0,

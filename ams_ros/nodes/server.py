@@ -22,7 +22,7 @@ from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, SamplingCommand, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.frame_codec import FrameCodecError, batch_checksum, decode_frames
+from ams_ros.core.frame_codec import FrameCodecError, decode_frames
 from ams_ros.core.models.student import load_student
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.params import fingerprint
@@ -39,11 +39,10 @@ from ams_ros.nodes.common import (
     qos,
     sec_to_stamp,
     spin_nodes,
-    stamp_to_ns,
     stamp_to_sec,
     string_list,
 )
-from ams_ros.nodes.conversions import update_to_msg
+from ams_ros.nodes.conversions import frame_batch_checksum, update_to_msg
 from ams_ros.nodes.edge_model import resolve_label_space
 
 LABELER_PARAMS = {
@@ -163,8 +162,7 @@ class TeacherLabeler(Node):
                 self._unchecked_warned.add(dev)
                 self.get_logger().warning(f"{dev}: frame batches carry no checksum; corruption in transit goes unnoticed")
             return
-        expected = batch_checksum(msg.codec, msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps],
-                                  bytes(msg.data))
+        expected = frame_batch_checksum(msg)
         if msg.checksum != expected:
             raise FrameCodecError("checksum mismatch: the batch was corrupted in transit (frames or stamps)")
 
