@@ -51,12 +51,18 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
         "median_window_inference_gap_ms": round(float(np.median(obs.edge_gap_windows)), 1) if obs.edge_gap_windows else None,
         "max_inference_wait_ms": round(obs.edge_wait_max_ms, 2),
         "max_label_arrival_gap_ms": _nan_none(max_gap_ms(obs.label_arrivals, skip_s=2.0)),
-        "frames_skipped": _skipped(obs.label_stamps, 1.0 / args.fps),
+        # where frames went missing: the robot's counters (the last EdgeStatus) say whether the
+        # player skipped them or inference dropped them; the observer's stamp gaps count both
+        # plus the label maps this process itself did not receive in time
+        "frames_received": int(st.frames_received) if st else None,
+        "frames_segmented": int(st.frames_segmented) if st else None,
+        "frames_dropped": int(st.frames_dropped) if st else None,
+        "source_frames_skipped": int(st.source_frames_skipped) if st else None,
         "label_maps_received": len(obs.label_stamps),
+        "label_maps_missing": _skipped(obs.label_stamps, 1.0 / args.fps),
         "frame_period_ms": 1000.0 / args.fps,
         "inference_latency_ms": float(st.inference_latency_ms) if st else None,
         "inference_rate": float(st.inference_rate) if st else None,
-        "frames_dropped": int(st.frames_dropped) if st else None,
         "sampling_commands": [{"t": t, "rate": r, "period": p} for t, r, p in obs.commands],
         "period_stretched_phases": sum(1 for s in obs.server_status if s.period_stretched),
         "train_seconds_mean": float(np.mean([s.train_seconds for s in obs.server_status])) if obs.server_status else None,
@@ -70,7 +76,7 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
 
 
 def _skipped(stamps: list[float], period: float) -> int:
-    """Camera frames that never got a label map (gaps in the label stamps)."""
+    """Frames between the first and last label map that the observer has no label map for."""
     if len(stamps) < 2:
         return 0
     gaps = np.diff(np.sort(np.asarray(stamps)))

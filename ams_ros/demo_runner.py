@@ -44,6 +44,7 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
             "device_id": dev, "student": args.student, "student_weights": weights,
             "label_space": args.label_space, "selected_classes": sel,
             "input_width": args.width, "input_height": args.height, "torch_threads": 1,
+            "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
         "model_patcher": {"device_id": dev},
     })

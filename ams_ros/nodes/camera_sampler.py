@@ -64,6 +64,7 @@ class EdgeCounters:
         self.lock = threading.Lock()
         self.frames_received = 0
         self.frames_sampled = 0
+        self.source_frames_skipped = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self.sampling_rate = 0.0
@@ -133,6 +134,7 @@ class CameraSampler(Node):
         duration = float(self.p["duration_s"])
         frame, self._pending = self._pending, None
         exhausted = False
+        skipped = 0
         try:
             if frame is None:
                 frame = next(self._frames)
@@ -144,9 +146,15 @@ class CameraSampler(Node):
                 if nxt[0] > elapsed:
                     self._pending = nxt
                     break
-                frame = nxt
+                frame, skipped = nxt, skipped + 1
         except StopIteration:
             exhausted = True
+        if skipped:
+            with self.counters.lock:
+                self.counters.source_frames_skipped += skipped
+            self.get_logger().warning(
+                f"source player ran late: skipped {skipped} frame(s) to keep real time "
+                f"({self.counters.source_frames_skipped} so far)", throttle_duration_sec=5.0)
         if frame is None or (duration > 0 and frame[0] > duration):
             self._finish()
             return

@@ -44,6 +44,8 @@ PARAMS = {
     "image_qos_reliability": ("best_effort", "Camera image QoS reliability (best_effort | reliable)"),
     "image_qos_depth": (1, "Camera image queue depth (1 = always the newest frame)"),
     "output_qos_reliability": ("reliable", "QoS reliability of labels/mask/overlay (RViz defaults to reliable)"),
+    "output_qos_depth": (2, "Queue depth of labels/mask/overlay (a reliable subscriber that falls further "
+                            "behind than this loses the oldest maps)"),
     "status_period_s": (1.0, "Seconds between EdgeStatus and diagnostics messages"),
     "torch_threads": (0, "Torch intra-op threads for inference (0 = torch default)"),
 }
@@ -59,7 +61,7 @@ class StudentSegmenter(Node):
         self.model = model
         self.counters = counters
         self.patch_stats = patch_stats
-        out_qos = qos(self.p["output_qos_reliability"], 2)
+        out_qos = qos(self.p["output_qos_reliability"], int(self.p["output_qos_depth"]))
         self.labels_pub = self.create_publisher(Image, LABELS, out_qos)
         self.mask_pub = self.create_publisher(Image, MASK_COLOR, out_qos) if self.p["publish_mask_color"] else None
         self.overlay_pub = self.create_publisher(Image, OVERLAY, out_qos) if self.p["publish_overlay"] else None
@@ -153,6 +155,7 @@ class StudentSegmenter(Node):
         c = self.counters
         with c.lock:
             received, sampled, sent, recv = c.frames_received, c.frames_sampled, c.bytes_sent, c.bytes_received
+            source_skipped = c.source_frames_skipped
             rate, period = c.sampling_rate, c.update_period
         holder = self.model.holder
         msg = EdgeStatus()
@@ -169,6 +172,7 @@ class StudentSegmenter(Node):
         msg.frames_segmented = segmented
         msg.frames_dropped = max(0, received - segmented - self.frames_rejected)
         msg.frames_sampled = sampled
+        msg.source_frames_skipped = source_skipped
         msg.bytes_sent = sent
         msg.bytes_received = recv
         if self.patch_stats is not None:
@@ -191,7 +195,8 @@ class StudentSegmenter(Node):
         st.message = f"model v{s.model_version}, {s.inference_rate:.1f} frames/s" if s.inference_rate > 0 else "no frames"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("model_version", s.model_version), ("inference_latency_ms", f"{s.inference_latency_ms:.1f}"),
-            ("frames_dropped", s.frames_dropped), ("updates_applied", s.updates_applied),
+            ("frames_dropped", s.frames_dropped),
+            ("source_frames_skipped", s.source_frames_skipped), ("updates_applied", s.updates_applied),
             ("updates_rejected", s.updates_rejected), ("sampling_rate", f"{s.sampling_rate:.2f}"),
         )]
         arr = DiagnosticArray()

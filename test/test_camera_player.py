@@ -1,0 +1,57 @@
+"""The camera sampler's player (a file, device or synthetic source when no camera driver runs)
+keeps real time: when its process was starved it publishes the newest due frame, never a backlog,
+and counts the frames it skipped so EdgeStatus can tell them apart from frames inference dropped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rclpy.parameter import Parameter
+
+from ros_helpers import require_ros
+
+require_ros()
+
+import rclpy  # noqa: E402
+
+from ams_ros.nodes.camera_sampler import CameraSampler, EdgeCounters  # noqa: E402
+
+FPS = 5.0
+
+
+@pytest.fixture()
+def player():
+    rclpy.init()
+    counters = EdgeCounters()
+    node = CameraSampler(counters, parameter_overrides=[
+        Parameter("source", value="synthetic:0"), Parameter("publish_rate", value=FPS),
+        Parameter("source_width", value=32), Parameter("source_height", value=16),
+        Parameter("stamp_origin", value="stream"), Parameter("duration_s", value=0.0),
+    ])
+    published: list[float] = []
+    real_publish = node.image_pub.publish
+    node.image_pub.publish = lambda msg: (published.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9),
+                                          real_publish(msg))
+    try:
+        yield node, counters, published
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(player):
+    node, counters, published = player
+    node._t_wall0 = time.monotonic()
+    node._tick_source()                       # frame 0 is due at once
+    assert published == [pytest.approx(0.0)]
+    assert counters.source_frames_skipped == 0
+
+    node._t_wall0 -= 2.0 + 0.5 / FPS          # the process stalled ~2 s: frames 0.2 .. 2.0 s are due
+    node._tick_source()
+    assert published[-1] == pytest.approx(2.0)
+    assert counters.source_frames_skipped == 9   # 0.2 .. 1.8 s were never published
+    assert counters.frames_received == 2
+
+    node._tick_source()                       # nothing new is due yet: nothing published, nothing skipped
+    assert len(published) == 2 and counters.source_frames_skipped == 9
