@@ -12,6 +12,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,6 +78,50 @@ def _teacher_agreement_on_decoded() -> dict | None:
     log(f"teacher label agreement, decoded vs original (10 CamVid frames, 200 Kbps): {agree:.4f}")
     return {"frames": len(files), "batch_bytes": len(enc.data), "pixel_agreement": round(agree, 4),
             "teacher": teacher_path.name, "source": "camvid-0016E5"}
+
+
+def _inference_beside_encoder(student, frames: list, stamps: list[float]) -> dict:
+    """Inference latency (512x256) while the camera sampler H.264-encodes one batch on another
+    thread, per torch thread count and x264 thread count: torch's spinning workers and a busy
+    encoder must not want more cores than there are. The edge's defaults are marked."""
+    from ams_ros.core.frame_codec import encode_frames
+    from ams_ros.core.threads import set_torch_threads, usable_cores
+
+    old = torch.get_num_threads()
+    cores = usable_cores()
+    default_torch = set_torch_threads(0, reserve=1)
+    x = torch.rand(1, 3, 256, 512)
+    out: dict = {"cores": cores, "edge_default": {"torch_threads": default_torch, "encoder_threads": 1}, "runs": []}
+    for nt in sorted({1, max(1, cores - 1), cores}):
+        for xt in (1, 0):
+            torch.set_num_threads(nt)
+            with torch.no_grad():
+                idle = _median_ms(lambda: student(x), repeat=5)
+                done, busy, encode_s = threading.Event(), [], []
+
+                def encode():
+                    t0 = time.perf_counter()
+                    encode_frames(frames, stamps, bitrate_bps=200_000, period_s=10.0, threads=xt)
+                    encode_s.append(time.perf_counter() - t0)
+                    done.set()
+
+                th = threading.Thread(target=encode)
+                th.start()
+                while not done.is_set():
+                    t0 = time.perf_counter()
+                    student(x)
+                    busy.append((time.perf_counter() - t0) * 1000.0)
+                th.join()
+            run = {"torch_threads": nt, "encoder_threads": xt, "idle_ms": round(idle, 1),
+                   "during_encode_median_ms": round(float(statistics.median(busy)), 1),
+                   "during_encode_max_ms": round(max(busy), 1), "encode_s": round(encode_s[0], 3),
+                   "edge_default": nt == default_torch and xt == 1}
+            out["runs"].append(run)
+            log(f"inference beside the batch encoder: torch {nt} thread(s), x264 {xt or 'auto'}: idle {run['idle_ms']} ms,"
+                f" during encode median {run['during_encode_median_ms']} max {run['during_encode_max_ms']} ms"
+                + ("  (edge default)" if run["edge_default"] else ""))
+    torch.set_num_threads(old)
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -164,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
     res["batch_bytes_10_frames"] = len(enc.data)
     log(f"frame batch: 10 frames 512x256 at 200 Kbps -> {len(enc.data):,} bytes in {res['batch_encode_s']} s")
 
+    res["inference_beside_batch_encoder"] = _inference_beside_encoder(student, frames, stamps)
     res["batch_teacher_agreement"] = _teacher_agreement_on_decoded()
 
     paper5 = res["update_bytes"]["paper_gzip_fp16"]["0.05"]
@@ -173,6 +219,9 @@ def run(args: argparse.Namespace) -> dict:
         "best_encoding_5pct_at_most_half_of_paper_figure": best5 <= PAPER_UPDATE_BYTES_AT_5PCT / 2,
         "patch_apply_under_10ms": res["patch_apply_ms"] < 10.0,
         "batch_within_1.3x_of_200kbps_budget": len(enc.data) <= 1.3 * 200_000 / 8 * 10,
+        "edge_default_inference_beside_encoder_under_1.5x_idle": all(
+            r["during_encode_max_ms"] < 1.5 * r["idle_ms"]
+            for r in res["inference_beside_batch_encoder"]["runs"] if r["edge_default"]),
     }
     return res
 

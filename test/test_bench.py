@@ -30,5 +30,11 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
         assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (name, sizes)  # more parameters, more bytes
     # the quantised residual encodings beat the paper's float16+gzip at 5 %
     assert res["update_bytes"]["residual_lzma_q8"]["0.05"] < res["update_bytes"]["paper_gzip_fp16"]["0.05"]
+    # inference beside the batch encoder: every torch x x264 thread pairing measured, the edge's default marked once
+    beside = res["inference_beside_batch_encoder"]
+    pairs = {(r["torch_threads"], r["encoder_threads"]) for r in beside["runs"]}
+    assert pairs == {(t, x) for t in {1, max(1, beside["cores"] - 1), beside["cores"]} for x in (1, 0)}
+    assert sum(r["edge_default"] for r in beside["runs"]) == 1
+    assert all(r["during_encode_max_ms"] >= r["during_encode_median_ms"] > 0 for r in beside["runs"])
     within = res["smallest_encoding_within_10ms"]
     assert within is None or res["patch_apply_ms_by_encoding"][within] < 10.0

@@ -42,10 +42,13 @@ def player():
 
 def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(player):
     node, counters, published = player
-    node._t_wall0 = time.monotonic()
-    node._tick_source()                       # frame 0 is due at once
+    time.sleep(0.5)                           # the rest of the robot loads before spinning starts:
+    node._tick_source()                       # playback starts at the first tick, frame 0 is due at once
     assert published == [pytest.approx(0.0)]
     assert counters.source_frames_skipped == 0
+    # and the ticks restart with it: frame k is due at tick k, not at a phase left from construction
+    # (on that old schedule frames fell due just after ticks, and ordinary jitter skipped frames)
+    assert node._play_timer.time_until_next_call() > 0.5e9 / FPS
 
     node._t_wall0 -= 2.0 + 0.5 / FPS          # the process stalled ~2 s: frames 0.2 .. 2.0 s are due
     node._tick_source()

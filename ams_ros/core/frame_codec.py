@@ -54,10 +54,12 @@ def _even(x: int) -> int:
 
 def encode_frames(frames: list[np.ndarray], timestamps: list[float], bitrate_bps: int = 200_000,
                   codec: str = "h264", preset: str = "medium", period_s: float | None = None,
-                  jpeg_quality: int = 95) -> EncodedBatch:
+                  jpeg_quality: int = 95, threads: int = 1) -> EncodedBatch:
     """Encode RGB ``frames`` (all the same size). ``period_s`` is the stream time the batch
     covers (default: the span of the timestamps + one frame interval); the H.264 size target
-    is ``bitrate_bps * period_s / 8`` bytes."""
+    is ``bitrate_bps * period_s / 8`` bytes. ``threads`` caps x264's threads (0 = x264's own
+    choice, about 1.5 per core): a batch is a few frames, and an encoder on every core next to
+    inference more than doubles the robot's inference time while it runs (docs/results.md)."""
     if not frames:
         raise FrameCodecError("no frames to encode")
     if len(frames) != len(timestamps):
@@ -91,20 +93,21 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float], bitrate_bps
     budget_bytes = budget_bits / 8.0
     data = b""
     for _ in range(3):
-        data = _x264(padded, pw, ph, fps, kbps, n, preset)
+        data = _x264(padded, pw, ph, fps, kbps, n, preset, threads)
         if len(data) <= 1.05 * budget_bytes:
             break
         kbps = max(1, int(kbps * budget_bytes / len(data) * 0.92))
     return EncodedBatch(data, "h264", w, h, list(timestamps), n, int(bitrate_bps))
 
 
-def _x264(frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str) -> bytes:
+def _x264(frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str, threads: int) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"preset": preset, "x264-params":
-                          f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"}
+                          f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"
+                          + (f":threads={int(threads)}" if threads > 0 else "")}
         for f in frames:
             for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(pkt)

@@ -94,9 +94,9 @@ def _setup(args):
     """Threads, preset, teacher, selected label space and its LUT."""
     from ams_ros.core.models.teachers import build_teacher
     from ams_ros.eval.presets import get_preset, parse_overrides
-    from ams_ros.eval.simulator import torch_threads
+    from ams_ros.core.threads import set_torch_threads
 
-    torch_threads(args.threads)
+    set_torch_threads(args.threads)  # 1 is fastest on a small machine shared with other work
     overrides = parse_overrides(args.overrides)
     preset = get_preset(args.preset).with_overrides(overrides)
     teacher = build_teacher(args.teacher, label_space=args.label_space or None)

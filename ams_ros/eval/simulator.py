@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-import torch
 from torch import nn
 
 from ams_ros.core.metrics import ConfusionMatrix, WindowedMIoU
@@ -288,9 +287,3 @@ class SchemeRun:
             if note not in self.res.notes:
                 self.res.notes.append(note)
         return self.res
-
-
-def torch_threads(n: int) -> None:
-    """Pin torch's intra-op pool (1 is fastest on a small machine shared with other work)."""
-    if n > 0:
-        torch.set_num_threads(int(n))

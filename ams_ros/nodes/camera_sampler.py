@@ -51,6 +51,8 @@ PARAMS = {
     "batch_codec": ("h264", "Frame batch codec: h264 | jpeg"),
     "bitrate_bps": (200000, "Target uplink bitrate of H.264 batches (bits per second of stream time)"),
     "x264_preset": ("medium", "libx264 preset for batch encoding"),
+    "encoder_threads": (1, "libx264 threads for batch encoding (0 = x264's choice, about 1.5 per core). "
+                           "A batch is a few frames; 1 leaves the other cores to inference"),
     "image_qos_reliability": ("best_effort", "Camera image QoS reliability: best_effort (sensor data) | reliable"),
     "image_qos_depth": (5, "Camera image QoS queue depth"),
     "batch_qos_depth": (10, "Frame batch / sampling command QoS depth (always reliable)"),
@@ -104,10 +106,10 @@ class CameraSampler(Node):
             self._open_source()
             self.image_pub = self.create_publisher(Image, self.p["image_topic"], image_qos)
             rate = float(self.p["publish_rate"]) or float(getattr(self._source, "fps", 10.0) or 10.0)
-            self._t_wall0 = time.monotonic()
-            self._clock0 = self.get_clock().now().nanoseconds * 1e-9
+            self._t_wall0: float | None = None  # set by the first tick: playback starts when spinning does
+            self._clock0 = 0.0
             self._pending = None
-            self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
+            self._play_timer = self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
             self.get_logger().info(f"playing source '{self.p['source']}' at {rate:g} frames/s")
 
     # ------------------------------------------------------------------ sources
@@ -130,6 +132,12 @@ class CameraSampler(Node):
         """Publish the source frame for the current wall time (skipping frames to keep pace)."""
         if self.finished:
             return
+        if self._t_wall0 is None:  # not at construction: the other nodes may take seconds to load
+            self._t_wall0 = time.monotonic()
+            self._clock0 = self.get_clock().now().nanoseconds * 1e-9
+            # ticks from now on: frame k is due at tick k, so only a tick a whole period late skips
+            # a frame (ticks left on the construction-time schedule made any jitter skip one)
+            self._play_timer.reset()
         elapsed = time.monotonic() - self._t_wall0
         duration = float(self.p["duration_s"])
         frame, self._pending = self._pending, None
@@ -207,6 +215,7 @@ class CameraSampler(Node):
             enc = encode_frames(
                 batch.frames, batch.timestamps, bitrate_bps=int(self.p["bitrate_bps"]),
                 codec=self.p["batch_codec"], preset=self.p["x264_preset"], period_s=batch.update_period,
+                threads=int(self.p["encoder_threads"]),
             )
         except Exception as exc:
             self.get_logger().error(f"could not encode frame batch {batch.seq}: {exc}")

@@ -16,7 +16,6 @@ from collections import deque
 from typing import Any
 
 import rclpy
-import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
@@ -27,6 +26,7 @@ from ams_ros.core.models.student import load_student
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.params import fingerprint
 from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.threads import set_torch_threads
 from ams_ros.core.trainer import TrainerConfig
 from ams_ros.core.update_codec import ENCODINGS
 from ams_ros.nodes.common import (
@@ -205,8 +205,7 @@ class AMSTrainerNode(Node):
     def __init__(self, state: ServerState, **kwargs: Any) -> None:
         super().__init__("ams_trainer", **kwargs)
         p = self.p = declare(self, TRAINER_PARAMS)
-        if int(p["torch_threads"]) > 0:
-            torch.set_num_threads(int(p["torch_threads"]))
+        set_torch_threads(int(p["torch_threads"]))
         self.state = state
         self.space = resolve_label_space(p["label_space"], string_list(p["selected_classes"]))
         base = load_student(p["student"], num_classes=len(self.space.class_names), weights=p["student_weights"] or None)

@@ -13,7 +13,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
@@ -23,6 +22,7 @@ from ams_msgs.msg import EdgeStatus, LabelInfo
 from ams_ros.core.labels import colorize, overlay
 from ams_ros.core.models.student import predict
 from ams_ros.core.params import fingerprint
+from ams_ros.core.threads import set_torch_threads
 from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
 from ams_ros.nodes.camera_sampler import EdgeCounters
 from ams_ros.nodes.common import RejectLog, EDGE_STATUS, LABEL_INFO, LABELS, MASK_COLOR, OVERLAY, declare, qos
@@ -47,7 +47,8 @@ PARAMS = {
     "output_qos_depth": (2, "Queue depth of labels/mask/overlay (a reliable subscriber that falls further "
                             "behind than this loses the oldest maps)"),
     "status_period_s": (1.0, "Seconds between EdgeStatus and diagnostics messages"),
-    "torch_threads": (0, "Torch intra-op threads for inference (0 = torch default)"),
+    "torch_threads": (0, "Torch intra-op threads for inference (0 = every core but one, which is left to "
+                         "the batch encoder, the patcher and DDS; OMP_NUM_THREADS, when set, decides instead)"),
 }
 
 
@@ -56,8 +57,8 @@ class StudentSegmenter(Node):
         super().__init__("student_segmenter", **kwargs)
         self.p = declare(self, PARAMS)
         self._reject = RejectLog(self)
-        if int(self.p["torch_threads"]) > 0:
-            torch.set_num_threads(int(self.p["torch_threads"]))
+        threads = set_torch_threads(int(self.p["torch_threads"]), reserve=1)
+        self.get_logger().info(f"inference on {threads} torch thread(s)")
         self.model = model
         self.counters = counters
         self.patch_stats = patch_stats
