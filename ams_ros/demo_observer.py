@@ -24,6 +24,7 @@ from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.labels import colorize
 from ams_ros.core.metrics import ConfusionMatrix, miou
 from ams_ros.core.models.student import load_student, predict
+from ams_ros.core.threads import set_torch_threads
 from ams_ros.image_conversion import imgmsg_to_rgb
 from ams_ros.nodes import common as T
 from ams_ros.nodes.common import qos, stamp_to_sec
@@ -42,19 +43,25 @@ class Observer:
         selected = [c.strip() for c in args.selected_classes.split(",") if c.strip()]
         self.space = resolve_label_space(args.label_space, selected)
         self.num_classes = len(self.space.class_names)
+        # one torch thread: the edge and the server share these cores, and torch's spinning workers
+        # slow everyone down once there are more threads than cores (docs/results.md)
+        set_torch_threads(1)
         self.frozen = load_student(args.student, num_classes=self.num_classes, weights=weights).eval()
         self.size = (args.width, args.height)
         self.reference = _reference(args, self.space, selected)
         n = self.node
         ns = f"/{dev}"
-        n.create_subscription(Image, f"{ns}/{T.LABELS}", self._on_labels, qos("reliable", 50))
-        n.create_subscription(Image, f"{ns}/{T.OVERLAY}", self._on_overlay, qos("reliable", 5))
-        n.create_subscription(Image, f"{ns}/{T.IMAGE}", self._on_image, qos("best_effort", 5))
-        n.create_subscription(FrameBatch, f"{ns}/{T.FRAME_BATCH}", self._on_batch, qos("reliable", 10))
-        n.create_subscription(ModelUpdate, f"{ns}/{T.MODEL_UPDATE}", self._on_update, qos("reliable", 10))
-        n.create_subscription(SamplingCommand, f"{ns}/{T.SAMPLING_COMMAND}", self._on_command, qos("reliable", 10))
-        n.create_subscription(EdgeStatus, f"{ns}/{T.EDGE_STATUS}", self._on_edge_status, qos("reliable", 10))
-        n.create_subscription(ServerStatus, f"{ns}/{T.SERVER_STATUS}", self._on_server_status, qos("reliable", 10))
+        for msg_type, topic, callback, profile in (
+            (Image, T.LABELS, self._on_labels, qos("reliable", 50)),
+            (Image, T.OVERLAY, self._on_overlay, qos("reliable", 5)),
+            (Image, T.IMAGE, self._on_image, qos("best_effort", 5)),
+            (FrameBatch, T.FRAME_BATCH, self._on_batch, qos("reliable", 10)),
+            (ModelUpdate, T.MODEL_UPDATE, self._on_update, qos("reliable", 10)),
+            (SamplingCommand, T.SAMPLING_COMMAND, self._on_command, qos("reliable", 10)),
+            (EdgeStatus, T.EDGE_STATUS, self._on_edge_status, qos("reliable", 10)),
+            (ServerStatus, T.SERVER_STATUS, self._on_server_status, qos("reliable", 10)),
+        ):
+            n.create_subscription(msg_type, f"{ns}/{topic}", self._counted(callback), profile)
         self._snapshot_client = n.create_client(GetModelSnapshot, f"{ns}/{T.SNAPSHOT_SERVICE}")
         # measurements
         self.label_arrivals: list[float] = []
@@ -73,11 +80,19 @@ class Observer:
         self._image_order: deque[float] = deque()
         self._pending: deque[tuple[float, np.ndarray]] = deque(maxlen=20)
         self._label_count = 0
+        self._taken = 0
         self._video = None if args.no_video else _VideoWriter(out / "overlay.mp4", fps=args.fps)
         self.cm_streamed = ConfusionMatrix(self.num_classes)
         self.cm_frozen = ConfusionMatrix(self.num_classes)
 
     # ------------------------------------------------------------------ callbacks
+    def _counted(self, callback):
+        """``callback`` that also counts messages taken, so ``_drain`` knows when none is left."""
+        def run(msg) -> None:
+            self._taken += 1
+            callback(msg)
+        return run
+
     def _on_labels(self, msg: Image) -> None:
         t = stamp_to_sec(msg.header.stamp)
         self.label_arrivals.append(time.monotonic())
@@ -153,7 +168,7 @@ class Observer:
         last_print = 0.0
         t0 = time.monotonic()
         while self.latest_stream_t < until_stream_t:
-            self.executor.spin_once(timeout_sec=0.02)
+            self._drain()
             self._score_pending(budget_s=0.05)
             dead = [p.name for p in processes if not p.alive()]
             if dead:
@@ -167,6 +182,17 @@ class Observer:
         while time.monotonic() < end:  # drain what is in flight
             self.executor.spin_once(timeout_sec=0.02)
         self._score_pending(budget_s=10.0)
+
+    def _drain(self, most: int = 200) -> None:
+        """Wait up to 20 ms for a message, then take every one already waiting, before the next
+        bit of scoring. One message per scoring slice fell ~10 s behind the robot on 2 busy cores,
+        and the oldest label maps were lost from the subscription's queue."""
+        self.executor.spin_once(timeout_sec=0.02)
+        for _ in range(most):
+            before = self._taken
+            self.executor.spin_once(timeout_sec=0.0)
+            if self._taken == before:
+                return
 
     def print_progress(self, total: float, wall: float) -> None:
         recent = [s for s in self.scores if s["t"] > self.latest_stream_t - 10.0]

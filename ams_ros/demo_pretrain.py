@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ams_ros.core.distill import distill
 
@@ -29,6 +30,7 @@ def pretrained_synthetic_student(args: argparse.Namespace, cache_dir: Path) -> P
     times = np.arange(0.0, max(first_shift - 1.0, 5.0), 0.5)
     samples = [world.frame_at(float(t)) for t in times]
     space = get_label_space("synthetic")
+    torch.manual_seed(0)  # the same random start every run: the default demo is reproducible
     model = load_student(args.student, num_classes=len(space.class_names), weights=None)
     print(f"[demo] pretraining {args.student} on {len(samples)} synthetic frames before the first shift "
           f"({args.pretrain_steps} steps; cached for later runs)", flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ams_ros.core.distill import distill
 from ams_ros.core.metrics import ConfusionMatrix
@@ -68,6 +69,7 @@ def pretrain(sources: Sequence[str], teacher, lut, student_name: str, weights: s
                        progress=progress) for s in sources]
     train, held = split_samples(clips, holdout)
     n_cls = clips[0].num_classes
+    torch.manual_seed(seed)  # layers the weights do not cover start the same way every run
     model = load_student(student_name, num_classes=n_cls, weights=weights or None)
     before = score(model, held, n_cls, size) if held else float("nan")
     log(f"[ams-eval pretrain] {len(train)} training / {len(held)} held-out frames from {list(sources)}; "
