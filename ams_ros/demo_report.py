@@ -59,7 +59,7 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
         "frames_dropped": int(st.frames_dropped) if st else None,
         "source_frames_skipped": int(st.source_frames_skipped) if st else None,
         "label_maps_received": len(obs.label_stamps),
-        "label_maps_missing": _skipped(obs.label_stamps, 1.0 / args.fps),
+        "label_maps_missing": _missing(obs.label_stamps, 1.0 / args.fps),
         "frame_period_ms": 1000.0 / args.fps,
         "inference_latency_ms": float(st.inference_latency_ms) if st else None,
         "inference_rate": float(st.inference_rate) if st else None,
@@ -75,7 +75,7 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
     return summary
 
 
-def _skipped(stamps: list[float], period: float) -> int:
+def _missing(stamps: list[float], period: float) -> int:
     """Frames between the first and last label map that the observer has no label map for."""
     if len(stamps) < 2:
         return 0

@@ -93,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _setup(args):
     """Threads, preset, teacher, selected label space and its LUT."""
     from ams_ros.core.models.teachers import build_teacher
-    from ams_ros.eval.presets import get_preset, parse_overrides
     from ams_ros.core.threads import set_torch_threads
+    from ams_ros.eval.presets import get_preset, parse_overrides
 
     set_torch_threads(args.threads)  # 1 is fastest on a small machine shared with other work
     overrides = parse_overrides(args.overrides)
