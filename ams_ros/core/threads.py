@@ -2,8 +2,9 @@
 
 Torch's OpenMP workers spin while they wait for each other. When one more CPU-bound thread runs
 than there are cores (the robot's H.264 batch encoder, for instance), a spinning worker keeps a
-core from the thread it is waiting for: measured on 2 cores, inference at 2 threads took 209-393 ms
-instead of 38 ms while one batch was encoded, and 55-58 ms at 1 thread (docs/results.md)."""
+core from the thread it is waiting for: measured on 2 cores (`make bench`), inference at 2 threads
+beside x264's own thread count took a median 174 ms, at most 219 ms, instead of 38 ms while one
+batch was encoded; at 1 thread beside a 1-thread encoder, 58-60 ms (docs/results.md)."""
 
 from __future__ import annotations
 
