@@ -13,9 +13,9 @@ CONSOLE_SCRIPTS = [
     # the sampler alone, e.g. on a camera computer separate from the inference computer
     "camera_sampler = ams_ros.nodes.camera_sampler:main",
     # server (base station): teacher_labeler + ams_trainer + asr_controller in one process
-    "server = ams_ros.nodes.server:main",
+    "server = ams_ros.nodes.server.main:main",
     # tools
-    "ams_demo = ams_ros.demo:main",
+    "ams_demo = ams_ros.demo.cli:main",
     "ams_bench = ams_ros.bench:main",
     "ams-bench = ams_ros.bench:main",
     "ams_eval = ams_ros.eval.cli:main",

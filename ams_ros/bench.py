@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> dict:
     from ams_ros.core.frame_codec import encode_frames
     from ams_ros.core.models.student import build_student
     from ams_ros.core.params import flatten_params, num_params
-    from ams_ros.core.update_codec import ENCODINGS, DoubleBufferedModel, encode_update, quantize_roundtrip
+    from ams_ros.core.double_buffer import DoubleBufferedModel
+    from ams_ros.core.update_codec import ENCODINGS, encode_update
 
     torch.manual_seed(0)
     res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -25,18 +25,23 @@ def generate_launch_description() -> LaunchDescription:
                               description="Teacher spec (oracle = synthetic ground truth with noise)"),
         DeclareLaunchArgument("student_weights", default_value="",
                               description="Initial student weights shared by robot and server"),
-        DeclareLaunchArgument("rviz", default_value="true", description="Start RViz with the overlay view"),
+        DeclareLaunchArgument("rviz", default_value="true", choices=["true", "false"],
+                              description="Start RViz with the overlay view"),
+        DeclareLaunchArgument("log_level", default_value="info", choices=["debug", "info", "warn", "error", "fatal"],
+                              description="Log level of the edge and server nodes"),
     ]
     edge = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, "edge.launch.py")),
         launch_arguments={"device_id": LaunchConfiguration("device_id"), "source": LaunchConfiguration("source"),
-                          "student_weights": LaunchConfiguration("student_weights")}.items(),
+                          "student_weights": LaunchConfiguration("student_weights"),
+                          "log_level": LaunchConfiguration("log_level")}.items(),
     )
     server = IncludeLaunchDescription(
         PythonLaunchDescriptionSource(os.path.join(launch_dir, "server.launch.py")),
         launch_arguments={"device_ids": ["[", LaunchConfiguration("device_id"), "]"],
                           "teacher": LaunchConfiguration("teacher"),
-                          "student_weights": LaunchConfiguration("student_weights")}.items(),
+                          "student_weights": LaunchConfiguration("student_weights"),
+                          "log_level": LaunchConfiguration("log_level")}.items(),
     )
     rviz = Node(
         package="rviz2", executable="rviz2", name="rviz2", output="screen",

@@ -1,6 +1,7 @@
 """Robot side of AMS: camera sampler, student segmenter and model patcher in one process.
 
     ros2 launch ams_ros edge.launch.py device_id:=robot1 image_topic:=/camera/image_raw
+    ros2 launch ams_ros edge.launch.py source:=/data/run1_bag use_sim_time:=true   # a rosbag as the camera
 """
 
 import os
@@ -10,6 +11,10 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
+STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -25,14 +30,17 @@ def generate_launch_description() -> LaunchDescription:
                               description="'topic' (camera driver publishes image_topic), a video file, an image folder, a rosbag, device:N or synthetic[:seed]"),
         DeclareLaunchArgument("image_topic", default_value="image_raw",
                               description="Camera image topic (sensor_msgs/Image), relative to the namespace unless absolute"),
-        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2",
-                              description="Student model name (deeplabv3_mobilenet_v2 | lraspp_mobilenet_v3_large)"),
+        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2", choices=STUDENTS,
+                              description="Student model name; must match the server's"),
         DeclareLaunchArgument("student_weights", default_value="",
                               description="Student initial weights: checkpoint path or tflite:PATH"),
         DeclareLaunchArgument("label_space", default_value="synthetic",
                               description="Label space of the teacher/student classes (synthetic | cityscapes | voc | camvid)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+                              description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
+        DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
+                              description="Log level of the edge nodes"),
     ]
-    device = LaunchConfiguration("device_id")
     # No `name=`: a node-name remap would rename all three nodes the process hosts.
     edge = Node(
         package="ams_ros",
@@ -40,12 +48,14 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         emulate_tty=True,
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[
             LaunchConfiguration("config_file"),
-            {"device_id": device, "source": LaunchConfiguration("source"),
+            {"device_id": LaunchConfiguration("device_id"), "source": LaunchConfiguration("source"),
              "image_topic": LaunchConfiguration("image_topic"), "student": LaunchConfiguration("student"),
              "student_weights": LaunchConfiguration("student_weights"),
-             "label_space": LaunchConfiguration("label_space")},
+             "label_space": LaunchConfiguration("label_space"),
+             "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )
     return LaunchDescription(args + [edge])

@@ -1,6 +1,7 @@
 """Base-station side of AMS: teacher labeler, AMS trainer and ASR controller in one process.
 
-    ros2 launch ams_ros server.launch.py device_ids:="[robot1, robot2]" teacher:=tflite:/path/teacher.tflite
+    ros2 launch ams_ros server.launch.py device_ids:="[robot1, robot2]" teacher:=tflite:/path/teacher.tflite \
+        label_space:=cityscapes
 """
 
 import os
@@ -10,6 +11,12 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
+STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
+ENCODINGS = ["paper_gzip_fp16", "delta_lzma_fp16", "delta_lzma_q8", "residual_lzma_q8", "residual_lzma_q6",
+             "residual_zlib_q6"]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -21,12 +28,18 @@ def generate_launch_description() -> LaunchDescription:
                               description="Robots this base station serves, as a YAML list; each has its own buffer, trainer and rate"),
         DeclareLaunchArgument("teacher", default_value="oracle",
                               description="Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | oracle[:seed] (synthetic world)"),
-        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2",
+        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2", choices=STUDENTS,
                               description="Student model name; must match the robots' student"),
         DeclareLaunchArgument("student_weights", default_value="",
                               description="Initial student weights (the robots' w0): checkpoint path or tflite:PATH"),
         DeclareLaunchArgument("label_space", default_value="synthetic",
-                              description="Label space of the teacher (synthetic | cityscapes | voc | camvid)"),
+                              description="Label space of the teacher and the student (synthetic | cityscapes | voc | camvid)"),
+        DeclareLaunchArgument("update_encoding", default_value="paper_gzip_fp16", choices=ENCODINGS,
+                              description="Encoding of the sparse model updates (see docs/results.md for sizes and decode times)"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+                              description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
+        DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
+                              description="Log level of the server nodes"),
     ]
     # No `name=`: a node-name remap would rename all three nodes the process hosts.
     server = Node(
@@ -34,12 +47,15 @@ def generate_launch_description() -> LaunchDescription:
         executable="server",
         output="screen",
         emulate_tty=True,
+        ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[
             LaunchConfiguration("config_file"),
             {"device_ids": LaunchConfiguration("device_ids"), "teacher": LaunchConfiguration("teacher"),
              "student": LaunchConfiguration("student"),
              "student_weights": LaunchConfiguration("student_weights"),
-             "label_space": LaunchConfiguration("label_space")},
+             "label_space": LaunchConfiguration("label_space"),
+             "update_encoding": LaunchConfiguration("update_encoding"),
+             "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )
     return LaunchDescription(args + [server])

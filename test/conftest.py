@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-# DDS must never leave this machine during tests: loopback discovery, private domain.
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(50 + os.getpid() % 50))
+# the checkout's package first (also without a built workspace)
+_CHECKOUT = Path(__file__).resolve().parents[1]
+if str(_CHECKOUT) not in sys.path:
+    sys.path.insert(0, str(_CHECKOUT))
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from ams_ros.local_dds import use_loopback  # noqa: E402
+
+# DDS must never leave this machine during tests: loopback discovery, private domain.
+use_loopback(int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None)
 
 
 def pytest_configure(config: pytest.Config) -> None:

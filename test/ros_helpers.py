@@ -7,12 +7,14 @@ import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ams_ros import local_dds
+from ams_ros.paths import SOURCE_ROOT
+
+REPO_ROOT = SOURCE_ROOT
 
 
 def require_ros() -> None:
@@ -26,9 +28,7 @@ def require_ros() -> None:
 
 def loopback_env(domain_id: int | None = None) -> dict[str, str]:
     """Environment for a child process that keeps DDS on loopback in a private domain."""
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else os.environ["ROS_DOMAIN_ID"])
+    env = local_dds.loopback_env(domain_id if domain_id is not None else int(os.environ["ROS_DOMAIN_ID"]))
     env["PYTHONPATH"] = f"{REPO_ROOT}:{env.get('PYTHONPATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 from ams_ros.core.update_codec import ENCODINGS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ams_ros.paths import SOURCE_ROOT as REPO_ROOT
 
 
 def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):

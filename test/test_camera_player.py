@@ -15,7 +15,8 @@ require_ros()
 
 import rclpy  # noqa: E402
 
-from ams_ros.nodes.camera_sampler import CameraSampler, EdgeCounters  # noqa: E402
+from ams_ros.nodes.camera_sampler import CameraSampler  # noqa: E402
+from ams_ros.nodes.edge_state import EdgeState  # noqa: E402
 
 FPS = 5.0
 
@@ -23,8 +24,9 @@ FPS = 5.0
 @pytest.fixture()
 def player():
     rclpy.init()
-    counters = EdgeCounters()
-    node = CameraSampler(counters, parameter_overrides=[
+    state = EdgeState()
+    counters = state.counters
+    node = CameraSampler(state, parameter_overrides=[
         Parameter("source", value="synthetic:0"), Parameter("publish_rate", value=FPS),
         Parameter("source_width", value=32), Parameter("source_height", value=16),
         Parameter("stamp_origin", value="stream"), Parameter("duration_s", value=0.0),

@@ -4,7 +4,6 @@ and leaves its model unchanged; a version gap triggers a resync from a full snap
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 import pytest
@@ -19,11 +18,11 @@ from sensor_msgs.msg import Image  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus, ModelUpdate  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
-from ams_ros.core.models.student import load_student  # noqa: E402
+from ams_ros.core.models.weights import load_student  # noqa: E402
 from ams_ros.core.params import flatten_params  # noqa: E402
 from ams_ros.core.update_codec import encode_snapshot, encode_update  # noqa: E402
-from ams_ros.launcher import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.common import qos  # noqa: E402
+from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.qos import qos  # noqa: E402
 from ams_ros.nodes.conversions import update_to_msg  # noqa: E402
 
 NS = "/robot_bad"
@@ -35,17 +34,17 @@ NUM_CLASSES = 7
 def edge(tmp_path_factory):
     out = tmp_path_factory.mktemp("edge_bad")
     ckpt = out / "student.pt"
-    from ams_ros.core.models.student import save_student_checkpoint
+    from ams_ros.core.models.weights import save_student_checkpoint
     from ams_ros.core.labels import get_label_space
 
     torch_model = load_student(STUDENT, num_classes=NUM_CLASSES, weights=None)
     save_student_checkpoint(torch_model, ckpt, STUDENT, NUM_CLASSES, get_label_space("synthetic"))
     params = write_overrides(out / "edge.yaml", {
-        "camera_sampler": {"device_id": "robot_bad", "source": "topic", "sampling_rate": 1.0},
-        "student_segmenter": {"device_id": "robot_bad", "student": STUDENT, "student_weights": str(ckpt),
-                              "label_space": "synthetic", "input_width": 64, "input_height": 32,
+        "/**": {"device_id": "robot_bad", "student": STUDENT, "student_weights": str(ckpt), "label_space": "synthetic"},
+        "camera_sampler": {"source": "topic", "sampling_rate": 1.0},
+        "student_segmenter": {"input_width": 64, "input_height": 32,
                               "status_period_s": 0.2, "image_qos_reliability": "reliable"},
-        "model_patcher": {"device_id": "robot_bad", "snapshot_timeout_s": 5.0},
+        "model_patcher": {"snapshot_timeout_s": 5.0},
     })
     rclpy.init()
     node = rclpy.create_node("bad_input_tester")

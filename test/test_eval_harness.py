@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.distill import distill
-from ams_ros.core.models.student import load_student
+from ams_ros.core.pretraining import distill
+from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.params import flatten_params
 from ams_ros.eval import schemes as S
@@ -31,7 +31,7 @@ from ams_ros.eval.baselines import (
 )
 from ams_ros.eval.cli import main as eval_main
 from ams_ros.eval.presets import PRESETS, get_preset, parse_overrides
-from ams_ros.eval.sources import load_clip, open_source, select_frames
+from ams_ros.eval.clips import load_clip, open_source, select_frames
 
 SIZE = (64, 32)
 SPEC = "synthetic:0?shifts=30"
@@ -359,7 +359,7 @@ def test_a_clip_shorter_than_one_period_says_why_ams_never_updated(clip, student
 
 def test_cli_writes_results_json_md_and_plots(tmp_path, student):
     weights = tmp_path / "student.pt"
-    from ams_ros.core.models.student import save_student_checkpoint
+    from ams_ros.core.models.weights import save_student_checkpoint
 
     save_student_checkpoint(student, weights, "deeplabv3_mobilenet_v2", 7)
     out = tmp_path / "ev"

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import re
 from pathlib import Path
 
@@ -14,15 +13,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 
-# which node classes (by their PARAMS dicts) each YAML section configures
-NODE_PARAM_TABLES = {
-    "camera_sampler": ("ams_ros.nodes.camera_sampler", "PARAMS"),
-    "student_segmenter": ("ams_ros.nodes.student_segmenter", "PARAMS"),
-    "model_patcher": ("ams_ros.nodes.model_patcher", "PARAMS"),
-    "teacher_labeler": ("ams_ros.nodes.server", "LABELER_PARAMS"),
-    "ams_trainer": ("ams_ros.nodes.server", "TRAINER_PARAMS"),
-    "asr_controller": ("ams_ros.nodes.server", "ASR_PARAMS"),
-}
 
 
 def console_scripts() -> set[str]:
@@ -99,45 +89,72 @@ def test_launch_files_do_not_force_loopback():
         assert "ROS_AUTOMATIC_DISCOVERY_RANGE" not in path.read_text()
 
 
-def _tables():
-    out = {}
-    for section, (module, attr) in NODE_PARAM_TABLES.items():
-        out[section] = getattr(importlib.import_module(module), attr)
-    return out
-
-
 @pytest.fixture(scope="module")
 def param_tables():
+    """{config file stem: {node: {name: (default, Param)}}}: what each process's nodes declare."""
     pytest.importorskip("rclpy")
     pytest.importorskip("ams_msgs.msg")
-    return _tables()
+    from ams_ros.nodes.config_files import process_nodes
+
+    return {stem: {node: {p.name: (p.default, p) for p in specs} for node, specs in nodes.items()}
+            for stem, nodes in process_nodes().items()}
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "config").glob("*.yaml")), ids=lambda p: p.name)
 def test_yaml_keys_match_declared_parameters(config, param_tables):
     data = yaml.safe_load(config.read_text())
     assert data, f"{config.name} is empty"
+    tables = param_tables[config.stem]
+    shared = data.get("/**", {}).get("ros__parameters", {})
     for key, body in data.items():
-        section = key.removeprefix("/**/")
-        assert section in param_tables, f"{config.name}: unknown node section '{section}'"
         params = body["ros__parameters"]
-        declared = param_tables[section]
-        unknown = set(params) - set(declared)
-        assert not unknown, f"{config.name}/{section}: keys no node declares: {sorted(unknown)}"
-        missing = set(declared) - set(params)
-        assert not missing, f"{config.name}/{section}: declared parameters missing from the YAML: {sorted(missing)}"
-        for key, value in params.items():
-            default = declared[key][0]
+        if key == "/**":  # values every node of the process shares: declared by at least one of them
+            declared = {n: d for table in tables.values() for n, d in table.items() if n in params}
+            unknown = set(params) - set(declared)
+            assert not unknown, f"{config.name}/**: keys no node declares: {sorted(unknown)}"
+            assert all(declared[n][1].shared for n in params), f"{config.name}/**: a per-node parameter is shared"
+        else:
+            section = key.removeprefix("/**/")
+            assert section in tables, f"{config.name}: unknown node section '{section}'"
+            declared = tables[section]
+            unknown = set(params) - set(declared)
+            assert not unknown, f"{config.name}/{section}: keys no node declares: {sorted(unknown)}"
+            missing = set(declared) - set(params) - set(shared)
+            assert not missing, f"{config.name}/{section}: declared parameters missing from the YAML: {sorted(missing)}"
+        for name, value in params.items():
+            default = declared[name][0]
             assert type(value) is type(default) or (isinstance(default, float) and isinstance(value, int)), (
-                f"{config.name}/{section}/{key}: YAML type {type(value).__name__} != declared {type(default).__name__}"
+                f"{config.name}/{key}/{name}: YAML type {type(value).__name__} != declared {type(default).__name__}"
             )
 
 
 def test_every_node_has_a_yaml_section(param_tables):
-    sections = set()
-    for config in (ROOT / "config").glob("*.yaml"):
-        sections |= {k.removeprefix("/**/") for k in yaml.safe_load(config.read_text())}
-    assert set(param_tables) <= sections
+    for stem, tables in param_tables.items():
+        sections = {k.removeprefix("/**/") for k in yaml.safe_load((ROOT / "config" / f"{stem}.yaml").read_text())}
+        assert set(tables) <= sections
+
+
+def test_config_files_are_generated_from_the_declared_parameters(param_tables):
+    """One place holds each default: the YAML is what the parameter specs render, byte for byte
+    (after a default changes in ams_ros/core, `python -m ams_ros.nodes.config_files` rewrites it)."""
+    from ams_ros.nodes.config_files import render
+
+    for stem in param_tables:
+        assert (ROOT / "config" / f"{stem}.yaml").read_text() == render(stem), (
+            f"config/{stem}.yaml is stale: run python -m ams_ros.nodes.config_files")
+
+
+def test_yaml_sets_each_shared_value_once(param_tables):
+    """device_id(s) and the student are written once per file, in /**, not per node."""
+    for stem, tables in param_tables.items():
+        data = yaml.safe_load((ROOT / "config" / f"{stem}.yaml").read_text())
+        shared = {n for table in tables.values() for n, (_, p) in table.items() if p.shared}
+        for key, body in data.items():
+            if key != "/**":
+                again = shared & set(body["ros__parameters"])
+                assert not again, f"config/{stem}.yaml sets {sorted(again)} in {key} as well as in /**"
+        assert shared == set(data["/**"]["ros__parameters"])
+        assert ("device_id" if stem == "edge" else "device_ids") in shared
 
 
 def test_package_xml_declares_runtime_dependencies():
@@ -154,3 +171,45 @@ def test_rviz_config_shows_overlay_mask_and_status():
     topics = [d.get("Topic", {}).get("Value") for d in data["Visualization Manager"]["Displays"] if isinstance(d.get("Topic"), dict)]
     assert "/robot1/segmentation/overlay" in topics
     assert "/robot1/segmentation/mask_color" in topics
+
+
+def _module_lists(path: Path) -> dict[str, list[str]]:
+    tree = ast.parse(path.read_text())
+    return {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+            for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.List)}
+
+
+@pytest.mark.parametrize("name", ["edge.launch.py", "server.launch.py"])
+def test_robot_and_server_launch_take_log_level_and_sim_time(name):
+    tree = ast.parse((ROOT / "launch" / name).read_text())
+    declared = {ast.literal_eval(c.args[0]): c for c in calls(tree, "DeclareLaunchArgument")}
+    assert {"log_level", "use_sim_time"} <= set(declared)
+    for arg in ("log_level", "use_sim_time", "student"):
+        assert kw(declared[arg], "choices") is not None, f"{name}: {arg} lists no choices"
+    node = calls(tree, "Node")[0]
+    assert kw(node, "ros_arguments") is not None, f"{name}: the log level never reaches the node"
+
+
+def test_launch_choices_are_the_packages_own():
+    """The launch files cannot import torch-heavy modules to list the students and encodings, so
+    they spell them out; this keeps them equal to the core's."""
+    from ams_ros.core.models.student import STUDENTS
+    from ams_ros.core.update_codec import ENCODINGS
+
+    for name in ("edge.launch.py", "server.launch.py"):
+        lists = _module_lists(ROOT / "launch" / name)
+        assert sorted(lists["STUDENTS"]) == sorted(STUDENTS), name
+        if "ENCODINGS" in lists:
+            assert lists["ENCODINGS"] == list(ENCODINGS), name
+
+
+def test_the_package_finds_its_config_through_the_ament_index():
+    """A plain (non-symlink) colcon install has no source tree next to the code: the config
+    comes from share/ams_ros, with the checkout only as a fallback."""
+    pytest.importorskip("ament_index_python")
+    from ament_index_python.packages import get_package_share_directory
+
+    from ams_ros.paths import config_dir
+
+    assert config_dir() == Path(get_package_share_directory("ams_ros")) / "config"
+    assert (config_dir() / "edge.yaml").exists()

@@ -16,9 +16,9 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
 from ams_ros.core.frame_codec import encode_frames  # noqa: E402
 from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
-from ams_ros.launcher import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.common import qos, sec_to_stamp  # noqa: E402
-from ams_ros.nodes.conversions import frame_batch_checksum  # noqa: E402
+from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.conversions import frame_batch_checksum, sec_to_stamp  # noqa: E402
+from ams_ros.nodes.qos import qos  # noqa: E402
 
 DEV = "robot_srv"
 
@@ -27,10 +27,10 @@ DEV = "robot_srv"
 def server(tmp_path_factory):
     out = tmp_path_factory.mktemp("server_bad")
     params = write_overrides(out / "server.yaml", {
-        "teacher_labeler": {"device_ids": [DEV], "teacher": "oracle"},
-        "ams_trainer": {"device_ids": [DEV], "input_width": 64, "input_height": 32, "iterations": 2,
+        "/**": {"device_ids": [DEV]},
+        "teacher_labeler": {"teacher": "oracle"},
+        "ams_trainer": {"input_width": 64, "input_height": 32, "iterations": 2,
                         "batch_size": 2, "torch_threads": 1},
-        "asr_controller": {"device_ids": [DEV]},
     })
     rclpy.init()
     node = rclpy.create_node("server_bad_input_tester")

@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from ams_ros.core.labels import CITYSCAPES
-from ams_ros.core.models.student import (
-    DEFAULT_INPUT_SIZE, build_student, load_student, predict, read_checkpoint, save_student_checkpoint,
-    set_train_mode, to_input,
-)
+from ams_ros.core.models.student import DEFAULT_INPUT_SIZE, build_student, predict, train_mode_frozen_bn, to_input
+from ams_ros.core.models.weights import load_student, read_checkpoint, save_student_checkpoint
 from ams_ros.core.params import fingerprint, num_params
 
 DEEPLAB, LRASPP = "deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"
@@ -72,7 +70,7 @@ def test_bn_stays_frozen_through_a_training_step(name):
     bn_buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
     fp = fingerprint(model)
     model.train()
-    set_train_mode(model)
+    train_mode_frozen_bn(model)
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(not m.training for m in bns)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -91,7 +89,7 @@ def test_bn_stays_frozen_through_a_training_step(name):
 def test_random_init_trains_with_frozen_bn():
     """From scratch with BN frozen to identity (the synthetic demo's case) the loss must fall."""
     torch.manual_seed(0)
-    model = set_train_mode(build_student(DEEPLAB, num_classes=2))
+    model = train_mode_frozen_bn(build_student(DEEPLAB, num_classes=2))
     x = torch.rand(4, 3, 32, 64) * 0.3
     y = torch.zeros(4, 32, 64, dtype=torch.long)
     for i, (r, c) in enumerate([(0, 0), (8, 16), (16, 32), (4, 40)]):

@@ -9,7 +9,8 @@ import torch
 
 from ams_ros.core.labels import CITYSCAPES, get_label_space, labels_from_colors
 from ams_ros.core.models import teachers as T
-from ams_ros.core.models.student import build_student, save_student_checkpoint
+from ams_ros.core.models.student import build_student
+from ams_ros.core.models.weights import save_student_checkpoint
 
 TEACHER = "models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite"
 CITY = "images/cityscapes/frankfurt_000001_058914"

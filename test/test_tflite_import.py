@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.models.student import load_student
+from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.tflite_import import TFLiteSegmenter, dequantize, import_tflite_student, run_tflite_segmenter
 from ams_ros.core.params import num_params
 

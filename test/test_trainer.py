@@ -17,13 +17,9 @@ from torch import nn
 
 from ams_ros.core.params import flatten_params, num_params, read_flat, write_flat
 from ams_ros.core.selection import STRATEGIES, num_selected, top_k_indices
-from ams_ros.core.trainer import (
-    AMSTrainer,
-    PhaseResult,
-    SampleBuffer,
-    TrainerConfig,
-    train_mode_frozen_bn,
-)
+from ams_ros.core.models.student import train_mode_frozen_bn
+from ams_ros.core.sample_buffer import SampleBuffer
+from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
 
 W, H = 32, 16
 NUM_CLASSES = 3

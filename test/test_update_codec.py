@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.params import flatten_params, fingerprint
+from ams_ros.core.double_buffer import DoubleBufferedModel
+from ams_ros.core.params import FlatAccessor, flatten_params, fingerprint
 from ams_ros.core.update_codec import (
     ENCODINGS,
-    DoubleBufferedModel,
     UpdateError,
     VersionGapError,
     decode_update,
@@ -297,7 +297,7 @@ def test_inference_is_handed_the_active_model_while_a_patch_is_half_done(monkeyp
     """The structural half of "swaps never stall inference": while the patcher is stopped in the
     middle of an update (decoding it, or writing the inactive copy), inference still gets the
     active model at once, at the old version; the swap happens after."""
-    import ams_ros.core.update_codec as uc
+    import ams_ros.core.double_buffer as db
 
     m = small_net()
     holder = DoubleBufferedModel(copy.deepcopy(m))
@@ -311,9 +311,9 @@ def test_inference_is_handed_the_active_model_while_a_patch_is_half_done(monkeyp
         return wrapper
 
     if stage == "decode_update":
-        monkeypatch.setattr(uc, "decode_update", paused(uc.decode_update))
+        monkeypatch.setattr(db, "decode_update", paused(db.decode_update))
     else:
-        monkeypatch.setattr(uc._FlatWriter, "write", paused(uc._FlatWriter.write))
+        monkeypatch.setattr(FlatAccessor, "write", paused(FlatAccessor.write))
     idx, vals = sparse(m)
     patcher = threading.Thread(target=holder.apply_update, args=(encode_update(m, idx, vals, 0, 1),))
     patcher.start()

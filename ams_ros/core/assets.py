@@ -9,14 +9,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ams_ros.paths import SOURCE_ROOT
 
 
 def assets_dir() -> Path | None:
     """The assets folder, or None when no copy is reachable."""
     env = os.environ.get("AMS_ASSETS")
     candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "assets")
+    candidates.append(SOURCE_ROOT.parent / "shared" / "assets")
     for c in candidates:
         if c.is_dir():
             return c

@@ -19,11 +19,33 @@ import av
 import cv2
 import numpy as np
 
+from ams_ros.core.config import check_choice, knob
+
 CODECS = ("h264", "jpeg")
+
+
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 class FrameCodecError(ValueError):
     """Bytes that do not decode into the announced frames."""
+
+
+@dataclass(frozen=True)
+class BatchEncoderConfig:
+    """How the robot encodes one update period's sampled frames for the uplink (paper: H.264, 200 Kbps)."""
+
+    codec: str = knob("h264", "Frame batch codec", choices=CODECS)
+    bitrate_bps: int = knob(200_000, "Target uplink bitrate of H.264 batches (bits per second of stream time)")
+    preset: str = knob("medium", "libx264 preset for batch encoding", choices=X264_PRESETS)
+    threads: int = knob(1, "libx264 threads for batch encoding (0 = x264's choice, about 1.5 per core). "
+                           "A batch is a few frames; 1 leaves the other cores to inference")
+
+    def __post_init__(self) -> None:
+        check_choice("codec", self.codec, CODECS)
+        check_choice("preset", self.preset, X264_PRESETS)
+        if self.bitrate_bps <= 0:
+            raise ValueError(f"bitrate_bps must be > 0, got {self.bitrate_bps}")
 
 
 @dataclass
@@ -52,9 +74,10 @@ def _even(x: int) -> int:
     return x + (x % 2)
 
 
-def encode_frames(frames: list[np.ndarray], timestamps: list[float], bitrate_bps: int = 200_000,
-                  codec: str = "h264", preset: str = "medium", period_s: float | None = None,
-                  jpeg_quality: int = 95, threads: int = 1) -> EncodedBatch:
+def encode_frames(frames: list[np.ndarray], timestamps: list[float],
+                  bitrate_bps: int = BatchEncoderConfig.bitrate_bps, codec: str = BatchEncoderConfig.codec,
+                  preset: str = BatchEncoderConfig.preset, period_s: float | None = None,
+                  jpeg_quality: int = 95, threads: int = BatchEncoderConfig.threads) -> EncodedBatch:
     """Encode RGB ``frames`` (all the same size). ``period_s`` is the stream time the batch
     covers (default: the span of the timestamps + one frame interval); the H.264 size target
     is ``bitrate_bps * period_s / 8`` bytes. ``threads`` caps x264's threads (0 = x264's own

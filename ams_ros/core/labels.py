@@ -227,6 +227,20 @@ def get_label_space(name: str | LabelSpace) -> LabelSpace:
     return LABEL_SPACES[key]
 
 
+def resolve_label_space(name: str | LabelSpace, selected: Sequence[str] = ()) -> LabelSpace:
+    """The space the student predicts: ``name`` restricted to the ``selected`` class names when
+    any are given (empty strings, the ROS placeholder for an empty list, are ignored). The edge,
+    the server, the demo and ``ams-eval`` all resolve the student's classes here."""
+    space = get_label_space(name)
+    names = [s for s in selected if s]
+    return space.restrict(names)[0] if names else space
+
+
+def parse_class_list(text: str) -> list[str]:
+    """``"road, car,sky"`` -> ``["road", "car", "sky"]`` (command-line class lists)."""
+    return [c.strip() for c in str(text or "").split(",") if c.strip()]
+
+
 # --------------------------------------------------------------------------------------------
 # Label map helpers
 # --------------------------------------------------------------------------------------------

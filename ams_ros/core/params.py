@@ -56,7 +56,24 @@ def fingerprint(model: nn.Module) -> str:
 
 def flatten_params(model: nn.Module) -> torch.Tensor:
     """A detached float32 copy of all parameters as one 1-D tensor."""
-    return torch.cat([p.detach().reshape(-1).float() for p in model.parameters()])
+    return flatten_tensors(model.parameters())
+
+
+def flatten_tensors(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """A detached float32 copy of ``tensors`` (e.g. a subset of a model's parameters) as one 1-D tensor."""
+    return torch.cat([p.detach().reshape(-1).float() for p in tensors])
+
+
+@torch.no_grad()
+def load_flat(tensors: Iterable[torch.Tensor], flat: torch.Tensor) -> None:
+    """Copy the 1-D ``flat`` (laid out as :func:`flatten_tensors` of ``tensors``) back into them."""
+    offset = 0
+    for p in tensors:
+        n = p.numel()
+        p.copy_(flat[offset:offset + n].view_as(p).to(p.dtype))
+        offset += n
+    if offset != flat.numel():
+        raise ValueError(f"flat vector holds {flat.numel()} values, the tensors {offset}")
 
 
 def read_flat(model: nn.Module, indices: np.ndarray) -> np.ndarray:
@@ -96,3 +113,26 @@ def scatter_sorted(params: list[torch.Tensor], offsets: np.ndarray, idx: np.ndar
 
 def iter_trainable(model: nn.Module) -> Iterable[torch.nn.Parameter]:
     return (p for p in model.parameters() if p.requires_grad)
+
+
+class FlatAccessor:
+    """Reads and writes a model's parameters at *sorted* flat indices, one slice per tensor
+    (what a sparse update needs on the edge: the base values of a residual update, then the write)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = [p for p in model.parameters()]
+        self.offsets = np.array([s.offset for s in param_layout(model)], dtype=np.int64)
+
+    @torch.no_grad()
+    def read(self, idx: np.ndarray) -> np.ndarray:
+        """Values at sorted flat ``idx`` (float32)."""
+        cuts = np.append(np.searchsorted(idx, self.offsets), idx.size)
+        out = np.empty(idx.size, dtype=np.float32)
+        for k, p in enumerate(self.params):
+            a, b = int(cuts[k]), int(cuts[k + 1])
+            if b > a:
+                out[a:b] = p.detach().reshape(-1)[torch.from_numpy(idx[a:b] - int(self.offsets[k]))].float().numpy()
+        return out
+
+    def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
+        scatter_sorted(self.params, self.offsets, idx, vals)

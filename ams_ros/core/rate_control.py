@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
+from ams_ros.core.config import check_choice, knob
 from ams_ros.core.metrics import ConfusionMatrix
 
 
@@ -32,6 +34,46 @@ def phi_loss(prev_label: np.ndarray, label: np.ndarray, ignore_index: int = 255)
 def phi_iou(prev_label: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> float:
     """mIoU of ``label`` against ``prev_label`` (1 = static), the authors' phi."""
     return ConfusionMatrix(num_classes, ignore_index).update(label, prev_label).miou()
+
+
+PHI_FORMS = ("loss", "iou")
+
+
+@dataclass(frozen=True)
+class RateControlConfig:
+    """The server's sampling-rate rule (paper Eq. 1); defaults are the paper's (§4.1)."""
+
+    r_min: float = knob(0.1, "Minimum sampling rate (frames/s)")
+    r_max: float = knob(1.0, "Maximum sampling rate (frames/s)")
+    r_init: float = knob(1.0, "Initial sampling rate (frames/s)")
+    phi_form: str = knob("loss", "phi-score: loss (paper Eq. 1) | iou (authors' code)", choices=PHI_FORMS)
+    eta_r: float = knob(2.0, "Step size of Eq. 1")
+    phi_target: float = knob(0.1, "Target phi-score of Eq. 1")
+    period_s: float = knob(10.0, "Seconds of stream time between rate updates (delta t)")
+
+    def __post_init__(self) -> None:
+        check_choice("phi_form", self.phi_form, PHI_FORMS)
+        if not 0 < self.r_min <= self.r_max:
+            raise ValueError(f"need 0 < r_min <= r_max, got r_min={self.r_min}, r_max={self.r_max}")
+        if self.period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {self.period_s}")
+
+
+@dataclass(frozen=True)
+class AdaptivePeriodConfig:
+    """Lengthening T_update on static scenes (paper appendix D)."""
+
+    enabled: bool = knob(True, "Lengthen T_update on static scenes (paper appendix D)")
+    low: float = knob(0.25, "Mean sampling rate below which the update period grows")
+    high: float = knob(0.35, "Mean sampling rate above which it returns to T_update")
+    step_s: float = knob(2.0, "Seconds added to the update period per update while static")
+    max_factor: float = knob(6.0, "Largest update period as a multiple of T_update")
+
+    def __post_init__(self) -> None:
+        if not self.low <= self.high:
+            raise ValueError(f"need low <= high, got low={self.low}, high={self.high}")
+        if self.max_factor < 1 or self.step_s < 0:
+            raise ValueError(f"need max_factor >= 1 and step_s >= 0, got {self.max_factor}, {self.step_s}")
 
 
 class SamplingRateController:
@@ -59,6 +101,19 @@ class SamplingRateController:
         self._last_update_t: float | None = None
         self.last_phi = float("nan")
         self.history: list[tuple[float, float, float]] = []  # (t, phi_bar, new rate)
+
+    @classmethod
+    def from_config(cls, config: RateControlConfig) -> "SamplingRateController":
+        return cls(r_min=config.r_min, r_max=config.r_max, r_init=config.r_init, eta_r=config.eta_r,
+                   phi_target=config.phi_target, form=config.phi_form, period_s=config.period_s)
+
+    def reconfigure(self, config: RateControlConfig) -> None:
+        """New settings at run time; the current rate and the phi history carry over (the rate
+        clipped into the new bounds), so a parameter change does not restart the controller."""
+        self.r_min, self.r_max = float(config.r_min), float(config.r_max)
+        self.rate = float(min(max(self.rate, self.r_min), self.r_max))
+        self.eta_r, self.phi_target = float(config.eta_r), float(config.phi_target)
+        self.form, self.period_s = config.phi_form, float(config.period_s)
 
     def add_label(self, t: float, label: np.ndarray) -> None:
         """A teacher label of the next sampled frame, in stream order."""
@@ -105,6 +160,18 @@ class AdaptiveTrainingPeriod:
         self.low, self.high, self.step_s, self.max_factor = float(low), float(high), float(step_s), float(max_factor)
         self._rates: deque[float] = deque(maxlen=window)
         self.period_s = self.base_period_s
+
+    @classmethod
+    def from_config(cls, config: AdaptivePeriodConfig, base_period_s: float) -> "AdaptiveTrainingPeriod":
+        return cls(base_period_s=base_period_s, low=config.low, high=config.high, step_s=config.step_s,
+                   max_factor=config.max_factor)
+
+    def reconfigure(self, config: AdaptivePeriodConfig, base_period_s: float) -> None:
+        """New settings at run time; the current period is kept within the new bounds."""
+        self.base_period_s = float(base_period_s)
+        self.low, self.high = float(config.low), float(config.high)
+        self.step_s, self.max_factor = float(config.step_s), float(config.max_factor)
+        self.period_s = min(max(self.period_s, self.base_period_s), self.max_factor * self.base_period_s)
 
     def observe_rate(self, r: float) -> float:
         self._rates.append(float(r))

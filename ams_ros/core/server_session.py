@@ -9,46 +9,48 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from torch import nn
 
-from ams_ros.core.rate_control import AdaptiveTrainingPeriod, SamplingRateController
+from ams_ros.core.frame_codec import FrameCodecError, decode_frames
+from ams_ros.core.config import check_choice, knob
+from ams_ros.core.rate_control import (
+    AdaptivePeriodConfig,
+    AdaptiveTrainingPeriod,
+    RateControlConfig,
+    SamplingRateController,
+)
 from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
 from ams_ros.core.params import write_flat
 from ams_ros.core.update_codec import (
     ENCODINGS,
     EncodedUpdate,
+    UnencodableValues,
     decode_update,
     encode_snapshot,
-    encode_update,
-    quantize_roundtrip,
+    ship_update,
 )
 
 
 @dataclass
 class SessionConfig:
-    """Per-device server settings; trainer settings live in ``trainer``."""
+    """Per-device server settings; trainer settings live in ``trainer``, the sampling-rate rule
+    in ``rate`` and the adaptive update period in ``adaptive_period``."""
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    update_encoding: str = "paper_gzip_fp16"
-    snapshot_encoding: str = "paper_gzip_fp16"
+    update_encoding: str = knob("paper_gzip_fp16", "Encoding of sparse updates", choices=tuple(ENCODINGS))
+    snapshot_encoding: str = knob("paper_gzip_fp16", "Encoding of full snapshots (a value encoding, not residual_*)",
+                                  choices=tuple(n for n, e in ENCODINGS.items() if not e.residual))
     auth_key: bytes | None = None
-    min_samples: int = 1
-    r_min: float = 0.1
-    r_max: float = 1.0
-    r_init: float = 1.0
-    phi_form: str = "loss"
-    eta_r: float = 2.0
-    phi_target: float = 0.1
-    rate_period_s: float = 10.0
-    adaptive_update_period: bool = True
-    atp_low: float = 0.25
-    atp_high: float = 0.35
-    atp_step_s: float = 2.0
-    atp_max_factor: float = 6.0
+    min_samples: int = knob(1, "New labelled samples needed before a phase runs")
+    rate: RateControlConfig = field(default_factory=RateControlConfig)
+    adaptive_period: AdaptivePeriodConfig = field(default_factory=AdaptivePeriodConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("update_encoding", self.update_encoding, tuple(ENCODINGS))
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,6 +76,8 @@ class DeviceSession:
         self.trainer = AMSTrainer(model, self.config.trainer)
         self.version = 0
         self.lock = threading.RLock()  # guards model + version: a snapshot never sees half a phase
+        self._rate_lock = threading.Lock()  # guards rate control and queued setting changes
+        self._pending: dict[str, Any] = {}
         self.reset_rate_control()
         self.new_samples = 0
         self.diverged_phases = 0
@@ -83,14 +87,71 @@ class DeviceSession:
     def reset_rate_control(self) -> None:
         """(Re)build the sampling-rate and update-period controllers from ``config``."""
         c = self.config
-        self.rate = SamplingRateController(
-            r_min=c.r_min, r_max=c.r_max, r_init=c.r_init, eta_r=c.eta_r, phi_target=c.phi_target,
-            form=c.phi_form, period_s=c.rate_period_s,
-        )
-        self.period = AdaptiveTrainingPeriod(
-            base_period_s=c.trainer.update_period_s, low=c.atp_low, high=c.atp_high,
-            step_s=c.atp_step_s, max_factor=c.atp_max_factor,
-        )
+        self.rate = SamplingRateController.from_config(c.rate)
+        self.period = AdaptiveTrainingPeriod.from_config(c.adaptive_period, c.trainer.update_period_s)
+        self.update_period_s = c.trainer.update_period_s
+
+    def configure_rate_control(self, rate: RateControlConfig, adaptive_period: AdaptivePeriodConfig,
+                               reset: bool = False) -> None:
+        """The ASR controller's settings. ``reset`` (start-up) rebuilds the controllers, starting
+        at ``rate.r_init``; otherwise (a change at run time) they keep their current rate and
+        period, clipped into the new bounds."""
+        with self._rate_lock:  # not the phase lock: rate commands never wait for training
+            self.config = replace(self.config, rate=rate, adaptive_period=adaptive_period)
+            if reset:
+                self.reset_rate_control()
+            else:
+                self.rate.reconfigure(rate)
+                self.period.reconfigure(adaptive_period, self.config.trainer.update_period_s)
+
+    def reconfigure(self, update_encoding: str | None = None, **trainer_changes: Any) -> bool:
+        """Change training settings (``update_encoding`` and :meth:`AMSTrainer.reconfigure`'s).
+
+        Validated at once (ValueError, nothing changed, when a value is invalid); applied at once
+        when no phase runs, else when the running phase has ended, never in the middle of one.
+        Returns True when applied at once."""
+        if update_encoding is not None:
+            check_choice("update_encoding", update_encoding, tuple(ENCODINGS))
+        fixed = [k for k in trainer_changes if k in AMSTrainer.FIXED_AT_START]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change while training: start a new session")
+        replace(self.trainer.config, **trainer_changes)  # validates (TrainerConfig.__post_init__)
+        with self._rate_lock:
+            if update_encoding is not None:
+                self._pending["update_encoding"] = update_encoding
+            self._pending.update(trainer_changes)
+        if self.lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self.lock.release()
+            return True
+        return False
+
+    def configure(self, snapshot_encoding: str | None = None, min_samples: int | None = None) -> None:
+        """Settings read outside a phase (when a snapshot is served, when a phase is due)."""
+        if snapshot_encoding is not None:
+            check_choice("snapshot_encoding", snapshot_encoding,
+                         tuple(n for n, e in ENCODINGS.items() if not e.residual))
+        if min_samples is not None and min_samples < 1:
+            raise ValueError(f"min_samples must be >= 1, got {min_samples}")
+        with self._rate_lock:
+            self.config = replace(self.config, snapshot_encoding=snapshot_encoding or self.config.snapshot_encoding,
+                                  min_samples=self.config.min_samples if min_samples is None else int(min_samples))
+
+    def _apply_pending(self) -> None:
+        """Apply queued setting changes; the caller holds the phase lock."""
+        with self._rate_lock:
+            changes, self._pending = self._pending, {}
+            if not changes:
+                return
+            encoding = changes.pop("update_encoding", None)
+            before = self.trainer.config.update_period_s
+            cfg = self.trainer.reconfigure(**changes) if changes else self.trainer.config
+            if cfg.update_period_s != before:
+                self.period.reconfigure(self.config.adaptive_period, cfg.update_period_s)
+                self.update_period_s = self.period.period_s if self.config.adaptive_period.enabled else cfg.update_period_s
+            self.config = replace(self.config, trainer=cfg, update_encoding=encoding or self.config.update_encoding)
 
     @property
     def model(self) -> nn.Module:
@@ -99,9 +160,25 @@ class DeviceSession:
     def add_labeled(self, t: float, frame: np.ndarray, label: np.ndarray) -> None:
         """Algorithm 1 lines 6-8: a teacher-labelled sample enters the buffer (and phi)."""
         self.trainer.add_sample(t, frame, label)
-        self.rate.add_label(t, label)
+        with self._rate_lock:
+            self.rate.add_label(t, label)
         self.new_samples += 1
         self.latest_t = t if self.latest_t is None else max(self.latest_t, t)
+
+    def add_encoded_batch(self, data: bytes, codec: str, width: int, height: int, stamps: Sequence[float],
+                          label: Callable[[list[np.ndarray], list[float]], list[np.ndarray]]) -> int:
+        """Decode a frame batch from the robot, label its frames and add them (the server node and
+        the evaluation harness both come in here). ``label(frames, stamps)`` returns the teacher's
+        label maps in the student's classes. Returns how many frames were added; raises
+        :class:`~ams_ros.core.frame_codec.FrameCodecError` for a batch that does not decode."""
+        frames = decode_frames(data, codec, int(width), int(height))
+        stamps = [float(s) for s in stamps]
+        if len(frames) != len(stamps):
+            raise FrameCodecError(f"batch holds {len(frames)} frames but {len(stamps)} timestamps")
+        labels = label(frames, stamps)
+        for t, frame, lab in zip(stamps, frames, labels):
+            self.add_labeled(t, frame, lab)
+        return len(frames)
 
     def ready(self) -> bool:
         return self.new_samples >= max(1, self.config.min_samples)
@@ -113,6 +190,7 @@ class DeviceSession:
             return None
         t0 = time.perf_counter()
         with self.lock:
+            self._apply_pending()
             ckpt = self.trainer.checkpoint()
             before = ckpt.weights.cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
             result = self.trainer.train_phase(now)
@@ -120,26 +198,18 @@ class DeviceSession:
                 return None
             self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
             enc = self.config.update_encoding
-            # Lossy encodings: the server keeps exactly what the edge will decode, so both
-            # copies stay identical and the next update applies on top of the same weights.
             base = before[result.indices] if before is not None else None
-            with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
-                values = quantize_roundtrip(enc, self.model, result.indices, result.values, base_values=base)
-            bad = int(np.sum(~np.isfinite(values)))
-            if bad:
+            try:
+                update = ship_update(self.model, result.indices, result.values, self.version, enc, base_values=base)
+            except UnencodableValues as exc:
                 # Shipping it would make the edge reject this update and every later one (they
                 # build on it), and poison the snapshots too: undo the phase instead.
                 self.trainer.rollback(ckpt)
                 self.diverged_phases += 1
                 raise TrainingDiverged(
-                    f"phase {result.phase} diverged: {bad} of {len(values)} updated parameters are not finite "
-                    f"in '{enc}' (loss {result.loss:.3g}); the phase was undone and the model stays at "
-                    f"v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
-                )
-            write_flat(self.model, result.indices, values)
-            # encode the raw values: the edge's decoder runs the same rounding as quantize_roundtrip
-            update = encode_update(self.model, result.indices, result.values, base_version=self.version,
-                                   new_version=self.version + 1, encoding=enc, base_values=base)
+                    f"phase {result.phase} diverged: {exc} (loss {result.loss:.3g}); the phase was undone and "
+                    f"the model stays at v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
+                ) from exc
             if self.config.auth_key:
                 update.sign(self.config.auth_key, self.device_id)
             self.version += 1
@@ -160,12 +230,14 @@ class DeviceSession:
 
     def sampling_command(self, now: float) -> tuple[float, float, float] | None:
         """Every rate period: (sampling rate, update period, mean phi) or None when not due."""
-        r = self.rate.maybe_update(now)
-        if r is None:
-            return None
-        if self.config.adaptive_update_period:
-            self.period.observe_rate(r)
-            period = self.period.period_s
-        else:
-            period = self.config.trainer.update_period_s
-        return r, period, float(self.rate.last_phi)
+        with self._rate_lock:
+            r = self.rate.maybe_update(now)
+            if r is None:
+                return None
+            if self.config.adaptive_period.enabled:
+                self.period.observe_rate(r)
+                period = self.period.period_s
+            else:
+                period = self.config.trainer.update_period_s
+            self.update_period_s = period
+            return r, period, float(self.rate.last_phi)

@@ -129,7 +129,7 @@ class RosbagSource:
     def __iter__(self) -> Iterator[Frame]:
         from rosbags.highlevel import AnyReader
 
-        from ams_ros.image_conversion import imgmsg_to_rgb
+        from ams_ros.core.pixel_formats import image_to_rgb
 
         with AnyReader([self.path]) as reader:
             conns = [c for c in reader.connections if c.topic == self.topic]
@@ -138,7 +138,7 @@ class RosbagSource:
                 msg = reader.deserialize(raw, conn.msgtype)
                 t = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                 t0 = t if t0 is None else t0
-                yield t - t0, _resize(imgmsg_to_rgb(msg), self.size), None
+                yield t - t0, _resize(image_to_rgb(msg), self.size), None
 
 
 class DeviceSource:

@@ -27,20 +27,20 @@ or a fixed ``update_period_s`` timer) calls ``train_phase`` when it is time.
 
 from __future__ import annotations
 
-import bisect
 import math
-import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ams_ros.core.params import fingerprint, flatten_params, param_layout
+from ams_ros.core.config import knob
+from ams_ros.core.losses import logits_of, segmentation_loss
+from ams_ros.core.models.student import DEFAULT_INPUT_SIZE, train_mode_frozen_bn
+from ams_ros.core.params import fingerprint, flatten_params, load_flat, param_layout
+from ams_ros.core.sample_buffer import BufferEntry, SampleBuffer, batch_to_tensors
 from ams_ros.core.selection import (
     FULL,
     GAUSS_SOUTHWELL_SGD,
@@ -53,136 +53,7 @@ from ams_ros.core.selection import (
     validate_strategy,
 )
 
-__all__ = [
-    "STRATEGIES",
-    "AMSTrainer",
-    "BatchSampler",
-    "BufferEntry",
-    "PhaseResult",
-    "SampleBuffer",
-    "TrainerConfig",
-    "batch_to_tensors",
-    "train_mode_frozen_bn",
-]
-
-
-# --------------------------------------------------------------------------------------------
-# Sample buffer
-# --------------------------------------------------------------------------------------------
-
-
-class BufferEntry(NamedTuple):
-    """One training sample: stream time, RGB frame (H x W x 3 uint8), teacher label (H x W uint8)."""
-
-    t: float
-    frame: np.ndarray
-    label: np.ndarray
-
-
-class SampleBuffer:
-    """Time-stamped (frame, teacher label) store of Algorithm 1, kept in time order.
-
-    Frames and labels are resized to the training size on ``add`` (frames bilinear, labels
-    nearest) so that memory is bounded by the training resolution, not the camera's. Entries
-    older than the horizon are evicted by ``sample`` and, when the buffer was given a
-    ``horizon_s``, also by ``add`` (relative to the newest timestamp), so a server that
-    receives frames but never trains does not grow without bound. A lock makes ``add`` from a
-    subscriber thread safe against ``sample`` from the training thread.
-    """
-
-    def __init__(
-        self,
-        input_size: Optional[tuple[int, int]] = None,
-        horizon_s: Optional[float] = None,
-        max_entries: Optional[int] = None,
-    ) -> None:
-        """``input_size`` is (W, H) or None to keep sizes; ``max_entries`` is a hard cap."""
-        self.input_size = tuple(input_size) if input_size is not None else None
-        self.horizon_s = horizon_s
-        self.max_entries = max_entries
-        self._times: list[float] = []
-        self._entries: list[BufferEntry] = []
-        self._lock = threading.RLock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    @property
-    def latest_time(self) -> Optional[float]:
-        with self._lock:
-            return self._times[-1] if self._times else None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._times.clear()
-            self._entries.clear()
-
-    def add(self, t: float, frame: np.ndarray, label: np.ndarray) -> None:
-        """Store one sample (resized to ``input_size``); out-of-order timestamps are allowed."""
-        frame = np.asarray(frame)
-        label = np.asarray(label)
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 HxWx3, got {frame.dtype} {frame.shape}")
-        if label.ndim != 2:
-            raise ValueError(f"label must be HxW, got shape {label.shape}")
-        if label.dtype != np.uint8:
-            if label.size and (label.min() < 0 or label.max() > 255):
-                raise ValueError("label values must fit in uint8 (255 = ignore)")
-            label = label.astype(np.uint8)
-        if self.input_size is not None:
-            w, h = self.input_size
-            if frame.shape[:2] != (h, w):
-                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
-            if label.shape != (h, w):
-                label = cv2.resize(label, (w, h), interpolation=cv2.INTER_NEAREST)
-        elif label.shape != frame.shape[:2]:
-            raise ValueError(f"label {label.shape} and frame {frame.shape[:2]} sizes differ")
-        entry = BufferEntry(float(t), np.ascontiguousarray(frame), np.ascontiguousarray(label))
-        with self._lock:
-            pos = bisect.bisect_right(self._times, entry.t)
-            self._times.insert(pos, entry.t)
-            self._entries.insert(pos, entry)
-            if self.horizon_s is not None:
-                self.evict(self._times[-1] - self.horizon_s)
-            if self.max_entries is not None and len(self._entries) > self.max_entries:
-                drop = len(self._entries) - self.max_entries
-                del self._times[:drop]
-                del self._entries[:drop]
-
-    def evict(self, before: float) -> int:
-        """Drop entries with ``t < before``; returns how many were dropped."""
-        with self._lock:
-            n = bisect.bisect_left(self._times, before)
-            if n:
-                del self._times[:n]
-                del self._entries[:n]
-            return n
-
-    def _window_bounds(self, now: float, horizon: float) -> tuple[int, int]:
-        lo = bisect.bisect_left(self._times, now - horizon)
-        hi = bisect.bisect_right(self._times, now)
-        return lo, hi
-
-    def window(self, now: float, horizon: float) -> list[BufferEntry]:
-        """Entries with ``now - horizon <= t <= now`` (later ones are not yet "received")."""
-        with self._lock:
-            lo, hi = self._window_bounds(now, horizon)
-            return self._entries[lo:hi]
-
-    def sample(
-        self, now: float, horizon: float, batch_size: int, rng: np.random.Generator
-    ) -> list[BufferEntry]:
-        """Uniform draw with replacement of ``batch_size`` entries from the window.
-
-        Evicts entries older than ``now - horizon`` first. Returns [] when the window is empty.
-        """
-        with self._lock:
-            self.evict(now - horizon)
-            lo, hi = self._window_bounds(now, horizon)
-            if hi <= lo:
-                return []
-            picks = rng.integers(lo, hi, size=batch_size)
-            return [self._entries[int(i)] for i in picks]
+__all__ = ["STRATEGIES", "AMSTrainer", "BatchSampler", "PhaseResult", "TrainerCheckpoint", "TrainerConfig"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,31 +78,33 @@ class TrainerConfig:
     only by ties and percentile interpolation.
     """
 
-    iterations: int = 20
-    batch_size: int = 8
-    horizon_s: float = 240.0
-    update_period_s: float = 10.0
-    lr: float = 1e-3
+    iterations: int = knob(20, "K: Adam iterations per training phase")
+    batch_size: int = knob(8, "Mini-batch size")
+    horizon_s: float = knob(240.0, "T_horizon: train on samples from the last this many seconds")
+    update_period_s: float = knob(10.0, "T_update: requested seconds between updates")
+    lr: float = knob(1e-3, "Adam learning rate")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     eps_inside_sqrt: bool = False
-    gamma: float = 0.05
-    strategy: str = GRADIENT_GUIDED
-    input_size: tuple[int, int] = (512, 256)
-    seed: int = 0
+    gamma: float = knob(0.05, "Fraction of parameters trained and sent per update")
+    strategy: str = knob(GRADIENT_GUIDED, "Coordinate selection", choices=STRATEGIES)
+    input_size: tuple[int, int] = knob(DEFAULT_INPUT_SIZE, "Training input (width, height)")
+    seed: int = knob(0, "Seed of coordinate selection and batch sampling")
     ignore_index: int = 255
     class_weights: Optional[Sequence[float]] = None
     sgd_lr: float = 0.01
-    authors_variant: bool = False
+    authors_variant: bool = knob(False, "Authors' code variant: mask from a first full step, restart from w0 each phase")
 
     def __post_init__(self) -> None:
         validate_strategy(self.strategy)
         if not 0.0 < self.gamma <= 1.0:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("iterations and batch_size must be >= 1")
+            raise ValueError(f"iterations and batch_size must be >= 1, got {self.iterations} and {self.batch_size}")
         if self.horizon_s <= 0:
-            raise ValueError("horizon_s must be > 0")
+            raise ValueError(f"horizon_s must be > 0, got {self.horizon_s}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         b1, b2 = self.betas
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
@@ -270,44 +143,6 @@ class PhaseResult:
 
 BatchSampler = Callable[["SampleBuffer", float, int, np.random.Generator], list[BufferEntry]]
 """(buffer, now, batch_size, rng) -> mini-batch; lets tests and emulators control the batches."""
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-
-
-def train_mode_frozen_bn(model: nn.Module) -> nn.Module:
-    """``model.train()`` with every BatchNorm back in eval mode (running stats frozen).
-
-    The online training set is a few hundred correlated frames; letting BN re-estimate its
-    statistics from them would drift the features the rest of the network relies on, and
-    the running stats are buffers that are never shipped to the edge.
-    """
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
-    return model
-
-
-def batch_to_tensors(
-    entries: Sequence[BufferEntry], device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float B x 3 x H x W images in [0, 1] and int64 B x H x W labels for the student."""
-    frames = torch.from_numpy(np.stack([e.frame for e in entries])).to(device)
-    labels = torch.from_numpy(np.stack([e.label for e in entries])).to(device)
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    return x, labels.long()
-
-
-def _logits(model: nn.Module, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    out = model(x)
-    if isinstance(out, dict):  # torchvision segmentation models return {"out": ...}
-        out = out["out"]
-    if out.shape[-2:] != size:
-        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,6 +200,22 @@ class AMSTrainer:
         # Pretrained weights: the authors' variant restarts every phase from them.
         self._w0 = flatten_params(model).to(self.device) if self.config.authors_variant else None
 
+    # Settings that shape the state a phase builds on: changing them means a new trainer.
+    FIXED_AT_START = ("input_size", "seed", "authors_variant", "ignore_index")
+
+    def reconfigure(self, **changes: Any) -> TrainerConfig:
+        """Change settings between phases (lr, gamma, iterations, batch_size, horizon_s, strategy,
+        update_period_s, ...); validated as a new :class:`TrainerConfig` (ValueError, nothing
+        changed, when invalid). The sample buffer follows a new horizon at once."""
+        fixed = [k for k in changes if k in self.FIXED_AT_START]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot change while training: start a new trainer")
+        config = replace(self.config, **changes)
+        self.config = config
+        if self.buffer.horizon_s is not None:
+            self.buffer.horizon_s = config.horizon_s
+        return config
+
     # ---------------------------------------------------------------- public conveniences
     def add_sample(self, t: float, frame: np.ndarray, label: np.ndarray) -> None:
         self.buffer.add(t, frame, label)
@@ -387,18 +238,8 @@ class AMSTrainer:
 
     def _loss(self, entries: Sequence[BufferEntry]) -> tuple[torch.Tensor, bool]:
         x, y = batch_to_tensors(entries, self.device)
-        logits = _logits(self.model, x, tuple(y.shape[-2:]))
-        ignore = self.config.ignore_index
-        if ignore >= logits.shape[1]:  # ids beyond the student's classes count as ignore
-            y = y.masked_fill(y >= logits.shape[1], ignore)
-        if not bool((y != ignore).any()):
-            return logits.sum() * 0.0, False
-        weight = None
-        if self.config.class_weights is not None:
-            weight = torch.as_tensor(
-                list(self.config.class_weights), dtype=logits.dtype, device=logits.device
-            )
-        return F.cross_entropy(logits, y, weight=weight, ignore_index=ignore), True
+        logits = logits_of(self.model, x, tuple(y.shape[-2:]))
+        return segmentation_loss(logits, y, self.config.ignore_index, self.config.class_weights)
 
     # ---------------------------------------------------------------- flat-vector plumbing
     def _flat_grad(self) -> torch.Tensor:
@@ -418,10 +259,8 @@ class AMSTrainer:
             d = delta[slot.offset : slot.offset + slot.numel].view_as(p)
             p.sub_(d.to(p.dtype))
 
-    @torch.no_grad()
     def _write_all(self, flat: torch.Tensor) -> None:
-        for slot, p in zip(self._slots, self._params):
-            p.copy_(flat[slot.offset : slot.offset + slot.numel].view_as(p).to(p.dtype))
+        load_flat(self._params, flat)
 
     def _loss_and_grad(self, batch: Sequence[BufferEntry]) -> tuple[float, torch.Tensor]:
         """Loss (nan when the batch has no valid pixel) and flat gradient at the current weights."""

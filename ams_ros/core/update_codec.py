@@ -1,7 +1,8 @@
-"""Sparse model updates on the wire: encodings, verification, and the edge's double buffer.
+"""Sparse model updates on the wire: encodings, integrity (checksum, HMAC) and verification.
 
 An update carries new values for a subset of coordinates of the flat parameter vector
-(:mod:`ams_ros.core.params`). Encodings are selectable by name:
+(:mod:`ams_ros.core.params`). The edge applies it through its double buffer
+(:mod:`ams_ros.core.double_buffer`). Encodings are selectable by name (``ENCODINGS``):
 
 - ``paper_gzip_fp16``: the paper's — a packed bit mask over all parameters (gzip -9) and the
   selected values as float16 (gzip -9).
@@ -10,6 +11,8 @@ An update carries new values for a subset of coordinates of the flat parameter v
   parameter tensor (max error half a step of that tensor's range / 255), LZMA.
 - ``residual_lzma_q6``: as below with 6-bit changes (|error| <= range of the changes / 126),
   packed four to three bytes; the smallest encoding.
+- ``residual_zlib_q6``: the same with zlib instead of LZMA: about 8 % larger, but it inflates
+  about 6x faster, so decode + apply + swap fits the edge's budget (docs/results.md).
 - ``residual_lzma_q8``: the same indices + the *change* of each value from the base version,
   quantised to 8 bits per tensor, LZMA. Changes are small and alike, so they compress far
   better than values; the edge adds them to the base version it runs (which the version
@@ -21,23 +24,19 @@ Decoding verifies fingerprint, encoding, checksum, sizes and finiteness and rais
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 import hmac
 import lzma
 import struct
-import threading
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
-from ams_ros.core.params import fingerprint, param_layout, scatter_sorted
+from ams_ros.core.params import FlatAccessor, fingerprint, param_layout, write_flat
 
 
 class UpdateError(ValueError):
@@ -452,6 +451,34 @@ def quantize_roundtrip(encoding: str, model: nn.Module, indices, values, base_va
     return out
 
 
+class UnencodableValues(ValueError):
+    """New values the update encoding cannot carry (NaN/Inf, or past float16's range)."""
+
+    def __init__(self, bad: int, total: int, encoding: str) -> None:
+        super().__init__(f"{bad} of {total} updated parameters are not finite in '{encoding}'")
+        self.bad, self.total, self.encoding = bad, total, encoding
+
+
+def ship_update(model: nn.Module, indices, values, base_version: int, encoding: str,
+                base_values=None) -> EncodedUpdate:
+    """The server's side of a sparse update, ``base_version`` -> ``base_version + 1``.
+
+    Writes into ``model`` (the server's copy) exactly the values the edge will decode, so both
+    copies stay identical and the next update applies on top of the same weights, then encodes
+    the raw ``values`` (the edge's decoder runs the same rounding). Residual encodings need
+    ``base_values``, the model's values at ``indices`` before training. Raises
+    :class:`UnencodableValues`, with ``model`` untouched, when the encoding cannot carry them.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
+        decoded = quantize_roundtrip(encoding, model, indices, values, base_values=base_values)
+    bad = int(np.sum(~np.isfinite(decoded)))
+    if bad:
+        raise UnencodableValues(bad, len(decoded), encoding)
+    write_flat(model, indices, decoded)
+    return encode_update(model, indices, values, base_version=base_version, new_version=base_version + 1,
+                         encoding=encoding, base_values=base_values)
+
+
 @dataclass(frozen=True)
 class ModelLayout:
     """What verification needs to know about a model, computed once per model."""
@@ -486,99 +513,8 @@ def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout,
     if update.full_snapshot and update.num_selected != n:
         raise UpdateError(f"full snapshot carries {update.num_selected} of {n} parameters")
     base = base_model if base_model is not None else (model if isinstance(model, nn.Module) else None)
-    reader = base_reader or (_FlatWriter(base).read if base is not None else None)
+    reader = base_reader or (FlatAccessor(base).read if base is not None else None)
     idx, vals = _decode_blobs(update, layout.offsets, reader)
     if not np.all(np.isfinite(vals)):
         raise UpdateError(f"update carries {int(np.sum(~np.isfinite(vals)))} non-finite values (NaN/Inf)")
     return idx, vals
-
-
-class _FlatWriter:
-    """Fast scatter of sorted flat indices into a model's parameters (one slice per tensor)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.params = [p for p in model.parameters()]
-        self.offsets = _offsets(model)
-
-    @torch.no_grad()
-    def read(self, idx: np.ndarray) -> np.ndarray:
-        """Values at sorted flat ``idx`` (float32)."""
-        cuts = np.append(np.searchsorted(idx, self.offsets), idx.size)
-        out = np.empty(idx.size, dtype=np.float32)
-        for k, p in enumerate(self.params):
-            a, b = int(cuts[k]), int(cuts[k + 1])
-            if b > a:
-                out[a:b] = p.detach().reshape(-1)[torch.from_numpy(idx[a:b] - int(self.offsets[k]))].float().numpy()
-        return out
-
-    def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
-        scatter_sorted(self.params, self.offsets, idx, vals)
-
-
-class DoubleBufferedModel:
-    """The edge's running model and an inactive copy.
-
-    Updates are written into the inactive copy, which is then swapped in with one reference
-    assignment: inference never blocks on a patch and never sees a half-written model. The
-    copy that was swapped out is brought up to date lazily, before the next update, and only
-    once no inference still runs on it (readers hold it through :meth:`use`).
-    """
-
-    def __init__(self, model: nn.Module, version: int = 0) -> None:
-        model.eval()
-        self._state: tuple[nn.Module, int] = (model, int(version))
-        self._inactive = copy.deepcopy(model)
-        self._writers = {id(model): _FlatWriter(model), id(self._inactive): _FlatWriter(self._inactive)}
-        self._readers = {id(model): 0, id(self._inactive): 0}
-        self._readers_cv = threading.Condition()
-        self._catch_up: list[tuple[np.ndarray, np.ndarray]] = []
-        self._lock = threading.Lock()
-        self.layout = ModelLayout.of(model)
-
-    @property
-    def active(self) -> nn.Module:
-        """The model inference should use now (a plain reference read)."""
-        return self._state[0]
-
-    @property
-    def version(self) -> int:
-        """Version of :attr:`active` (both change in one assignment)."""
-        return self._state[1]
-
-    @property
-    def _active(self) -> nn.Module:
-        return self._state[0]
-
-    @contextmanager
-    def use(self) -> Iterator[nn.Module]:
-        """Hold the active model for one inference; the patcher will not write into it meanwhile."""
-        with self._readers_cv:
-            model = self._active
-            self._readers[id(model)] += 1
-        try:
-            yield model
-        finally:
-            with self._readers_cv:
-                self._readers[id(model)] -= 1
-                self._readers_cv.notify_all()
-
-    def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0) -> int:
-        """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched)."""
-        with self._lock:
-            if not update.full_snapshot and update.base_version != self.version:
-                raise VersionGapError(update.base_version, self.version)
-            active = self._state[0]
-            idx, vals = decode_update(update, self.layout, base_reader=self._writers[id(active)].read)
-            target = self._inactive
-            with self._readers_cv:  # an inference that started before the last swap may still run on it
-                if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
-                    raise UpdateError("inactive model still in use by inference; try again")
-            writer = self._writers[id(target)]
-            for c_idx, c_vals in self._catch_up:  # the previous update(s), not yet in this copy
-                writer.write(c_idx, c_vals)
-            writer.write(idx, vals)
-            self._catch_up = [(idx, vals)]
-            old = self._state[0]
-            self._state = (target, int(update.new_version))  # the swap readers see: one assignment
-            self._inactive = old
-            return self.version

@@ -17,17 +17,18 @@ Everything AMS itself does (Algorithm 2, selection strategies, codecs, metrics) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ams_ros.core.losses import logits_of, mask_unknown_classes, segmentation_loss
 from ams_ros.core.metrics import ConfusionMatrix
+from ams_ros.core.params import flatten_tensors, load_flat
 from ams_ros.core.selection import GRADIENT_GUIDED, phase_indices
-from ams_ros.core.trainer import train_mode_frozen_bn
+from ams_ros.core.models.student import train_mode_frozen_bn
 
 FP16_MAX = float(np.finfo(np.float16).max)  # the largest weight a float16 update carries
 
@@ -103,18 +104,6 @@ def decoder_tail(model: nn.Module) -> Callable[[str], bool]:
     return lambda n: not n.startswith(("backbone.", "net.backbone."))
 
 
-def _flat(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params])
-
-
-@torch.no_grad()
-def set_flat(params: Sequence[torch.Tensor], vec: torch.Tensor) -> None:
-    """Copy a flat vector (params.py layout of ``params``) into the tensors, one slice each."""
-    o = 0
-    for p in params:
-        n = p.numel()
-        p.copy_(vec[o:o + n].view_as(p))
-        o += n
 
 
 # ----------------------------------------------------------------------------- key-frame distillation
@@ -201,15 +190,14 @@ class KeyFrameDistiller:
         return keyframe_accuracy(pred, label, self.num_classes, self.accuracy)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out["out"] if isinstance(out, dict) else out
+        return logits_of(self.model, x)
 
     def distill(self, frame: np.ndarray, label: np.ndarray) -> KeyFrameOutcome:
         """Train on (frame, teacher label) at the training size; returns what to ship."""
         x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0
         y = torch.from_numpy(label.astype(np.int64))[None]
-        y = torch.where(y >= self.num_classes, torch.full_like(y, 255), y)
-        w0 = _flat(self.params).clone()
+        y = mask_unknown_classes(y, self.num_classes)
+        w0 = flatten_tensors(self.params).clone()
         mask = self._select()
         thr = self.threshold
         best_acc, best_w = -np.inf, None
@@ -224,37 +212,37 @@ class KeyFrameDistiller:
                 if steps == 0:
                     acc_before = acc
                 if self.keep_best and np.isfinite(acc) and acc > best_acc:
-                    best_acc, best_w = acc, _flat(self.params).clone()
+                    best_acc, best_w = acc, flatten_tensors(self.params).clone()
                 if np.isfinite(acc) and acc >= thr:
                     success = True
                     break
                 if steps >= self.max_steps or not bool((y != 255).any()):
                     break
-                loss = F.cross_entropy(logits, y, ignore_index=255)
+                loss, _ = segmentation_loss(logits, y)
                 if not bool(torch.isfinite(loss)):
                     self.diverged += 1
                     break
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                w_prev = _flat(self.params).clone()
+                w_prev = flatten_tensors(self.params).clone()
                 self.opt.step()
-                w_new = _flat(self.params)
+                w_new = flatten_tensors(self.params)
                 w_kept = w_new if mask is None else torch.where(mask, w_new, w_prev)  # only the selected move
                 if not self._sane(w_kept):  # diverged: keep the last sane weights
-                    set_flat(self.params, w_prev)
+                    load_flat(self.params, w_prev)
                     self.opt.state.clear()  # and drop the poisoned optimiser moments
                     self.diverged += 1
                     break
                 self.prev_update = (w_prev - w_new).abs()
                 if mask is not None:
-                    set_flat(self.params, w_kept)
+                    load_flat(self.params, w_kept)
                 steps += 1
         finally:
             self.model.eval()
         if self.keep_best and best_w is not None and best_acc > acc:
-            set_flat(self.params, best_w)  # the best model seen, not necessarily the last
+            load_flat(self.params, best_w)  # the best model seen, not necessarily the last
             acc = best_acc
-        w1 = _flat(self.params)
+        w1 = flatten_tensors(self.params)
         if steps == 0 or torch.equal(w0, w1):
             sel = np.empty(0, dtype=np.int64)
             base = np.empty(0, dtype=np.float32)

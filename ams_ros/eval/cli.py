@@ -92,7 +92,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _setup(args):
     """Threads, preset, teacher, selected label space and its LUT."""
-    from ams_ros.core.models.teachers import build_teacher
+    from ams_ros.core.labels import parse_class_list
+    from ams_ros.core.models.teachers import build_teacher, select_classes
     from ams_ros.core.threads import set_torch_threads
     from ams_ros.eval.presets import get_preset, parse_overrides
 
@@ -100,13 +101,9 @@ def _setup(args):
     overrides = parse_overrides(args.overrides)
     preset = get_preset(args.preset).with_overrides(overrides)
     teacher = build_teacher(args.teacher, label_space=args.label_space or None)
-    full = teacher.label_space
-    names = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if names and tuple(names) != tuple(full.class_names):
-        space, lut = full.restrict(names)
-    else:
-        space, lut = full, None
-    return preset, overrides, teacher, space, lut
+    # the clip and the harness map the full teacher's labels (and human labels) through the LUT
+    restricted = select_classes(teacher, parse_class_list(args.classes))
+    return preset, overrides, teacher, restricted.label_space, getattr(restricted, "lut", None)
 
 
 def _machine() -> dict:
@@ -141,10 +138,10 @@ def _scheme_list(args) -> list:
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ams_ros.core.models.student import load_student
+    from ams_ros.core.models.weights import load_student
     from ams_ros.eval.report import write_results
     from ams_ros.eval.simulator import RunContext
-    from ams_ros.eval.sources import load_clip
+    from ams_ros.eval.clips import load_clip
     from ams_ros.eval.schemes import run_scheme
 
     t_start = time.monotonic()

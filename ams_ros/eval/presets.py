@@ -11,30 +11,38 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 
+from ams_ros.core.frame_codec import BatchEncoderConfig
+from ams_ros.core.rate_control import RateControlConfig
+from ams_ros.core.server_session import SessionConfig
+from ams_ros.core.trainer import TrainerConfig
+
+# The paper's values are the core configs' defaults (one place holds each); the preset refers to them.
+_T, _R = TrainerConfig, RateControlConfig
+
 
 @dataclass(frozen=True)
 class Preset:
     name: str
     description: str = ""
     # ---- video and scoring
-    width: int = 512                  # evaluation / training resolution (paper: 512x256)
-    height: int = 256
+    width: int = _T.input_size[0]     # evaluation / training resolution (paper: 512x256)
+    height: int = _T.input_size[1]
     eval_fps: float = 0.0             # frames scored per second of video; 0 = every frame
     window_s: float = 10.0            # mIoU accumulated over the last window_s seconds (authors' code)
     skip_s: float = 0.0               # seconds at the start left out of the reported mIoU (authors: 250)
     # ---- AMS (paper §4.1)
-    update_period_s: float = 10.0     # T_update
-    horizon_s: float = 240.0          # T_horizon
-    iterations: int = 20              # K
-    batch_size: int = 8
-    lr: float = 1e-3
-    gamma: float = 0.05
-    strategy: str = "gradient_guided"
-    bitrate_bps: int = 200_000        # H.264 uplink target
-    r_min: float = 0.1
-    r_max: float = 1.0
+    update_period_s: float = _T.update_period_s   # T_update
+    horizon_s: float = _T.horizon_s               # T_horizon
+    iterations: int = _T.iterations               # K
+    batch_size: int = _T.batch_size
+    lr: float = _T.lr
+    gamma: float = _T.gamma
+    strategy: str = _T.strategy
+    bitrate_bps: int = BatchEncoderConfig.bitrate_bps  # H.264 uplink target
+    r_min: float = _R.r_min
+    r_max: float = _R.r_max
     adaptive_update_period: bool = False  # appendix D; off in the paper's Table 1 runs
-    encoding: str = "paper_gzip_fp16"     # update encoding for every scheme's model updates
+    encoding: str = SessionConfig.update_encoding  # update encoding for every scheme's model updates
     # ---- the network and the server (stream-time model)
     uplink_bps: float = 5_000_000.0   # link capacities; transfers queue FIFO on each link
     downlink_bps: float = 10_000_000.0
@@ -66,7 +74,7 @@ class Preset:
     shadowtutor_min_stride: int = 8
     shadowtutor_max_stride: int = 64
     # ---- bookkeeping
-    seed: int = 0
+    seed: int = _T.seed
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,7 +4,7 @@ The footage must not be the evaluated video (otherwise ``none`` would already be
 Frames are taken at ``sample_fps`` from every source, labelled by the teacher (the same cached
 reference labels the evaluation uses), and split in time: the last ``holdout`` fraction of each
 source is held out and the student's mIoU against the teacher on it is reported before and
-after. Training is the core's offline :func:`~ams_ros.core.distill.distill` (Adam, BatchNorm
+after. Training is the core's offline :func:`~ams_ros.core.pretraining.distill` (Adam, BatchNorm
 frozen, as online training) on the rest, with horizontally mirrored copies as augmentation.
 """
 
@@ -18,10 +18,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ams_ros.core.distill import distill
+from ams_ros.core.pretraining import distill
 from ams_ros.core.metrics import ConfusionMatrix
-from ams_ros.core.models.student import load_student, predict, save_student_checkpoint
-from ams_ros.eval.sources import load_clip
+from ams_ros.core.models.student import predict
+from ams_ros.core.models.weights import load_student, save_student_checkpoint
+from ams_ros.eval.clips import load_clip
 
 
 @dataclass

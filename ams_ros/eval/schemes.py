@@ -29,11 +29,12 @@ import numpy as np
 
 from ams_ros.core.frame_codec import decode_frames, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler
-from ams_ros.core.params import read_flat, write_flat
+from ams_ros.core.params import read_flat
+from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.selection import STRATEGIES
 from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
 from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import EncodedUpdate, encode_update, quantize_roundtrip
+from ams_ros.core.update_codec import ship_update
 from ams_ros.eval.baselines import (
     KeyFrameDistiller,
     KeyFrameOutcome,
@@ -108,20 +109,14 @@ def table3_specs(strategies=TABLE3_STRATEGIES, fractions=TABLE3_FRACTIONS) -> li
 # ----------------------------------------------------------------------------- helpers
 
 
-def _ship(model, indices: np.ndarray, base_values: np.ndarray, encoding: str, version: int) -> EncodedUpdate:
-    """Encode the server model's new values at ``indices`` as an update from ``version``.
-
-    As the core's DeviceSession does: the server keeps exactly what the edge will decode, so
-    both copies stay identical and the next update applies on the same weights.
-    """
-    new = read_flat(model, indices)
-    write_flat(model, indices, quantize_roundtrip(encoding, model, indices, new, base_values=base_values))
-    return encode_update(model, indices, new, base_version=version, new_version=version + 1,
-                         encoding=encoding, base_values=base_values)
-
-
 def _index_of(clip) -> dict[float, int]:
     return {float(t): i for i, t in enumerate(clip.times)}
+
+
+def _server_labeler(ctx: RunContext, index: dict[float, int]) -> Callable:
+    """``label(frames, stamps)`` for :meth:`DeviceSession.add_encoded_batch`: the server's
+    teacher labels of the decoded frames (or the clip's reference labels, per the preset)."""
+    return lambda frames, stamps: ctx.server_labels([index[s] for s in stamps], frames, stamps)
 
 
 # ----------------------------------------------------------------------------- none
@@ -161,7 +156,7 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         trainer=TrainerConfig(iterations=p.one_time_train_steps(), batch_size=p.batch_size,
                               horizon_s=p.one_time_s + 2 * p.update_period_s, update_period_s=p.update_period_s,
                               gamma=1.0, strategy="full", lr=p.lr, input_size=(w, h), seed=p.seed),
-        update_encoding=p.encoding, adaptive_update_period=False)
+        update_encoding=p.encoding, adaptive_period=AdaptivePeriodConfig(enabled=False))
     session = DeviceSession("one_time", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
@@ -177,11 +172,9 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
         arrive = run.up.send(t, len(enc.data))
         run.res.sent_times += list(batch.timestamps)
-        dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
-        labels = ctx.server_labels([index[s] for s in enc.timestamps], dec, enc.timestamps)
-        for s, f, lab in zip(enc.timestamps, dec, labels):
-            session.add_labeled(s, f, lab)
-        arrivals.append(run.server.run(arrive, len(dec) * p.teacher_s)[1])
+        n = session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
+                                      _server_labeler(ctx, index))
+        arrivals.append(run.server.run(arrive, n * p.teacher_s)[1])
         t_data = max(t_data, max(enc.timestamps))
 
     run.res.rates.append((t0, p.r_max))
@@ -277,7 +270,8 @@ def _run_keyframes(ctx: RunContext, spec: SchemeSpec, p: Preset, distiller_of: C
         label = ctx.server_labels([i], [dec], [t])[0]
         with run.timer.measure() as span:
             out: KeyFrameOutcome = distiller.distill(dec, label)
-            upd = (_ship(server_model, out.indices, out.base_values, p.encoding, state["version"])
+            upd = (ship_update(server_model, out.indices, read_flat(server_model, out.indices), state["version"],
+                               p.encoding, base_values=out.base_values)
                    if out.indices.size else None)
             span.steps = out.steps
         start, end = run.server.run(start, p.teacher_s + span.seconds)
@@ -361,8 +355,9 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
                               update_period_s=p.update_period_s, gamma=p.gamma, strategy=p.strategy, lr=p.lr,
                               input_size=(w, h), seed=p.seed),
-        update_encoding=p.encoding, r_min=p.r_min, r_max=p.r_max, r_init=p.r_max,
-        rate_period_s=p.update_period_s, adaptive_update_period=p.adaptive_update_period)
+        update_encoding=p.encoding,
+        rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
+        adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
     session = DeviceSession("eval", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
@@ -384,11 +379,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
             n, t_data = 0, -np.inf
             while pending and pending[0][0] <= start:
                 _, enc = pending.popleft()
-                dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
-                labels = ctx.server_labels([index[s] for s in enc.timestamps], dec, enc.timestamps)
-                for s, f, lab in zip(enc.timestamps, dec, labels):
-                    session.add_labeled(s, f, lab)
-                n += len(dec)
+                n += session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
+                                               _server_labeler(ctx, index))
                 t_data = max(t_data, max(enc.timestamps))
             out = _phase(session, t_data)
             train_s = run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0

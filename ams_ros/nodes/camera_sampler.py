@@ -7,6 +7,7 @@ camera driver runs, a source this node plays itself (video file, image folder, r
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,69 +19,69 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from ams_msgs.msg import FrameBatch, SamplingCommand
-from ams_ros.core.frame_codec import encode_frames
+from ams_ros.core.frame_codec import BatchEncoderConfig, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler, SampledBatch
-from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
-from ams_ros.nodes.common import (
-    RejectLog,
-    FRAME_BATCH,
-    SAMPLING_COMMAND,
-    declare,
-    qos,
+from ams_ros.core.rate_control import RateControlConfig
+from ams_ros.core.trainer import TrainerConfig
+from ams_ros.nodes import topics
+from ams_ros.nodes.conversions import (
+    ImageConversionError,
+    frame_batch_checksum,
+    numpy_to_imgmsg,
     sec_to_stamp,
-    spin_nodes,
     stamp_to_sec,
+    to_rgb,
 )
-from ams_ros.nodes.conversions import frame_batch_checksum
+from ams_ros.nodes.edge_state import EdgeCounters, EdgeState
+from ams_ros.nodes.parameters import NodeParameters, Param, from_field
+from ams_ros.nodes.qos import RELIABILITIES, qos
+from ams_ros.nodes.reject_log import RejectLog
+from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC
+from ams_ros.nodes.spinning import ProcessNodes, run_process
 
-PARAMS = {
-    "device_id": ("robot1", "Name of this robot; the server addresses it by this id"),
-    "source": ("topic", "'topic' to subscribe to image_topic, else a video file, image folder, rosbag, device:N or synthetic[:seed] played by this node"),
-    "image_topic": ("image_raw", "Camera image topic (input when source is 'topic', output otherwise)"),
-    "frame_id": ("camera", "frame_id of images this node publishes as the source"),
-    "publish_rate": (10.0, "Frames/s published when this node is the source (0 = the source's own rate)"),
-    "loop": (False, "Replay a finite source from the start when it ends"),
-    "duration_s": (0.0, "Stop the source after this much stream time (0 = unlimited)"),
-    "stamp_origin": ("now", "'now': stamps on the node clock; 'stream': seconds since the source started"),
-    "source_width": (512, "Width of synthetic frames / resize of file sources (0 = native)"),
-    "source_height": (256, "Height of synthetic frames / resize of file sources (0 = native)"),
-    "sampling_rate": (1.0, "Initial training-sample rate in frames/s (the server commands it later)"),
-    "update_period": (10.0, "Initial seconds of samples per frame batch (the server commands it later)"),
-    "train_width": (512, "Width of uplinked frames (the training resolution)"),
-    "train_height": (256, "Height of uplinked frames (the training resolution)"),
-    "batch_codec": ("h264", "Frame batch codec: h264 | jpeg"),
-    "bitrate_bps": (200000, "Target uplink bitrate of H.264 batches (bits per second of stream time)"),
-    "x264_preset": ("medium", "libx264 preset for batch encoding"),
-    "encoder_threads": (1, "libx264 threads for batch encoding (0 = x264's choice, about 1.5 per core). "
-                           "A batch is a few frames; 1 leaves the other cores to inference"),
-    "image_qos_reliability": ("best_effort", "Camera image QoS reliability: best_effort (sensor data) | reliable"),
-    "image_qos_depth": (5, "Camera image QoS queue depth"),
-    "batch_qos_depth": (10, "Frame batch / sampling command QoS depth (always reliable)"),
-}
-
-
-class EdgeCounters:
-    """Counters shared by the edge nodes of one process, reported in EdgeStatus."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.frames_received = 0
-        self.frames_sampled = 0
-        self.source_frames_skipped = 0
-        self.bytes_sent = 0
-        self.bytes_received = 0
-        self.sampling_rate = 0.0
-        self.update_period = 0.0
+PARAMS = (
+    DEVICE_ID,
+    Param("source", "topic", "'topic' to subscribe to image_topic, else a video file, image folder, rosbag, "
+                             "device:N or synthetic[:seed] played by this node"),
+    IMAGE_TOPIC,
+    Param("frame_id", "camera", "frame_id of images this node publishes as the source"),
+    Param("publish_rate", 10.0, "Frames/s published when this node is the source (0 = the source's own rate)"),
+    Param("loop", False, "Replay a finite source from the start when it ends"),
+    Param("duration_s", 0.0, "Stop the source after this much stream time (0 = unlimited)"),
+    Param("stamp_origin", "now", "'now': stamps on the node clock; 'stream': seconds since the source started",
+          choices=("now", "stream")),
+    Param("source_width", 512, "Width of synthetic frames / resize of file sources (0 = native)"),
+    Param("source_height", 256, "Height of synthetic frames / resize of file sources (0 = native)"),
+    from_field(RateControlConfig, "r_init", name="sampling_rate",
+               description="Initial training-sample rate in frames/s (the server commands it later)"),
+    from_field(TrainerConfig, "update_period_s", name="update_period",
+               description="Initial seconds of samples per frame batch (the server commands it later)"),
+    from_field(TrainerConfig, "input_size", name="train_width", index=0,
+               description="Width of uplinked frames (the training resolution)"),
+    from_field(TrainerConfig, "input_size", name="train_height", index=1,
+               description="Height of uplinked frames (the training resolution)"),
+    from_field(BatchEncoderConfig, "codec", name="batch_codec", dynamic=True),
+    from_field(BatchEncoderConfig, "bitrate_bps", dynamic=True),
+    from_field(BatchEncoderConfig, "preset", name="x264_preset", dynamic=True),
+    from_field(BatchEncoderConfig, "threads", name="encoder_threads", dynamic=True),
+    Param("image_qos_reliability", "best_effort", "Camera image QoS reliability: best_effort (sensor data) | reliable",
+          choices=RELIABILITIES),
+    Param("image_qos_depth", 5, "Camera image QoS queue depth"),
+    Param("batch_qos_depth", 10, "Frame batch / sampling command QoS depth (always reliable)"),
+)
+_ENCODER_PARAMS = {"batch_codec": "codec", "bitrate_bps": "bitrate_bps", "x264_preset": "preset",
+                   "encoder_threads": "threads"}
 
 
 class CameraSampler(Node):
     """Samples frames by stamp at the commanded rate, buffers a period, publishes a FrameBatch."""
 
-    def __init__(self, counters: EdgeCounters | None = None, **kwargs: Any) -> None:
+    def __init__(self, state: EdgeState | None = None, **kwargs: Any) -> None:
         super().__init__("camera_sampler", **kwargs)
-        self.p = declare(self, PARAMS)
+        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self._reject = RejectLog(self)
-        self.counters = counters or EdgeCounters()
+        self.counters: EdgeCounters = (state or EdgeState()).counters
+        self.encoder_config = self._encoder_config(self.p)
         self.sampler = FrameSampler(
             sampling_rate=float(self.p["sampling_rate"]),
             update_period=float(self.p["update_period"]),
@@ -92,8 +93,8 @@ class CameraSampler(Node):
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch_encoder")
         self._input_group = MutuallyExclusiveCallbackGroup()
         reliable = qos("reliable", int(self.p["batch_qos_depth"]))
-        self.batch_pub = self.create_publisher(FrameBatch, FRAME_BATCH, reliable)
-        self.create_subscription(SamplingCommand, SAMPLING_COMMAND, self._on_command, reliable,
+        self.batch_pub = self.create_publisher(FrameBatch, topics.FRAME_BATCH, reliable)
+        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND, self._on_command, reliable,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         image_qos = qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"]))
         self._source = None
@@ -111,6 +112,14 @@ class CameraSampler(Node):
             self._pending = None
             self._play_timer = self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
             self.get_logger().info(f"playing source '{self.p['source']}' at {rate:g} frames/s")
+
+    @staticmethod
+    def _encoder_config(values) -> BatchEncoderConfig:
+        return BatchEncoderConfig(**{field: values[name] for name, field in _ENCODER_PARAMS.items()})
+
+    def _check_change(self, changes: dict[str, Any]) -> None:
+        """Encoder settings apply from the next batch; an invalid combination is refused whole."""
+        self.encoder_config = self._encoder_config({**self.p, **changes})
 
     # ------------------------------------------------------------------ sources
     def _open_source(self) -> None:
@@ -212,11 +221,9 @@ class CameraSampler(Node):
     def _encode_and_publish(self, batch: SampledBatch, frame_id: str) -> None:
         """Runs on the encoder thread so image callbacks never wait for H.264."""
         try:
-            enc = encode_frames(
-                batch.frames, batch.timestamps, bitrate_bps=int(self.p["bitrate_bps"]),
-                codec=self.p["batch_codec"], preset=self.p["x264_preset"], period_s=batch.update_period,
-                threads=int(self.p["encoder_threads"]),
-            )
+            ec = self.encoder_config
+            enc = encode_frames(batch.frames, batch.timestamps, bitrate_bps=ec.bitrate_bps, codec=ec.codec,
+                                preset=ec.preset, period_s=batch.update_period, threads=ec.threads)
         except Exception as exc:
             self.get_logger().error(f"could not encode frame batch {batch.seq}: {exc}")
             return
@@ -230,7 +237,7 @@ class CameraSampler(Node):
         msg.frame_stamps = [sec_to_stamp(t) for t in batch.timestamps]
         msg.sampling_rate = float(batch.sampling_rate)
         msg.update_period = float(batch.update_period)
-        msg.target_bitrate = int(self.p["bitrate_bps"]) if enc.codec == "h264" else 0
+        msg.target_bitrate = int(ec.bitrate_bps) if enc.codec == "h264" else 0
         msg.data = enc.data
         msg.checksum = frame_batch_checksum(msg)
         if not rclpy.ok():
@@ -259,16 +266,18 @@ class CameraSampler(Node):
             f"sampling command: {msg.sampling_rate:.2f} frames/s, period {msg.update_period:.1f} s (phi {msg.phi:.3f})"
         )
 
-    def close(self) -> None:
+    def destroy_node(self) -> None:
+        """Finish the batch being encoded (queued ones are dropped), close the source, then the node."""
         self._encoder.shutdown(wait=True, cancel_futures=True)
         if self._source is not None and hasattr(self._source, "close"):
             self._source.close()
+        super().destroy_node()
 
 
-def main(args: list[str] | None = None) -> None:
-    rclpy.init(args=args)
-    spin_nodes([CameraSampler()])
+def main(args: list[str] | None = None) -> int:
+    """The sampler alone, e.g. on a camera computer apart from the one running inference."""
+    return run_process("camera_sampler", lambda: ProcessNodes([CameraSampler()]), args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -17,45 +17,46 @@ from ams_msgs.msg import ModelUpdate
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.params import fingerprint
 from ams_ros.core.update_codec import UpdateError, VersionGapError
-from ams_ros.nodes.camera_sampler import EdgeCounters
-from ams_ros.nodes.common import MODEL_UPDATE, SNAPSHOT_SERVICE, declare, qos
+from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import msg_to_update
-from ams_ros.nodes.edge_model import EdgeModel
+from ams_ros.nodes.edge_state import EdgeState
+from ams_ros.nodes.parameters import NodeParameters, Param
+from ams_ros.nodes.qos import qos
+from ams_ros.nodes.shared_params import DEVICE_ID
 
-PARAMS = {
-    "device_id": ("robot1", "Name of this robot (updates for other devices are ignored)"),
-    "request_snapshot_on_start": (True, "Ask the server for a full model snapshot at start-up"),
-    "snapshot_timeout_s": (30.0, "Seconds to wait for a snapshot response before asking again"),
-    "auth_key": ("", "Shared HMAC key; when set, unauthenticated updates are rejected"),
-    "update_qos_depth": (10, "Model update QoS depth (always reliable)"),
-}
-
-
-class PatchStats:
-    def __init__(self) -> None:
-        self.applied = 0
-        self.rejected = 0
-        self.last_rejection = ""
+PARAMS = (
+    DEVICE_ID,
+    Param("request_snapshot_on_start", True, "Ask the server for a full model snapshot at start-up"),
+    Param("snapshot_timeout_s", 30.0, "Seconds to wait for a snapshot response before asking again", dynamic=True),
+    Param("auth_key", "", "Shared HMAC key; when set, unauthenticated updates are rejected"),
+    Param("update_qos_depth", 10, "Model update QoS depth (always reliable)"),
+)
 
 
 class ModelPatcher(Node):
-    def __init__(self, model: EdgeModel, counters: EdgeCounters, **kwargs: Any) -> None:
+    def __init__(self, state: EdgeState, **kwargs: Any) -> None:
         super().__init__("model_patcher", **kwargs)
-        self.p = declare(self, PARAMS)
-        self.model = model
-        self.counters = counters
-        self.stats = PatchStats()
-        self._fingerprint = fingerprint(model.holder.active)
+        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
+        self.model = state.require_model("model_patcher")
+        self.counters = state.counters
+        self.stats = state.patch_stats
+        self._fingerprint = fingerprint(self.model.holder.active)
         self._key = self.p["auth_key"].encode() if self.p["auth_key"] else None
         group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
-        self.create_subscription(ModelUpdate, MODEL_UPDATE, self._on_update,
+        self.create_subscription(ModelUpdate, topics.MODEL_UPDATE, self._on_update,
                                  qos("reliable", int(self.p["update_qos_depth"])), callback_group=group)
-        self.snapshot_client = self.create_client(GetModelSnapshot, SNAPSHOT_SERVICE, callback_group=group)
+        self.snapshot_client = self.create_client(GetModelSnapshot, topics.SNAPSHOT_SERVICE, callback_group=group)
         self._snapshot_lock = threading.Lock()
         self._snapshot_future = None
         self._snapshot_sent_at = 0.0
         self._need_snapshot = bool(self.p["request_snapshot_on_start"])
         self.create_timer(0.5, self._maybe_request_snapshot, callback_group=group)
+
+    @staticmethod
+    def _check_change(changes: dict[str, Any]) -> None:
+        timeout = changes.get("snapshot_timeout_s")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"snapshot_timeout_s must be > 0, got {timeout}")
 
     # ------------------------------------------------------------------ updates
     def _on_update(self, msg: ModelUpdate) -> None:

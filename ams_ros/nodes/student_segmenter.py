@@ -23,52 +23,58 @@ from ams_ros.core.labels import colorize, overlay
 from ams_ros.core.models.student import predict
 from ams_ros.core.params import fingerprint
 from ams_ros.core.threads import set_torch_threads
-from ams_ros.image_conversion import ImageConversionError, numpy_to_imgmsg, to_rgb
-from ams_ros.nodes.camera_sampler import EdgeCounters
-from ams_ros.nodes.common import RejectLog, EDGE_STATUS, LABEL_INFO, LABELS, MASK_COLOR, OVERLAY, declare, qos
-from ams_ros.nodes.edge_model import EdgeModel
+from ams_ros.core.trainer import TrainerConfig
+from ams_ros.nodes import topics
+from ams_ros.nodes.conversions import ImageConversionError, numpy_to_imgmsg, to_rgb
+from ams_ros.nodes.edge_state import EdgeModel, EdgeState
+from ams_ros.nodes.parameters import NodeParameters, Param, from_field
+from ams_ros.nodes.qos import RELIABILITIES, qos
+from ams_ros.nodes.reject_log import RejectLog
+from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC, STUDENT_PARAMS, student_spec
 
-PARAMS = {
-    "device_id": ("robot1", "Name of this robot"),
-    "image_topic": ("image_raw", "Camera image topic to segment"),
-    "student": ("deeplabv3_mobilenet_v2", "Student model name (deeplabv3_mobilenet_v2 | lraspp_mobilenet_v3_large)"),
-    "student_weights": ("", "Initial student weights: checkpoint path or tflite:PATH (empty = random init)"),
-    "label_space": ("synthetic", "Label space of the student's classes (synthetic | cityscapes | voc | camvid)"),
-    "selected_classes": ([""], "Restrict the label space to these class names ([''] = all)"),
-    "input_width": (512, "Student input width"),
-    "input_height": (256, "Student input height"),
-    "overlay_alpha": (0.5, "Opacity of the colour mask in the overlay image"),
-    "publish_mask_color": (True, "Publish the colourised mask (rgb8)"),
-    "publish_overlay": (True, "Publish the image blended with the mask (rgb8)"),
-    "annotate_overlay": (True, "Draw model version, inference rate and latency into the overlay (status in RViz)"),
-    "image_qos_reliability": ("best_effort", "Camera image QoS reliability (best_effort | reliable)"),
-    "image_qos_depth": (1, "Camera image queue depth (1 = always the newest frame)"),
-    "output_qos_reliability": ("reliable", "QoS reliability of labels/mask/overlay (RViz defaults to reliable)"),
-    "output_qos_depth": (2, "Queue depth of labels/mask/overlay (a reliable subscriber that falls further "
-                            "behind than this loses the oldest maps)"),
-    "status_period_s": (1.0, "Seconds between EdgeStatus and diagnostics messages"),
-    "torch_threads": (0, "Torch intra-op threads for inference (0 = every core but one, which is left to "
-                         "the batch encoder, the patcher and DDS; OMP_NUM_THREADS, when set, decides instead)"),
-}
+PARAMS = (
+    DEVICE_ID, IMAGE_TOPIC, *STUDENT_PARAMS,
+    from_field(TrainerConfig, "input_size", name="input_width", index=0, description="Student input width"),
+    from_field(TrainerConfig, "input_size", name="input_height", index=1, description="Student input height"),
+    Param("overlay_alpha", 0.5, "Opacity of the colour mask in the overlay image (0..1)", dynamic=True),
+    Param("publish_mask_color", True, "Publish the colourised mask (rgb8)"),
+    Param("publish_overlay", True, "Publish the image blended with the mask (rgb8)"),
+    Param("annotate_overlay", True, "Draw model version, inference rate and latency into the overlay (status in RViz)",
+          dynamic=True),
+    Param("image_qos_reliability", "best_effort", "Camera image QoS reliability (sensor data: best_effort)",
+          choices=RELIABILITIES),
+    Param("image_qos_depth", 1, "Camera image queue depth (1 = always the newest frame: inference never queues up)"),
+    Param("output_qos_reliability", "reliable", "QoS reliability of labels/mask/overlay (RViz defaults to reliable)",
+          choices=RELIABILITIES),
+    Param("output_qos_depth", 2, "Queue depth of labels/mask/overlay (a reliable subscriber that falls further "
+                                 "behind than this loses the oldest maps)"),
+    Param("status_period_s", 1.0, "Seconds between EdgeStatus and diagnostics messages"),
+    Param("torch_threads", 0, "Torch intra-op threads for inference (0 = every core but one, which is left to "
+                              "the batch encoder, the patcher and DDS; OMP_NUM_THREADS, when set, decides instead)"),
+)
 
 
 class StudentSegmenter(Node):
-    def __init__(self, model: EdgeModel, counters: EdgeCounters, patch_stats: Any = None, **kwargs: Any) -> None:
+    """Builds the student from its parameters (into ``state.model``) and segments every frame."""
+
+    def __init__(self, state: EdgeState, **kwargs: Any) -> None:
         super().__init__("student_segmenter", **kwargs)
-        self.p = declare(self, PARAMS)
+        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self._reject = RejectLog(self)
         threads = set_torch_threads(int(self.p["torch_threads"]), reserve=1)
         self.get_logger().info(f"inference on {threads} torch thread(s)")
+        model = EdgeModel.build(student_spec(self.p), (int(self.p["input_width"]), int(self.p["input_height"])))
+        state.model = model
         self.model = model
-        self.counters = counters
-        self.patch_stats = patch_stats
+        self.counters = state.counters
+        self.patch_stats = state.patch_stats
         out_qos = qos(self.p["output_qos_reliability"], int(self.p["output_qos_depth"]))
-        self.labels_pub = self.create_publisher(Image, LABELS, out_qos)
-        self.mask_pub = self.create_publisher(Image, MASK_COLOR, out_qos) if self.p["publish_mask_color"] else None
-        self.overlay_pub = self.create_publisher(Image, OVERLAY, out_qos) if self.p["publish_overlay"] else None
-        self.info_pub = self.create_publisher(LabelInfo, LABEL_INFO, qos("reliable", 1, transient_local=True))
-        self.status_pub = self.create_publisher(EdgeStatus, EDGE_STATUS, qos("reliable", 10))
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", qos("reliable", 10))
+        self.labels_pub = self.create_publisher(Image, topics.LABELS, out_qos)
+        self.mask_pub = self.create_publisher(Image, topics.MASK_COLOR, out_qos) if self.p["publish_mask_color"] else None
+        self.overlay_pub = self.create_publisher(Image, topics.OVERLAY, out_qos) if self.p["publish_overlay"] else None
+        self.info_pub = self.create_publisher(LabelInfo, topics.LABEL_INFO, qos("reliable", 1, transient_local=True))
+        self.status_pub = self.create_publisher(EdgeStatus, topics.EDGE_STATUS, qos("reliable", 10))
+        self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos("reliable", 10))
         self.create_subscription(
             Image, self.p["image_topic"], self._on_image,
             qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"])),
@@ -94,6 +100,13 @@ class StudentSegmenter(Node):
             f"segmenting '{self.resolve_topic_name(self.p['image_topic'])}' with {model.student} "
             f"({len(model.label_space.class_names)} classes, input {model.input_size[0]}x{model.input_size[1]})"
         )
+
+    @staticmethod
+    def _check_change(changes: dict[str, Any]) -> None:
+        """Run-time changes are read per frame; only their values need checking."""
+        alpha = changes.get("overlay_alpha")
+        if alpha is not None and not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"overlay_alpha must lie in [0, 1], got {alpha}")
 
     def _on_image(self, msg: Image) -> None:
         t0 = time.perf_counter()

@@ -105,7 +105,7 @@ class TorchvisionTeacher(_TorchTeacher):
                  label_space: LabelSpace | str | None = None, input_size: tuple[int, int] = (520, 520)) -> None:
         import torchvision.models.segmentation as seg
 
-        from ams_ros.core.models.student import _download_torchvision
+        from ams_ros.core.models.weights import download_torchvision_state
 
         if name not in TORCHVISION_TEACHERS:
             raise ValueError(f"unknown torchvision teacher '{name}' (valid: {', '.join(TORCHVISION_TEACHERS)})")
@@ -115,7 +115,7 @@ class TorchvisionTeacher(_TorchTeacher):
         if weights_path:
             state = torch.load(weights_path, map_location="cpu", weights_only=True)
         else:
-            state = _download_torchvision(tvm.get_model_weights(name).DEFAULT)
+            state = download_torchvision_state(tvm.get_model_weights(name).DEFAULT)
         state = {k: v for k, v in state.items() if not k.startswith("aux_classifier.")}
         net.load_state_dict(state, strict=True)
         self.model = _TorchvisionSeg(net).eval()
@@ -129,9 +129,8 @@ class CheckpointTeacher(_TorchTeacher):
 
     def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
                  input_size: tuple[int, int] | None = None) -> None:
-        from ams_ros.core.models.student import (
-            DEFAULT_INPUT_SIZE, checkpoint_label_space, load_student, read_checkpoint,
-        )
+        from ams_ros.core.models.student import DEFAULT_INPUT_SIZE
+        from ams_ros.core.models.weights import checkpoint_label_space, load_student, read_checkpoint
 
         meta = read_checkpoint(path)
         if "name" not in meta or "num_classes" not in meta:
@@ -149,15 +148,37 @@ class CheckpointTeacher(_TorchTeacher):
 
 
 class SelectedClassesTeacher:
-    """Restricts a teacher to the selected classes: their ids become 0..K-1, the rest 255."""
+    """Restricts a teacher to the selected classes: their ids become 0..K-1, the rest 255.
+
+    The one way the server, the demo's observer and ``ams-eval`` train and score on a subset
+    of the teacher's classes (``lut`` maps the teacher's full ids, e.g. of human labels, too).
+    """
 
     def __init__(self, teacher: Teacher, selected_names: Sequence[str]) -> None:
         self.teacher = teacher
         self.label_space, self.lut = teacher.label_space.restrict(selected_names)
         self.name = f"{teacher.name}[{','.join(self.label_space.class_names)}]"
+        self.uses_stamps = bool(getattr(teacher, "uses_stamps", False))
 
-    def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [self.lut[lab] for lab in self.teacher.label(images)]
+    def label(self, images: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:
+        return [self.lut[lab] for lab in label_frames(self.teacher, images, stamps)]
+
+
+def select_classes(teacher: Teacher, selected_names: Sequence[str]) -> Teacher:
+    """``teacher`` restricted to ``selected_names`` (the teacher itself when none are given or
+    they are all of its classes, in its order)."""
+    names = [n for n in selected_names if n]
+    if not names or tuple(names) == tuple(teacher.label_space.class_names):
+        return teacher
+    return SelectedClassesTeacher(teacher, names)
+
+
+def label_frames(teacher: Teacher, frames: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:
+    """``teacher.label(frames)``; teachers that render by stream time (the synthetic oracle,
+    ``uses_stamps``) are given the frames' stamps too."""
+    if getattr(teacher, "uses_stamps", False) and stamps is not None:
+        return teacher.label(list(frames), stamps=[float(s) for s in stamps])
+    return teacher.label(list(frames))
 
 
 # --------------------------------------------------------------------------------------------

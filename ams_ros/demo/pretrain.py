@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ams_ros.core.distill import distill
+from ams_ros.core.pretraining import distill
 
 
 def pretrained_synthetic_student(args: argparse.Namespace, cache_dir: Path) -> Path:
     from ams_ros.core.labels import get_label_space
-    from ams_ros.core.models.student import load_student, save_student_checkpoint
+    from ams_ros.core.models.weights import load_student, save_student_checkpoint
     from ams_ros.core.synthetic import world_from_spec
 
     seed_part = args.source.replace(":", "-")

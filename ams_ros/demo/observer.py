@@ -9,7 +9,6 @@ and records the overlay video.
 from __future__ import annotations
 
 import argparse
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -21,14 +20,15 @@ from sensor_msgs.msg import Image
 
 from ams_msgs.msg import EdgeStatus, FrameBatch, ModelUpdate, SamplingCommand, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.labels import colorize
 from ams_ros.core.metrics import ConfusionMatrix, miou
-from ams_ros.core.models.student import load_student, predict
+from ams_ros.core.models.student import predict
+from ams_ros.core.models.weights import load_student
 from ams_ros.core.threads import set_torch_threads
-from ams_ros.image_conversion import imgmsg_to_rgb
-from ams_ros.nodes import common as T
-from ams_ros.nodes.common import qos, stamp_to_sec
-from ams_ros.nodes.edge_model import resolve_label_space
+from ams_ros.core.labels import parse_class_list, resolve_label_space
+from ams_ros.core.pixel_formats import image_to_rgb
+from ams_ros.nodes import topics as T
+from ams_ros.nodes.conversions import stamp_to_sec
+from ams_ros.nodes.qos import qos
 
 
 class Observer:
@@ -40,7 +40,7 @@ class Observer:
         self.node = rclpy.create_node("ams_demo_observer")
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        selected = [c.strip() for c in args.selected_classes.split(",") if c.strip()]
+        selected = parse_class_list(args.selected_classes)
         self.space = resolve_label_space(args.label_space, selected)
         self.num_classes = len(self.space.class_names)
         # one torch thread: the edge and the server share these cores, and torch's spinning workers
@@ -105,12 +105,12 @@ class Observer:
 
     def _on_overlay(self, msg: Image) -> None:
         if self._video is not None:
-            self._video.write(imgmsg_to_rgb(msg))
+            self._video.write(image_to_rgb(msg))
 
     def _on_image(self, msg: Image) -> None:
         if self.reference.needs_images:
             t = stamp_to_sec(msg.header.stamp)
-            self._images[t] = imgmsg_to_rgb(msg)
+            self._images[t] = image_to_rgb(msg)
             self._image_order.append(t)
             while len(self._image_order) > 50:
                 self._images.pop(self._image_order.popleft(), None)
@@ -235,30 +235,26 @@ class _SyntheticReference(_Reference):
 
 
 class _TeacherReference(_Reference):
-    """Teacher labels of the frames seen on the image topic (real footage has no ground truth)."""
+    """Teacher labels of the frames seen on the image topic (real footage has no ground truth),
+    in the student's classes, as the server's teacher labeler makes them."""
 
     needs_images = True
 
-    def __init__(self, spec: str, lut) -> None:
-        from ams_ros.core.models.teachers import build_teacher
+    def __init__(self, spec: str, selected: list[str]) -> None:
+        from ams_ros.core.models.teachers import build_teacher, select_classes
 
-        self.teacher = build_teacher(spec)
-        self.lut = lut
+        self.teacher = select_classes(build_teacher(spec), selected)
 
     def labels(self, t: float, image):
         if image is None:
             return None
-        lab = self.teacher.label([image])[0]
-        return image, (self.lut[lab] if self.lut is not None else lab)
+        return image, self.teacher.label([image])[0]
 
 
 def _reference(args, space, selected) -> _Reference:
     if args.source.startswith("synthetic"):
         return _SyntheticReference(args.source, (args.width, args.height), args.duration)
-    from ams_ros.core.labels import get_label_space
-
-    lut = get_label_space(args.label_space).restrict(selected)[1] if selected else None
-    return _TeacherReference(args.teacher, lut)
+    return _TeacherReference(args.teacher, selected)
 
 
 class _VideoWriter:

@@ -1,4 +1,4 @@
-"""Offline distillation of a teacher's labels into the student (the "no customization" model).
+"""Offline pretraining: distil a teacher's labels into the student (the "no customization" model).
 
 Used to pretrain the student on generic footage (or on the synthetic world before its first
 domain shift) so that AMS starts from a model that is good in general but not on this video.
@@ -10,10 +10,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ams_ros.core.trainer import batch_to_tensors, train_mode_frozen_bn, BufferEntry
+from ams_ros.core.losses import logits_of, segmentation_loss
+from ams_ros.core.models.student import train_mode_frozen_bn
+from ams_ros.core.sample_buffer import BufferEntry, batch_to_tensors
 
 
 def distill(
@@ -37,17 +38,11 @@ def distill(
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses: list[float] = []
     train_mode_frozen_bn(model)
-    num_classes = None
     for step in range(steps):
         idx = rng.integers(0, len(samples), size=batch_size)
         entries = [BufferEntry(0.0, samples[i][0], samples[i][1]) for i in idx]
         x, y = batch_to_tensors(entries)
-        out = model(x)
-        logits = out["out"] if isinstance(out, dict) else out
-        if num_classes is None:
-            num_classes = logits.shape[1]
-        y = torch.where(y >= num_classes, torch.full_like(y, ignore_index), y)
-        loss = F.cross_entropy(logits, y, ignore_index=ignore_index)
+        loss, _ = segmentation_loss(logits_of(model, x), y, ignore_index)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

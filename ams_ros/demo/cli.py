@@ -10,15 +10,16 @@ records an overlay video, and writes ``summary.json`` and plots.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from ams_ros.core.frame_codec import BatchEncoderConfig
+from ams_ros.core.models.weights import StudentSpec
+from ams_ros.core.server_session import SessionConfig
+from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.update_codec import ENCODINGS
+from ams_ros.local_dds import private_domain_id, use_loopback
+
+_T = TrainerConfig  # the paper's defaults, written once in the core configs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,22 +30,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", default="synthetic:0",
                    help="synthetic[:seed], a video file, an image folder (frames named by frame number) or a rosbag")
     p.add_argument("--teacher", default="oracle", help="oracle (synthetic only) | tflite:PATH | torchvision:NAME | checkpoint:PATH")
-    p.add_argument("--label-space", default="synthetic", help="synthetic | cityscapes | voc | camvid")
+    p.add_argument("--label-space", default=StudentSpec.label_space, help="synthetic | cityscapes | voc | camvid")
     p.add_argument("--selected-classes", default="", help="comma-separated class names to keep (default: all)")
-    p.add_argument("--student", default="deeplabv3_mobilenet_v2", help="student model name")
+    p.add_argument("--student", default=StudentSpec.name, help="student model name")
     p.add_argument("--student-weights", default="",
                    help="student initial weights (checkpoint or tflite:PATH); default: pretrain on the synthetic world (cached)")
     p.add_argument("--width", type=int, default=256, help="frame and model width")
     p.add_argument("--height", type=int, default=128, help="frame and model height")
     p.add_argument("--fps", type=float, default=5.0, help="camera frames per second")
-    p.add_argument("--update-period", type=float, default=10.0, help="T_update (s)")
-    p.add_argument("--horizon", type=float, default=240.0, help="T_horizon (s)")
-    p.add_argument("--iterations", type=int, default=20, help="K iterations per phase")
-    p.add_argument("--batch-size", type=int, default=8, help="training mini-batch")
-    p.add_argument("--gamma", type=float, default=0.05, help="fraction of parameters per update")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--encoding", default="paper_gzip_fp16", help="update encoding")
-    p.add_argument("--bitrate", type=int, default=200_000, help="uplink H.264 target (bits/s)")
+    p.add_argument("--update-period", type=float, default=_T.update_period_s, help="T_update (s)")
+    p.add_argument("--horizon", type=float, default=_T.horizon_s, help="T_horizon (s)")
+    p.add_argument("--iterations", type=int, default=_T.iterations, help="K iterations per phase")
+    p.add_argument("--batch-size", type=int, default=_T.batch_size, help="training mini-batch")
+    p.add_argument("--gamma", type=float, default=_T.gamma, help="fraction of parameters per update")
+    p.add_argument("--lr", type=float, default=_T.lr, help="Adam learning rate")
+    p.add_argument("--encoding", default=SessionConfig.update_encoding, choices=tuple(ENCODINGS), help="update encoding")
+    p.add_argument("--bitrate", type=int, default=BatchEncoderConfig.bitrate_bps, help="uplink H.264 target (bits/s)")
     p.add_argument("--device-id", default="robot1", help="robot name")
     p.add_argument("--pretrain-steps", type=int, default=300, help="steps of synthetic pretraining when no weights are given")
     p.add_argument("--eval-every", type=int, default=2, help="score every n-th label map (saves CPU)")
@@ -58,9 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # DDS on loopback in a private domain, before rclpy is imported anywhere in this process.
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    os.environ["ROS_DOMAIN_ID"] = str(args.domain_id if args.domain_id is not None else 60 + os.getpid() % 40)
-    from ams_ros.demo_runner import run_demo
+    use_loopback(args.domain_id if args.domain_id is not None else private_domain_id(60, 40))
+    from ams_ros.demo.runner import run_demo
 
     return run_demo(args)
 

@@ -1,4 +1,4 @@
-"""Frame sources for the evaluation, and the labelled clip every scheme is replayed on.
+"""The labelled clip every scheme of the evaluation is replayed on, built from a frame source.
 
 The sources themselves live in :mod:`ams_ros.core.sources` (the ROS camera sampler uses the same
 module): ``open_source(spec, size=None, ...)`` with ``spec`` a video file, an image folder whose
@@ -29,9 +29,10 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from ams_ros.core.models.teachers import label_frames
 from ams_ros.core.sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
 
-__all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper", "label_with"]
+__all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper"]
 
 
 def nominal_fps(spec: str, src: FrameSource) -> float:
@@ -76,13 +77,6 @@ def gt_mapper(spec: str, teacher_space_name: str) -> Callable[[np.ndarray], np.n
     if base == "cityscapes":
         return camvid_to_cityscapes
     return None
-
-
-def label_with(teacher, frames: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:
-    """``teacher.label``; teachers that render by stream time (the synthetic oracle) get the stamps."""
-    if getattr(teacher, "uses_stamps", False) and stamps is not None:
-        return teacher.label(list(frames), stamps=[float(s) for s in stamps])
-    return teacher.label(list(frames))
 
 
 @dataclass
@@ -232,7 +226,7 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
                 if last_slot is not None and slot <= last_slot:
                     continue
                 last_slot = slot
-            lab = label_with(teacher, [rgb], [t])[0]
+            lab = label_frames(teacher, [rgb], [t])[0]
             lab = _to_size(lab, size, nearest=True)
             t_labels.append(lut[lab] if lut is not None else lab)
             if gt is not None and to_gt is not None:

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import threading
+import os
 import time
-from collections import deque
 from pathlib import Path
 
-import numpy as np
-
-from ams_ros.launcher import CONFIG, RosProcess, write_overrides
-
-
-def _selected(args: argparse.Namespace) -> list[str]:
-    return [c.strip() for c in args.selected_classes.split(",") if c.strip()]
+from ams_ros.core.labels import parse_class_list
+from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides
 
 
 def prepare_weights(args: argparse.Namespace, out: Path) -> str:
@@ -24,42 +18,41 @@ def prepare_weights(args: argparse.Namespace, out: Path) -> str:
         return args.student_weights
     if not args.source.startswith("synthetic"):
         raise SystemExit("--student-weights is required with a real source (a checkpoint or tflite:PATH)")
-    from ams_ros.demo_pretrain import pretrained_synthetic_student
+    from ams_ros.demo.pretrain import pretrained_synthetic_student
 
     return str(pretrained_synthetic_student(args, cache_dir=Path(args.cache_dir)))
 
 
 def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) -> tuple[Path, Path]:
-    sel = _selected(args) or [""]
+    """Parameter files layered over config/edge.yaml and config/server.yaml (same layout: the
+    values every node of a process shares in ``/**``, the rest per node)."""
+    sel = parse_class_list(args.selected_classes) or [""]
     dev = args.device_id
+    student = {"student": args.student, "student_weights": weights, "label_space": args.label_space,
+               "selected_classes": sel}
     edge = write_overrides(out / "params_edge.yaml", {
+        "/**": {"device_id": dev, **student},
         "camera_sampler": {
-            "device_id": dev, "source": args.source, "publish_rate": float(args.fps),
+            "source": args.source, "publish_rate": float(args.fps),
             "duration_s": float(args.duration) + 5.0, "stamp_origin": "stream",
             "source_width": args.width, "source_height": args.height,
             "train_width": args.width, "train_height": args.height,
             "update_period": float(args.update_period), "bitrate_bps": int(args.bitrate),
         },
         "student_segmenter": {
-            "device_id": dev, "student": args.student, "student_weights": weights,
-            "label_space": args.label_space, "selected_classes": sel,
             "input_width": args.width, "input_height": args.height, "torch_threads": 1,
             "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
-        "model_patcher": {"device_id": dev},
     })
     server = write_overrides(out / "params_server.yaml", {
-        "teacher_labeler": {"device_ids": [dev], "teacher": args.teacher, "label_space": args.label_space,
-                            "selected_classes": sel},
+        "/**": {"device_ids": [dev], **student},
+        "teacher_labeler": {"teacher": args.teacher},
         "ams_trainer": {
-            "device_ids": [dev], "student": args.student, "student_weights": weights,
-            "label_space": args.label_space, "selected_classes": sel,
             "input_width": args.width, "input_height": args.height, "iterations": int(args.iterations),
             "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
             "update_period_s": float(args.update_period), "lr": float(args.lr), "gamma": float(args.gamma),
             "update_encoding": args.encoding, "torch_threads": 1,
         },
-        "asr_controller": {"device_ids": [dev]},
     })
     return edge, server
 
@@ -68,7 +61,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={__import__('os').environ['ROS_DOMAIN_ID']}, DDS on loopback)")
+    print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, DDS on loopback)")
     weights = prepare_weights(args, out)
     if args.teacher == "oracle":
         if not args.source.startswith("synthetic"):
@@ -78,7 +71,7 @@ def run_demo(args: argparse.Namespace) -> int:
             args.teacher = "oracle:0" + args.teacher[len("oracle"):]
     edge_params, server_params = edge_and_server_params(args, weights, out)
 
-    from ams_ros.demo_observer import Observer
+    from ams_ros.demo.observer import Observer
 
     observer = Observer(args, weights, out)
     server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
@@ -99,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
         server_rc = server.stop()
         observer.close()
     tracebacks = [p.name for p in (edge, server) if "Traceback" in p.output()]
-    from ams_ros.demo_report import write_report
+    from ams_ros.demo.report import write_report
 
     summary = write_report(observer, out, args, extra={
         "edge_pid": edge.pid, "server_pid": server.pid, "edge_exit_code": edge_rc, "server_exit_code": server_rc,

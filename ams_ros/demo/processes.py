@@ -1,12 +1,12 @@
 """Start the `edge` and `server` executables as OS processes, the way the launch files do.
 
 `ros2 launch` is not available everywhere (it cannot be installed from PyPI), so the demo and
-the end-to-end tests start the same executables with the same parameter files themselves.
+the end-to-end tests start the same executables with the same parameter files themselves,
+on loopback DDS (:mod:`ams_ros.local_dds`).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,8 +16,10 @@ from typing import IO
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG = REPO_ROOT / "config"
+from ams_ros.local_dds import loopback_env
+from ams_ros.paths import SOURCE_ROOT, config_dir
+
+CONFIG = config_dir()
 
 
 class _NoAliasDumper(yaml.SafeDumper):
@@ -28,9 +30,10 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def write_overrides(path: Path, sections: dict[str, dict]) -> Path:
-    """Write ``{node: {param: value}}`` as a ROS 2 parameter file."""
+    """Write ``{node: {param: value}}`` as a ROS 2 parameter file (``"/**"``: every node)."""
     # "/**/name" matches the node in any namespace (robots run under /<device_id>)
-    data = {f"/**/{node}": {"ros__parameters": params} for node, params in sections.items()}
+    data = {(node if node.startswith("/") else f"/**/{node}"): {"ros__parameters": params}
+            for node, params in sections.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
     return path
@@ -46,16 +49,16 @@ class RosProcess:
             cmd += ["-r", f"__ns:=/{namespace.strip('/')}"]
         for f in params_files:
             cmd += ["--params-file", str(f)]
-        env = dict(os.environ)
+        env = loopback_env()
         env["PYTHONUNBUFFERED"] = "1"
-        env["PYTHONPATH"] = f"{REPO_ROOT}:{env.get('PYTHONPATH', '')}"
+        env["PYTHONPATH"] = f"{SOURCE_ROOT}:{env.get('PYTHONPATH', '')}"
         env.setdefault("RCUTILS_COLORIZED_OUTPUT", "0")
         self.name = name
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[str] = open(log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, cwd=REPO_ROOT, start_new_session=True)
+                                     text=True, cwd=SOURCE_ROOT, start_new_session=True)
         self._echo = echo
         self._pump = threading.Thread(target=self._copy_output, daemon=True)
         self._pump.start()

@@ -1,0 +1,61 @@
+"""What the three edge nodes of one process share: the double-buffered student, counters,
+patch statistics. The segmenter builds the model from its parameters; the patcher writes
+into it; EdgeStatus reports the counters of all three."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from ams_ros.core.double_buffer import DoubleBufferedModel
+from ams_ros.core.labels import LabelSpace
+from ams_ros.core.models.weights import StudentSpec
+
+
+@dataclass
+class EdgeModel:
+    """Double-buffered student plus the label space its outputs are in."""
+
+    holder: DoubleBufferedModel
+    label_space: LabelSpace
+    student: str
+    input_size: tuple[int, int]
+
+    @classmethod
+    def build(cls, spec: StudentSpec, input_size: tuple[int, int]) -> "EdgeModel":
+        return cls(DoubleBufferedModel(spec.load()), spec.space(), spec.name, input_size)
+
+
+@dataclass
+class PatchStats:
+    applied: int = 0
+    rejected: int = 0
+    last_rejection: str = ""
+
+
+@dataclass
+class EdgeCounters:
+    """Counters shared by the edge nodes of one process, reported in EdgeStatus."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    frames_received: int = 0
+    frames_sampled: int = 0
+    source_frames_skipped: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    sampling_rate: float = 0.0
+    update_period: float = 0.0
+
+
+@dataclass
+class EdgeState:
+    """The shared state of one robot's edge process (the segmenter sets ``model`` when it starts)."""
+
+    counters: EdgeCounters = field(default_factory=EdgeCounters)
+    patch_stats: PatchStats = field(default_factory=PatchStats)
+    model: EdgeModel | None = None
+
+    def require_model(self, who: str) -> EdgeModel:
+        if self.model is None:
+            raise RuntimeError(f"{who} needs the student: build the student_segmenter of this process first")
+        return self.model

@@ -1,0 +1,5 @@
+import sys
+
+from ams_ros.nodes.server.main import main
+
+sys.exit(main())

@@ -1,0 +1,198 @@
+"""ams_trainer: trains each robot's student in phases (Algorithms 1 and 2), publishes updates.
+
+Builds one :class:`~ams_ros.core.server_session.DeviceSession` per robot from its parameters.
+A worker thread runs one phase at a time, robots in turn (the one that waited longest first),
+never an unbounded queue: a slow phase stretches the update period instead. Snapshots are
+served while a phase runs. Training settings (lr, gamma, K, batch size, horizon, strategy,
+encodings) can change at run time and apply from the next phase.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from typing import Any
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from ams_msgs.msg import ModelUpdate, ServerStatus
+from ams_msgs.srv import GetModelSnapshot
+from ams_ros.core.params import fingerprint
+from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.threads import set_torch_threads
+from ams_ros.core.trainer import TrainerConfig
+from ams_ros.nodes import topics
+from ams_ros.nodes.conversions import sec_to_stamp, update_to_msg
+from ams_ros.nodes.parameters import NodeParameters, Param, from_field
+from ams_ros.nodes.qos import qos
+from ams_ros.nodes.server.state import ServerState
+from ams_ros.nodes.shared_params import DEVICE_IDS, STUDENT_PARAMS, device_ids, student_spec
+
+# trainer settings that may change between phases, and the session's
+TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy")
+SESSION_DYNAMIC = ("update_encoding", "snapshot_encoding", "min_samples")
+
+PARAMS = (
+    DEVICE_IDS, *STUDENT_PARAMS,
+    from_field(TrainerConfig, "input_size", name="input_width", index=0, description="Training input width"),
+    from_field(TrainerConfig, "input_size", name="input_height", index=1, description="Training input height"),
+    *(from_field(TrainerConfig, name, dynamic=True) for name in TRAINER_DYNAMIC),
+    from_field(TrainerConfig, "authors_variant"),
+    from_field(SessionConfig, "min_samples", dynamic=True),
+    from_field(SessionConfig, "update_encoding", dynamic=True),
+    from_field(SessionConfig, "snapshot_encoding", dynamic=True),
+    Param("auth_key", "", "Shared HMAC key to sign updates (empty = unsigned)"),
+    from_field(TrainerConfig, "seed"),
+    Param("torch_threads", 0, "Torch intra-op threads for training (0 = torch default)"),
+    Param("update_qos_depth", 10, "Model update QoS depth (reliable)"),
+)
+
+
+def trainer_config(p) -> TrainerConfig:
+    return TrainerConfig(
+        **{name: p[name] for name in TRAINER_DYNAMIC}, authors_variant=bool(p["authors_variant"]),
+        input_size=(int(p["input_width"]), int(p["input_height"])), seed=int(p["seed"]),
+    )
+
+
+class AMSTrainerNode(Node):
+    """Runs training phases for the devices in turn; publishes updates and serves snapshots."""
+
+    def __init__(self, state: ServerState, **kwargs: Any) -> None:
+        super().__init__("ams_trainer", **kwargs)
+        p = self.p = NodeParameters(self, PARAMS, on_change=self._apply_change)
+        set_torch_threads(int(p["torch_threads"]))
+        self.state = state
+        state.bind_devices(device_ids(p), self.get_name())
+        spec = student_spec(p)
+        base = spec.load()
+        self.fingerprint = fingerprint(base)
+        tcfg = trainer_config(p)
+        self.pubs, self.status_pubs = {}, {}
+        group = MutuallyExclusiveCallbackGroup()
+        for dev in state.device_ids:
+            cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
+                                snapshot_encoding=p["snapshot_encoding"],
+                                auth_key=p["auth_key"].encode() or None, min_samples=int(p["min_samples"]))
+            state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
+            self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
+                                                   qos("reliable", int(p["update_qos_depth"])))
+            self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
+                                                          qos("reliable", 10))
+            self.create_service(GetModelSnapshot, topics.for_device(dev, topics.SNAPSHOT_SERVICE),
+                                self._make_snapshot_cb(dev), callback_group=group)
+        self._phase_started: dict[str, float] = {}
+        self._effective: dict[str, float] = {d: tcfg.update_period_s for d in state.device_ids}
+        self._thread = threading.Thread(target=self._work, name="ams_trainer", daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"training {spec.name} for {', '.join(state.device_ids)}: K={tcfg.iterations}, batch {tcfg.batch_size}, "
+            f"horizon {tcfg.horizon_s:g} s, gamma {tcfg.gamma:g} ({tcfg.strategy}), encoding {p['update_encoding']}"
+        )
+
+    def _apply_change(self, changes: dict[str, Any]) -> None:
+        """Run-time changes, for every robot: validated (ValueError: refused, nothing changed),
+        applied at once between phases or else when the running phase ends."""
+        trainer = {k: v for k, v in changes.items() if k in TRAINER_DYNAMIC}
+        sessions = list(self.state.sessions.values())
+        for s in sessions:  # raises ValueError (nothing changed) for an invalid value
+            s.reconfigure(update_encoding=changes.get("update_encoding"), **trainer)
+            s.configure(**{k: v for k, v in changes.items() if k in ("snapshot_encoding", "min_samples")})
+
+    def _make_snapshot_cb(self, dev: str):
+        def cb(req: GetModelSnapshot.Request, resp: GetModelSnapshot.Response):
+            if req.model_fingerprint and req.model_fingerprint != self.fingerprint:
+                resp.success = False
+                resp.message = (f"architecture mismatch: robot runs {req.model_fingerprint[:12]}, server trains "
+                                f"{self.fingerprint[:12]} ({self.p['student']}); use the same student on both")
+                return resp
+            session = self.state.sessions[dev]
+            update = session.snapshot(req.encoding or None)
+            resp.success = True
+            resp.message = f"snapshot v{update.new_version}"
+            resp.snapshot = update_to_msg(update, dev, stamp=self.get_clock().now().to_msg())
+            self.get_logger().info(f"{dev}: served full snapshot v{update.new_version} (robot had v{req.have_version})")
+            return resp
+        return cb
+
+    def _next_device(self) -> str | None:
+        st = self.state
+        with st.cv:
+            while not st.stopping:
+                ready = [d for d in st.device_ids if st.sessions[d].ready()]
+                if ready:  # devices in turn: the one that waited longest goes first
+                    return min(ready, key=lambda d: self._phase_started.get(d, float("-inf")))
+                st.cv.wait(timeout=0.5)
+        return None
+
+    def _work(self) -> None:
+        while True:
+            dev = self._next_device()
+            if dev is None:
+                return
+            session = self.state.sessions[dev]
+            started = time.monotonic()
+            prev = self._phase_started.get(dev)
+            self._phase_started[dev] = started
+            try:
+                outcome = session.run_phase()
+            except Exception as exc:
+                self.state.count_error(dev, f"training failed: {exc}")
+                self.get_logger().error(f"{dev}: training phase failed: {exc}")
+                continue
+            if outcome is None:
+                continue
+            requested = float(session.update_period_s)
+            stretched = outcome.wall_s > requested
+            self._effective[dev] = max(requested, outcome.wall_s, (started - prev) if prev else 0.0)
+            if stretched:
+                self.get_logger().warning(
+                    f"{dev}: phase took {outcome.wall_s:.1f} s > T_update {requested:.1f} s: stretching the period "
+                    f"(batches that arrive meanwhile are merged into the next phase)"
+                )
+            r = outcome.result
+            msg = update_to_msg(outcome.update, dev, stamp=sec_to_stamp(r.now), phase=r.phase, train_seconds=outcome.wall_s)
+            if not rclpy.ok() or self.state.stopping:
+                return
+            self.pubs[dev].publish(msg)
+            self._publish_status(dev, session, outcome, requested, stretched)
+            self.get_logger().info(
+                f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
+                f"loss {r.loss:.3f}, {r.num_samples} samples, {len(r.indices)} params, "
+                f"{len(msg.indices) + len(msg.values)} bytes, {outcome.wall_s:.1f} s"
+            )
+
+    def _publish_status(self, dev: str, session: DeviceSession, outcome, requested: float, stretched: bool) -> None:
+        st = self.state
+        r = outcome.result
+        horizon = session.trainer.config.horizon_s
+        msg = ServerStatus()
+        msg.header.stamp = sec_to_stamp(r.now)
+        msg.device_id = dev
+        msg.phase = int(r.phase)
+        msg.model_version = int(session.version)
+        msg.buffer_frames = int(len(session.trainer.buffer.window(r.now, horizon)))
+        msg.horizon = float(horizon)
+        msg.train_seconds = float(outcome.wall_s)
+        msg.train_loss = float(r.loss)
+        msg.changed_fraction = float(r.changed_fraction)
+        msg.update_period_requested = requested
+        msg.update_period_effective = float(self._effective[dev])
+        msg.period_stretched = bool(stretched)
+        with st.cv:
+            msg.batches_received = st.received[dev]
+            msg.batches_dropped = st.dropped[dev]
+            msg.last_error = st.last_error[dev]
+        self.status_pubs[dev].publish(msg)
+
+    def destroy_node(self) -> None:
+        """Stop the training thread and wait for the phase in hand, so torch's backward pass is
+        never still running while the interpreter shuts down."""
+        self.state.stop()
+        self._thread.join(timeout=60.0)
+        if self._thread.is_alive():
+            self.get_logger().warning("training thread still busy after 60 s; exiting without it")
+        super().destroy_node()

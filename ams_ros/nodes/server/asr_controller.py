@@ -1,0 +1,82 @@
+"""asr_controller: turns each robot's phi-score into sampling commands (paper Eq. 1).
+
+Every second it asks each session whether a rate period has passed; when one has, it publishes
+the new sampling rate and update period (appendix D: longer on static scenes) to the robot.
+Its settings are the core's :class:`~ams_ros.core.rate_control.RateControlConfig` and
+:class:`~ams_ros.core.rate_control.AdaptivePeriodConfig`; they can change at run time, and the
+controllers keep their current rate when they do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from ams_msgs.msg import SamplingCommand
+from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
+from ams_ros.nodes import topics
+from ams_ros.nodes.conversions import sec_to_stamp
+from ams_ros.nodes.parameters import NodeParameters, from_field
+from ams_ros.nodes.qos import qos
+from ams_ros.nodes.server.state import ServerState
+from ams_ros.nodes.shared_params import DEVICE_IDS, device_ids
+
+RATE_FIELDS = ("r_min", "r_max", "r_init", "phi_form", "eta_r", "phi_target", "period_s")
+# parameter name -> AdaptivePeriodConfig field
+PERIOD_FIELDS = {"adaptive_update_period": "enabled", "atp_low": "low", "atp_high": "high",
+                 "atp_step_s": "step_s", "atp_max_factor": "max_factor"}
+
+PARAMS = (
+    DEVICE_IDS,
+    *(from_field(RateControlConfig, name, dynamic=True) for name in RATE_FIELDS),
+    *(from_field(AdaptivePeriodConfig, field, name=name, dynamic=True) for name, field in PERIOD_FIELDS.items()),
+)
+
+
+def rate_configs(values) -> tuple[RateControlConfig, AdaptivePeriodConfig]:
+    """The two configs the parameter values describe (ValueError names an invalid combination)."""
+    return (RateControlConfig(**{k: values[k] for k in RATE_FIELDS}),
+            AdaptivePeriodConfig(**{f: values[n] for n, f in PERIOD_FIELDS.items()}))
+
+
+class ASRController(Node):
+    """Turns each device's phi-score into sampling commands (Eq. 1) every ``period_s``."""
+
+    def __init__(self, state: ServerState, **kwargs: Any) -> None:
+        super().__init__("asr_controller", **kwargs)
+        self.p = NodeParameters(self, PARAMS, on_change=self._apply_change)
+        self.state = state
+        state.bind_devices(device_ids(self.p), self.get_name())
+        if set(state.sessions) != set(state.device_ids):
+            raise RuntimeError("asr_controller needs the robots' sessions: build the ams_trainer of this process first")
+        rate, period = rate_configs(self.p)
+        for session in state.sessions.values():
+            session.configure_rate_control(rate, period, reset=True)
+        self.pubs = {d: self.create_publisher(SamplingCommand, topics.for_device(d, topics.SAMPLING_COMMAND),
+                                              qos("reliable", 10))
+                     for d in state.device_ids}
+        self.create_timer(1.0, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+
+    def _apply_change(self, changes: dict[str, Any]) -> None:
+        rate, period = rate_configs({**self.p, **changes})
+        for session in self.state.sessions.values():
+            session.configure_rate_control(rate, period)
+
+    def _tick(self) -> None:
+        for dev, session in self.state.sessions.items():
+            if session.latest_t is None:
+                continue
+            cmd = session.sampling_command(session.latest_t)
+            if cmd is None:
+                continue
+            rate, period, phi = cmd
+            msg = SamplingCommand()
+            msg.header.stamp = sec_to_stamp(session.latest_t)
+            msg.device_id = dev
+            msg.sampling_rate = float(rate)
+            msg.update_period = float(period)
+            msg.phi = float(phi)
+            self.pubs[dev].publish(msg)
+            self.get_logger().info(f"{dev}: phi {phi:.3f} -> sampling {rate:.2f} frames/s, T_update {period:.1f} s")

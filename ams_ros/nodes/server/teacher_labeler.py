@@ -1,0 +1,128 @@
+"""teacher_labeler: verifies and decodes the robots' frame batches, labels them with the teacher.
+
+Batches wait in a bounded queue per robot (the oldest is dropped, and counted, beyond
+``max_pending_batches``); a worker thread labels the robot with the longest queue first and
+hands the labelled frames to its session. A bad batch is rejected with its reason in
+ServerStatus and never stops the server.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from ams_msgs.msg import FrameBatch
+from ams_ros.core.frame_codec import FrameCodecError
+from ams_ros.core.labels import resolve_label_space
+from ams_ros.core.models.teachers import build_teacher, label_frames, select_classes
+from ams_ros.nodes import topics
+from ams_ros.nodes.conversions import frame_batch_checksum, stamp_to_sec
+from ams_ros.nodes.parameters import NodeParameters, Param, string_list
+from ams_ros.nodes.qos import qos
+from ams_ros.nodes.server.state import ServerState
+from ams_ros.nodes.shared_params import DEVICE_IDS, LABEL_SPACE, SELECTED_CLASSES, device_ids
+
+PARAMS = (
+    DEVICE_IDS,
+    Param("teacher", "oracle", "Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | oracle[:seed] "
+                               "(the synthetic world's)"),
+    LABEL_SPACE, SELECTED_CLASSES,
+    Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
+          dynamic=True),
+    Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
+)
+
+
+class TeacherLabeler(Node):
+    """Decodes frame batches and labels them with the teacher; hands samples to the sessions."""
+
+    def __init__(self, state: ServerState, **kwargs: Any) -> None:
+        super().__init__("teacher_labeler", **kwargs)
+        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
+        self.state = state
+        state.bind_devices(device_ids(self.p), self.get_name())
+        selected = string_list(self.p["selected_classes"])
+        self.teacher = select_classes(build_teacher(self.p["teacher"]), selected)
+        student_space = resolve_label_space(self.p["label_space"], selected)
+        if self.teacher.label_space.num_classes != student_space.num_classes:
+            raise ValueError(
+                f"teacher '{self.p['teacher']}' labels {self.teacher.label_space.num_classes} classes "
+                f"({self.teacher.label_space.name}) but the student predicts {student_space.num_classes} "
+                f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
+        group = MutuallyExclusiveCallbackGroup()
+        for dev in state.device_ids:
+            self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH), self._make_cb(dev),
+                                     qos("reliable", int(self.p["batch_qos_depth"])), callback_group=group)
+        self._unchecked_warned: set[str] = set()
+        self._thread = threading.Thread(target=self._work, name="teacher_labeler", daemon=True)
+        self._thread.start()
+        self.get_logger().info(f"teacher '{self.p['teacher']}' labelling batches of {', '.join(state.device_ids)}")
+
+    @staticmethod
+    def _check_change(changes: dict[str, Any]) -> None:
+        depth = changes.get("max_pending_batches")
+        if depth is not None and depth < 1:
+            raise ValueError(f"max_pending_batches must be >= 1, got {depth}")
+
+    def _make_cb(self, dev: str):
+        def cb(msg: FrameBatch) -> None:
+            st = self.state
+            with st.cv:
+                st.received[dev] += 1
+                q = st.pending[dev]
+                q.append(msg)
+                while len(q) > int(self.p["max_pending_batches"]):
+                    old = q.popleft()
+                    st.dropped[dev] += 1
+                    self.get_logger().warning(f"{dev}: teacher busy, dropped batch {old.batch_seq}")
+                st.cv.notify_all()
+        return cb
+
+    def _next(self):
+        st = self.state
+        with st.cv:
+            while not st.stopping and not any(st.pending.values()):
+                st.cv.wait(timeout=0.5)
+            if st.stopping:
+                return None, None
+            dev = max((d for d in st.device_ids if st.pending[d]), key=lambda d: len(st.pending[d]))
+            return dev, st.pending[dev].popleft()
+
+    def _check_integrity(self, dev: str, msg: FrameBatch) -> None:
+        """Raises FrameCodecError on a checksum mismatch; warns once per device when there is none."""
+        if not msg.checksum:
+            if dev not in self._unchecked_warned:
+                self._unchecked_warned.add(dev)
+                self.get_logger().warning(f"{dev}: frame batches carry no checksum; corruption in transit goes unnoticed")
+            return
+        if msg.checksum != frame_batch_checksum(msg):
+            raise FrameCodecError("checksum mismatch: the batch was corrupted in transit (frames or stamps)")
+
+    def _work(self) -> None:
+        while True:
+            dev, msg = self._next()
+            if dev is None:
+                return
+            try:
+                self._label_batch(dev, msg)
+            except Exception as exc:  # a bad batch must never stop the server
+                self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
+                self.get_logger().error(f"{dev}: rejected batch {msg.batch_seq}: {exc}")
+
+    def _label_batch(self, dev: str, msg: FrameBatch) -> None:
+        self._check_integrity(dev, msg)
+        n = self.state.sessions[dev].add_encoded_batch(
+            bytes(msg.data), msg.codec, int(msg.width), int(msg.height), [stamp_to_sec(s) for s in msg.frame_stamps],
+            lambda frames, stamps: label_frames(self.teacher, frames, stamps))
+        with self.state.cv:
+            self.state.cv.notify_all()
+        self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
+
+    def destroy_node(self) -> None:
+        """Stop the labelling thread (it finishes the batch in hand) before the node goes."""
+        self.state.stop()
+        self._thread.join(timeout=30.0)
+        super().destroy_node()

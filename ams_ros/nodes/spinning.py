@@ -1,0 +1,106 @@
+"""Running a process's nodes: executors, callback-group lanes, start-up failures, clean exit.
+
+Every executable's ``main`` is ``run_process(name, build, args)``: ``build()`` constructs the
+process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_session`) and says which share one MultiThreadedExecutor
+and which get an executor thread of their own; rclpy's own signal handlers turn Ctrl-C and
+SIGTERM into a shutdown of the context, after which every node is destroyed (each node's
+``destroy_node`` stops and joins its own worker threads) and the process exits 0. A failure
+while building the nodes is logged with its traceback and exits 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+
+from ams_ros.nodes.compat import ros_session
+
+
+@dataclass
+class ProcessNodes:
+    """The nodes of one process: ``shared`` spin on one MultiThreadedExecutor (callback groups
+    keep them apart); each of ``dedicated`` gets a SingleThreadedExecutor on a thread of its own."""
+
+    shared: Sequence[Node]
+    dedicated: Sequence[Node] = field(default_factory=tuple)
+    threads: int | None = None
+
+
+def spin_nodes(nodes: ProcessNodes) -> None:
+    """Spin until the context shuts down (Ctrl-C, SIGTERM, ``rclpy.shutdown``), then destroy the nodes.
+
+    Why dedicated executors: rclpy's MultiThreadedExecutor dispatches every callback from one
+    Python loop, and while other work is in flight (a model update arriving, a batch going
+    out) that loop delayed the camera-image callback by 0.4-2.4 s in 9 of 18 demo runs on 2
+    cores; with the segmenter on its own executor the longest gap between two inferences
+    stayed about one frame period (docs/results.md).
+    """
+    executor = MultiThreadedExecutor(num_threads=nodes.threads)
+    for n in nodes.shared:
+        executor.add_node(n)
+    lanes: list[tuple[SingleThreadedExecutor, threading.Thread]] = []
+    for n in nodes.dedicated:
+        lane = SingleThreadedExecutor()
+        lane.add_node(n)
+        lanes.append((lane, threading.Thread(target=_spin_lane, args=(lane, n), name=f"executor:{n.get_name()}",
+                                             daemon=True)))
+    try:
+        for _, thread in lanes:
+            thread.start()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        for lane, thread in lanes:
+            lane.shutdown(timeout_sec=1.0)
+            thread.join(timeout=5.0)
+        for n in [*nodes.dedicated, *nodes.shared]:
+            if n in nodes.shared:
+                executor.remove_node(n)
+            try:
+                n.destroy_node()
+            except Exception as exc:  # keep shutting the others down
+                n.get_logger().error(f"error while shutting down: {exc}")
+        executor.shutdown(timeout_sec=1.0)
+
+
+def _spin_lane(executor: SingleThreadedExecutor, node: Node) -> None:
+    """A dedicated executor's thread: spins until the executor or the context shuts down.
+
+    A callback that raises must not leave the process silently without this node (the segmenter
+    would stop publishing and the process would look healthy): the error is logged with its
+    traceback and the whole process is shut down, so a supervisor sees it exit non-zero."""
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        node.get_logger().fatal(f"callback raised; shutting the process down:\n{traceback.format_exc()}")
+        _LANE_FAILED.set()
+        rclpy.try_shutdown()
+
+
+_LANE_FAILED = threading.Event()
+
+
+def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | None = None) -> int:
+    """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
+    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a dedicated node's callback raised."""
+    try:
+        with ros_session(args if args is not None else sys.argv):
+            try:
+                nodes = build()
+            except Exception:
+                rclpy.logging.get_logger(name).fatal(f"start-up failed:\n{traceback.format_exc()}")
+                return 1
+            spin_nodes(nodes)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    return 1 if _LANE_FAILED.is_set() else 0

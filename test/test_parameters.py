@@ -1,0 +1,161 @@
+"""Run-time parameter changes: applied where it is safe, refused with a reason everywhere else.
+
+The nodes are built in this process and their parameters set directly (no spinning, no DDS
+traffic needed): ``set_parameters`` runs the node's on-set callback synchronously, which is
+what ``ros2 param set`` reaches through the parameter services.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from ros_helpers import require_ros
+
+require_ros()
+
+import rclpy  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+
+from ams_ros.nodes.camera_sampler import CameraSampler  # noqa: E402
+from ams_ros.nodes.edge_state import EdgeState  # noqa: E402
+from ams_ros.nodes.server.ams_trainer import AMSTrainerNode  # noqa: E402
+from ams_ros.nodes.server.asr_controller import ASRController  # noqa: E402
+from ams_ros.nodes.server.state import ServerState  # noqa: E402
+
+SMALL = [Parameter("device_ids", value=["r1", "r2"]), Parameter("input_width", value=32),
+         Parameter("input_height", value=16), Parameter("student", value="lraspp_mobilenet_v3_large")]
+
+
+@pytest.fixture()
+def ros():
+    rclpy.init()
+    nodes = []
+    yield nodes
+    for n in nodes:
+        n.destroy_node()
+    rclpy.shutdown()
+
+
+@pytest.fixture()
+def server(ros):
+    state = ServerState()
+    trainer = AMSTrainerNode(state, parameter_overrides=SMALL)
+    asr = ASRController(state, parameter_overrides=[Parameter("device_ids", value=["r1", "r2"])])
+    ros += [asr, trainer]
+    return state, trainer, asr
+
+
+def _set(node, name, value):
+    (result,) = node.set_parameters([Parameter(name, value=value)])
+    return result
+
+
+def test_a_new_learning_rate_and_gamma_reach_every_robots_trainer(server):
+    state, trainer, _ = server
+    assert _set(trainer, "lr", 0.0005).successful
+    assert _set(trainer, "gamma", 0.1).successful
+    assert _set(trainer, "update_encoding", "residual_zlib_q6").successful
+    for session in state.sessions.values():
+        assert session.trainer.config.lr == 0.0005 and session.trainer.config.gamma == 0.1
+        assert session.config.update_encoding == "residual_zlib_q6"
+    assert trainer.get_parameter("gamma").value == 0.1
+
+
+def test_a_change_during_a_phase_waits_for_the_phase_to_end(server):
+    state, trainer, _ = server
+    session = state.sessions["r1"]
+    in_phase, phase_done = threading.Event(), threading.Event()
+
+    def phase() -> None:  # holds the phase lock as run_phase does, on the trainer's own thread
+        with session.lock:
+            in_phase.set()
+            assert phase_done.wait(10)
+            session._apply_pending()  # what the next run_phase does first
+
+    worker = threading.Thread(target=phase)
+    worker.start()
+    assert in_phase.wait(10)
+    assert _set(trainer, "iterations", 3).successful  # accepted at once (the service does not wait) ...
+    assert session.trainer.config.iterations == 20     # ... but never applied in the middle of a phase
+    assert state.sessions["r2"].trainer.config.iterations == 3  # a robot between phases has it already
+    phase_done.set()
+    worker.join(10)
+    assert session.trainer.config.iterations == 3
+
+
+@pytest.mark.parametrize("name, value, reason", [
+    ("gamma", 1.5, "gamma must be in (0, 1]"),
+    ("lr", -1.0, "lr must be > 0"),
+    ("strategy", "best", "one of: gradient_guided"),
+    ("update_encoding", "zip", "one of: paper_gzip_fp16"),
+])
+def test_an_invalid_training_value_is_refused_with_the_reason_and_changes_nothing(server, name, value, reason):
+    state, trainer, _ = server
+    before = trainer.get_parameter(name).value
+    result = _set(trainer, name, value)
+    assert not result.successful and reason in result.reason
+    assert trainer.get_parameter(name).value == before
+    assert getattr(state.sessions["r1"].trainer.config, name, before) == before or name == "update_encoding"
+    assert state.sessions["r1"].config.update_encoding == "paper_gzip_fp16"
+
+
+@pytest.mark.parametrize("name, value", [("student", "deeplabv3_mobilenet_v2"), ("input_width", 64),
+                                         ("device_ids", ["r3"]), ("auth_key", "secret"), ("seed", 3)])
+def test_start_up_parameters_are_read_only_instead_of_silently_ignored(server, name, value):
+    _, trainer, _ = server
+    before = trainer.get_parameter(name).value
+    result = _set(trainer, name, value)
+    assert not result.successful and "read-only" in result.reason
+    assert trainer.get_parameter(name).value == before
+    assert trainer.describe_parameter(name).read_only
+
+
+def test_rate_settings_apply_to_every_robot_and_keep_the_current_rate(server):
+    state, _, asr = server
+    for s in state.sessions.values():
+        s.rate.rate = 0.8
+    assert _set(asr, "r_max", 0.5).successful
+    assert _set(asr, "eta_r", 3.0).successful
+    for s in state.sessions.values():
+        assert s.rate.r_max == 0.5 and s.rate.rate == 0.5 and s.rate.eta_r == 3.0  # clipped, not reset
+        assert s.config.rate.r_max == 0.5
+    result = _set(asr, "r_min", 0.9)  # above r_max
+    assert not result.successful and "r_min <= r_max" in result.reason
+    assert all(s.rate.r_min == 0.1 for s in state.sessions.values())
+
+
+def test_the_asr_start_up_values_are_the_controllers_initial_state(ros):
+    state = ServerState()
+    trainer = AMSTrainerNode(state, parameter_overrides=SMALL)
+    asr = ASRController(state, parameter_overrides=[Parameter("device_ids", value=["r1", "r2"]),
+                                                    Parameter("r_init", value=0.4), Parameter("period_s", value=5.0)])
+    ros += [asr, trainer]
+    assert all(s.rate.rate == 0.4 and s.rate.period_s == 5.0 for s in state.sessions.values())
+
+
+def test_a_value_outside_the_choices_is_a_start_up_error_naming_them(ros):
+    with pytest.raises(ValueError, match="strategy='best' is not valid; choose one of: gradient_guided"):
+        AMSTrainerNode(ServerState(), parameter_overrides=[*SMALL, Parameter("strategy", value="best")])
+
+
+def test_nodes_of_one_server_must_name_the_same_robots(ros):
+    state = ServerState()
+    ros.append(AMSTrainerNode(state, parameter_overrides=SMALL))
+    with pytest.raises(ValueError, match="set device_ids once"):
+        ASRController(state, parameter_overrides=[Parameter("device_ids", value=["r1"])])
+
+
+def test_the_uplink_encoder_settings_apply_from_the_next_batch(ros):
+    node = CameraSampler(EdgeState(), parameter_overrides=[Parameter("source", value="synthetic:0"),
+                                                           Parameter("source_width", value=32),
+                                                           Parameter("source_height", value=16)])
+    ros.append(node)
+    assert _set(node, "bitrate_bps", 100_000).successful
+    assert _set(node, "x264_preset", "veryfast").successful
+    assert node.encoder_config.bitrate_bps == 100_000 and node.encoder_config.preset == "veryfast"
+    result = _set(node, "x264_preset", "turbo")
+    assert not result.successful and "one of: ultrafast" in result.reason
+    assert node.encoder_config.preset == "veryfast"
+    assert not _set(node, "train_width", 64).successful  # the sampler's buffer size is fixed at start-up
