@@ -1,8 +1,8 @@
 """Running a process's nodes: executors, callback-group lanes, start-up failures, clean exit.
 
 Every executable's ``main`` is ``run_process(name, build, args)``: ``build()`` constructs the
-process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_session`) and says which share one MultiThreadedExecutor
-and which get an executor thread of their own; rclpy's own signal handlers turn Ctrl-C and
+process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_session`) and
+says which share one MultiThreadedExecutor and which get an executor thread of their own; rclpy's own signal handlers turn Ctrl-C and
 SIGTERM into a shutdown of the context, after which every node is destroyed (each node's
 ``destroy_node`` stops and joins its own worker threads) and the process exits 0. A failure
 while building the nodes is logged with its traceback and exits 1.
@@ -37,10 +37,9 @@ def spin_nodes(nodes: ProcessNodes) -> None:
     """Spin until the context shuts down (Ctrl-C, SIGTERM, ``rclpy.shutdown``), then destroy the nodes.
 
     Why dedicated executors: rclpy's MultiThreadedExecutor dispatches every callback from one
-    Python loop, and while other work is in flight (a model update arriving, a batch going
-    out) that loop delayed the camera-image callback by 0.4-2.4 s in 9 of 18 demo runs on 2
-    cores; with the segmenter on its own executor the longest gap between two inferences
-    stayed about one frame period (docs/results.md).
+    Python loop, which delayed camera images by seconds while updates arrived or batches left;
+    on its own executor the segmenter keeps pace with the camera (measurements: docs/results.md,
+    "The demo").
     """
     executor = MultiThreadedExecutor(num_threads=nodes.threads)
     for n in nodes.shared:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ams_ros.core.models.student import build_student
+
 log = logging.getLogger(__name__)
 
 CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
@@ -160,8 +162,6 @@ def tflite_num_classes(path: str | os.PathLike) -> int:
 
 def import_tflite_student(path: str | os.PathLike) -> nn.Module:
     """A new ``deeplabv3_mobilenet_v2`` carrying the TFLite model's weights (its class count)."""
-    from ams_ros.core.models.student import build_student
-
     model = build_student("deeplabv3_mobilenet_v2", num_classes=tflite_num_classes(path))
     import_tflite_weights(model, path)
     return model.eval()
