@@ -22,6 +22,8 @@ from rclpy.node import Node
 
 from ams_ros.nodes.compat import ros_session
 
+_CALLBACK_FAILED = threading.Event()  # set when a callback raised: the process exits 1
+
 
 @dataclass
 class ProcessNodes:
@@ -56,6 +58,10 @@ def spin_nodes(nodes: ProcessNodes) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if executor.context.ok():  # a callback failed; while shutting down, a publish can race the context
+            rclpy.logging.get_logger("spin").fatal(f"callback raised; shutting the process down:\n{traceback.format_exc()}")
+            _CALLBACK_FAILED.set()
     finally:
         for lane, thread in lanes:
             lane.shutdown(timeout_sec=1.0)
@@ -81,17 +87,17 @@ def _spin_lane(executor: SingleThreadedExecutor, node: Node) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
+        if not executor.context.ok():  # shutting down: a publish raced the context going away
+            return
         node.get_logger().fatal(f"callback raised; shutting the process down:\n{traceback.format_exc()}")
-        _LANE_FAILED.set()
+        _CALLBACK_FAILED.set()
         rclpy.try_shutdown()
 
-
-_LANE_FAILED = threading.Event()
 
 
 def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | None = None) -> int:
     """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
-    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a dedicated node's callback raised."""
+    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised."""
     try:
         with ros_session(args if args is not None else sys.argv):
             try:
@@ -102,4 +108,4 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
             spin_nodes(nodes)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    return 1 if _LANE_FAILED.is_set() else 0
+    return 1 if _CALLBACK_FAILED.is_set() else 0

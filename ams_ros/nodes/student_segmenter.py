@@ -116,6 +116,10 @@ class StudentSegmenter(Node):
             self.frames_rejected += 1
             self._reject("image", str(exc))
             return
+        except Exception as exc:  # cv_bridge or a driver's odd message: one bad frame never stops inference
+            self.frames_rejected += 1
+            self._reject("image", f"{type(exc).__name__}: {exc}")
+            return
         t_ask = time.perf_counter()
         with self.model.holder.use() as net:  # a concurrent swap never blocks this, nor writes into net
             wait = (time.perf_counter() - t_ask) * 1000.0

@@ -1,0 +1,61 @@
+"""How an executable ends: 0 after Ctrl-C or SIGTERM with every node destroyed (rclpy's own
+signal handlers, no handler of ours), 1 with the traceback when start-up fails, 1 when a node on
+its own executor thread raises (before, that thread died and the process went on silently)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from ros_helpers import require_ros, start_python
+
+require_ros()
+
+PEER = "test/spinning_peer.py"
+
+
+def _wait_for(proc, *texts: str, timeout: float = 60.0) -> list[str]:
+    """Read the peer's output until every one of ``texts`` was printed (in any order)."""
+    lines: list[str] = []
+    missing = set(texts)
+    deadline = time.monotonic() + timeout
+    while missing and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        missing = {t for t in missing if t not in line}
+    if missing:
+        raise AssertionError(f"{sorted(missing)} not seen; output:\n{''.join(lines)}")
+    return lines
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_destroys_every_node_and_exits_0(sig):
+    proc = start_python([PEER, "ok"])
+    try:
+        _wait_for(proc, "lane_peer spinning", "shared_peer spinning")
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "lane_peer destroyed" in out and "shared_peer destroyed" in out
+    assert "Traceback" not in out
+
+
+def test_a_start_up_failure_is_logged_with_its_traceback_and_exits_1():
+    proc = start_python([PEER, "startup"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "start-up failed" in out and "Traceback" in out and "choose one of: 1, 2" in out
+
+
+def test_a_raising_callback_on_a_dedicated_executor_ends_the_process_with_1():
+    proc = start_python([PEER, "raise"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "boom in a callback" in out and "shutting the process down" in out
+    assert "shared_peer destroyed" in out
