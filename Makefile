@@ -38,7 +38,7 @@ bench: setup
 eval: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.eval.cli $(ARGS)
 
-# every distribution's build, install and log folders (the venvs stay: `rm -rf .venv-*` for those);
+# every distribution's build, install and log folders (the venvs stay: `rm -rf .venv .venv-*` for those);
 # build/ install/ log/ .venv are the single-distribution layout of earlier checkouts
 clean:
 	rm -rf $(foreach d,$(DISTROS),build-$(d) install-$(d) log-$(d) .env-$(d).sh) build install log log-colcon-build.txt out .env.sh

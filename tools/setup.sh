@@ -64,6 +64,10 @@ fi
 
 # 2. virtual environment with pinned dependencies (the distribution's file and the common one)
 req_hash=$(cat "$REQ" requirements/common.txt | sha256sum | cut -d' ' -f1)
+if [ -e "$VENV" ] && ! { [ -f "$VENV/pyvenv.cfg" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; }; then
+  log "$VENV is not a working venv (an interrupted install or removal?): creating it anew"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PY" -m venv "$VENV"
