@@ -43,7 +43,7 @@ for f in "${TEACHER#tflite:}" "${STUDENT#tflite:}"; do
   [ -f "$f" ] || { echo "eval_devset: $f is missing: set AMS_ASSETS to the shared assets folder" >&2; exit 2; }
 done
 
-set +u; source .env.sh; set -u   # colcon's setup scripts read unset variables
+set +u; source .env.sh || exit 1; set -u   # .env.sh picks the distribution as make does; colcon's setup scripts read unset variables
 run() { echo "+ $*"; "$@"; }
 for clip in "${clips[@]}"; do
   [ -n "${SRC[$clip]:-}" ] || { echo "eval_devset: unknown clip '$clip' (${!SRC[*]})" >&2; exit 2; }

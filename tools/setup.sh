@@ -1,18 +1,56 @@
 #!/usr/bin/env bash
-# One-command set-up of the ams_ros workspace on a fresh machine (idempotent):
+# One-command set-up of the ams_ros workspace on a fresh machine (idempotent), for one ROS 2
+# distribution at a time, each in its own folders so that switching never mixes them:
 #   1. system build tools (cmake, g++, make) via apt when missing,
-#   2. .venv with the pinned Python dependencies (requirements.txt),
-#   3. colcon build of ams_msgs + ams_ros against the venv,
-#   4. .env.sh that puts the venv, AMENT_PREFIX_PATH and the overlay in place.
+#   2. .venv-<distro> with the pinned Python dependencies (requirements/<distro>.txt),
+#   3. colcon build of ams_msgs + ams_ros against that venv into build-<distro>/,
+#      install-<distro>/ and log-<distro>/,
+#   4. .env-<distro>.sh that puts the venv, AMENT_PREFIX_PATH and the overlay in place, and
+#      .env.sh, which sources the .env-<distro>.sh of the distribution chosen as below.
 # A second run with nothing changed only compares stamps and takes seconds.
+#
+# The distribution: AMS_ROS_DISTRO, else ROS_DISTRO (which a sourced /opt/ros/<distro>/setup.bash
+# sets on a ROS machine), else jazzy. Only distributions with PyPI wheels are accepted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
+DISTROS="jazzy kilted"
+DISTRO=${AMS_ROS_DISTRO:-${ROS_DISTRO:-jazzy}}
+case " $DISTROS " in
+  *" $DISTRO "*) ;;
+  *)
+    src=ROS_DISTRO; [ -n "${AMS_ROS_DISTRO:-}" ] && src=AMS_ROS_DISTRO
+    echo "[setup] $src='$DISTRO' is not a ROS 2 distribution this workspace can install (PyPI wheels exist for: ${DISTROS// /, })." >&2
+    echo "[setup] Pick one: 'make setup' (jazzy, the default) or 'ROS_DISTRO=kilted make setup';" \
+         "where ROS_DISTRO names another distribution (e.g. a sourced /opt/ros/humble), set AMS_ROS_DISTRO=jazzy or kilted, which wins." >&2
+    exit 2 ;;
+esac
+VENV="$ROOT/.venv-$DISTRO"
+BUILD="$ROOT/build-$DISTRO"
+INSTALL="$ROOT/install-$DISTRO"
+LOGDIR="$ROOT/log-$DISTRO"
+REQ="requirements/$DISTRO.txt"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 
-log() { printf '[setup] %s\n' "$*"; }
+log() { printf '[setup:%s] %s\n' "$DISTRO" "$*"; }
+
+# A shell that sourced a ROS installation (/opt/ros/...) or a workspace of this checkout (either
+# distribution) must not leak into this one: drop their entries from the search paths.
+strip_foreign() {  # VAR: remove entries under /opt/ros/ and this checkout's venvs and colcon folders
+  local var=$1 out="" entry parts=()
+  IFS=: read -r -a parts <<< "${!var:-}"
+  for entry in "${parts[@]}"; do
+    case "$entry" in
+      ""|/opt/ros/*) continue ;;
+      "$ROOT"|"$ROOT"/.venv*|"$ROOT"/install*|"$ROOT"/build*) continue ;;
+    esac
+    out=${out:+$out:}$entry
+  done
+  if [ -n "$out" ]; then export "$var=$out"; else unset "$var"; fi
+}
+for v in PATH PYTHONPATH LD_LIBRARY_PATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH COLCON_PREFIX_PATH; do strip_foreign "$v"; done
+unset VIRTUAL_ENV _ROS_WHEELS_BOOTSTRAP_COMPLETE
 
 # 1. system tools
 missing=()
@@ -24,45 +62,85 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake g++ make >/dev/null
 fi
 
-# 2. virtual environment with pinned dependencies
-req_hash=$(sha256sum requirements.txt | cut -d' ' -f1)
+# 2. virtual environment with pinned dependencies (the distribution's file and the common one)
+req_hash=$(cat "$REQ" requirements/common.txt | sha256sum | cut -d' ' -f1)
+if [ -e "$VENV" ] && ! { [ -f "$VENV/pyvenv.cfg" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.prefix == sys.base_prefix)' 2>/dev/null; }; then
+  log "$VENV is not a working venv (an interrupted install or removal?): creating it anew"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$VENV/.requirements.sha" 2>/dev/null)" != "$req_hash" ]; then
-  log "installing Python dependencies (torch from local disk, ROS 2 Kilted wheels from PyPI); takes a few minutes the first time"
-  "$VENV/bin/python" -m pip install -q -r requirements.txt
+  log "installing Python dependencies ($REQ: torch from local disk, ROS 2 $DISTRO wheels from PyPI); takes a few minutes the first time"
+  "$VENV/bin/python" -m pip install -q -r "$REQ"
   echo "$req_hash" > "$VENV/.requirements.sha"
-  rm -f "$ROOT/build/.colcon.sha"
+  rm -f "$BUILD/.colcon.sha"
 else
-  log "Python dependencies up to date"
+  log "Python dependencies up to date ($VENV)"
 fi
 
 # 3. colcon build (ams_msgs interfaces + ams_ros python package, symlinked for live edits)
-src_hash=$( { find ams_msgs -type f | sort | xargs sha256sum; sha256sum package.xml setup.py setup.cfg colcon_defaults.yaml tools/cmake/*.cmake; ls launch config rviz 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$ROOT/build/.colcon.sha" 2>/dev/null)" != "$src_hash" ] || [ ! -f install/setup.bash ]; then
-  log "building the workspace with colcon"
+src_hash=$( { echo "$DISTRO $req_hash"; find ams_msgs -type f | sort | xargs sha256sum; sha256sum package.xml setup.py setup.cfg colcon_defaults.yaml tools/cmake/*.cmake; ls launch config rviz 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$BUILD/.colcon.sha" 2>/dev/null)" != "$src_hash" ] || [ ! -f "$INSTALL/setup.bash" ]; then
+  log "building the workspace with colcon into ${BUILD#"$ROOT"/}/ and ${INSTALL#"$ROOT"/}/"
+  mkdir -p "$LOGDIR"
   export AMENT_PREFIX_PATH="$VENV"
   export PATH="$VENV/bin:$PATH"
-  "$VENV/bin/colcon" build --symlink-install --base-paths . ams_msgs \
+  "$VENV/bin/colcon" --log-base "$LOGDIR" build --symlink-install --base-paths . ams_msgs \
+      --build-base "$BUILD" --install-base "$INSTALL" \
       --event-handlers console_cohesion- status- summary+ \
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" \
                    -DCMAKE_PROJECT_INCLUDE="$ROOT/tools/cmake/strip_missing_wheel_includes.cmake" \
-                   -DBUILD_TESTING=OFF > "$ROOT/log-colcon-build.txt" 2>&1 \
-    || { tail -40 "$ROOT/log-colcon-build.txt"; echo "[setup] colcon build failed (full log: log-colcon-build.txt)" >&2; exit 1; }
-  mkdir -p build && echo "$src_hash" > build/.colcon.sha
+                   -DBUILD_TESTING=OFF > "$LOGDIR/colcon-build.txt" 2>&1 \
+    || { tail -40 "$LOGDIR/colcon-build.txt"; echo "[setup:$DISTRO] colcon build failed (full log: ${LOGDIR#"$ROOT"/}/colcon-build.txt)" >&2; exit 1; }
+  mkdir -p "$BUILD" && echo "$src_hash" > "$BUILD/.colcon.sha"
 else
-  log "workspace build up to date"
+  log "workspace build up to date (${INSTALL#"$ROOT"/}/)"
 fi
 
-# 4. environment file
-cat > .env.sh <<ENV
-# Generated by tools/setup.sh: source it to use the ams_ros workspace from this checkout.
+# 4. environment files: .env-<distro>.sh for this distribution, .env.sh to pick one
+cat > ".env-$DISTRO.sh.tmp" <<ENV
+# Generated by tools/setup.sh: source it to use the ams_ros workspace of this checkout on ROS 2 $DISTRO.
+# Entries of a sourced /opt/ros/... and of this checkout's venvs and colcon folders (either
+# distribution) are dropped first; this file then adds its own.
+_ams_strip() {
+  local var=\$1 out="" entry parts=()
+  IFS=: read -r -a parts <<< "\${!var:-}"
+  for entry in "\${parts[@]}"; do
+    case "\$entry" in
+      ""|/opt/ros/*) continue ;;
+      "$ROOT"|"$ROOT"/.venv*|"$ROOT"/install*|"$ROOT"/build*) continue ;;
+    esac
+    out=\${out:+\$out:}\$entry
+  done
+  if [ -n "\$out" ]; then export "\$var=\$out"; else unset "\$var"; fi
+}
+for _ams_v in PATH PYTHONPATH LD_LIBRARY_PATH AMENT_PREFIX_PATH CMAKE_PREFIX_PATH COLCON_PREFIX_PATH; do _ams_strip "\$_ams_v"; done
+unset -f _ams_strip; unset _ams_v VIRTUAL_ENV _ROS_WHEELS_BOOTSTRAP_COMPLETE
 source "$VENV/bin/activate"
+export ROS_DISTRO=$DISTRO ROS_VERSION=2 ROS_PYTHON_VERSION=3
 export AMENT_PREFIX_PATH="$VENV"
-source "$ROOT/install/setup.bash"
+source "$INSTALL/setup.bash"
 case ":\$AMENT_PREFIX_PATH:" in *":$VENV:"*) ;; *) export AMENT_PREFIX_PATH="\$AMENT_PREFIX_PATH:$VENV" ;; esac
-export PYTHONPATH="$ROOT:\${PYTHONPATH:-}"
+export PYTHONPATH="$ROOT\${PYTHONPATH:+:\$PYTHONPATH}"
+export LD_LIBRARY_PATH="\${LD_LIBRARY_PATH%:}"   # colcon leaves a trailing ":" (= the current directory)
 ENV
-log "ready: source .env.sh"
+mv ".env-$DISTRO.sh.tmp" ".env-$DISTRO.sh"
+cat > .env.sh.tmp <<ENV
+# Generated by tools/setup.sh: source it for the ams_ros workspace of this checkout on the ROS 2
+# distribution AMS_ROS_DISTRO, else ROS_DISTRO, else jazzy (each set up by \`make setup\`).
+_ams_distro=\${AMS_ROS_DISTRO:-\${ROS_DISTRO:-jazzy}}
+case "\$_ams_distro" in
+  ${DISTROS// /|}) ;;
+  *) echo ".env.sh: ROS 2 distribution '\$_ams_distro' is not one of: ${DISTROS// /, } (set AMS_ROS_DISTRO)" >&2; unset _ams_distro; return 2 ;;
+esac
+if [ -f "$ROOT/.env-\$_ams_distro.sh" ]; then
+  source "$ROOT/.env-\$_ams_distro.sh"; unset _ams_distro
+else
+  echo ".env.sh: \$_ams_distro is not set up here yet: run 'AMS_ROS_DISTRO=\$_ams_distro make setup'" >&2; unset _ams_distro; return 1
+fi
+ENV
+mv .env.sh.tmp .env.sh
+log "ready: source .env-$DISTRO.sh (or .env.sh, which picks the distribution as make does)"

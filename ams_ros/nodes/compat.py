@@ -1,23 +1,52 @@
-"""rclpy API differences between the ROS 2 distributions ams_ros supports (Jazzy, Kilted).
+"""rclpy differences between the ROS 2 distributions ams_ros runs on.
 
-- ``with rclpy.init(args=...)``: Kilted's rclpy (9.x) returns a context manager from ``init``;
-  Jazzy's (7.x) returns None. :func:`ros_session` is the same ``with`` block on both: init on
-  entry, ``try_shutdown`` on exit (also after an exception or a signal).
+ams_ros runs on Jazzy (rclpy 7.x, the default) and Kilted (rclpy 9.x) with one code base. The
+one difference its code can meet:
+
+* ``with rclpy.init(args=...):`` works on Kilted only. Kilted's ``rclpy.init`` returns an
+  ``InitContextManager`` whose exit shuts the context down; Jazzy's returns ``None``, so the
+  ``with`` statement raises ``TypeError`` (and ``Node``, publishers, timers etc. are context
+  managers on Kilted only, too). :func:`ros_init` is ``rclpy.init`` that is a context manager on
+  both: it initialises at once (so it may also be called as a plain function, as
+  ``rclpy.init`` is) and, used with ``with``, shuts the context down on exit.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, List, Optional
 
 import rclpy
+from rclpy.utilities import get_default_context
 
 
-@contextmanager
-def ros_session(args: list[str] | None = None) -> Iterator[None]:
-    """``with rclpy.init(args=args):`` on every supported distribution."""
-    rclpy.init(args=args)
-    try:
-        yield
-    finally:
-        rclpy.try_shutdown()
+def init_returns_context_manager() -> bool:
+    """True where ``rclpy.init`` itself returns a context manager (Kilted's rclpy 9.x on)."""
+    return hasattr(rclpy, "InitContextManager")
+
+
+class _InitContext:
+    """What :func:`ros_init` returns on Jazzy: shuts down what it initialised on ``__exit__``."""
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def __enter__(self) -> "_InitContext":
+        return self
+
+    def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        # As Kilted's InitContextManager: the default context is shut down through
+        # try_shutdown(context=None), which replaces it so that rclpy.init() works again.
+        default = self.context is get_default_context()
+        rclpy.try_shutdown(context=None if default else self.context)
+
+
+def ros_init(args: Optional[List[str]] = None, *, context: Any = None,
+             domain_id: Optional[int] = None, signal_handler_options: Any = None) -> Any:
+    """``rclpy.init(args=..., ...)`` that can be used as ``with ros_init(args=...):`` on every distro."""
+    kwargs: dict[str, Any] = {"args": args, "context": context, "domain_id": domain_id}
+    if signal_handler_options is not None:
+        kwargs["signal_handler_options"] = signal_handler_options
+    result = rclpy.init(**kwargs)
+    if result is not None and hasattr(result, "__exit__"):
+        return result  # Kilted on: rclpy's own InitContextManager
+    return _InitContext(get_default_context() if context is None else context)

@@ -1,7 +1,7 @@
 """Running a process's nodes: executors, callback-group lanes, start-up failures, clean exit.
 
 Every executable's ``main`` is ``run_process(name, build, args)``: ``build()`` constructs the
-process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_session`) and
+process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_init`) and
 says which share one MultiThreadedExecutor and which get an executor thread of their own; rclpy's own signal handlers turn Ctrl-C and
 SIGTERM into a shutdown of the context, after which every node is destroyed (each node's
 ``destroy_node`` stops and joins its own worker threads) and the process exits 0. A failure
@@ -20,7 +20,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
-from ams_ros.nodes.compat import ros_session
+from ams_ros.nodes.compat import ros_init
 
 _CALLBACK_FAILED = threading.Event()  # set when a callback raised: the process exits 1
 
@@ -103,7 +103,7 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
     """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
     0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised."""
     try:
-        with ros_session(args if args is not None else sys.argv):
+        with ros_init(args=args if args is not None else sys.argv):
             try:
                 nodes = build()
             except Exception:
