@@ -67,6 +67,8 @@ class EncodedUpdate:
     num_selected: int
     checksum: str = ""
     auth_tag: bytes = b""
+    # the server-side version chain this update belongs to (see ModelUpdate.msg); "" = untagged
+    chain_tag: str = ""
 
     def compute_checksum(self) -> str:
         h = hashlib.sha256()

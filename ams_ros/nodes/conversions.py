@@ -107,6 +107,7 @@ def update_to_msg(update: EncodedUpdate, device_id: str, stamp: Time | None = No
     msg.values = bytes(update.values_blob)
     msg.checksum = update.checksum
     msg.auth_tag = bytes(update.auth_tag)
+    msg.chain_tag = update.chain_tag
     msg.phase = int(phase)
     msg.train_seconds = float(train_seconds)
     return msg
@@ -125,4 +126,5 @@ def msg_to_update(msg: ModelUpdate) -> EncodedUpdate:
         num_selected=int(msg.num_selected),
         checksum=msg.checksum,
         auth_tag=bytes(msg.auth_tag),
+        chain_tag=msg.chain_tag,
     )
