@@ -36,6 +36,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="Label space of the teacher and the student (synthetic | cityscapes | voc | camvid)"),
         DeclareLaunchArgument("update_encoding", default_value="paper_gzip_fp16", choices=ENCODINGS,
                               description="Encoding of the sparse model updates (see docs/results.md for sizes and decode times)"),
+        DeclareLaunchArgument("state_dir", default_value="",
+                              description="Folder where each robot's session is saved after every phase and resumed "
+                                          "from at start-up (empty = no persistence)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -55,6 +58,7 @@ def generate_launch_description() -> LaunchDescription:
              "student_weights": LaunchConfiguration("student_weights"),
              "label_space": LaunchConfiguration("label_space"),
              "update_encoding": LaunchConfiguration("update_encoding"),
+             "state_dir": LaunchConfiguration("state_dir"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

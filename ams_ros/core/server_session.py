@@ -7,8 +7,10 @@ evaluation harness drive this class; they differ only in how bytes travel.
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
@@ -31,8 +33,24 @@ from ams_ros.core.update_codec import (
     UnencodableValues,
     decode_update,
     encode_snapshot,
+    encode_catch_up,
     ship_update,
 )
+
+
+def new_chain_tag() -> str:
+    """A random id for a new version chain (64 bits: two server runs never draw the same)."""
+    return secrets.token_hex(8)
+
+
+@dataclass
+class Resync:
+    """What the server sends a robot that asked to resync, and why (for both sides' logs)."""
+
+    update: EncodedUpdate
+    kind: str  # "catch_up" | "snapshot"
+    reason: str
+    warning: str = ""  # set when the robot was ahead of the server's chain
 
 
 @dataclass
@@ -48,9 +66,14 @@ class SessionConfig:
     min_samples: int = knob(1, "New labelled samples needed before a phase runs")
     rate: RateControlConfig = field(default_factory=RateControlConfig)
     adaptive_period: AdaptivePeriodConfig = field(default_factory=AdaptivePeriodConfig)
+    catch_up_versions: int = knob(8, "Phases whose changed coordinates the server keeps, to answer a robot up to "
+                                     "this many versions behind with one catch-up update instead of a snapshot "
+                                     "(0 = always a snapshot)")
 
     def __post_init__(self) -> None:
         check_choice("update_encoding", self.update_encoding, tuple(ENCODINGS))
+        if self.catch_up_versions < 0:
+            raise ValueError(f"catch_up_versions must be >= 0, got {self.catch_up_versions}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -75,6 +98,10 @@ class DeviceSession:
         self.config = config or SessionConfig()
         self.trainer = AMSTrainer(model, self.config.trainer)
         self.version = 0
+        # the version chain this session makes; drawn here, persisted with the session
+        self.chain_tag = new_chain_tag()
+        # (new_version, indices changed by the phase that made it): the last catch_up_versions phases
+        self.history: deque[tuple[int, np.ndarray]] = deque(maxlen=max(1, self.config.catch_up_versions))
         self.lock = threading.RLock()  # guards model + version: a snapshot never sees half a phase
         self._rate_lock = threading.Lock()  # guards rate control and queued setting changes
         self._pending: dict[str, Any] = {}
@@ -210,9 +237,11 @@ class DeviceSession:
                     f"phase {result.phase} diverged: {exc} (loss {result.loss:.3g}); the phase was undone and "
                     f"the model stays at v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
                 ) from exc
+            update.chain_tag = self.chain_tag
             if self.config.auth_key:
                 update.sign(self.config.auth_key, self.device_id)
             self.version += 1
+            self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
         self.last_phase_wall_s = time.perf_counter() - t0
         return PhaseOutcome(update, result, self.last_phase_wall_s)
 
@@ -224,9 +253,78 @@ class DeviceSession:
             # every coordinate no later sparse update touches.
             idx, vals = decode_update(update, self.model)
             write_flat(self.model, idx, vals)
+            update.chain_tag = self.chain_tag
             if self.config.auth_key:
                 update.sign(self.config.auth_key, self.device_id)
             return update
+
+    def catch_up(self, have_version: int, encoding: str | None = None) -> EncodedUpdate | None:
+        """One sparse update from ``have_version`` (of this chain) to the current version: the
+        union of the coordinates the phases in between changed, at their current values. None
+        when the history does not reach back that far (the caller sends a snapshot)."""
+        with self.lock:
+            behind = self.version - int(have_version)
+            if behind < 1 or behind > self.config.catch_up_versions:
+                return None
+            changes = [idx for v, idx in self.history if v > have_version]
+            if len(changes) != behind:  # history cleared (a chain floor raised) or too short
+                return None
+            indices = np.unique(np.concatenate(changes)) if changes else np.zeros(0, np.int64)
+            update = encode_catch_up(self.model, indices, int(have_version), self.version,
+                                     encoding or self.config.snapshot_encoding)
+            idx, vals = decode_update(update, self.model)  # keep what the edge decodes (q8 rounds)
+            write_flat(self.model, idx, vals)
+            update.chain_tag = self.chain_tag
+            if self.config.auth_key:
+                update.sign(self.config.auth_key, self.device_id)
+            return update
+
+    def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:
+        """Answer a robot's resync request (it runs ``have_version`` of chain ``have_chain_tag``).
+
+        The robot-ahead rule (docs/architecture.md, "Version chains"): versions a robot runs
+        never go backwards, and the server is the authority on the weights. A robot ahead of
+        this chain (the server lost its state, or resumed an older save of it) gets a snapshot
+        of the server's weights numbered ``have_version + 1``: the server raises its chain's
+        version to that floor (drawing a new tag when the robot was on this very chain, whose
+        numbers past the save now mean other weights), so the robot's freshness rule (a
+        snapshot must not take it backwards) holds and replay protection stays sound.
+        A robot a few versions behind on this chain gets one catch-up update, else a snapshot.
+        """
+        have_version = int(have_version)
+        with self.lock:
+            warning = ""
+            same_chain = bool(have_chain_tag) and have_chain_tag == self.chain_tag
+            if same_chain and have_version > self.version:
+                old = self.chain_tag
+                self._raise_floor(have_version + 1, new_tag=True)
+                warning = (f"robot runs v{have_version} of chain {old}, ahead of this server's saved state: "
+                           f"the server lost phases; it continues as chain {self.chain_tag} from "
+                           f"v{self.version} with a snapshot of its weights")
+            elif not same_chain and (have_version > self.version or (have_chain_tag and have_version >= self.version)):
+                old_v = self.version
+                self._raise_floor(have_version + 1, new_tag=False)
+                warning = (f"robot runs v{have_version} of chain {have_chain_tag or '(untagged)'}, ahead of this "
+                           f"server's chain {self.chain_tag} at v{old_v} (the server lost its state?): raising the "
+                           f"chain to v{self.version} so the robot's versions never go backwards; it resyncs to "
+                           f"the server's weights (its own adaptation is lost)")
+            elif same_chain:
+                update = self.catch_up(have_version, encoding)
+                if update is not None:
+                    return Resync(update, "catch_up",
+                                  f"catch-up v{have_version}->v{self.version} ({update.num_selected} parameters)")
+            snap = self.snapshot(encoding)
+            reason = ("robot is on another chain" if not same_chain else
+                      f"robot is {self.version - have_version} versions behind (catch-up keeps "
+                      f"{self.config.catch_up_versions})" if have_version < self.version else "robot is up to date")
+            return Resync(snap, "snapshot", f"snapshot v{snap.new_version}: {reason}", warning)
+
+    def _raise_floor(self, version: int, new_tag: bool) -> None:
+        """Renumber the current weights as ``version`` (the caller holds the lock)."""
+        self.version = int(version)
+        self.history.clear()
+        if new_tag:
+            self.chain_tag = new_chain_tag()
 
     def sampling_command(self, now: float) -> tuple[float, float, float] | None:
         """Every rate period: (sampling rate, update period, mean phi) or None when not due."""

@@ -69,6 +69,10 @@ class EncodedUpdate:
     auth_tag: bytes = b""
     # the server-side version chain this update belongs to (see ModelUpdate.msg); "" = untagged
     chain_tag: str = ""
+    # (issue #13) a catch-up update: one sparse update that takes a robot a few versions behind
+    # from base_version straight to new_version (the union of the changes in between); the only
+    # sparse update allowed to span more than one version (see ModelUpdate.msg)
+    catch_up: bool = False
 
     def compute_checksum(self) -> str:
         h = hashlib.sha256()
@@ -78,6 +82,8 @@ class EncodedUpdate:
             h.update(b"\x00")
         h.update(hashlib.sha256(self.indices_blob).digest())
         h.update(hashlib.sha256(self.values_blob).digest())
+        if self.catch_up:  # covered only when set, so every other update's checksum is unchanged
+            h.update(b"catch_up\x00")
         return h.hexdigest()
 
     def _tag(self, key: bytes, device_id: str) -> bytes:
@@ -425,6 +431,24 @@ def _encode_snapshot(model: nn.Module, version: int, encoding: str) -> EncodedUp
     flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).numpy()
     return encode_update(model, np.arange(flat.size), flat, base_version=version, new_version=version,
                          encoding=encoding, full_snapshot=True)
+
+
+def encode_catch_up(model: nn.Module, indices, base_version: int, new_version: int,
+                    encoding: str = "paper_gzip_fp16") -> EncodedUpdate:
+    """One sparse update from ``base_version`` straight to ``new_version``: the model's current
+    values at ``indices`` (the union of the coordinates the versions in between changed), in a
+    value encoding (a residual one would need the robot's base values, which the server no
+    longer has). Marked ``catch_up`` so the version-step rule lets it span several versions."""
+    if _is_residual(encoding):
+        encoding = "paper_gzip_fp16"
+    if new_version <= base_version:
+        raise ValueError(f"a catch-up goes forward: base v{base_version}, new v{new_version}")
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).numpy()
+    u = encode_update(model, idx, flat[idx], base_version=base_version, new_version=new_version, encoding=encoding)
+    u.catch_up = True
+    u.checksum = u.compute_checksum()
+    return u
 
 
 def quantize_roundtrip(encoding: str, model: nn.Module, indices, values, base_values=None) -> np.ndarray:

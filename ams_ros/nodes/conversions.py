@@ -108,6 +108,7 @@ def update_to_msg(update: EncodedUpdate, device_id: str, stamp: Time | None = No
     msg.checksum = update.checksum
     msg.auth_tag = bytes(update.auth_tag)
     msg.chain_tag = update.chain_tag
+    msg.catch_up = bool(update.catch_up)
     msg.phase = int(phase)
     msg.train_seconds = float(train_seconds)
     return msg
@@ -127,4 +128,5 @@ def msg_to_update(msg: ModelUpdate) -> EncodedUpdate:
         checksum=msg.checksum,
         auth_tag=bytes(msg.auth_tag),
         chain_tag=msg.chain_tag,
+        catch_up=bool(msg.catch_up),
     )

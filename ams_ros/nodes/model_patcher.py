@@ -2,7 +2,11 @@
 
 Rejects (with a log line and no change to the running model) updates for another
 architecture, corrupted or truncated ones, ones with non-finite values and ones that do not
-follow the version chain; after a gap, and at start-up, it asks the server for a full snapshot.
+follow the version chain; after a gap, and at start-up, it asks the server to resync, naming the
+version and chain it runs: a robot a few versions behind gets one catch-up update, else a full
+snapshot. It follows the chain tag of its weights (:mod:`ams_ros.core.chain_sync`) and reads the
+server's version and chain from every sampling command, so a lost update or a new chain (the
+server lost its state) is noticed within one command.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from typing import Any
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
-from ams_msgs.msg import ModelUpdate
+from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
+from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.params import fingerprint
 from ams_ros.core.update_codec import UpdateError, VersionGapError
 from ams_ros.nodes import topics
@@ -30,6 +35,8 @@ PARAMS = (
     Param("snapshot_timeout_s", 30.0, "Seconds to wait for a snapshot response before asking again", dynamic=True),
     Param("auth_key", "", "Shared HMAC key; when set, unauthenticated updates are rejected"),
     Param("update_qos_depth", 10, "Model update QoS depth (always reliable)"),
+    Param("lost_update_grace_s", 1.0, "Seconds a sampling command's newer server version may wait for its update "
+                                      "before the robot asks for a catch-up", dynamic=True),
 )
 
 
@@ -45,6 +52,9 @@ class ModelPatcher(Node):
         group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
         self.create_subscription(ModelUpdate, topics.MODEL_UPDATE, self._on_update,
                                  qos("reliable", int(self.p["update_qos_depth"])), callback_group=group)
+        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND, self._on_command, qos("reliable", 10),
+                                 callback_group=group)
+        self.chain = ChainFollower()
         self.snapshot_client = self.create_client(GetModelSnapshot, topics.SNAPSHOT_SERVICE, callback_group=group)
         self._snapshot_lock = threading.Lock()
         self._snapshot_future = None
@@ -57,6 +67,9 @@ class ModelPatcher(Node):
         timeout = changes.get("snapshot_timeout_s")
         if timeout is not None and timeout <= 0:
             raise ValueError(f"snapshot_timeout_s must be > 0, got {timeout}")
+        grace = changes.get("lost_update_grace_s")
+        if grace is not None and grace < 0:
+            raise ValueError(f"lost_update_grace_s must be >= 0, got {grace}")
 
     # ------------------------------------------------------------------ updates
     def _on_update(self, msg: ModelUpdate) -> None:
@@ -73,8 +86,17 @@ class ModelPatcher(Node):
             if self._key is not None and not update.verify(self._key, self.p["device_id"]):
                 raise UpdateError("authentication tag does not match the shared key")
             before = holder.version
+            warning = self.chain.admit(update, before)
             version = holder.apply_update(update)
+            self.chain.accepted(update)
+        except ResyncNeeded as exc:
+            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}", warn=True)
+            self._need_snapshot = True
+            return False
         except VersionGapError as exc:
+            if source == "resync" and msg.new_version <= holder.version:
+                return True  # an update in flight got here first: already there
+
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}; requesting a full snapshot")
             self._need_snapshot = True
             return False
@@ -82,20 +104,38 @@ class ModelPatcher(Node):
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
             return False
         self.stats.applied += 1
+        if warning:
+            self.get_logger().warning(warning)
+        kind = "catch-up" if update.catch_up else source
         self.get_logger().info(
-            f"applied {source} v{before}->v{version} ({msg.num_selected} of {msg.num_params} parameters, "
+            f"applied {kind} v{before}->v{version} of chain {self.chain.tag or '(untagged)'} ({msg.num_selected} of {msg.num_params} parameters, "
             f"{len(msg.indices) + len(msg.values)} bytes, {msg.encoding})"
         )
         return True
 
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, warn: bool = False) -> None:
         self.stats.rejected += 1
         self.stats.last_rejection = reason
-        self.get_logger().error(f"rejected {reason}; the running model is unchanged (v{self.model.holder.version})")
+        log = self.get_logger().warning if warn else self.get_logger().error
+        log(f"rejected {reason}; the running model is unchanged (v{self.model.holder.version})")
+
+    def _on_command(self, msg: SamplingCommand) -> None:
+        """The server's version and chain, from each sampling command (issue #13)."""
+        if msg.device_id and msg.device_id != self.p["device_id"]:
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        reason = self.chain.on_command(int(msg.server_version), msg.chain_tag, int(self.model.holder.version), now)
+        if reason and not self._need_snapshot:
+            self.get_logger().warning(f"{reason}: asking the server to resync")
+            self._need_snapshot = True
 
     # ------------------------------------------------------------------ snapshots
     def _maybe_request_snapshot(self) -> None:
         now = self.get_clock().now().nanoseconds * 1e-9
+        lost = self.chain.due(int(self.model.holder.version), now, float(self.p["lost_update_grace_s"]))
+        if lost and not self._need_snapshot:
+            self.get_logger().warning(f"{lost}: asking for a catch-up")
+            self._need_snapshot = True
         fut = self._snapshot_future
         if fut is not None:
             if fut.done():
@@ -109,11 +149,12 @@ class ModelPatcher(Node):
             return
         req = GetModelSnapshot.Request(
             device_id=self.p["device_id"], model_fingerprint=self._fingerprint,
-            have_version=int(self.model.holder.version), encoding="",
+            have_version=int(self.model.holder.version), encoding="", have_chain_tag=self.chain.tag,
         )
         self._snapshot_sent_at = now
         self._snapshot_future = self.snapshot_client.call_async(req)
-        self.get_logger().info(f"requested a full model snapshot (have v{self.model.holder.version})")
+        self.get_logger().info(f"asked the server to resync (have v{self.model.holder.version} of chain "
+                               f"{self.chain.tag or '(none)'})")
 
     def _on_snapshot(self, fut) -> None:
         try:
@@ -126,5 +167,6 @@ class ModelPatcher(Node):
             return
         with self.counters.lock:
             self.counters.bytes_received += len(resp.snapshot.indices) + len(resp.snapshot.values)
-        if self._apply(resp.snapshot, source="snapshot"):
+        source = "resync" if resp.snapshot.catch_up else "snapshot"
+        if self._apply(resp.snapshot, source=source):
             self._need_snapshot = False

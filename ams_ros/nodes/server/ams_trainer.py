@@ -5,6 +5,12 @@ A worker thread runs one phase at a time, robots in turn (the one that waited lo
 never an unbounded queue: a slow phase stretches the update period instead. Snapshots are
 served while a phase runs. Training settings (lr, gamma, K, batch size, horizon, strategy,
 encodings) can change at run time and apply from the next phase.
+
+With ``state_dir`` set, each robot's session is resumed from its file at start-up and written
+(atomically) after every phase and at shutdown (:mod:`ams_ros.core.session_store`), so a
+restarted server continues each robot's chain. The snapshot service answers a robot a few
+versions behind on its chain with one catch-up update, and a robot ahead of the chain by the
+rule of :meth:`~ams_ros.core.server_session.DeviceSession.resync` (with a warning).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ams_msgs.msg import ModelUpdate, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.params import fingerprint
 from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.session_store import SessionStore
 from ams_ros.core.threads import set_torch_threads
 from ams_ros.core.trainer import TrainerConfig
 from ams_ros.nodes import topics
@@ -48,6 +55,9 @@ PARAMS = (
     from_field(TrainerConfig, "seed"),
     Param("torch_threads", 0, "Torch intra-op threads for training (0 = torch default)"),
     Param("update_qos_depth", 10, "Model update QoS depth (reliable)"),
+    Param("state_dir", "", "Folder where each robot's session is saved after every phase and resumed from at "
+                           "start-up (empty = no persistence: a restart starts new chains)"),
+    from_field(SessionConfig, "catch_up_versions"),
 )
 
 
@@ -72,12 +82,20 @@ class AMSTrainerNode(Node):
         self.fingerprint = fingerprint(base)
         tcfg = trainer_config(p)
         self.pubs, self.status_pubs = {}, {}
+        self.store = SessionStore(p["state_dir"]) if p["state_dir"] else None
+        self._save_lock = threading.Lock()
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
                                 snapshot_encoding=p["snapshot_encoding"],
-                                auth_key=p["auth_key"].encode() or None, min_samples=int(p["min_samples"]))
-            state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
+                                auth_key=p["auth_key"].encode() or None, min_samples=int(p["min_samples"]),
+                                catch_up_versions=int(p["catch_up_versions"]))
+            if self.store is not None:
+                loaded = self.store.load(dev, base, cfg)
+                (self.get_logger().warning if loaded.warning else self.get_logger().info)(loaded.message)
+                state.sessions[dev] = loaded.session
+            else:
+                state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
             self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
                                                    qos("reliable", int(p["update_qos_depth"])))
             self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
@@ -110,11 +128,16 @@ class AMSTrainerNode(Node):
                                 f"{self.fingerprint[:12]} ({self.p['student']}); use the same student on both")
                 return resp
             session = self.state.sessions[dev]
-            update = session.snapshot(req.encoding or None)
+            answer = session.resync(int(req.have_version), req.have_chain_tag, req.encoding or None)
+            update = answer.update
             resp.success = True
-            resp.message = f"snapshot v{update.new_version}"
+            resp.message = answer.reason + (f"; {answer.warning}" if answer.warning else "")
             resp.snapshot = update_to_msg(update, dev, stamp=self.get_clock().now().to_msg())
-            self.get_logger().info(f"{dev}: served full snapshot v{update.new_version} (robot had v{req.have_version})")
+            if answer.warning:
+                self.get_logger().warning(f"{dev}: {answer.warning}")
+                self._save(dev)  # the chain's new floor (and tag) must survive a restart too
+            self.get_logger().info(f"{dev}: served {answer.reason} (robot had v{req.have_version} of chain "
+                                   f"{req.have_chain_tag or '(none)'}, {update.wire_bytes} bytes)")
             return resp
         return cb
 
@@ -158,6 +181,7 @@ class AMSTrainerNode(Node):
             if not rclpy.ok() or self.state.stopping:
                 return
             self.pubs[dev].publish(msg)
+            self._save(dev)
             self._publish_status(dev, session, outcome, requested, stretched)
             self.get_logger().info(
                 f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
@@ -188,11 +212,29 @@ class AMSTrainerNode(Node):
             msg.last_error = st.last_error[dev]
         self.status_pubs[dev].publish(msg)
 
+    def _save(self, dev: str) -> None:
+        """Write the robot's session to ``state_dir`` (atomically); a failure is logged and
+        counted, never stops training."""
+        if self.store is None:
+            return
+        try:
+            with self._save_lock:
+                size = self.store.save(self.state.sessions[dev])
+        except Exception as exc:  # disk full, folder gone: keep serving, say so
+            self.state.count_error(dev, f"saving the session failed: {exc}")
+            self.get_logger().error(f"{dev}: could not save the session to {self.store.state_dir}: {exc}")
+            return
+        self.get_logger().debug(f"{dev}: saved session v{self.state.sessions[dev].version} ({size} bytes)")
+
     def destroy_node(self) -> None:
         """Stop the training thread and wait for the phase in hand, so torch's backward pass is
-        never still running while the interpreter shuts down."""
+        never still running while the interpreter shuts down; then save every session."""
         self.state.stop()
         self._thread.join(timeout=60.0)
         if self._thread.is_alive():
             self.get_logger().warning("training thread still busy after 60 s; exiting without it")
+        elif self.store is not None:
+            for dev in self.state.device_ids:
+                self._save(dev)
+            self.get_logger().info(f"saved {len(self.state.device_ids)} session(s) to {self.store.state_dir}")
         super().destroy_node()

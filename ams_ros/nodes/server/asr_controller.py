@@ -1,7 +1,8 @@
 """asr_controller: turns each robot's phi-score into sampling commands (paper Eq. 1).
 
 Every second it asks each session whether a rate period has passed; when one has, it publishes
-the new sampling rate and update period (appendix D: longer on static scenes) to the robot.
+the new sampling rate and update period (appendix D: longer on static scenes) to the robot,
+with the server's current model version and chain tag (a lost update is noticed from it).
 Its settings are the core's :class:`~ams_ros.core.rate_control.RateControlConfig` and
 :class:`~ams_ros.core.rate_control.AdaptivePeriodConfig`; they can change at run time, and the
 controllers keep their current rate when they do.
@@ -78,5 +79,8 @@ class ASRController(Node):
             msg.sampling_rate = float(rate)
             msg.update_period = float(period)
             msg.phi = float(phi)
+            # (issue #13) so the robot notices a lost update, or a new chain, within one command
+            msg.server_version = int(session.version)
+            msg.chain_tag = session.chain_tag
             self.pubs[dev].publish(msg)
             self.get_logger().info(f"{dev}: phi {phi:.3f} -> sampling {rate:.2f} frames/s, T_update {period:.1f} s")
