@@ -124,6 +124,40 @@ def _inference_beside_encoder(student, frames: list, stamps: list[float]) -> dic
     return out
 
 
+def resync_bytes(args: argparse.Namespace, student=None) -> dict:
+    """Bytes a robot 1, 2, 4 versions behind is sent: one catch-up update (the union of the
+    phases' changes, issue #13) vs a full snapshot, after real phases on the synthetic world."""
+    from ams_ros.core.models.student import build_student
+    from ams_ros.core.server_session import DeviceSession, SessionConfig
+    from ams_ros.core.trainer import TrainerConfig
+    from ams_ros.core.update_codec import encoded_size
+
+    if student is None:
+        torch.manual_seed(0)
+        student = build_student("deeplabv3_mobilenet_v2", num_classes=21).eval()
+    size = (args.update_width, args.update_height)
+    cfg = SessionConfig(trainer=TrainerConfig(iterations=args.iterations, batch_size=8, gamma=0.05, input_size=size,
+                                              horizon_s=600.0, update_period_s=10.0, lr=1e-3))
+    session = DeviceSession("bench", copy.deepcopy(student), cfg)
+    samples = _synthetic_samples(40, size)
+    out: dict = {"setup": f"gamma 0.05, K={args.iterations}, batch 8, {size[0]}x{size[1]}, synthetic world, "
+                          f"update encoding {cfg.update_encoding}, catch-up/snapshot encoding {cfg.snapshot_encoding}"}
+    per_phase = []
+    for i in range(5):
+        for t, f, g in samples[8 * i: 8 * i + 8]:
+            session.add_labeled(t, f, g)
+        per_phase.append(encoded_size(session.run_phase().update))
+    out["update_bytes"] = per_phase
+    out["snapshot_bytes"] = encoded_size(session.snapshot())
+    for behind in (1, 2, 4):
+        u = session.catch_up(session.version - behind)
+        out[f"catch_up_bytes_{behind}_behind"] = encoded_size(u)
+        out[f"catch_up_params_{behind}_behind"] = int(u.num_selected)
+        log(f"robot {behind} behind: catch-up {encoded_size(u):,} B ({u.num_selected:,} parameters) vs snapshot "
+            f"{out['snapshot_bytes']:,} B")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     from ams_ros.core.frame_codec import encode_frames
     from ams_ros.core.models.student import build_student
@@ -212,6 +246,7 @@ def run(args: argparse.Namespace) -> dict:
 
     res["inference_beside_batch_encoder"] = _inference_beside_encoder(student, frames, stamps)
     res["batch_teacher_agreement"] = _teacher_agreement_on_decoded()
+    res["resync"] = resync_bytes(args, student)
 
     paper5 = res["update_bytes"]["paper_gzip_fp16"]["0.05"]
     best5 = min(v["0.05"] for v in res["update_bytes"].values())
@@ -234,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
+    p.add_argument("--only", choices=["all", "resync"], default="all",
+                   help="'resync': only the catch-up vs snapshot sizes (issue #13)")
     args = p.parse_args(argv)
-    res = run(args)
+    res = run(args) if args.only == "all" else {"resync": resync_bytes(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(res, indent=2))

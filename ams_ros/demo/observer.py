@@ -72,6 +72,8 @@ class Observer:
         self.commands: list[tuple[float, float, float]] = []
         self.edge_status: EdgeStatus | None = None
         self.edge_gap_windows: list[float] = []  # the robot's longest inference gap, per status period
+        self.edge_source_gap_windows: list[float] = []  # the same beyond the source's own stamps (issue #13)
+        self.image_stamps: list[float] = []
         self.edge_wait_max_ms = 0.0
         self.server_status: list[ServerStatus] = []
         self.latest_stream_t = 0.0
@@ -108,8 +110,9 @@ class Observer:
             self._video.write(image_to_rgb(msg))
 
     def _on_image(self, msg: Image) -> None:
+        t = stamp_to_sec(msg.header.stamp)
+        self.image_stamps.append(t)  # the frames the source delivered: what missing maps are judged against
         if self.reference.needs_images:
-            t = stamp_to_sec(msg.header.stamp)
             self._images[t] = image_to_rgb(msg)
             self._image_order.append(t)
             while len(self._image_order) > 50:
@@ -127,6 +130,7 @@ class Observer:
     def _on_edge_status(self, msg: EdgeStatus) -> None:
         if self.edge_status is not None and msg.frames_segmented > 0:  # skip the start-up period
             self.edge_gap_windows.append(float(msg.inference_gap_max_ms))
+            self.edge_source_gap_windows.append(float(msg.inference_gap_over_source_max_ms))
             self.edge_wait_max_ms = max(self.edge_wait_max_ms, float(msg.inference_wait_max_ms))
         if self.edge_status is None or msg.model_version != self.edge_status.model_version:
             self.version_at.append((self.latest_stream_t, int(msg.model_version)))

@@ -52,6 +52,8 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
             "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
             "update_period_s": float(args.update_period), "lr": float(args.lr), "gamma": float(args.gamma),
             "update_encoding": args.encoding, "torch_threads": 1,
+            # the robot's session survives a server restart (issue #13); cleared per run in run_demo
+            "state_dir": str(out / "server_state"),
         },
     })
     return edge, server
@@ -63,6 +65,8 @@ def run_demo(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, DDS on loopback)")
     weights = prepare_weights(args, out)
+    for old in (out / "server_state").glob("*.session*"):  # each demo run starts new chains
+        old.unlink()
     if args.teacher == "oracle":
         if not args.source.startswith("synthetic"):
             raise SystemExit("the oracle teacher only knows the synthetic world: pass --teacher tflite:PATH (or another spec)")

@@ -22,10 +22,11 @@ from ams_msgs.msg import EdgeStatus, LabelInfo
 from ams_ros.core.labels import colorize, overlay
 from ams_ros.core.models.student import predict
 from ams_ros.core.params import fingerprint
+from ams_ros.core.source_timing import GapTracker
 from ams_ros.core.threads import set_torch_threads
 from ams_ros.core.trainer import TrainerConfig
 from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import ImageConversionError, numpy_to_imgmsg, to_rgb
+from ams_ros.nodes.conversions import ImageConversionError, numpy_to_imgmsg, stamp_to_sec, to_rgb
 from ams_ros.nodes.edge_state import EdgeModel, EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
@@ -88,6 +89,7 @@ class StudentSegmenter(Node):
         self._window_count = 0
         self._window_t0 = time.monotonic()
         self._window_gap = 0.0
+        self._source_gaps = GapTracker()  # the gap beyond the source's own stamps (issue #13)
         self._window_wait = 0.0
         self._last_done: float | None = None
         self.frames_segmented = 0
@@ -141,6 +143,7 @@ class StudentSegmenter(Node):
             if self._last_done is not None:
                 self._window_gap = max(self._window_gap, (done - self._last_done) * 1000.0)
             self._last_done = done
+            self._source_gaps.observe(stamp_to_sec(header.stamp), done)
             self.frames_segmented += 1
             self._window_count += 1
             self._window_lat.append(dt)
@@ -167,6 +170,7 @@ class StudentSegmenter(Node):
         with self._lock:
             lat, count, gap, wait = self._window_lat, self._window_count, self._window_gap, self._window_wait
             self._window_lat, self._window_count, self._window_gap, self._window_wait = [], 0, 0.0, 0.0
+            source_gap = self._source_gaps.take()
             segmented = self.frames_segmented
         now = time.monotonic()
         span, self._window_t0 = now - self._window_t0, now
@@ -185,6 +189,7 @@ class StudentSegmenter(Node):
         msg.inference_latency_ms = float(np.mean(lat)) if lat else 0.0
         msg.inference_latency_max_ms = float(np.max(lat)) if lat else 0.0
         msg.inference_gap_max_ms = float(gap)
+        msg.inference_gap_over_source_max_ms = float(source_gap)
         msg.inference_wait_max_ms = float(wait)
         msg.frames_received = received
         msg.frames_segmented = segmented

@@ -128,7 +128,13 @@ class AMSTrainerNode(Node):
                                 f"{self.fingerprint[:12]} ({self.p['student']}); use the same student on both")
                 return resp
             session = self.state.sessions[dev]
-            answer = session.resync(int(req.have_version), req.have_chain_tag, req.encoding or None)
+            try:
+                answer = session.resync(int(req.have_version), req.have_chain_tag, req.encoding or None)
+            except Exception as exc:  # e.g. an unknown encoding asked for: refuse, never stop the server
+                resp.success = False
+                resp.message = f"cannot resync robot {dev}: {exc}"
+                self.get_logger().error(f"{dev}: {resp.message}")
+                return resp
             update = answer.update
             resp.success = True
             resp.message = answer.reason + (f"; {answer.warning}" if answer.warning else "")
