@@ -34,5 +34,9 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     assert pairs == {(t, x) for t in {1, max(1, beside["cores"] - 1), beside["cores"]} for x in (1, 0)}
     assert sum(r["edge_default"] for r in beside["runs"]) == 1
     assert all(r["during_encode_max_ms"] >= r["during_encode_median_ms"] > 0 for r in beside["runs"])
+    # resync (issue #13): one catch-up grows with the versions missed and stays below a snapshot
+    rs = res["resync"]
+    catch = [rs[f"catch_up_bytes_{n}_behind"] for n in (1, 2, 4)]
+    assert catch == sorted(catch) and catch[-1] < rs["snapshot_bytes"], rs
     within = res["smallest_encoding_within_10ms"]
     assert within is None or res["patch_apply_ms_by_encoding"][within] < 10.0
