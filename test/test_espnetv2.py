@@ -70,8 +70,8 @@ def test_background_output_becomes_ignore_and_labels_come_back_at_each_frame_siz
     assert np.all(c == CITYSCAPES.index("car"))
 
 
-def test_a_list_of_frames_is_labelled_in_one_batched_forward(tmp_path):
-    t = E.ESPNetv2Teacher(_constant_weights(tmp_path, 0), input_size=(100, 60), batch_size=8)
+def test_a_list_of_frames_is_labelled_in_one_batched_forward_unless_max_batch_splits_it(tmp_path):
+    t = E.ESPNetv2Teacher(_constant_weights(tmp_path, 0), input_size=(100, 60))
     assert t.input_size == (96, 64)  # rounded to multiples of 32
     calls = []
     t.model.register_forward_hook(lambda mod, inp, out: calls.append(tuple(inp[0].shape)))
@@ -80,6 +80,11 @@ def test_a_list_of_frames_is_labelled_in_one_batched_forward(tmp_path):
     out = t.label(frames)
     assert calls == [(3, 3, 64, 96)]
     assert [o.shape for o in out] == [(48, 64), (64, 96), (33, 17)]
+    calls.clear()
+    t.max_batch = 2
+    again = t.label(frames)
+    assert calls == [(2, 3, 64, 96), (1, 3, 64, 96)]
+    assert all(np.array_equal(a, b) for a, b in zip(out, again))
 
 
 def test_spec_forms_device_suffix_and_errors(tmp_path):

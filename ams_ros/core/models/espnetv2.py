@@ -343,54 +343,64 @@ def _round_to_multiple(v: int) -> int:
 
 class ESPNetv2Teacher:
     """Cityscapes labels from ESPNetv2: every frame is resized to ``input_size`` (W, H; rounded to
-    multiples of 32), ImageNet-normalised, labelled in batched forward passes on ``device``, and
-    the argmax map is resized (nearest) back to the frame. Output 19 (background) becomes 255."""
+    multiples of 32), ImageNet-normalised and labelled on the model's device, the whole list in
+    one batched forward pass (``max_batch`` > 0 splits it, e.g. for a small CPU); the argmax map is
+    resized (nearest) back to the frame. Output 19 (background) becomes the ignore id 255.
+
+    The device is wherever :attr:`model` is: ``device`` here, or wherever the server's device
+    setting later moves ``model`` (``teachers.place_teacher``)."""
 
     def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
                  device: torch.device | str = "cpu", input_size: tuple[int, int] = DEFAULT_TEACHER_SIZE,
-                 batch_size: int = 8) -> None:
+                 max_batch: int = 0) -> None:
         self.label_space = CITYSCAPES if label_space is None else get_label_space(label_space)
         if self.label_space.num_classes != BACKGROUND_INDEX:
             raise ValueError(f"ESPNetv2 predicts the 19 Cityscapes classes; label space "
                              f"'{self.label_space.name}' has {self.label_space.num_classes} (use 'cityscapes')")
-        self.device = torch.device(device)
-        self.model = load_espnetv2(path, self.device)
+        if max_batch < 0:
+            raise ValueError(f"max_batch must be 0 (one forward for the whole list) or positive, got {max_batch}")
+        self.model = load_espnetv2(path, device)
         self.input_size = (_round_to_multiple(input_size[0]), _round_to_multiple(input_size[1]))
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.batch_size = int(batch_size)
+        self.max_batch = int(max_batch)
         self.name = f"espnetv2:{path}"
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         lut = np.arange(256, dtype=np.uint8)
         lut[BACKGROUND_INDEX:] = self.label_space.ignore_index
         self._lut = lut
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def to(self, device: torch.device | str) -> "ESPNetv2Teacher":
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        self._mean, self._std = self._mean.to(self.device), self._std.to(self.device)
+        self.model.to(torch.device(device))
         return self
 
     def _input(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         w, h = self.input_size
+        dev = self.device
         batch = [a if a.shape[:2] == (h, w) else cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
                  for a in images]
-        x = torch.from_numpy(np.ascontiguousarray(np.stack(batch))).to(self.device)
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        return (x - self._mean) / self._std
+        x = torch.from_numpy(np.ascontiguousarray(np.stack(batch)))
+        if dev.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(dev, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     @torch.no_grad()
     def logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """``B x 20 x H x W`` logits at ``input_size`` for uint8 RGB frames (one forward pass)."""
+        self.model.eval()
         return self.model(self._input(_check_images(images)))
 
     def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         imgs = _check_images(images)
+        step = self.max_batch or len(imgs)
         out: list[np.ndarray] = []
-        for i in range(0, len(imgs), self.batch_size):
-            chunk = imgs[i:i + self.batch_size]
-            labels = self.logits(chunk).argmax(dim=1).to(torch.uint8).cpu().numpy()
+        for i in range(0, len(imgs), step):
+            chunk = imgs[i:i + step]
+            labels = self.logits(chunk).max(dim=1).indices.to(torch.uint8).cpu().numpy()
             for img, lab in zip(chunk, labels):
                 if lab.shape != img.shape[:2]:
                     lab = cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
