@@ -97,6 +97,9 @@ def test_spec_forms_device_suffix_and_errors(tmp_path):
         T.build_teacher("espnetv2:")
     with pytest.raises(FileNotFoundError, match="espnetv2_s_2.0_city"):
         T.build_teacher("espnetv2:/nonexistent/espnet.pth")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="'cuda:0'.*no CUDA device"):
+            T.build_teacher(f"espnetv2:{path}@cuda:0")
     with pytest.raises(ValueError, match="19 Cityscapes classes"):
         T.build_teacher(f"espnetv2:{path}", label_space="camvid")
 

@@ -320,6 +320,10 @@ class ESPNetv2Segmentation(nn.Module):
 
 def load_espnetv2(path: str | os.PathLike, device: torch.device | str = "cpu") -> ESPNetv2Segmentation:
     """The network with the state dict at ``path`` (strict: every name and shape must match)."""
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"ESPNetv2 teacher device '{device}' asked for, but torch sees no CUDA device "
+                         f"(torch {torch.__version__}, CUDA build {torch.version.cuda}): use @cpu or a CUDA machine")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ESPNetv2 weights '{path}' not found (expected the EdgeNets state dict "
                                 f"espnetv2_s_2.0_city_1024x512.pth, e.g. from $AMS_ASSETS/models/teacher)")
@@ -329,7 +333,7 @@ def load_espnetv2(path: str | os.PathLike, device: torch.device | str = "cpu") -
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     model = ESPNetv2Segmentation(NUM_OUTPUTS)
     model.load_state_dict(state, strict=True)
-    return model.eval().to(torch.device(device))
+    return model.eval().to(device)
 
 
 # --------------------------------------------------------------------------------------------
