@@ -27,7 +27,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("device_ids", default_value="[robot1]",
                               description="Robots this base station serves, as a YAML list; each has its own buffer, trainer and rate"),
         DeclareLaunchArgument("teacher", default_value="oracle",
-                              description="Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | oracle[:seed] (synthetic world)"),
+                              description="Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | espnetv2:PATH | oracle[:seed] (synthetic world)"),
         DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2", choices=STUDENTS,
                               description="Student model name; must match the robots' student"),
         DeclareLaunchArgument("student_weights", default_value="",

@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=150.0, help="seconds of stream time")
     p.add_argument("--source", default="synthetic:0",
                    help="synthetic[:seed], a video file, an image folder (frames named by frame number) or a rosbag")
-    p.add_argument("--teacher", default="oracle", help="oracle (synthetic only) | tflite:PATH | torchvision:NAME | checkpoint:PATH")
+    p.add_argument("--teacher", default="oracle", help="oracle (synthetic only) | tflite:PATH | torchvision:NAME | checkpoint:PATH | espnetv2:PATH")
     p.add_argument("--label-space", default=StudentSpec.label_space, help="synthetic | cityscapes | voc | camvid")
     p.add_argument("--selected-classes", default="", help="comma-separated class names to keep (default: all)")
     p.add_argument("--student", default=StudentSpec.name, help="student model name")

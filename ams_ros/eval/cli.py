@@ -8,7 +8,7 @@
     make eval ARGS="replot out/eval/A"
 
 ``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
-``checkpoint:PATH``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
+``checkpoint:PATH``, ``espnetv2:PATH[@DEVICE]``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
 ``one_time``, ``remote_tracking``, ``jit``, ``shadowtutor``, ``ams``, each optionally with
 parameters (``jit:threshold=0.6``, ``ams:strategy=random,gamma=0.1``); ``--table3`` adds the
 selection strategies x fractions of the paper's Table 3. Ctrl-C writes what was computed.
@@ -33,7 +33,7 @@ DEFAULT_CACHE = "out/eval/cache"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True,
-                   help="tflite:PATH | torchvision:NAME[@WEIGHTS.pth] | checkpoint:PATH | oracle[:SEED][?shifts=T,..]")
+                   help="tflite:PATH | torchvision:NAME[@WEIGHTS.pth] | checkpoint:PATH | espnetv2:PATH[@DEVICE] | oracle[:SEED][?shifts=T,..]")
     p.add_argument("--label-space", default="", help="the teacher's label space (default: the teacher's own)")
     p.add_argument("--classes", "--selected-classes", dest="classes", default=DEFAULT_CLASSES,
                    help="comma-separated class names evaluated and trained ('' = all of the teacher's)")

@@ -3,7 +3,8 @@
 A teacher turns RGB frames into ``uint8`` label maps (255 = ignore) at each frame's own size, in
 its :attr:`Teacher.label_space`. :func:`build_teacher` makes one from a spec string:
 ``tflite:PATH``, ``torchvision:NAME[@WEIGHTS.pth]``, ``checkpoint:PATH``, or a prefix registered
-by another module with :func:`register_teacher_factory` (the synthetic world adds ``oracle``).
+by another module with :func:`register_teacher_factory` (the synthetic world adds ``oracle``,
+:mod:`ams_ros.core.models.espnetv2` adds ``espnetv2:PATH[@DEVICE]``, a PyTorch Cityscapes teacher).
 """
 
 from __future__ import annotations
@@ -206,9 +207,9 @@ TEACHER_FACTORIES: dict[str, TeacherFactory] = {
     "tflite": _tflite, "torchvision": _torchvision, "checkpoint": _checkpoint,
 }
 # prefixes provided by other modules, imported on first use
-_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.synthetic"}
+_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.synthetic", "espnetv2": "ams_ros.core.models.espnetv2"}
 _FORMS = {"tflite": "tflite:PATH", "torchvision": "torchvision:NAME[@WEIGHTS.pth]",
-          "checkpoint": "checkpoint:PATH", "oracle": "oracle[:ARGS]"}
+          "checkpoint": "checkpoint:PATH", "oracle": "oracle[:ARGS]", "espnetv2": "espnetv2:PATH[@DEVICE]"}
 
 
 def register_teacher_factory(prefix: str, factory: TeacherFactory) -> None:
@@ -229,7 +230,7 @@ def build_teacher(spec: str, label_space: LabelSpace | str | None = None) -> Tea
     if prefix not in TEACHER_FACTORIES and prefix in _PROVIDERS:
         import_provider(_PROVIDERS[prefix], f"teacher '{prefix}'")
     factory = TEACHER_FACTORIES.get(prefix)
-    needs_arg = prefix in ("tflite", "torchvision", "checkpoint")
+    needs_arg = prefix in ("tflite", "torchvision", "checkpoint", "espnetv2")
     if factory is None or (needs_arg and not arg.strip()):
         raise ValueError(f"unknown teacher spec '{spec}' (accepted: {', '.join(accepted_teacher_specs())})")
     space = None if label_space is None else get_label_space(label_space)

@@ -27,7 +27,7 @@ from ams_ros.nodes.shared_params import DEVICE_IDS, LABEL_SPACE, SELECTED_CLASSE
 
 PARAMS = (
     DEVICE_IDS,
-    Param("teacher", "oracle", "Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | oracle[:seed] "
+    Param("teacher", "oracle", "Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | espnetv2:PATH | oracle[:seed] "
                                "(the synthetic world's)"),
     LABEL_SPACE, SELECTED_CLASSES,
     Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
