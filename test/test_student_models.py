@@ -180,3 +180,77 @@ def test_torchvision_download_failure_is_clear(monkeypatch, tmp_path):
     for name in (DEEPLAB, LRASPP):
         with pytest.raises(RuntimeError, match="can't be downloaded here.*local checkpoint"):
             load_student(name, 5, weights="torchvision")
+
+
+# ------------------------------------------------------------------------------------------
+# Device-side edge inference and reduced precision (issue #14)
+# ------------------------------------------------------------------------------------------
+
+# float32 -> reduced precision label agreement, the threshold a precision must reach to be offered:
+# bfloat16 keeps 8 mantissa bits (measured 0.990 random-init / 0.999 TFLite-imported), float16 10.
+AGREEMENT = {"bfloat16": 0.97, "float16": 0.99}
+
+
+def _fp16_autocast_on_cpu() -> bool:
+    try:
+        with torch.autocast("cpu", dtype=torch.float16):
+            torch.nn.functional.conv2d(torch.rand(1, 3, 4, 4), torch.rand(2, 3, 1, 1))
+        return True
+    except RuntimeError:
+        return False
+
+
+def _precisions():
+    return ["bfloat16", pytest.param("float16", marks=pytest.mark.skipif(
+        not _fp16_autocast_on_cpu(), reason="this CPU build has no float16 autocast"))]
+
+
+@pytest.mark.parametrize("dtype", _precisions())
+def test_reduced_precision_inference_agrees_with_float32_on_a_synthetic_street(dtype):
+    from ams_ros.core.synthetic import SyntheticWorld
+
+    frame, _ = SyntheticWorld(seed=0, width=512, height=256).frame_at(3.0)
+    torch.manual_seed(0)
+    model = build_student("deeplabv3_mobilenet_v2", num_classes=8).eval()
+    ref = predict(model, [frame])[0]
+    low = predict(model, [frame], dtype=dtype)[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights are untouched
+    assert float(np.mean(ref == low)) >= AGREEMENT[dtype]
+
+
+@pytest.mark.parametrize("dtype", _precisions())
+def test_reduced_precision_inference_agrees_with_float32_on_a_real_frame(dtype):
+    import cv2
+
+    from ams_ros.core.assets import asset_path
+    from ams_ros.core.models.weights import load_student
+
+    tfl = asset_path("models/student/deeplabv3_mnv2_pascal_quant.tflite")
+    img = asset_path("images/cityscapes/frankfurt_000001_058914_leftImg8bit.png")
+    if tfl is None or img is None:
+        pytest.skip("shared assets absent")
+    model = load_student("deeplabv3_mobilenet_v2", 21, weights=f"tflite:{tfl}").eval()
+    frame = cv2.cvtColor(cv2.imread(str(img)), cv2.COLOR_BGR2RGB)
+    ref, low = predict(model, [frame])[0], predict(model, [frame], dtype=dtype)[0]
+    assert float(np.mean(ref == low)) >= AGREEMENT[dtype]
+
+
+def test_edge_inference_matches_predict_colorize_and_overlay():
+    from ams_ros.core.edge_inference import EdgeInference
+    from ams_ros.core.labels import colorize, get_label_space, overlay
+
+    space = get_label_space("synthetic")
+    torch.manual_seed(0)
+    model = build_student("deeplabv3_mobilenet_v2", num_classes=space.num_classes).eval()
+    rng = np.random.default_rng(0)
+    for shape in ((128, 256, 3), (100, 300, 3)):  # at the input size, and resized there and back
+        frame = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        inf = EdgeInference(space, (256, 128), "cpu")
+        labels, mask, blended = inf.run(model, frame, mask=True, overlay=True, alpha=0.3)
+        np.testing.assert_array_equal(labels, predict(model, [frame], size=(256, 128))[0])
+        np.testing.assert_array_equal(mask, colorize(labels, space))
+        diff = np.abs(blended.astype(int) - overlay(frame, mask, 0.3).astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01  # float32 rounding of the blend
+        only_labels = inf.run(model, frame)
+        assert only_labels[1] is None and only_labels[2] is None  # nothing computed that was not asked for
+        np.testing.assert_array_equal(only_labels[0], labels)

@@ -3,6 +3,11 @@
 Updates are verified and decoded by :mod:`ams_ros.core.update_codec` (the wire format), then
 written into the inactive copy, which is swapped in with one reference assignment. The model
 patcher node, the evaluation harness's emulated edge and ``ams-bench`` all use this class.
+
+Both copies live on the model's device (a Jetson's GPU, or the CPU): an update's indices and
+values cross to the device once and are written with one ``index_copy_`` per tensor into each
+copy (the same device buffers serve the catch-up write of the other copy), and a swap is a
+reference assignment, so the model never travels between host and device after start-up.
 """
 
 from __future__ import annotations
@@ -12,10 +17,9 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
-import numpy as np
 from torch import nn
 
-from ams_ros.core.params import FlatAccessor
+from ams_ros.core.params import FlatAccessor, SortedWrite
 from ams_ros.core.update_codec import EncodedUpdate, ModelLayout, UpdateError, VersionGapError, decode_update
 
 
@@ -29,13 +33,14 @@ class DoubleBufferedModel:
     """
 
     def __init__(self, model: nn.Module, version: int = 0) -> None:
+        """``model`` is already on its device (``model.to(device)``); the copy is made there."""
         model.eval()
         self._state: tuple[nn.Module, int] = (model, int(version))
         self._inactive = copy.deepcopy(model)
         self._writers = {id(model): FlatAccessor(model), id(self._inactive): FlatAccessor(self._inactive)}
         self._readers = {id(model): 0, id(self._inactive): 0}
         self._readers_cv = threading.Condition()
-        self._catch_up: list[tuple[np.ndarray, np.ndarray]] = []
+        self._catch_up: list[SortedWrite] = []  # on the device
         self._lock = threading.Lock()
         self.layout = ModelLayout.of(model)
 
@@ -43,6 +48,11 @@ class DoubleBufferedModel:
     def active(self) -> nn.Module:
         """The model inference should use now (a plain reference read)."""
         return self._state[0]
+
+    @property
+    def device(self):
+        """Where both copies live."""
+        return self._writers[id(self._state[0])].device
 
     @property
     def version(self) -> int:
@@ -78,10 +88,11 @@ class DoubleBufferedModel:
                 if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
                     raise UpdateError("inactive model still in use by inference; try again")
             writer = self._writers[id(target)]
-            for c_idx, c_vals in self._catch_up:  # the previous update(s), not yet in this copy
-                writer.write(c_idx, c_vals)
-            writer.write(idx, vals)
-            self._catch_up = [(idx, vals)]
+            for prepared in self._catch_up:  # the previous update(s), not yet in this copy
+                writer.write(prepared)
+            prepared = writer.prepare(idx, vals)  # one host-to-device copy of indices and values
+            writer.write(prepared)
+            self._catch_up = [prepared]
             old = self._state[0]
             self._state = (target, int(update.new_version))  # the swap readers see: one assignment
             self._inactive = old

@@ -78,7 +78,7 @@ def load_flat(tensors: Iterable[torch.Tensor], flat: torch.Tensor) -> None:
 
 def read_flat(model: nn.Module, indices: np.ndarray) -> np.ndarray:
     """Values of the parameters at flat ``indices`` (float32)."""
-    return flatten_params(model).numpy()[np.asarray(indices, dtype=np.int64)]
+    return flatten_params(model).cpu().numpy()[np.asarray(indices, dtype=np.int64)]
 
 
 def write_flat(model: nn.Module, indices: np.ndarray, values: np.ndarray) -> None:
@@ -98,17 +98,48 @@ def write_flat(model: nn.Module, indices: np.ndarray, values: np.ndarray) -> Non
     scatter_sorted(list(model.parameters()), offsets, idx, val)
 
 
+@dataclass(frozen=True)
+class SortedWrite:
+    """A sorted sparse write made ready for one set of tensors: indices and values already on
+    their device (copied there once, and reused for both copies of a double buffer), and where
+    each tensor's run of indices starts and ends."""
+
+    cuts: np.ndarray          # cuts[k]:cuts[k + 1] are tensor k's entries
+    local: torch.Tensor       # int64 indices relative to their tensor's first element, on the device
+    values: torch.Tensor      # float32 values, on the device
+
+
+def prepare_sorted(offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray, device: torch.device | str = "cpu") -> SortedWrite:
+    """Indices (sorted) and values as a :class:`SortedWrite` for tensors starting at ``offsets``.
+
+    The per-tensor offset is subtracted on the host, so the device receives exactly two
+    buffers (one host-to-device copy each) and each tensor then takes one ``index_copy_``."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    cuts = np.append(np.searchsorted(idx, offsets), idx.size)
+    local = idx.copy()
+    for k in range(len(offsets)):
+        a, b = int(cuts[k]), int(cuts[k + 1])
+        if b > a:
+            local[a:b] -= int(offsets[k])
+    tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
+    return SortedWrite(cuts, torch.from_numpy(local).to(device), tv.to(device))
+
+
+def apply_sorted(params: list[torch.Tensor], write: SortedWrite) -> None:
+    """Apply a prepared write: one ``index_copy_`` per tensor that has entries, on its device."""
+    with torch.no_grad():
+        for k, p in enumerate(params):
+            a, b = int(write.cuts[k]), int(write.cuts[k + 1])
+            if b > a:
+                flat = p.view(-1)
+                flat.index_copy_(0, write.local[a:b], write.values[a:b].to(p.dtype))
+
+
 def scatter_sorted(params: list[torch.Tensor], offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray) -> None:
     """Write ``vals`` at *sorted* flat ``idx``: one indexed assignment per tensor, found by
     binary search (a mask per tensor over every index made a 5 % update take ~100 ms)."""
-    cuts = np.append(np.searchsorted(idx, offsets), idx.size)
-    ti = torch.from_numpy(np.ascontiguousarray(idx))
-    tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))
-    with torch.no_grad():
-        for k, p in enumerate(params):
-            a, b = int(cuts[k]), int(cuts[k + 1])
-            if b > a:
-                p.view(-1)[ti[a:b] - int(offsets[k])] = tv[a:b].to(p.dtype)
+    device = params[0].device if params else torch.device("cpu")
+    apply_sorted(params, prepare_sorted(offsets, idx, vals, device))
 
 
 def iter_trainable(model: nn.Module) -> Iterable[torch.nn.Parameter]:
@@ -117,22 +148,33 @@ def iter_trainable(model: nn.Module) -> Iterable[torch.nn.Parameter]:
 
 class FlatAccessor:
     """Reads and writes a model's parameters at *sorted* flat indices, one slice per tensor
-    (what a sparse update needs on the edge: the base values of a residual update, then the write)."""
+    (what a sparse update needs on the edge: the base values of a residual update, then the write).
+    Works wherever the model lives: on CUDA the gather and the scatter run on the device and only
+    the gathered values (reads) or the update (writes) cross the bus, once."""
 
     def __init__(self, model: nn.Module) -> None:
         self.params = [p for p in model.parameters()]
         self.offsets = np.array([s.offset for s in param_layout(model)], dtype=np.int64)
+        self.device = self.params[0].device if self.params else torch.device("cpu")
 
     @torch.no_grad()
     def read(self, idx: np.ndarray) -> np.ndarray:
         """Values at sorted flat ``idx`` (float32)."""
-        cuts = np.append(np.searchsorted(idx, self.offsets), idx.size)
-        out = np.empty(idx.size, dtype=np.float32)
+        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        if idx.size == 0:
+            return np.empty(0, dtype=np.float32)
+        prepared = prepare_sorted(self.offsets, idx, np.zeros(0, dtype=np.float32), self.device)
+        pieces = []
         for k, p in enumerate(self.params):
-            a, b = int(cuts[k]), int(cuts[k + 1])
+            a, b = int(prepared.cuts[k]), int(prepared.cuts[k + 1])
             if b > a:
-                out[a:b] = p.detach().reshape(-1)[torch.from_numpy(idx[a:b] - int(self.offsets[k]))].float().numpy()
-        return out
+                pieces.append(p.detach().reshape(-1).index_select(0, prepared.local[a:b]).float())
+        return torch.cat(pieces).cpu().numpy()
 
-    def write(self, idx: np.ndarray, vals: np.ndarray) -> None:
-        scatter_sorted(self.params, self.offsets, idx, vals)
+    def prepare(self, idx: np.ndarray, vals: np.ndarray) -> SortedWrite:
+        """The write made ready for this model's device (reusable on a copy on the same device)."""
+        return prepare_sorted(self.offsets, idx, vals, self.device)
+
+    def write(self, idx: np.ndarray | SortedWrite, vals: np.ndarray | None = None) -> None:
+        """Write at sorted ``idx`` (or apply a :meth:`prepare` d write)."""
+        apply_sorted(self.params, idx if isinstance(idx, SortedWrite) else self.prepare(idx, vals))

@@ -23,6 +23,15 @@ literal typeset form. Either way eps is the "eps-hat" of the folded form, not to
 
 The training period is not decided here: the caller (``rate_control.AdaptiveTrainingPeriod``
 or a fixed ``update_period_s`` timer) calls ``train_phase`` when it is time.
+
+Device and precision. The trainer trains wherever the model lives (``model.to(device)`` before
+it is handed over; the Adam state follows). ``train_precision`` = float16 | bfloat16 runs the
+forward and backward passes under ``torch.autocast``; the weights, the gradients handed to
+Adam, the moments ``m``, ``v`` and the update ``u`` that picks the next mask stay float32, so
+Algorithm 2's selection and its masked step are the same computation as in float32 (only the
+gradient values carry the lower-precision rounding). float16 gradients are loss-scaled; an
+iteration whose scaled gradient overflows is recomputed at half the scale (never skipped,
+which would change the phase's iteration count and Adam's step).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import torch
 from torch import nn
 
 from ams_ros.core.config import knob
+from ams_ros.core.devices import DTYPE_CHOICES, resolve_dtype
 from ams_ros.core.losses import logits_of, segmentation_loss
 from ams_ros.core.models.student import DEFAULT_INPUT_SIZE, train_mode_frozen_bn
 from ams_ros.core.params import fingerprint, flatten_params, load_flat, param_layout
@@ -94,6 +104,8 @@ class TrainerConfig:
     class_weights: Optional[Sequence[float]] = None
     sgd_lr: float = 0.01
     authors_variant: bool = knob(False, "Authors' code variant: mask from a first full step, restart from w0 each phase")
+    train_precision: str = knob("float32", "Forward/backward precision: float16 | bfloat16 use autocast (weights, Adam "
+                                "state and selection scores stay float32)", choices=DTYPE_CHOICES)
 
     def __post_init__(self) -> None:
         validate_strategy(self.strategy)
@@ -109,6 +121,7 @@ class TrainerConfig:
         if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
             raise ValueError(f"betas must be in [0, 1), got {self.betas}")
         self.betas = (float(b1), float(b2))
+        resolve_dtype(self.train_precision)  # ValueError naming the choices
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
 
     def to_dict(self) -> dict[str, Any]:
@@ -194,6 +207,7 @@ class AMSTrainer:
         self.step = 0
         self.u: Optional[torch.Tensor] = None
         self.phase = 0
+        self._loss_scale, self._good_steps = 2.0**16, 0  # float16 training only
         # Separate streams so that the batches do not depend on the selection strategy.
         self._sample_rng = np.random.default_rng([self.config.seed, 0])
         self._select_rng = np.random.default_rng([self.config.seed, 1])
@@ -238,7 +252,13 @@ class AMSTrainer:
 
     def _loss(self, entries: Sequence[BufferEntry]) -> tuple[torch.Tensor, bool]:
         x, y = batch_to_tensors(entries, self.device)
-        logits = logits_of(self.model, x, tuple(y.shape[-2:]))
+        dtype = resolve_dtype(self.config.train_precision)
+        if dtype == torch.float32:
+            logits = logits_of(self.model, x, tuple(y.shape[-2:]))
+        else:
+            with torch.autocast(device_type=self.device.type, dtype=dtype):
+                logits = logits_of(self.model, x, tuple(y.shape[-2:]))
+            logits = logits.float()  # the loss (log-softmax over classes) in float32
         return segmentation_loss(logits, y, self.config.ignore_index, self.config.class_weights)
 
     # ---------------------------------------------------------------- flat-vector plumbing
@@ -263,12 +283,28 @@ class AMSTrainer:
         load_flat(self._params, flat)
 
     def _loss_and_grad(self, batch: Sequence[BufferEntry]) -> tuple[float, torch.Tensor]:
-        """Loss (nan when the batch has no valid pixel) and flat gradient at the current weights."""
-        self.model.zero_grad(set_to_none=True)
-        loss, valid = self._loss(batch)
-        loss.backward()
-        g = self._flat_grad()
-        self.model.zero_grad(set_to_none=True)
+        """Loss (nan when the batch has no valid pixel) and flat float32 gradient at the current
+        weights. float16 scales the loss (gradients below float16's range would flush to zero)
+        and recomputes at half the scale when the scaled gradient overflows."""
+        fp16 = resolve_dtype(self.config.train_precision) == torch.float16
+        for _ in range(32):
+            self.model.zero_grad(set_to_none=True)
+            loss, valid = self._loss(batch)
+            scale = self._loss_scale if fp16 else 1.0
+            (loss * scale if fp16 else loss).backward()
+            g = self._flat_grad()
+            self.model.zero_grad(set_to_none=True)
+            if not fp16:
+                break
+            if bool(torch.isfinite(g).all()):
+                g = g / scale
+                self._good_steps += 1
+                if self._good_steps >= 200:  # grow back slowly, as torch's GradScaler does
+                    self._loss_scale, self._good_steps = min(self._loss_scale * 2.0, 2.0**24), 0
+                break
+            self._loss_scale, self._good_steps = max(self._loss_scale / 2.0, 1.0), 0
+            if scale <= 1.0:
+                break  # unscaled and still not finite: the loss itself diverged; Adam sees it as is
         return (float(loss.detach()) if valid else float("nan")), g
 
     def _adam_update(self, g: torch.Tensor) -> torch.Tensor:

@@ -428,7 +428,7 @@ def _encode_snapshot(model: nn.Module, version: int, encoding: str) -> EncodedUp
     Snapshots use float16 values (or q8) like updates; the server keeps its own copy equal
     to what the edge decodes by applying :func:`quantize_roundtrip` before encoding updates.
     """
-    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).numpy()
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).cpu().numpy()
     return encode_update(model, np.arange(flat.size), flat, base_version=version, new_version=version,
                          encoding=encoding, full_snapshot=True)
 

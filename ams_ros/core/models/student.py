@@ -271,11 +271,15 @@ def to_input(images: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
-            batch_size: int = 8) -> list[np.ndarray]:
+            batch_size: int = 8, dtype: torch.dtype | str = torch.float32) -> list[np.ndarray]:
     """uint8 label maps at each image's own size (argmax at ``size``, nearest-resized back).
 
-    Runs in eval mode and restores every module's previous mode afterwards.
+    Runs on the model's device (``dtype`` float16/bfloat16: under autocast, weights untouched),
+    in eval mode, and restores every module's previous mode afterwards.
     """
+    from ams_ros.core.devices import resolve_dtype
+    from ams_ros.core.edge_inference import autocast_for
+
     imgs = _as_image_list(images)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -284,7 +288,11 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
         out: list[np.ndarray] = []
         for i in range(0, len(imgs), batch_size):
             chunk = imgs[i:i + batch_size]
-            logits = model(to_input(chunk, size).to(device))
+            x = to_input(chunk, size)
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
+            with autocast_for(device, resolve_dtype(dtype)):
+                logits = model(x.to(device))
             if isinstance(logits, dict):
                 logits = logits["out"]
             labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
