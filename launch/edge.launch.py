@@ -2,6 +2,7 @@
 
     ros2 launch ams_ros edge.launch.py device_id:=robot1 image_topic:=/camera/image_raw
     ros2 launch ams_ros edge.launch.py source:=/data/run1_bag use_sim_time:=true   # a rosbag as the camera
+    ros2 launch ams_ros edge.launch.py device:=cuda inference_dtype:=float16        # a Jetson's GPU
 """
 
 import os
@@ -15,6 +16,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
+DTYPES = ["float32", "float16", "bfloat16"]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -36,6 +38,11 @@ def generate_launch_description() -> LaunchDescription:
                               description="Student initial weights: checkpoint path or tflite:PATH"),
         DeclareLaunchArgument("label_space", default_value="synthetic",
                               description="Label space of the teacher/student classes (synthetic | cityscapes | voc | camvid)"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="Torch device of the student (inference and patching): auto (first CUDA "
+                                          "device, else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
+        DeclareLaunchArgument("inference_dtype", default_value="float32", choices=DTYPES,
+                              description="Student inference precision (float16/bfloat16 via autocast; updates stay float32)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -55,6 +62,7 @@ def generate_launch_description() -> LaunchDescription:
              "image_topic": LaunchConfiguration("image_topic"), "student": LaunchConfiguration("student"),
              "student_weights": LaunchConfiguration("student_weights"),
              "label_space": LaunchConfiguration("label_space"),
+             "device": LaunchConfiguration("device"), "inference_dtype": LaunchConfiguration("inference_dtype"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

@@ -2,6 +2,8 @@
 
     ros2 launch ams_ros server.launch.py device_ids:="[robot1, robot2]" teacher:=tflite:/path/teacher.tflite \
         label_space:=cityscapes
+    ros2 launch ams_ros server.launch.py device:=cuda:0 train_precision:=bfloat16 \
+        teacher:=torchvision:deeplabv3_mobilenet_v3_large@/models/deeplabv3_mnv3.pth label_space:=voc
 """
 
 import os
@@ -15,6 +17,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
+DTYPES = ["float32", "float16", "bfloat16"]
 ENCODINGS = ["paper_gzip_fp16", "delta_lzma_fp16", "delta_lzma_q8", "residual_lzma_q8", "residual_lzma_q6",
              "residual_zlib_q6"]
 
@@ -39,6 +42,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("state_dir", default_value="",
                               description="Folder where each robot's session is saved after every phase and resumed "
                                           "from at start-up (empty = no persistence)"),
+        DeclareLaunchArgument("device", default_value="auto",
+                              description="Torch device of the trainer and the teacher: auto (first CUDA device, else "
+                                          "the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
+        DeclareLaunchArgument("train_precision", default_value="float32", choices=DTYPES,
+                              description="Training forward/backward precision (autocast; Adam state and selection stay float32)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -59,6 +67,7 @@ def generate_launch_description() -> LaunchDescription:
              "label_space": LaunchConfiguration("label_space"),
              "update_encoding": LaunchConfiguration("update_encoding"),
              "state_dir": LaunchConfiguration("state_dir"),
+             "device": LaunchConfiguration("device"), "train_precision": LaunchConfiguration("train_precision"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

@@ -201,6 +201,21 @@ def test_launch_choices_are_the_packages_own():
         assert sorted(lists["STUDENTS"]) == sorted(STUDENTS), name
         if "ENCODINGS" in lists:
             assert lists["ENCODINGS"] == list(ENCODINGS), name
+        from ams_ros.core.devices import DTYPE_CHOICES
+
+        assert lists["DTYPES"] == list(DTYPE_CHOICES), name
+
+
+@pytest.mark.parametrize("name,args", [("edge.launch.py", ("device", "inference_dtype")),
+                                       ("server.launch.py", ("device", "train_precision"))])
+def test_robot_and_server_launch_take_a_device_and_pass_it_to_the_nodes(name, args):
+    tree = ast.parse((ROOT / "launch" / name).read_text())
+    declared = {ast.literal_eval(c.args[0]): c for c in calls(tree, "DeclareLaunchArgument")}
+    assert set(args) <= set(declared), name
+    assert ast.literal_eval(kw(declared["device"], "default_value")) == "auto"
+    passed = {ast.literal_eval(k) for d in ast.walk(calls(tree, "Node")[0]) if isinstance(d, ast.Dict)
+              for k in d.keys if k is not None}
+    assert set(args) <= passed, f"{name}: a device argument never reaches the node"
 
 
 def test_the_package_finds_its_config_through_the_ament_index():

@@ -159,3 +159,91 @@ def test_the_uplink_encoder_settings_apply_from_the_next_batch(ros):
     assert not result.successful and "one of: ultrafast" in result.reason
     assert node.encoder_config.preset == "veryfast"
     assert not _set(node, "train_width", 64).successful  # the sampler's buffer size is fixed at start-up
+
+
+# ------------------------------------------------------------------------------------------
+# Devices (issue #14)
+# ------------------------------------------------------------------------------------------
+
+EDGE_SMALL = [Parameter("input_width", value=32), Parameter("input_height", value=16),
+              Parameter("student", value="lraspp_mobilenet_v3_large")]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_asking_for_cuda_where_there_is_none_fails_at_start_up_naming_what_torch_sees(ros):
+    from ams_ros.core.devices import DeviceError
+    from ams_ros.nodes.student_segmenter import StudentSegmenter
+
+    with pytest.raises(DeviceError, match=r"device 'cuda'.*CUDA devices visible: 0.*fix:"):
+        StudentSegmenter(EdgeState(), parameter_overrides=[*EDGE_SMALL, Parameter("device", value="cuda")])
+    with pytest.raises(DeviceError, match=r"device 'cuda:1'.*built with CUDA"):
+        AMSTrainerNode(ServerState(), parameter_overrides=[*SMALL, Parameter("device", value="cuda:1")])
+
+
+def test_auto_device_puts_the_edge_student_and_the_servers_copies_on_what_torch_sees(ros):
+    import torch
+
+    from ams_ros.core.devices import resolve_device
+    from ams_ros.nodes.model_patcher import ModelPatcher
+    from ams_ros.nodes.student_segmenter import StudentSegmenter
+
+    expected = resolve_device("auto")
+    state = EdgeState()
+    seg = StudentSegmenter(state, parameter_overrides=EDGE_SMALL)
+    patcher = ModelPatcher(state, parameter_overrides=[Parameter("request_snapshot_on_start", value=False)])
+    ros += [patcher, seg]
+    assert state.model.holder.device == expected == seg.inference.device
+    sstate = ServerState()
+    ros.append(AMSTrainerNode(sstate, parameter_overrides=SMALL))
+    for session in sstate.sessions.values():
+        assert all(p.device == expected for p in session.model.parameters())
+        assert session.trainer.m.device == expected and session.trainer.m.dtype == torch.float32
+
+
+def test_a_patcher_on_another_device_than_the_student_is_refused(ros):
+    from ams_ros.nodes.model_patcher import ModelPatcher
+    from ams_ros.nodes.student_segmenter import StudentSegmenter
+
+    state = EdgeState()
+    ros.append(StudentSegmenter(state, parameter_overrides=[*EDGE_SMALL, Parameter("device", value="cpu")]))
+    state.model.holder.__class__ = type("OnCuda", (type(state.model.holder),), {"device": property(
+        lambda self: __import__("torch").device("cuda", 0))})  # as if the student had been put on a GPU
+    with pytest.raises(ValueError, match="differs from the student's"):
+        ModelPatcher(state, parameter_overrides=[Parameter("device", value="cpu")])
+
+
+def test_train_precision_changes_at_run_time_for_every_robot(server):
+    state, trainer, _ = server
+    assert _set(trainer, "train_precision", "bfloat16").successful
+    assert {s.trainer.config.train_precision for s in state.sessions.values()} == {"bfloat16"}
+    assert not _set(trainer, "train_precision", "int8").successful
+
+
+def test_segmenter_computes_mask_and_overlay_only_for_topics_with_subscribers(ros):
+    import time
+
+    import numpy as np
+    from sensor_msgs.msg import Image
+
+    from ams_ros.nodes import topics
+    from ams_ros.nodes.conversions import numpy_to_imgmsg
+    from ams_ros.nodes.student_segmenter import StudentSegmenter
+
+    seg = StudentSegmenter(EdgeState(), parameter_overrides=EDGE_SMALL)
+    ros.append(seg)
+    asked = []
+    run = seg.inference.run
+    seg.inference.run = lambda net, frame, mask=False, overlay=False, alpha=0.5: (
+        asked.append((mask, overlay)), run(net, frame, mask=mask, overlay=overlay, alpha=alpha))[1]
+    frame = numpy_to_imgmsg(np.zeros((16, 32, 3), dtype=np.uint8), "rgb8")
+    seg._on_image(frame)
+    listener = rclpy.create_node("mask_listener")
+    ros.append(listener)
+    got = []
+    listener.create_subscription(Image, seg.mask_pub.topic_name, got.append, 10)
+    deadline = time.monotonic() + 10.0
+    while seg.mask_pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seg._on_image(frame)
+    assert asked == [(False, False), (True, False)]
+    assert seg.frames_segmented == 2 and topics.MASK_COLOR in seg.mask_pub.topic_name

@@ -104,3 +104,42 @@ def test_tflite_teacher_agrees_with_cityscapes_ground_truth(assets):
     sel = T.SelectedClassesTeacher(teacher, ["road", "car"])
     (small,) = sel.label([img[::4, ::4].copy()])
     assert set(np.unique(small)) <= {0, 1, 255} and (small == 0).mean() > 0.2
+
+
+# ------------------------------------------------------------------------------------------
+# torchvision teachers from a local weights file, on a device, one batched call (issue #14)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large"])
+def test_torchvision_teacher_loads_a_local_state_dict_by_spec_and_maps_voc_classes(tmp_path, name):
+    import torchvision.models.segmentation as seg
+
+    torch.manual_seed(0)
+    net = getattr(seg, name)(weights=None, weights_backbone=None, num_classes=21, aux_loss=None)
+    path = tmp_path / f"{name}.pth"
+    torch.save(net.state_dict(), path)
+    teacher = T.build_teacher(f"torchvision:{name}@{path}")
+    assert teacher.name == f"torchvision:{name}" and teacher.label_space.name == "voc"
+    for a, b in zip(teacher.model.net.state_dict().values(), net.state_dict().values()):
+        assert torch.equal(a, b)  # the file's weights, not a fresh initialisation
+    teacher.input_size = (64, 64)  # small enough for a test
+    assert T.place_teacher(teacher, torch.device("cpu")) == "cpu"
+    frames = [np.random.default_rng(i).integers(0, 256, (40, 60, 3), dtype=np.uint8) for i in range(3)]
+    calls = []
+    forward = teacher.model.forward
+    teacher.model.forward = lambda x: (calls.append(x.shape[0]), forward(x))[1]
+    labels = teacher.label(frames)
+    assert calls == [3]  # the whole batch in one forward pass
+    assert all(lab.shape == (40, 60) and lab.dtype == np.uint8 and lab.max() < 21 for lab in labels)
+    picked = T.select_classes(teacher, ["person", "car"])  # VOC ids 15 and 7 -> 0 and 1, the rest ignore
+    for full, sub in zip(labels, picked.label(frames)):
+        np.testing.assert_array_equal(sub, np.where(full == 15, 0, np.where(full == 7, 1, 255)))
+
+
+def test_cpu_only_teachers_refuse_an_explicit_cuda_device_and_stay_on_the_cpu_for_auto():
+    oracle = T.build_teacher("oracle:0")
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        T.place_teacher(oracle, torch.device("cuda:0"), explicit=True)
+    assert "not a PyTorch model" in T.place_teacher(oracle, torch.device("cuda:0"), explicit=False)
+    assert T.place_teacher(oracle, torch.device("cpu")) == "cpu"

@@ -66,7 +66,10 @@ class EdgeInference:
 
     def to_device(self, rgb: np.ndarray) -> torch.Tensor:
         """H x W x 3 uint8 frame as a uint8 tensor on the device (pinned, non-blocking copy on CUDA)."""
-        t = torch.from_numpy(np.ascontiguousarray(rgb))
+        a = np.ascontiguousarray(rgb)
+        if not a.flags.writeable:  # a view of a message's buffer: torch only wraps writable memory (never written)
+            a = a.copy()
+        t = torch.from_numpy(a)
         if self._pin:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t

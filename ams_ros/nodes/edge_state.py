@@ -7,7 +7,10 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+import torch
+
 from ams_ros.core.double_buffer import DoubleBufferedModel
+from ams_ros.core.edge_inference import place_model
 from ams_ros.core.labels import LabelSpace
 from ams_ros.core.models.weights import StudentSpec
 
@@ -22,8 +25,11 @@ class EdgeModel:
     input_size: tuple[int, int]
 
     @classmethod
-    def build(cls, spec: StudentSpec, input_size: tuple[int, int]) -> "EdgeModel":
-        return cls(DoubleBufferedModel(spec.load()), spec.space(), spec.name, input_size)
+    def build(cls, spec: StudentSpec, input_size: tuple[int, int], device: torch.device | str = "cpu",
+              channels_last: bool = False) -> "EdgeModel":
+        """Load the student once, put it on ``device`` and make the double buffer there."""
+        model = place_model(spec.load(), torch.device(device), channels_last)
+        return cls(DoubleBufferedModel(model), spec.space(), spec.name, input_size)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from rclpy.node import Node
 from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
+from ams_ros.core.devices import resolve_device
 from ams_ros.core.params import fingerprint
 from ams_ros.core.update_codec import UpdateError, VersionGapError
 from ams_ros.nodes import topics
@@ -27,10 +28,10 @@ from ams_ros.nodes.conversions import msg_to_update
 from ams_ros.nodes.edge_state import EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param
 from ams_ros.nodes.qos import qos
-from ams_ros.nodes.shared_params import DEVICE_ID
+from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE
 
 PARAMS = (
-    DEVICE_ID,
+    DEVICE_ID, EDGE_DEVICE,
     Param("request_snapshot_on_start", True, "Ask the server for a full model snapshot at start-up"),
     Param("snapshot_timeout_s", 30.0, "Seconds to wait for a snapshot response before asking again", dynamic=True),
     Param("auth_key", "", "Shared HMAC key; when set, unauthenticated updates are rejected"),
@@ -45,6 +46,11 @@ class ModelPatcher(Node):
         super().__init__("model_patcher", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self.model = state.require_model("model_patcher")
+        device = resolve_device(self.p["device"])
+        if device != self.model.holder.device:  # one device per edge process: set it in the YAML's /** section
+            raise ValueError(f"model_patcher device '{self.p['device']}' ({device}) differs from the student's "
+                             f"({self.model.holder.device}): the patcher writes into the segmenter's model; set "
+                             f"'device' once, in the '/**' section of the edge parameter file")
         self.counters = state.counters
         self.stats = state.patch_stats
         self._fingerprint = fingerprint(self.model.holder.active)

@@ -4,6 +4,7 @@ and the robots a base station serves."""
 
 from __future__ import annotations
 
+from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes import topics
 from ams_ros.nodes.parameters import Param, from_field, string_list
@@ -18,6 +19,11 @@ STUDENT_WEIGHTS = from_field(StudentSpec, "weights", name="student_weights", sha
 LABEL_SPACE = from_field(StudentSpec, "label_space", shared=True)
 SELECTED_CLASSES = from_field(StudentSpec, "selected_classes", shared=True)
 STUDENT_PARAMS = (STUDENT, STUDENT_WEIGHTS, LABEL_SPACE, SELECTED_CLASSES)
+# The robot's segmenter and patcher share the double-buffered student: one device per edge process.
+EDGE_DEVICE = from_field(DeviceConfig, "device", shared=True,
+                         description="Torch device of the robot's student (inference and patching share it): "
+                                     "auto (first CUDA device, else the CPU) | cpu | cuda | cuda:N; CUDA where "
+                                     "torch sees none is a start-up error")
 
 
 def student_spec(p) -> StudentSpec:

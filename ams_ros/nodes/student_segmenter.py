@@ -2,6 +2,8 @@
 
 Inference reads the active model of a double buffer, so a model swap by the patcher never
 blocks it; frames that arrive while inference is busy are dropped (depth-1 queue), never queued.
+The model runs on the ``device`` parameter's device; the colour mask and the overlay are computed
+there too, and only for topics that have a subscriber (:mod:`ams_ros.core.edge_inference`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from ams_msgs.msg import EdgeStatus, LabelInfo
-from ams_ros.core.labels import colorize, overlay
-from ams_ros.core.models.student import predict
+from ams_ros.core.devices import configure_cudnn, describe, resolve_device
+from ams_ros.core.edge_inference import DeviceConfig, EdgeInference
 from ams_ros.core.params import fingerprint
 from ams_ros.core.source_timing import GapTracker
 from ams_ros.core.threads import set_torch_threads
@@ -31,10 +33,13 @@ from ams_ros.nodes.edge_state import EdgeModel, EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC, STUDENT_PARAMS, student_spec
+from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE, IMAGE_TOPIC, STUDENT_PARAMS, student_spec
 
 PARAMS = (
-    DEVICE_ID, IMAGE_TOPIC, *STUDENT_PARAMS,
+    DEVICE_ID, IMAGE_TOPIC, *STUDENT_PARAMS, EDGE_DEVICE,
+    from_field(DeviceConfig, "inference_dtype"),
+    from_field(DeviceConfig, "channels_last"),
+    from_field(DeviceConfig, "cudnn_benchmark"),
     from_field(TrainerConfig, "input_size", name="input_width", index=0, description="Student input width"),
     from_field(TrainerConfig, "input_size", name="input_height", index=1, description="Student input height"),
     Param("overlay_alpha", 0.5, "Opacity of the colour mask in the overlay image (0..1)", dynamic=True),
@@ -62,9 +67,15 @@ class StudentSegmenter(Node):
         super().__init__("student_segmenter", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self._reject = RejectLog(self)
+        device = resolve_device(self.p["device"])  # DeviceError (start-up failure) naming what torch sees
+        configure_cudnn(device, bool(self.p["cudnn_benchmark"]))
         threads = set_torch_threads(int(self.p["torch_threads"]), reserve=1)
-        self.get_logger().info(f"inference on {threads} torch thread(s)")
-        model = EdgeModel.build(student_spec(self.p), (int(self.p["input_width"]), int(self.p["input_height"])))
+        self.get_logger().info(f"inference on {describe(device)} in {self.p['inference_dtype']}"
+                               + (f", {threads} torch thread(s)" if device.type == "cpu" else ""))
+        model = EdgeModel.build(student_spec(self.p), (int(self.p["input_width"]), int(self.p["input_height"])),
+                                device, channels_last=bool(self.p["channels_last"]))
+        self.inference = EdgeInference(model.label_space, model.input_size, device, self.p["inference_dtype"],
+                                       channels_last=bool(self.p["channels_last"]))
         state.model = model
         self.model = model
         self.counters = state.counters
@@ -100,7 +111,8 @@ class StudentSegmenter(Node):
         self._publish_label_info()
         self.get_logger().info(
             f"segmenting '{self.resolve_topic_name(self.p['image_topic'])}' with {model.student} "
-            f"({len(model.label_space.class_names)} classes, input {model.input_size[0]}x{model.input_size[1]})"
+            f"({len(model.label_space.class_names)} classes, input {model.input_size[0]}x{model.input_size[1]}, "
+            f"{describe(device)})"
         )
 
     @staticmethod
@@ -123,20 +135,21 @@ class StudentSegmenter(Node):
             self._reject("image", f"{type(exc).__name__}: {exc}")
             return
         t_ask = time.perf_counter()
+        # lazy outputs (as image_pipeline): a mask or overlay nobody subscribes to is never computed
+        want_mask = self.mask_pub is not None and self.mask_pub.get_subscription_count() > 0
+        want_overlay = self.overlay_pub is not None and self.overlay_pub.get_subscription_count() > 0
         with self.model.holder.use() as net:  # a concurrent swap never blocks this, nor writes into net
             wait = (time.perf_counter() - t_ask) * 1000.0
-            labels = predict(net, [rgb], size=self.model.input_size)[0]
+            labels, color, blended = self.inference.run(net, rgb, mask=want_mask, overlay=want_overlay,
+                                                        alpha=float(self.p["overlay_alpha"]))
         header = msg.header
         self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
-        if self.mask_pub is not None or self.overlay_pub is not None:
-            color = colorize(labels, self.model.label_space)
-            if self.mask_pub is not None:
-                self.mask_pub.publish(numpy_to_imgmsg(color, "rgb8", header))
-            if self.overlay_pub is not None:
-                blended = overlay(rgb, color, float(self.p["overlay_alpha"]))
-                if self.p["annotate_overlay"]:
-                    self._annotate(blended)
-                self.overlay_pub.publish(numpy_to_imgmsg(blended, "rgb8", header))
+        if color is not None:
+            self.mask_pub.publish(numpy_to_imgmsg(color, "rgb8", header))
+        if blended is not None:
+            if self.p["annotate_overlay"]:
+                self._annotate(blended)
+            self.overlay_pub.publish(numpy_to_imgmsg(blended, "rgb8", header))
         done = time.perf_counter()
         dt = (done - t0) * 1000.0
         with self._lock:

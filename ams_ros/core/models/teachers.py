@@ -63,15 +63,22 @@ class TFLiteTeacher:
 
 
 class _TorchTeacher:
-    """Shared inference for PyTorch teachers: resize, argmax, nearest back to the frame size."""
+    """Shared inference for PyTorch teachers: resize, argmax, nearest back to the frame size.
+
+    A frame batch from a robot (10 frames per update period) is labelled in one batched forward
+    pass on the teacher's device (:func:`place_teacher`); ``max_batch`` > 0 splits it (a big
+    teacher on a small CPU)."""
 
     model: torch.nn.Module
     input_size: tuple[int, int]
+    max_batch: int = 0
 
     def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         from ams_ros.core.models.student import predict
 
-        labels = predict(self.model, list(images), size=self.input_size, batch_size=2)
+        images = list(images)
+        batch = self.max_batch if self.max_batch > 0 else max(1, len(images))
+        labels = predict(self.model, images, size=self.input_size, batch_size=batch)
         return [_check_range(lab, self.label_space) for lab in labels]
 
 
@@ -172,6 +179,29 @@ def select_classes(teacher: Teacher, selected_names: Sequence[str]) -> Teacher:
     if not names or tuple(names) == tuple(teacher.label_space.class_names):
         return teacher
     return SelectedClassesTeacher(teacher, names)
+
+
+def place_teacher(teacher: Teacher, device: torch.device, explicit: bool = True, max_batch: int = 0) -> str:
+    """Move a PyTorch teacher (or the one a :class:`SelectedClassesTeacher` wraps) to ``device``;
+    returns where it runs. Teachers that run on the CPU only (TFLite, the synthetic oracle) stay
+    there: a ValueError when CUDA was asked for explicitly (``explicit``), a note in the returned
+    text when it came from ``auto``."""
+    inner = getattr(teacher, "teacher", None)
+    if inner is not None and isinstance(teacher, SelectedClassesTeacher):
+        return place_teacher(inner, device, explicit, max_batch)
+    model = getattr(teacher, "model", None)
+    if isinstance(model, torch.nn.Module):
+        teacher.model = model.to(device).eval()  # type: ignore[attr-defined]
+        if hasattr(teacher, "max_batch"):
+            teacher.max_batch = int(max_batch)  # type: ignore[attr-defined]
+        return str(device)
+    if device.type != "cpu":
+        if explicit:
+            raise ValueError(f"teacher '{teacher.name}' runs on the CPU only (not a PyTorch model), but device "
+                             f"'{device}' was asked for: set the labeler's device to cpu or auto, or use a PyTorch "
+                             f"teacher (torchvision:NAME@WEIGHTS.pth, checkpoint:PATH)")
+        return f"cpu ({teacher.name} is not a PyTorch model)"
+    return "cpu"
 
 
 def label_frames(teacher: Teacher, frames: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:

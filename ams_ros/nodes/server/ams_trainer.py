@@ -26,6 +26,8 @@ from rclpy.node import Node
 
 from ams_msgs.msg import ModelUpdate, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
+from ams_ros.core.devices import configure_cudnn, describe, resolve_device
+from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.params import fingerprint
 from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.session_store import SessionStore
@@ -39,7 +41,8 @@ from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, STUDENT_PARAMS, device_ids, student_spec
 
 # trainer settings that may change between phases, and the session's
-TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy")
+TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy",
+                   "train_precision")
 SESSION_DYNAMIC = ("update_encoding", "snapshot_encoding", "min_samples")
 
 PARAMS = (
@@ -48,6 +51,9 @@ PARAMS = (
     from_field(TrainerConfig, "input_size", name="input_height", index=1, description="Training input height"),
     *(from_field(TrainerConfig, name, dynamic=True) for name in TRAINER_DYNAMIC),
     from_field(TrainerConfig, "authors_variant"),
+    from_field(DeviceConfig, "device", description="Torch device the students train on: auto (first CUDA device, "
+               "else the CPU) | cpu | cuda | cuda:N; CUDA where torch sees none is a start-up error"),
+    from_field(DeviceConfig, "cudnn_benchmark"),
     from_field(SessionConfig, "min_samples", dynamic=True),
     from_field(SessionConfig, "update_encoding", dynamic=True),
     from_field(SessionConfig, "snapshot_encoding", dynamic=True),
@@ -75,10 +81,12 @@ class AMSTrainerNode(Node):
         super().__init__("ams_trainer", **kwargs)
         p = self.p = NodeParameters(self, PARAMS, on_change=self._apply_change)
         set_torch_threads(int(p["torch_threads"]))
+        device = resolve_device(p["device"])  # DeviceError (start-up failure) naming what torch sees
+        configure_cudnn(device, bool(p["cudnn_benchmark"]))
         self.state = state
         state.bind_devices(device_ids(p), self.get_name())
         spec = student_spec(p)
-        base = spec.load()
+        base = spec.load().to(device)  # every robot's copy, its Adam state and its phases live there
         self.fingerprint = fingerprint(base)
         tcfg = trainer_config(p)
         self.pubs, self.status_pubs = {}, {}
@@ -107,7 +115,8 @@ class AMSTrainerNode(Node):
         self._thread = threading.Thread(target=self._work, name="ams_trainer", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"training {spec.name} for {', '.join(state.device_ids)}: K={tcfg.iterations}, batch {tcfg.batch_size}, "
+            f"training {spec.name} on {describe(device)} ({tcfg.train_precision}) for {', '.join(state.device_ids)}: "
+            f"K={tcfg.iterations}, batch {tcfg.batch_size}, "
             f"horizon {tcfg.horizon_s:g} s, gamma {tcfg.gamma:g} ({tcfg.strategy}), encoding {p['update_encoding']}"
         )
 

@@ -16,11 +16,13 @@ from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch
 from ams_ros.core.frame_codec import FrameCodecError
+from ams_ros.core.devices import resolve_device
+from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
-from ams_ros.core.models.teachers import build_teacher, label_frames, select_classes
+from ams_ros.core.models.teachers import build_teacher, label_frames, place_teacher, select_classes
 from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import frame_batch_checksum, stamp_to_sec
-from ams_ros.nodes.parameters import NodeParameters, Param, string_list
+from ams_ros.nodes.parameters import NodeParameters, Param, from_field, string_list
 from ams_ros.nodes.qos import qos
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, LABEL_SPACE, SELECTED_CLASSES, device_ids
@@ -30,6 +32,10 @@ PARAMS = (
     Param("teacher", "oracle", "Teacher spec: tflite:PATH | torchvision:NAME | checkpoint:PATH | espnetv2:PATH | oracle[:seed] "
                                "(the synthetic world's)"),
     LABEL_SPACE, SELECTED_CLASSES,
+    from_field(DeviceConfig, "device", description="Torch device of the teacher: auto (first CUDA device, else the "
+               "CPU) | cpu | cuda | cuda:N; CUDA where torch sees none is a start-up error (TFLite and oracle "
+               "teachers run on the CPU)"),
+    Param("teacher_max_batch", 0, "Frames per teacher forward pass (0 = a robot's whole batch in one call)"),
     Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
           dynamic=True),
     Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
@@ -45,7 +51,10 @@ class TeacherLabeler(Node):
         self.state = state
         state.bind_devices(device_ids(self.p), self.get_name())
         selected = string_list(self.p["selected_classes"])
+        device = resolve_device(self.p["device"])  # DeviceError naming what torch sees
         self.teacher = select_classes(build_teacher(self.p["teacher"]), selected)
+        where = place_teacher(self.teacher, device, explicit=self.p["device"].strip().lower() not in ("", "auto"),
+                              max_batch=int(self.p["teacher_max_batch"]))
         student_space = resolve_label_space(self.p["label_space"], selected)
         if self.teacher.label_space.num_classes != student_space.num_classes:
             raise ValueError(
@@ -59,7 +68,8 @@ class TeacherLabeler(Node):
         self._unchecked_warned: set[str] = set()
         self._thread = threading.Thread(target=self._work, name="teacher_labeler", daemon=True)
         self._thread.start()
-        self.get_logger().info(f"teacher '{self.p['teacher']}' labelling batches of {', '.join(state.device_ids)}")
+        self.get_logger().info(f"teacher '{self.p['teacher']}' on {where} labelling batches of "
+                               f"{', '.join(state.device_ids)}")
 
     @staticmethod
     def _check_change(changes: dict[str, Any]) -> None:
