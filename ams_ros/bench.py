@@ -2,6 +2,12 @@
 
 Writes ``out/bench/bench.json`` and prints it. CPU figures on this machine; no timed asserts
 live in the unit tests, targets are checked here and reported as ``targets``.
+
+``--device DEV`` (auto | cpu | cuda | cuda:N) adds ``devices[DEV][PRECISION]``: student inference
+at 512x256 (batch 1), one training phase at 512x256 (batch 8, K = ``--phase-steps``), teacher time
+per frame and per 10-frame batch, and patch decode + apply + swap on that device; plus the edge
+segmenter's per-frame pipeline against the bare model at 256x128 on one thread. The top-level
+keys (CPU figures) are kept as they were. CUDA timings synchronise the device around each run.
 """
 
 from __future__ import annotations
@@ -158,12 +164,142 @@ def resync_bytes(args: argparse.Namespace, student=None) -> dict:
     return out
 
 
+def _timed_ms(fn, device, repeat: int, warmup: int = 2) -> float:
+    from ams_ros.core.devices import synchronize
+
+    def once():
+        fn()
+        synchronize(device)
+
+    synchronize(device)
+    return _median_ms(once, repeat=repeat, warmup=warmup)
+
+
+def _segmenter_pipeline(student, repeat: int) -> dict:
+    """The edge segmenter's work per frame (256x128, one torch thread) against the bare model:
+    labels only (nobody subscribes to mask/overlay), all outputs on the device path, and the
+    pipeline before issue #14 (predict + NumPy colorize + overlay). ROS message conversion is
+    not included (this runs without ROS)."""
+    from ams_ros.core.edge_inference import EdgeInference
+    from ams_ros.core.labels import colorize, get_label_space, overlay
+    from ams_ros.core.models.student import to_input
+
+    space = get_label_space("voc")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        frame = _synthetic_samples(1, (256, 128))[0][1]
+        x = torch.rand(1, 3, 128, 256)
+        inf = EdgeInference(space, (256, 128), "cpu")
+        with torch.no_grad():
+            bare = _median_ms(lambda: student(x), repeat=repeat)
+        labels_only = _median_ms(lambda: inf.run(student, frame), repeat=repeat)
+        all_outputs = _median_ms(lambda: inf.run(student, frame, mask=True, overlay=True, alpha=0.5), repeat=repeat)
+
+        def before():  # what the node did before issue #14: predict() with argmax, NumPy colour and blend
+            with torch.no_grad():
+                lab = student(to_input([frame], (256, 128))).argmax(dim=1).to(torch.uint8).numpy()[0]
+            overlay(frame, colorize(lab, space), 0.5)
+
+        old_all = _median_ms(before, repeat=repeat)
+    finally:
+        torch.set_num_threads(old)
+    out = {"bare_model_ms": round(bare, 2), "labels_only_ms": round(labels_only, 2),
+           "all_outputs_ms": round(all_outputs, 2), "before_issue14_all_outputs_ms": round(old_all, 2),
+           "ratio_labels_only": round(labels_only / bare, 3), "ratio_all_outputs": round(all_outputs / bare, 3),
+           "ratio_before_issue14": round(old_all / bare, 3), "torch_threads": 1, "size": "256x128",
+           "note": "frame (uint8) -> label map (+ colour mask, overlay) in core; message conversion not included"}
+    log(f"segmenter pipeline 256x128, 1 thread: bare model {out['bare_model_ms']} ms, labels only "
+        f"{out['labels_only_ms']} ms ({out['ratio_labels_only']}x), all outputs {out['all_outputs_ms']} ms "
+        f"({out['ratio_all_outputs']}x), before #14 {out['before_issue14_all_outputs_ms']} ms ({out['ratio_before_issue14']}x)")
+    return out
+
+
+def _bench_teacher(spec: str, device, size: tuple[int, int], repeat: int, tmp: Path):
+    """A teacher for timing: ``spec``, or a randomly initialised torchvision DeepLabV3-MobileNetV3
+    loaded by spec from a state dict written to ``tmp`` (timing does not depend on the weights)."""
+    from ams_ros.core.models.teachers import build_teacher, place_teacher
+
+    if not spec:
+        import torchvision.models.segmentation as seg
+
+        path = tmp / "deeplabv3_mobilenet_v3_large_random.pth"
+        if not path.exists():
+            torch.manual_seed(0)
+            net = seg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=21)
+            torch.save(net.state_dict(), path)
+        spec = f"torchvision:deeplabv3_mobilenet_v3_large@{path}"
+    teacher = build_teacher(spec)
+    if hasattr(teacher, "input_size"):
+        teacher.input_size = size
+    where = place_teacher(teacher, device, explicit=False)
+    return teacher, spec, where
+
+
+def _device_figures(args: argparse.Namespace, student, samples, updates_5pct: dict, device) -> dict:
+    """Per precision on ``device``: inference, a training phase, the teacher, patch apply."""
+    from ams_ros.core.devices import describe, resolve_dtype
+    from ams_ros.core.double_buffer import DoubleBufferedModel
+    from ams_ros.core.edge_inference import autocast_for
+
+    out: dict = {"device": describe(device), "phase_steps": args.phase_steps, "phase_batch": 8,
+                 "phase_size": "512x256", "precisions": {}}
+    x = torch.rand(1, 3, 256, 512, device=device)
+    model = copy.deepcopy(student).to(device).eval()
+    frames = [f for _, f, _ in samples[:10]]
+    tw, th = args.teacher_width, args.teacher_height
+    teacher, spec, where = _bench_teacher(args.teacher, device, (tw, th), args.repeat, Path(args.out))
+    out["teacher"] = {"spec": spec, "runs_on": where, "input": f"{tw}x{th}"}
+    for name in args.precisions:
+        dtype = resolve_dtype(name)
+        fig: dict = {}
+        with torch.no_grad(), autocast_for(device, dtype):
+            fig["student_ms_512x256"] = round(_timed_ms(lambda: model(x), device, args.repeat), 2)
+            if args.channels_last:
+                cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                xc = x.contiguous(memory_format=torch.channels_last)
+                fig["student_ms_512x256_channels_last"] = round(_timed_ms(lambda: cl(xc), device, args.repeat), 2)
+        m = copy.deepcopy(student).to(device)
+        tr = _trainer(m, (512, 256), 0.05, iterations=args.phase_steps)
+        tr.reconfigure(train_precision=name)
+        for t, f, g in samples:
+            tr.add_sample(t, f, g)
+        t0 = time.perf_counter()
+        res = tr.train_phase(60.0)
+        fig["phase_s"] = round(time.perf_counter() - t0, 3)
+        fig["phase_loss"] = round(float(res.loss), 4)
+        out["precisions"][name] = fig
+        log(f"{describe(device)} {name}: " + ", ".join(f"{k} {v}" for k, v in fig.items()))
+    # the teacher and the patcher run in float32
+    teacher.label(frames[:1])  # warm-up (cuDNN, allocator)
+    reps = max(1, args.repeat // 4)
+    out["teacher_ms_per_frame"] = round(_median_ms(lambda: teacher.label(frames[:1]), reps, warmup=1), 1)
+    out["teacher_ms_per_10_frame_batch"] = round(_median_ms(lambda: teacher.label(frames), reps, warmup=1), 1)
+    edge = DoubleBufferedModel(copy.deepcopy(student).to(device))
+    upd = updates_5pct["paper_gzip_fp16"]
+
+    def apply():
+        u = copy.copy(upd)
+        u.base_version, u.new_version = edge.version, edge.version + 1
+        u.checksum = u.compute_checksum()
+        edge.apply_update(u)
+
+    out["patch_apply_ms_paper_gzip_fp16"] = round(_timed_ms(apply, device, args.repeat), 2)
+    log(f"{describe(device)}: teacher {out['teacher_ms_per_frame']} ms/frame, {out['teacher_ms_per_10_frame_batch']} ms "
+        f"per 10-frame batch ({spec.split('@')[0]} at {tw}x{th}, on {where}); patch decode+apply+swap "
+        f"{out['patch_apply_ms_paper_gzip_fp16']} ms")
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     from ams_ros.core.frame_codec import encode_frames
     from ams_ros.core.models.student import build_student
     from ams_ros.core.params import flatten_params, num_params
+    from ams_ros.core.devices import configure_cudnn, describe, resolve_device, torch_sees
     from ams_ros.core.double_buffer import DoubleBufferedModel
     from ams_ros.core.update_codec import ENCODINGS, encode_update
+
+    configure_cudnn(resolve_device(args.device), args.cudnn_benchmark)  # DeviceError at once, before any work
 
     torch.manual_seed(0)
     res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -229,6 +365,11 @@ def run(args: argparse.Namespace) -> dict:
     res["patch_apply_ms_by_encoding"] = {}
     for name, upd in updates_5pct.items():
         res["patch_apply_ms_by_encoding"][name] = round(_median_ms(lambda: apply(upd), repeat=args.repeat), 2)
+    res["segmenter_pipeline_256x128"] = _segmenter_pipeline(student, args.repeat)
+    device = resolve_device(args.device)
+    res["machine"]["device"] = describe(device)
+    res["machine"]["torch_sees"] = torch_sees()
+    res["devices"] = {str(device): _device_figures(args, student, samples, updates_5pct, device)}
     log("patch decode+apply+swap (5%): " + ", ".join(
         f"{n} {ms} ms ({res['update_bytes'][n]['0.05']:,} B)" for n, ms in res["patch_apply_ms_by_encoding"].items()))
     res["patch_apply_ms"] = res["patch_apply_ms_by_encoding"]["paper_gzip_fp16"]
@@ -254,6 +395,7 @@ def run(args: argparse.Namespace) -> dict:
         "paper_encoding_5pct_at_most_256KB": paper5 <= PAPER_UPDATE_BYTES_AT_5PCT,
         "best_encoding_5pct_at_most_half_of_paper_figure": best5 <= PAPER_UPDATE_BYTES_AT_5PCT / 2,
         "patch_apply_under_10ms": res["patch_apply_ms"] < 10.0,
+        "segmenter_labels_only_within_1.10x_of_bare_model": res["segmenter_pipeline_256x128"]["ratio_labels_only"] <= 1.10,
         "batch_within_1.3x_of_200kbps_budget": len(enc.data) <= 1.3 * 200_000 / 8 * 10,
         "edge_default_inference_beside_encoder_under_1.5x_idle": all(
             r["during_encode_max_ms"] < 1.5 * r["idle_ms"]
@@ -271,7 +413,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
     p.add_argument("--only", choices=["all", "resync"], default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N: the device of the per-device figures")
+    p.add_argument("--precisions", default="",
+                   help="comma-separated float32,bfloat16,float16 (default: float32 on the CPU, all three on CUDA)")
+    p.add_argument("--phase-steps", type=int, default=0,
+                   help="K of the per-device 512x256 batch-8 phase (default: --iterations; a K=20 phase takes 25-46 s on a small CPU)")
+    p.add_argument("--teacher", default="", help="teacher spec to time (default: a random-init torchvision "
+                   "deeplabv3_mobilenet_v3_large, 21 classes, loaded by spec from a state dict written under --out)")
+    p.add_argument("--teacher-width", type=int, default=520, help="teacher input width")
+    p.add_argument("--teacher-height", type=int, default=520, help="teacher input height")
+    p.add_argument("--channels-last", action="store_true", help="also time inference in channels-last memory format")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on CUDA")
     args = p.parse_args(argv)
+    from ams_ros.core.devices import resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(args.device)
+        names = [n.strip() for n in args.precisions.split(",") if n.strip()] or (
+            ["float32", "bfloat16", "float16"] if device.type == "cuda" else ["float32"])
+        for n in names:
+            resolve_dtype(n)
+    except ValueError as exc:
+        print(f"ams-bench: error: {exc}", file=sys.stderr)
+        return 2
+    args.precisions = names
+    args.phase_steps = args.phase_steps or args.iterations
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     res = run(args) if args.only == "all" else {"resync": resync_bytes(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

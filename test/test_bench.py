@@ -15,7 +15,9 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     out = tmp_path / "bench"
     # its own process, as users run it: its memory goes back to the system when it ends
     proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(out), "--repeat", "1", "--iterations",
-                           "1", "--update-width", "64", "--update-height", "32"], cwd=REPO_ROOT, capture_output=True,
+                           "1", "--update-width", "64", "--update-height", "32", "--device", "cpu",
+                           "--precisions", "float32,bfloat16", "--teacher-width", "64", "--teacher-height", "64"],
+                          cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "[bench] patch decode+apply+swap (5%)" in proc.stdout + proc.stderr
@@ -40,3 +42,25 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     assert catch == sorted(catch) and catch[-1] < rs["snapshot_bytes"], rs
     within = res["smallest_encoding_within_10ms"]
     assert within is None or res["patch_apply_ms_by_encoding"][within] < 10.0
+    # per device and precision (issue #14): inference, a phase, teacher per frame and per batch, patch apply
+    dev = res["devices"]["cpu"]
+    assert set(dev["precisions"]) == {"float32", "bfloat16"} and dev["phase_steps"] == 1
+    for fig in dev["precisions"].values():
+        assert fig["student_ms_512x256"] > 0 and fig["phase_s"] > 0
+    assert dev["teacher_ms_per_10_frame_batch"] > 0 and dev["teacher_ms_per_frame"] > 0
+    assert dev["patch_apply_ms_paper_gzip_fp16"] > 0 and dev["teacher"]["runs_on"] == "cpu"
+    seg = res["segmenter_pipeline_256x128"]
+    assert seg["ratio_labels_only"] == round(seg["labels_only_ms"] / seg["bare_model_ms"], 3)
+    assert "segmenter_labels_only_within_1.10x_of_bare_model" in res["targets"]
+
+
+def test_bench_refuses_cuda_where_there_is_none_before_doing_any_work(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(tmp_path), "--device", "cuda"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "device 'cuda'" in proc.stderr and "CUDA devices visible: 0" in proc.stderr
+    assert "[bench] student" not in proc.stdout

@@ -45,6 +45,15 @@ class DeviceConfig:
                                "cores; off by default, no gain measured on the CPU)")
 
 
+def class_map(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel argmax over classes (B x C x H x W -> B x H x W uint8), first maximum on ties.
+
+    ``torch.max(dim=1).indices`` rather than ``argmax(dim=1)``: the same indices, but on the CPU
+    ``argmax`` over the channel dimension of an NCHW tensor took 4.4 ms at 21 x 256 x 128 against
+    0.7 ms (one thread), a sixth of the student's own time."""
+    return logits.max(dim=1).indices.to(torch.uint8)
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """``torch.autocast`` for a reduced precision, a no-op context for float32."""
     if dtype == torch.float32:
@@ -88,7 +97,7 @@ class EdgeInference:
             logits = net(x)
         if isinstance(logits, dict):
             logits = logits["out"]
-        lab = logits.argmax(dim=1).to(torch.uint8)  # 1 x h x w
+        lab = class_map(logits)  # 1 x h x w
         if lab.shape[-2:] != frame.shape[:2]:
             lab = F.interpolate(lab[None].float(), size=frame.shape[:2], mode="nearest")[0].to(torch.uint8)
         return lab[0], (frame_t if same else None)

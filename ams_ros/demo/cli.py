@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ams_ros.core.devices import DTYPE_CHOICES
+from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.frame_codec import BatchEncoderConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.server_session import SessionConfig
@@ -47,6 +49,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoding", default=SessionConfig.update_encoding, choices=tuple(ENCODINGS), help="update encoding")
     p.add_argument("--bitrate", type=int, default=BatchEncoderConfig.bitrate_bps, help="uplink H.264 target (bits/s)")
     p.add_argument("--device-id", default="robot1", help="robot name")
+    p.add_argument("--device", default=DeviceConfig.device,
+                   help="torch device of both processes (robot student, server trainer and teacher): auto | cpu | "
+                        "cuda | cuda:N; CUDA where torch sees none fails at start-up")
+    p.add_argument("--inference-dtype", default=DeviceConfig.inference_dtype, choices=DTYPE_CHOICES,
+                   help="robot student inference precision")
+    p.add_argument("--train-precision", default=_T.train_precision, choices=DTYPE_CHOICES,
+                   help="server training precision (autocast)")
     p.add_argument("--pretrain-steps", type=int, default=300, help="steps of synthetic pretraining when no weights are given")
     p.add_argument("--eval-every", type=int, default=2, help="score every n-th label map (saves CPU)")
     p.add_argument("--cache-dir", default="out/cache", help="where the pretrained synthetic student is cached")
@@ -58,6 +67,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from ams_ros.core.devices import resolve_device
+
+    try:
+        resolve_device(args.device)  # fail here, not in two child processes
+    except ValueError as exc:
+        print(f"ams_demo: error: {exc}", file=sys.stderr)
+        return 2
     # DDS on loopback in a private domain, before rclpy is imported anywhere in this process.
     use_loopback(args.domain_id if args.domain_id is not None else private_domain_id(60, 40))
     from ams_ros.demo.runner import run_demo

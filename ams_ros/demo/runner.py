@@ -31,7 +31,7 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
     student = {"student": args.student, "student_weights": weights, "label_space": args.label_space,
                "selected_classes": sel}
     edge = write_overrides(out / "params_edge.yaml", {
-        "/**": {"device_id": dev, **student},
+        "/**": {"device_id": dev, **student, "device": args.device},
         "camera_sampler": {
             "source": args.source, "publish_rate": float(args.fps),
             "duration_s": float(args.duration) + 5.0, "stamp_origin": "stream",
@@ -41,12 +41,13 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
         },
         "student_segmenter": {
             "input_width": args.width, "input_height": args.height, "torch_threads": 1,
+            "inference_dtype": args.inference_dtype,
             "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
     })
     server = write_overrides(out / "params_server.yaml", {
         "/**": {"device_ids": [dev], **student},
-        "teacher_labeler": {"teacher": args.teacher},
+        "teacher_labeler": {"teacher": args.teacher, "device": args.device},
         "ams_trainer": {
             "input_width": args.width, "input_height": args.height, "iterations": int(args.iterations),
             "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
@@ -54,6 +55,7 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
             "update_encoding": args.encoding, "torch_threads": 1,
             # the robot's session survives a server restart (issue #13); cleared per run in run_demo
             "state_dir": str(out / "server_state"),
+            "device": args.device, "train_precision": args.train_precision,
         },
     })
     return edge, server

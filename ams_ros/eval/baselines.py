@@ -181,12 +181,12 @@ class KeyFrameDistiller:
         if self.gamma >= 1.0:
             return None
         idx = phase_indices(GRADIENT_GUIDED, self.n, self.gamma, self.rng, self.prev_update)
-        mask = torch.zeros(self.n, dtype=torch.bool)
-        mask[torch.as_tensor(idx, dtype=torch.int64)] = True
+        mask = torch.zeros(self.n, dtype=torch.bool, device=self.params[0].device)
+        mask[torch.as_tensor(idx, dtype=torch.int64, device=mask.device)] = True
         return mask
 
     def _acc(self, logits: torch.Tensor, label: np.ndarray) -> float:
-        pred = logits.argmax(dim=1)[0].to(torch.uint8).numpy()
+        pred = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         return keyframe_accuracy(pred, label, self.num_classes, self.accuracy)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,8 +194,9 @@ class KeyFrameDistiller:
 
     def distill(self, frame: np.ndarray, label: np.ndarray) -> KeyFrameOutcome:
         """Train on (frame, teacher label) at the training size; returns what to ship."""
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0
-        y = torch.from_numpy(label.astype(np.int64))[None]
+        device = self.params[0].device  # the student's (ams-eval --device)
+        x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1)[None].float() / 255.0
+        y = torch.from_numpy(label.astype(np.int64))[None].to(device)
         y = mask_unknown_classes(y, self.num_classes)
         w0 = flatten_tensors(self.params).clone()
         mask = self._select()
@@ -247,9 +248,9 @@ class KeyFrameDistiller:
             sel = np.empty(0, dtype=np.int64)
             base = np.empty(0, dtype=np.float32)
         else:
-            sel_local = np.flatnonzero(mask.numpy()) if mask is not None else np.arange(self.n)
+            sel_local = np.flatnonzero(mask.cpu().numpy()) if mask is not None else np.arange(self.n)
             sel = self.flat_index[sel_local]
-            base = w0.numpy()[sel_local].astype(np.float32)
+            base = w0.cpu().numpy()[sel_local].astype(np.float32)
         return KeyFrameOutcome(acc_before, acc, steps, success, sel, base)
 
 

@@ -42,6 +42,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override preset fields, e.g. --set train_speedup=5 --set jit_threshold=0.6")
     p.add_argument("--max-seconds", type=float, default=0.0, help="use only the first N seconds of each source (0 = all)")
+    p.add_argument("--device", default="auto",
+                   help="torch device of the student, the server's training and a PyTorch teacher: auto (first CUDA "
+                        "device, else the CPU) | cpu | cuda | cuda:N; CUDA where torch sees none is an error")
+    p.add_argument("--inference-dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="the edge student's inference precision (autocast; weights and updates stay float32)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a small machine shared with other work; 0 = torch's default)")
     p.add_argument("--cache", default=DEFAULT_CACHE, help="folder caching the teacher's labels ('' = no cache)")
@@ -91,26 +96,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _setup(args):
-    """Threads, preset, teacher, selected label space and its LUT."""
+    """Device, threads, preset, teacher (on the device when it is a PyTorch model), selected label
+    space and its LUT."""
+    from ams_ros.core.devices import resolve_device
     from ams_ros.core.labels import parse_class_list
-    from ams_ros.core.models.teachers import build_teacher, select_classes
+    from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
     from ams_ros.core.threads import set_torch_threads
     from ams_ros.eval.presets import get_preset, parse_overrides
 
+    args.torch_device = resolve_device(args.device)  # DeviceError (exit 2) naming what torch sees
     set_torch_threads(args.threads)  # 1 is fastest on a small machine shared with other work
     overrides = parse_overrides(args.overrides)
+    if getattr(args, "inference_dtype", "float32") != "float32":
+        overrides.setdefault("inference_dtype", args.inference_dtype)
     preset = get_preset(args.preset).with_overrides(overrides)
     teacher = build_teacher(args.teacher, label_space=args.label_space or None)
+    args.teacher_device = place_teacher(teacher, args.torch_device,
+                                        explicit=args.device.strip().lower() not in ("", "auto"))
     # the clip and the harness map the full teacher's labels (and human labels) through the LUT
     restricted = select_classes(teacher, parse_class_list(args.classes))
     return preset, overrides, teacher, restricted.label_space, getattr(restricted, "lut", None)
 
 
-def _machine() -> dict:
+def _machine(args=None) -> dict:
     import torch
 
+    from ams_ros.core.devices import describe, torch_sees
+
+    device = getattr(args, "torch_device", None)
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": describe(device) if device is not None else "cpu", "torch_sees": torch_sees(),
+            "teacher_device": getattr(args, "teacher_device", None),
+
             "load_avg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
@@ -152,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     meta = {"source": args.source, "teacher": args.teacher, "student": args.student,
             "student_weights": args.student_weights or None, "overrides": overrides or None,
             "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
-            "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine()}
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine(args)}
     results: dict = {}
     interrupted = False
     failed: list[str] = []
@@ -163,7 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("\n[ams-eval] interrupted while labelling the clip: nothing to report", flush=True)
         return 130
     student = load_student(args.student, num_classes=len(space.class_names),
-                           weights=args.student_weights or None).eval()
+                           weights=args.student_weights or None).to(args.torch_device).eval()
     print(f"[ams-eval] {len(clip)} frames over {clip.duration:.1f} s of '{args.source}', preset {preset.name}"
           f"{' ' + str(overrides) if overrides else ''}, classes {list(space.class_names)}", flush=True)
     for spec in specs:

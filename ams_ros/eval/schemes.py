@@ -155,7 +155,8 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.one_time_train_steps(), batch_size=p.batch_size,
                               horizon_s=p.one_time_s + 2 * p.update_period_s, update_period_s=p.update_period_s,
-                              gamma=1.0, strategy="full", lr=p.lr, input_size=(w, h), seed=p.seed),
+                              gamma=1.0, strategy="full", lr=p.lr, input_size=(w, h), seed=p.seed,
+                              train_precision=p.train_precision),
         update_encoding=p.encoding, adaptive_period=AdaptivePeriodConfig(enabled=False))
     session = DeviceSession("one_time", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
@@ -354,7 +355,7 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
                               update_period_s=p.update_period_s, gamma=p.gamma, strategy=p.strategy, lr=p.lr,
-                              input_size=(w, h), seed=p.seed),
+                              input_size=(w, h), seed=p.seed, train_precision=p.train_precision),
         update_encoding=p.encoding,
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))

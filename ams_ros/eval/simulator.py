@@ -114,9 +114,10 @@ class EdgeDevice:
     as the edge node does (a robot never stops on a bad update).
     """
 
-    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
-        self.model = DoubleBufferedModel(copy.deepcopy(model).eval())
+    def __init__(self, model: nn.Module, size: tuple[int, int], inference_dtype: str = "float32") -> None:
+        self.model = DoubleBufferedModel(copy.deepcopy(model).eval())  # on the student's device
         self.size = size
+        self.inference_dtype = inference_dtype
         self._events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self.applied: list[tuple[float, int]] = []  # (stream time applied, version)
@@ -147,7 +148,7 @@ class EdgeDevice:
 
     def infer(self, frame: np.ndarray) -> np.ndarray:
         with self.model.use() as m:
-            return predict(m, [frame], size=self.size)[0]
+            return predict(m, [frame], size=self.size, dtype=self.inference_dtype)[0]
 
 
 @dataclass
@@ -269,7 +270,7 @@ class SchemeRun:
 
     def new_edge(self) -> EdgeDevice:
         """The edge of this run, starting from the initial student (its rejections are reported)."""
-        edge = EdgeDevice(self.ctx.student, self.ctx.size)
+        edge = EdgeDevice(self.ctx.student, self.ctx.size, self.ctx.preset.inference_dtype)
         self.edges.append(edge)
         return edge
 

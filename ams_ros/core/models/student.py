@@ -278,7 +278,7 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
     in eval mode, and restores every module's previous mode afterwards.
     """
     from ams_ros.core.devices import resolve_dtype
-    from ams_ros.core.edge_inference import autocast_for
+    from ams_ros.core.edge_inference import autocast_for, class_map
 
     imgs = _as_image_list(images)
     modes = [(m, m.training) for m in model.modules()]
@@ -295,7 +295,7 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
                 logits = model(x.to(device))
             if isinstance(logits, dict):
                 logits = logits["out"]
-            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+            labels = class_map(logits).cpu().numpy()
             for img, lab in zip(chunk, labels):
                 if lab.shape != img.shape[:2]:
                     lab = cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
