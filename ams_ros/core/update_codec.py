@@ -444,7 +444,7 @@ def encode_catch_up(model: nn.Module, indices, base_version: int, new_version: i
     if new_version <= base_version:
         raise ValueError(f"a catch-up goes forward: base v{base_version}, new v{new_version}")
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).numpy()
+    flat = torch.cat([p.detach().reshape(-1).float() for p in model.parameters()]).cpu().numpy()
     u = encode_update(model, idx, flat[idx], base_version=base_version, new_version=new_version, encoding=encoding)
     u.catch_up = True
     u.checksum = u.compute_checksum()
