@@ -39,6 +39,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("state_dir", default_value="",
                               description="Folder where each robot's session is saved after every phase and resumed "
                                           "from at start-up (empty = no persistence)"),
+        DeclareLaunchArgument("scheduler_policy", default_value="round_robin",
+                              choices=["round_robin", "utility", "utility_aging"],
+                              description="How robots share the GPU: round_robin (in turn), utility (predicted mIoU gain "
+                                          "per GPU-second), utility_aging (utility rising with the wait); all bound the wait"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -59,6 +63,7 @@ def generate_launch_description() -> LaunchDescription:
              "label_space": LaunchConfiguration("label_space"),
              "update_encoding": LaunchConfiguration("update_encoding"),
              "state_dir": LaunchConfiguration("state_dir"),
+             "scheduler_policy": LaunchConfiguration("scheduler_policy"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )
