@@ -164,6 +164,58 @@ def resync_bytes(args: argparse.Namespace, student=None) -> dict:
     return out
 
 
+FUSED_KS_FULL = (1, 2, 4, 9, 18)
+
+
+def _fused_throughput(args: argparse.Namespace) -> dict:
+    """Student-phases per second, k robots' phases fused in one vmapped step vs one after another
+    (issue #16). Same students, buffers and settings both ways; the first round is warm-up."""
+    from ams_ros.core.fused_training import fused_train_phases
+    from ams_ros.core.models.student import build_student
+
+    ks = FUSED_KS_FULL if args.fused_full else tuple(int(k) for k in args.fused_k.split(","))
+    size = (args.fused_width, args.fused_height)
+    device = torch.device(args.fused_device)
+    samples = _synthetic_samples(16, size)
+    torch.manual_seed(0)
+    base = build_student("deeplabv3_mobilenet_v2", num_classes=21).eval().to(device)
+
+    def make(k: int):
+        out = []
+        for j in range(k):
+            tr = _trainer(copy.deepcopy(base), size, 0.05, iterations=args.fused_iterations, seed=j)
+            for t, f, g in samples:
+                tr.add_sample(t, f, g)
+            out.append(tr)
+        return out
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for k in ks:
+        seq, fus = make(k), make(k)
+        timings = {}
+        for name, fn in (("sequential", lambda: [t.train_phase(60.0) for t in seq]),
+                         ("fused", lambda: fused_train_phases(fus, [60.0] * k))):
+            fn()  # warm-up round
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(args.fused_rounds):
+                fn()
+            sync()
+            timings[name] = (time.perf_counter() - t0) / args.fused_rounds
+        row = {"k": k, "sequential_phases_per_s": round(k / timings["sequential"], 3),
+               "fused_phases_per_s": round(k / timings["fused"], 3)}
+        row["speedup"] = round(row["fused_phases_per_s"] / row["sequential_phases_per_s"], 2)
+        rows.append(row)
+        log(f"fused training k={k}: {row['fused_phases_per_s']} vs sequential {row['sequential_phases_per_s']} "
+            f"student-phases/s ({row['speedup']}x)")
+    return {"setup": f"deeplabv3_mobilenet_v2, {size[0]}x{size[1]}, K={args.fused_iterations}, batch 8, gamma 0.05, "
+                     f"{args.fused_rounds} timed rounds, device {device}", "rows": rows}
+
+
 def _timed_ms(fn, device, repeat: int, warmup: int = 2) -> float:
     from ams_ros.core.devices import synchronize
 
@@ -304,6 +356,7 @@ def run(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     res: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                              "torch": torch.__version__, "device": "cpu"}}
+    res["fused_training"] = _fused_throughput(args)
     student = build_student("deeplabv3_mobilenet_v2", num_classes=21).eval()
     res["student_params"] = num_params(student)
     log(f"student deeplabv3_mobilenet_v2: {res['student_params']:,} parameters")
@@ -411,8 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync"], default="all",
-                   help="'resync': only the catch-up vs snapshot sizes (issue #13)")
+    p.add_argument("--only", choices=["all", "resync", "fused"], default="all",
+                   help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
+                        "figures (issue #16)")
+    p.add_argument("--fused-k", default="1,2,4", help="robots per fused step to measure (comma list)")
+    p.add_argument("--fused-full", action="store_true", help="measure k = 1, 2, 4, 9, 18 (the issue-16 list; slow on CPU)")
+    p.add_argument("--fused-width", type=int, default=64, help="training width of the fused-training figures")
+    p.add_argument("--fused-height", type=int, default=32, help="training height of the fused-training figures")
+    p.add_argument("--fused-iterations", type=int, default=2, help="K per phase in the fused-training figures")
+    p.add_argument("--fused-rounds", type=int, default=1, help="timed rounds per k (after one warm-up)")
+    p.add_argument("--fused-device", default="cpu", help="torch device of the fused-training figures (cpu | cuda)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N: the device of the per-device figures")
     p.add_argument("--precisions", default="",
                    help="comma-separated float32,bfloat16,float16 (default: float32 on the CPU, all three on CUDA)")
@@ -439,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
     args.precisions = names
     args.phase_steps = args.phase_steps or args.iterations
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    res = run(args) if args.only == "all" else {"resync": resync_bytes(args)}
+    if args.only == "all":
+        res = run(args)
+    elif args.only == "fused":
+        res = {"fused_training": _fused_throughput(args)}
+    else:
+        res = {"resync": resync_bytes(args)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(res, indent=2))

@@ -47,6 +47,10 @@ def generate_launch_description() -> LaunchDescription:
                                           "the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
         DeclareLaunchArgument("train_precision", default_value="float32", choices=DTYPES,
                               description="Training forward/backward precision (autocast; Adam state and selection stay float32)"),
+        DeclareLaunchArgument("scheduler_policy", default_value="round_robin",
+                              choices=["round_robin", "utility", "utility_aging"],
+                              description="How robots share the GPU: round_robin (in turn), utility (predicted mIoU gain "
+                                          "per GPU-second), utility_aging (utility rising with the wait); all bound the wait"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -68,6 +72,7 @@ def generate_launch_description() -> LaunchDescription:
              "update_encoding": LaunchConfiguration("update_encoding"),
              "state_dir": LaunchConfiguration("state_dir"),
              "device": LaunchConfiguration("device"), "train_precision": LaunchConfiguration("train_precision"),
+             "scheduler_policy": LaunchConfiguration("scheduler_policy"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

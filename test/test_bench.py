@@ -16,7 +16,8 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     # its own process, as users run it: its memory goes back to the system when it ends
     proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(out), "--repeat", "1", "--iterations",
                            "1", "--update-width", "64", "--update-height", "32", "--device", "cpu",
-                           "--precisions", "float32,bfloat16", "--teacher-width", "64", "--teacher-height", "64"],
+                           "--precisions", "float32,bfloat16", "--teacher-width", "64", "--teacher-height", "64",
+                           "--fused-k", "1,2", "--fused-width", "32", "--fused-height", "16", "--fused-iterations", "1"],
                           cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -40,6 +41,10 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     rs = res["resync"]
     catch = [rs[f"catch_up_bytes_{n}_behind"] for n in (1, 2, 4)]
     assert catch == sorted(catch) and catch[-1] < rs["snapshot_bytes"], rs
+    # issue 16: student-phases per second fused vs sequential, for each k asked
+    rows = res["fused_training"]["rows"]
+    assert [r["k"] for r in rows] == [1, 2]
+    assert all(r["fused_phases_per_s"] > 0 and r["sequential_phases_per_s"] > 0 for r in rows)
     within = res["smallest_encoding_within_10ms"]
     assert within is None or res["patch_apply_ms_by_encoding"][within] < 10.0
     # per device and precision (issue #14): inference, a phase, teacher per frame and per batch, patch apply

@@ -5,6 +5,8 @@
     make eval ARGS="pretrain --sources A B ... --exclude EVALUATED --teacher SPEC \\
         --student-weights tflite:STUDENT.tflite --out out/eval/student.pt"
     make eval ARGS="summarize out/eval/A out/eval/B"
+    make eval ARGS="fleet --sources synthetic:0 synthetic:1 --robots 1,2,4 --policies round_robin,utility \
+        --teacher oracle --out out/eval/fleet"      (N robots sharing one server GPU, issue 16)
     make eval ARGS="replot out/eval/A"
 
 ``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
@@ -82,10 +84,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     summ = sub.add_parser("summarize", help="one markdown table over several runs")
     summ.add_argument("runs", nargs="+", help="output folders (or results.json files)")
     summ.add_argument("--out", default="", help="write the markdown here (default: print)")
+    fl = sub.add_parser("fleet", help="N robots sharing one server GPU, per scheduling policy (Figure 6)")
+    fl.add_argument("--sources", nargs="+", default=["synthetic:0"],
+                    help="robots' clips; robot j replays source j mod len (reused: time-offset, mirrored every other)")
+    fl.add_argument("--robots", default="1,2,4", help="comma list of N (robots per GPU)")
+    fl.add_argument("--policies", default="round_robin,utility", help="comma list of scheduler policies")
+    fl.add_argument("--fused", action="store_true", help="train all due robots in one fused phase (costed by the preset)")
+    fl.add_argument("--student-weights", default="", help="initial student weights: checkpoint or tflite:PATH")
+    fl.add_argument("--out", default="out/eval/fleet", help="output folder")
+    fl.add_argument("--no-plots", action="store_true")
+    _common(fl)
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "-h", "--help"):
+    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "fleet", "-h", "--help"):
         argv = ["run", *argv]
     args = ap.parse_args(argv)
     if args.cmd is None:
@@ -216,6 +228,64 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 130 if interrupted else (1 if failed else 0)
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    """N robots sharing one modelled server GPU (ams_ros/eval/fleet.py): JSON, markdown, plot."""
+    from tqdm import tqdm
+
+    from ams_ros.core.models.weights import load_student
+    from ams_ros.core.scheduling import POLICIES
+    from ams_ros.eval.clips import load_clip
+    from ams_ros.eval.fleet import StudyInterrupted, fleet_study, write_study
+
+    t_start = time.monotonic()
+    robots = [int(n) for n in args.robots.split(",") if n.strip()]
+    policies = [s.strip() for s in args.policies.split(",") if s.strip()]
+    bad = [s for s in policies if s not in POLICIES]
+    if bad or not robots or min(robots) < 1:
+        raise ValueError(f"--policies {bad} not valid (choose from {', '.join(POLICIES)}) or --robots "
+                         f"'{args.robots}' not a list of N >= 1")
+    preset, overrides, teacher, space, lut = _setup(args)
+    out = Path(args.out)
+    meta = {"sources": args.sources, "teacher": args.teacher, "student": args.student,
+            "overrides": overrides or None, "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
+            "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine()}
+    try:
+        clips = [load_clip(s, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
+                           max_seconds=args.max_seconds, cache_dir=args.cache or None,
+                           progress=not args.quiet).cache_frames() for s in args.sources]
+    except KeyboardInterrupt:
+        print("\n[ams-eval] interrupted while labelling the clips: nothing to report", flush=True)
+        return 130
+    n = min(len(c) for c in clips)
+    clips = [c.head(n) for c in clips]
+    student = load_student(args.student, num_classes=len(space.class_names),
+                           weights=args.student_weights or None).eval()
+    bars: list = []
+
+    def progress(name: str, total: int):
+        for b in bars:
+            b.close()
+        bars[:] = [tqdm(total=total, desc=name, unit="frame", disable=args.quiet)]
+        return bars[0].update
+
+    def save(study: dict, plots: bool = False) -> None:
+        meta["wall_seconds"] = round(time.monotonic() - t_start, 1)
+        write_study(out, study, preset, meta, plots=plots and not args.no_plots)
+
+    try:
+        study = fleet_study(clips, student, preset, robots, policies, args.fused, teacher, lut, progress, save)
+        interrupted = False
+    except StudyInterrupted as exc:
+        study, interrupted = exc.study, True
+        print("\n[ams-eval] interrupted: writing what was computed", flush=True)
+    for b in bars:
+        b.close()
+    save(study, plots=True)
+    print((out / "fleet.md").read_text(), flush=True)
+    print(f"[ams-eval] wrote {out}/fleet.json, fleet.md and fleet_miou_loss.png in {meta['wall_seconds']} s", flush=True)
+    return 130 if interrupted else 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from ams_ros.eval.pretrain import pretrain
 
@@ -262,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_summarize(args)
         if args.cmd == "replot":
             return cmd_replot(args)
+        if args.cmd == "fleet":
+            return cmd_fleet(args)
         return cmd_run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ams-eval: error: {exc}", file=sys.stderr)

@@ -53,6 +53,9 @@ class Preset:
     train_s_per_step: float = 0.0     # > 0: model it instead as (optimiser steps) x this (deterministic)
     teacher_s: float = 0.25           # modelled teacher time per frame at the server (paper: 200-300 ms on a V100)
     server_labels: str = "received"   # teacher labels of the frames as the server received them, or "reference"
+    # ---- fleet (issue 16, `ams-eval fleet`): robots sharing the server's GPU
+    fleet_fused_step_factor: float = 0.35  # fused phase of k = one phase x (1 + this x (k-1)); from ams-bench on the GPU
+    fleet_fuse_max: int = 18               # at most this many students in one fused step
     # ---- One-Time (fine-tune the whole student on the first 60 s, once)
     one_time_s: float = 60.0
     one_time_steps: int = 0           # 0 = the K * (one_time_s / T_update) steps AMS spends on that span

@@ -1,8 +1,10 @@
 """ams_trainer: trains each robot's student in phases (Algorithms 1 and 2), publishes updates.
 
 Builds one :class:`~ams_ros.core.server_session.DeviceSession` per robot from its parameters.
-A worker thread runs one phase at a time, robots in turn (the one that waited longest first),
-never an unbounded queue: a slow phase stretches the update period instead. Snapshots are
+A worker thread runs one phase at a time, the robot chosen by the GPU scheduler
+(``scheduler_policy``, core/scheduling.py: in turn by default, or by predicted mIoU gain per
+GPU-second; a bounded wait for every robot either way), never an unbounded queue: a slow
+phase stretches the update period instead. Snapshots are
 served while a phase runs. Training settings (lr, gamma, K, batch size, horizon, strategy,
 encodings) can change at run time and apply from the next phase.
 
@@ -29,6 +31,7 @@ from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.devices import configure_cudnn, describe, resolve_device
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.params import fingerprint
+from ams_ros.core.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
 from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.session_store import SessionStore
 from ams_ros.core.threads import set_torch_threads
@@ -64,6 +67,10 @@ PARAMS = (
     Param("state_dir", "", "Folder where each robot's session is saved after every phase and resumed from at "
                            "start-up (empty = no persistence: a restart starts new chains)"),
     from_field(SessionConfig, "catch_up_versions"),
+    # issue 16: one GPU shared among the robots
+    from_field(SchedulerConfig, "policy", name="scheduler_policy", dynamic=True),
+    from_field(SchedulerConfig, "max_wait_periods"),
+    from_field(SchedulerConfig, "share_window_s"),
 )
 
 
@@ -111,6 +118,10 @@ class AMSTrainerNode(Node):
             self.create_service(GetModelSnapshot, topics.for_device(dev, topics.SNAPSHOT_SERVICE),
                                 self._make_snapshot_cb(dev), callback_group=group)
         self._phase_started: dict[str, float] = {}
+        self._measured: dict[str, float] = {}
+        state.scheduler = GpuScheduler(state.device_ids, SchedulerConfig(
+            policy=p["scheduler_policy"], max_wait_periods=float(p["max_wait_periods"]),
+            share_window_s=float(p["share_window_s"])), period_s=tcfg.update_period_s)
         self._effective: dict[str, float] = {d: tcfg.update_period_s for d in state.device_ids}
         self._thread = threading.Thread(target=self._work, name="ams_trainer", daemon=True)
         self._thread.start()
@@ -124,6 +135,9 @@ class AMSTrainerNode(Node):
         """Run-time changes, for every robot: validated (ValueError: refused, nothing changed),
         applied at once between phases or else when the running phase ends."""
         trainer = {k: v for k, v in changes.items() if k in TRAINER_DYNAMIC}
+        if "scheduler_policy" in changes:
+            with self.state.cv:
+                self.state.scheduler.set_policy(changes["scheduler_policy"])
         sessions = list(self.state.sessions.values())
         for s in sessions:  # raises ValueError (nothing changed) for an invalid value
             s.reconfigure(update_encoding=changes.get("update_encoding"), **trainer)
@@ -158,13 +172,40 @@ class AMSTrainerNode(Node):
 
     def _next_device(self) -> str | None:
         st = self.state
-        with st.cv:
-            while not st.stopping:
-                ready = [d for d in st.device_ids if st.sessions[d].ready()]
-                if ready:  # devices in turn: the one that waited longest goes first
-                    return min(ready, key=lambda d: self._phase_started.get(d, float("-inf")))
-                st.cv.wait(timeout=0.5)
-        return None
+        while True:
+            with st.cv:
+                while not st.stopping and not (ready := [d for d in st.device_ids if st.sessions[d].ready()]):
+                    st.cv.wait(timeout=0.5)
+                if st.stopping:
+                    return None
+            self._measure_errors(ready)  # outside the lock: forward passes
+            with st.cv:
+                ready = [d for d in ready if st.sessions[d].ready()]
+                sched = st.scheduler
+                sched.period_s = max(float(st.sessions[d].update_period_s) for d in st.device_ids)
+                dev = sched.pick(ready, time.monotonic())
+                if dev is not None and not st.stopping:
+                    return dev
+
+    def _measure_errors(self, ready: list[str]) -> None:
+        """The utility policies' signal: the student's error vs the teacher on each ready robot's
+        newest labelled frames (measured once per new frame; booked as that robot's GPU time)."""
+        sched = self.state.scheduler
+        if sched.policy == ROUND_ROBIN:
+            return
+        for dev in ready:
+            session = self.state.sessions[dev]
+            latest = session.latest_t
+            if latest is None or latest <= self._measured.get(dev, float("-inf")):
+                continue
+            t0 = time.monotonic()
+            with session.lock:
+                entries = session.trainer.buffer.window(latest, session.trainer.config.horizon_s)
+                err = student_error(session.model, entries[-sched.config.error_frames:])
+            self._measured[dev] = latest
+            with self.state.cv:
+                sched.observe_error(dev, latest, err)
+                sched.record(dev, LABEL, t0, time.monotonic())
 
     def _work(self) -> None:
         while True:
@@ -175,12 +216,17 @@ class AMSTrainerNode(Node):
             started = time.monotonic()
             prev = self._phase_started.get(dev)
             self._phase_started[dev] = started
+            with self.state.cv:
+                self.state.scheduler.start_phase(dev, started)
             try:
                 outcome = session.run_phase()
             except Exception as exc:
                 self.state.count_error(dev, f"training failed: {exc}")
                 self.get_logger().error(f"{dev}: training phase failed: {exc}")
                 continue
+            finally:
+                with self.state.cv:
+                    self.state.scheduler.end_phase(dev, started, time.monotonic())
             if outcome is None:
                 continue
             requested = float(session.update_period_s)
@@ -225,6 +271,8 @@ class AMSTrainerNode(Node):
             msg.batches_received = st.received[dev]
             msg.batches_dropped = st.dropped[dev]
             msg.last_error = st.last_error[dev]
+            msg.gpu_share = float(st.scheduler.share(dev, time.monotonic()))
+            msg.scheduler_policy = st.scheduler.policy
         self.status_pubs[dev].publish(msg)
 
     def _save(self, dev: str) -> None:

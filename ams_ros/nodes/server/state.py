@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
+from ams_ros.core.scheduling import GpuScheduler
 from ams_ros.core.server_session import DeviceSession
 
 
@@ -23,6 +24,7 @@ class ServerState:
         self.last_error: dict[str, str] = {}
         self.cv = threading.Condition()
         self.stopping = False
+        self.scheduler: GpuScheduler | None = None  # issue 16: set by ams_trainer; used under cv
 
     def bind_devices(self, ids: list[str], node_name: str) -> None:
         """The first node sets the robots served; every other node must name the same ones."""

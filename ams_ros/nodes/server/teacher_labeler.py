@@ -9,6 +9,7 @@ ServerStatus and never stops the server.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -116,11 +117,16 @@ class TeacherLabeler(Node):
             dev, msg = self._next()
             if dev is None:
                 return
+            t0 = time.monotonic()
             try:
                 self._label_batch(dev, msg)
             except Exception as exc:  # a bad batch must never stop the server
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                 self.get_logger().error(f"{dev}: rejected batch {msg.batch_seq}: {exc}")
+            finally:  # issue 16: teacher time is this robot's share of the GPU
+                with self.state.cv:
+                    if self.state.scheduler is not None:
+                        self.state.scheduler.record(dev, "label", t0, time.monotonic())
 
     def _label_batch(self, dev: str, msg: FrameBatch) -> None:
         self._check_integrity(dev, msg)

@@ -1,0 +1,351 @@
+"""`ams-eval fleet`: N robots on one base station's GPU, per scheduling policy (issue #16, Figure 6).
+
+Each robot replays its own clip (a source of its own, or a source reused with a time offset and,
+every other reuse, mirrored, so that robots differ) through AMS exactly as ``ams-eval run``'s
+``ams`` scheme does: its own frame sampler, H.264 uplink, session (buffer, trainer, version
+chain, rate control), downlink and edge. What they share is the server's GPU, one job at a
+time on one stream-time clock: teacher labelling jobs (``teacher_s`` per frame) and training
+phases run in the order they became due (a phase is due when its robot's batch is labelled);
+among the robots whose phases are due, the
+:class:`~ams_ros.core.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
+
+The GPU cost model is the preset's: ``teacher_s`` per labelled frame and a training phase of
+``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``). With
+``--fused`` every ready robot (up to ``fleet_fuse_max``) trains in one fused phase costing
+``one phase x (1 + fleet_fused_step_factor x (k - 1))`` (the factor is the marginal cost of one
+more student in a fused step; take it from ``ams-bench --only fused`` on the server's GPU). The
+weights of a fused phase equal those of separate phases (test/test_fused_training.py), so the
+students are trained with the sequential trainer here and only the modelled GPU time differs.
+
+Reported per (N, policy): each robot's mIoU vs the teacher (and vs human labels where the clip
+has them), its mIoU loss relative to the same robot served alone, its GPU share and its Kbps up
+and down; the mean loss, and the GPU's utilisation.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from torch import nn
+
+from ams_ros.core.frame_codec import encode_frames
+from ams_ros.core.frame_sampler import FrameSampler
+from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
+from ams_ros.core.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
+from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.trainer import TrainerConfig
+from ams_ros.eval.clips import Clip
+from ams_ros.eval.presets import Preset
+from ams_ros.eval.schemes import COMMAND_BYTES
+from ams_ros.eval.simulator import RunContext, SchemeRun
+
+
+def robot_clip(clip: Clip, variant: int) -> Clip:
+    """Variant ``variant`` of a clip for a robot that reuses it: variant 0 is the clip; variant v
+    starts v / (v + 1)... of the way in (rolled, wrapping around) and odd variants are mirrored."""
+    if variant == 0:
+        return clip
+    frames = [f for _, _, f in clip.frames()]
+    n = len(frames)
+    shift = (variant * n) // (variant + 1) if n else 0
+    order = [(i + shift) % n for i in range(n)]
+    mirror = variant % 2 == 1
+
+    def flip(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a[:, ::-1]) if mirror else a
+
+    teacher = np.stack([flip(np.asarray(clip.teacher[i])) for i in order])
+    gt = None if clip.gt is None else np.stack([flip(np.asarray(clip.gt[i])) for i in order])
+    return Clip(f"{clip.spec}#v{variant}", clip.times.copy(), teacher, gt, np.asarray(clip.has_gt)[order],
+                clip.num_classes, clip.class_names, clip.size, clip.nominal_fps,
+                [clip.source_indices[i] for i in order] if clip.source_indices else [],
+                [flip(frames[i]) for i in order])
+
+
+@dataclass
+class _Robot:
+    name: str
+    run: SchemeRun
+    session: DeviceSession
+    sampler: FrameSampler
+    pending: deque          # (arrival time at the server, encoded batch)
+    index: dict
+
+
+def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> DeviceSession:
+    cfg = SessionConfig(
+        trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
+                              update_period_s=p.update_period_s, gamma=p.gamma, strategy=p.strategy, lr=p.lr,
+                              input_size=size, seed=seed),
+        update_encoding=p.encoding,
+        rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
+        adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
+    return DeviceSession("fleet", copy.deepcopy(student), cfg)
+
+
+def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy: str, fused: bool = False,
+              teacher=None, lut=None, progress: Callable[[int], None] = lambda n: None) -> dict:
+    """One fleet run: ``clips[j]`` is robot j's clip (same frame times). Returns the figures;
+    a KeyboardInterrupt leaves ``partial=True`` figures of the frames done in the exception's
+    ``fleet_partial`` attribute."""
+    p = preset
+    if policy not in POLICIES:
+        raise ValueError(f"policy={policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
+    if len({len(c) for c in clips}) != 1:
+        raise ValueError(f"robots' clips must have the same number of frames, got {[len(c) for c in clips]}")
+    names = [f"robot{j + 1}" for j in range(len(clips))]
+    # the share window spans the whole run: the figures are shares of the run's GPU time
+    sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
+    robots: list[_Robot] = []
+    for j, (name, clip) in enumerate(zip(names, clips)):
+        ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
+        run = SchemeRun(ctx, name, "ams", {"policy": policy})
+        run.new_edge()
+        robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + j),
+                             FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s), deque(),
+                             {float(t): i for i, t in enumerate(clip.times)}))
+    gpu = {"free": -math.inf, "busy": 0.0}
+    fuse_max = max(1, int(p.fleet_fuse_max)) if fused else 1
+    ready_at: dict[str, float] = {}  # when each robot's phase became due (its labelling ended)
+
+    def label(r: _Robot, start: float) -> None:
+        _, enc = r.pending.popleft()
+        labeler = lambda frames, stamps: r.run.ctx.server_labels([r.index[s] for s in stamps], frames, stamps)  # noqa: E731
+        n = r.session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps, labeler)
+        end = start + n * p.teacher_s
+        sched.record(r.name, LABEL, start, end)
+        gpu["free"], gpu["busy"] = end, gpu["busy"] + (end - start)
+        if policy != "round_robin":  # the utility policies' signal: error vs the teacher on the new frames
+            t = r.session.latest_t
+            entries = r.session.trainer.buffer.window(t, r.session.trainer.config.horizon_s)[-n:]
+            sched.observe_error(r.name, t, student_error(r.session.model, entries))
+
+    def train(group: list[_Robot], start: float) -> None:
+        outs, costs = [], []
+        for r in group:
+            sched.start_phase(r.name, start)
+            try:
+                out = r.session.run_phase(r.session.latest_t)
+            except TrainingDiverged:
+                out = None
+            outs.append(out)
+            costs.append(r.run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0)
+        cost = max(costs) * (1.0 + p.fleet_fused_step_factor * (len(group) - 1))
+        end = start + cost
+        gpu["free"], gpu["busy"] = end, gpu["busy"] + cost
+        for r, out in zip(group, outs):
+            sched.end_phase(r.name, start, start + cost / len(group))  # each robot's share of the step
+            if out is not None:
+                arrive = r.run.down.send(end, out.update.wire_bytes)
+                r.run.edges[0].deliver(arrive, out.update)
+                r.run.res.updates.append(_record(r.session.latest_t, start, end, arrive, out.update.wire_bytes,
+                                                 p.iterations))
+            cmd = r.session.sampling_command(r.session.latest_t)
+            if cmd is not None:
+                at = r.run.down.send(end, COMMAND_BYTES)
+                r.run.edges[0].schedule(at, _command(r, cmd[0], cmd[1], at))
+
+    def serve(now: float) -> None:
+        while True:
+            arrived = [r for r in robots if r.pending]
+            first = min((r.pending[0][0] for r in arrived), default=math.inf)
+            ready = [r for r in robots if r.session.ready()]
+            start = max(gpu["free"], min(first, gpu["free"] if ready else math.inf))
+            if start > now or not math.isfinite(start):
+                return
+            due = [r for r in arrived if r.pending[0][0] <= start]
+            oldest_ready = min((ready_at.get(r.name, -math.inf) for r in ready), default=math.inf)
+            if due and min(r.pending[0][0] for r in due) < oldest_ready:
+                # jobs in arrival order: a batch that arrived before any phase was due is labelled first
+                r = min(due, key=lambda r: r.pending[0][0])
+                label(r, start)
+                if r.session.ready() and r.name not in ready_at:
+                    ready_at[r.name] = gpu["free"]
+                continue
+            group = []
+            candidates = [r.name for r in ready]
+            while candidates and len(group) < fuse_max:
+                dev = sched.pick(candidates, start)
+                group.append(next(r for r in robots if r.name == dev))
+                candidates.remove(dev)
+            for r in group:
+                ready_at.pop(r.name, None)
+            train(group, start)
+
+    t_first = t_last = None
+    interrupted = False
+    try:
+        for frames in zip(*(c.frames() for c in clips)):
+            for r, (i, t, frame) in zip(robots, frames):
+                batch = r.sampler.offer(t, frame)
+                if batch is not None:
+                    enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
+                    r.pending.append((r.run.up.send(t, len(enc.data)), enc))
+            t = frames[0][1]
+            t_first = t if t_first is None else t_first
+            t_last = t
+            serve(t)
+            for r, (i, t, frame) in zip(robots, frames):
+                edge = r.run.edges[0]
+                edge.advance(t)
+                r.run.score(i, t, edge.infer(frame))
+    except KeyboardInterrupt as exc:
+        interrupted = True
+        exc.fleet_partial = _figures(robots, sched, gpu, t_first, t_last, policy, fused, True)  # type: ignore[attr-defined]
+        raise
+    return _figures(robots, sched, gpu, t_first, t_last, policy, fused, interrupted)
+
+
+def _record(t_data, start, end, arrive, nbytes, steps):
+    from ams_ros.eval.simulator import UpdateRecord
+
+    return UpdateRecord(t_data, start, end, arrive, nbytes, steps)
+
+
+def _command(r: _Robot, rate: float, period: float, at: float) -> Callable[[], None]:
+    def apply() -> None:
+        if rate != r.sampler.sampling_rate:
+            r.run.res.rates.append((at, rate))
+        r.sampler.command(rate, period)
+    return apply
+
+
+def _figures(robots, sched, gpu, t0, t1, policy, fused, partial) -> dict:
+    if t0 is None:
+        return {"policy": policy, "fused": fused, "partial": partial, "robots": {}, "gpu_utilisation": 0.0}
+    step = float(np.median(np.diff(robots[0].run.ctx.clip.times))) if len(robots[0].run.ctx.clip) > 1 else 1.0
+    duration = max(1e-9, t1 - t0 + step)
+    out = {}
+    for r in robots:
+        res = r.run.finish(interrupted=partial)
+        gt = res.cm_gt.miou() if res.cm_gt is not None and res.cm_gt.matrix.sum() else None
+        out[r.name] = {
+            "clip": r.run.ctx.clip.spec,
+            "miou_teacher": round(100 * res.cm_teacher.miou(), 3),
+            "miou_gt": None if gt is None else round(100 * gt, 3),
+            "phases": len(res.updates),
+            "gpu_share": round(sched.busy_s(r.name, t1 + step) / duration, 4),
+            "uplink_kbps": round(sum(b for _, b in res.uplink) * 8 / duration / 1000, 2),
+            "downlink_kbps": round(sum(b for _, b in res.downlink) * 8 / duration / 1000, 2),
+            "frames": res.frames_done,
+        }
+    return {"policy": policy, "fused": fused, "partial": partial, "duration_s": round(duration, 2),
+            "gpu_utilisation": round(min(1.0, gpu["busy"] / duration), 4), "robots": out}
+
+
+def fleet_study(sources: Sequence[Clip], student: nn.Module, preset: Preset, robots: Sequence[int],
+                policies: Sequence[str], fused: bool = False, teacher=None, lut=None,
+                progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
+                on_result: Callable[[dict], None] | None = None) -> dict:
+    """Every N in ``robots`` under every policy, plus each robot served alone (the reference)."""
+    n_max = max(robots)
+    clips = [robot_clip(sources[j % len(sources)], j // len(sources)) for j in range(n_max)]
+    progress_factory = progress_factory or (lambda name, total: (lambda n: None))
+    study: dict = {"robots": list(robots), "policies": list(policies), "fused": fused, "alone": {}, "runs": [],
+                   "partial": False}
+    try:
+        for j, c in enumerate(clips):  # the reference: robot j alone on the GPU
+            res = run_fleet([c], student, preset, "round_robin", fused, teacher, lut,
+                            progress_factory(f"robot{j + 1} alone", len(c)))
+            study["alone"][f"robot{j + 1}"] = res["robots"]["robot1"]
+            if on_result:
+                on_result(study)
+        for n in robots:
+            for policy in policies:
+                res = run_fleet(clips[:n], student, preset, policy, fused, teacher, lut,
+                                progress_factory(f"N={n} {policy}", n * len(clips[0])))
+                _add_loss(res, study["alone"])
+                res["n"] = n
+                study["runs"].append(res)
+                if on_result:
+                    on_result(study)
+    except KeyboardInterrupt as exc:
+        study["partial"] = True
+        part = getattr(exc, "fleet_partial", None)
+        if part and part.get("robots"):
+            _add_loss(part, study["alone"])
+            part["n"] = len(part["robots"])
+            study["runs"].append(part)
+        raise StudyInterrupted(study) from exc
+    return study
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a fleet study; ``study`` holds what was computed (marked partial)."""
+
+    def __init__(self, study: dict) -> None:
+        super().__init__("interrupted")
+        self.study = study
+
+
+def _add_loss(res: dict, alone: dict) -> None:
+    losses = []
+    for name, fig in res["robots"].items():
+        ref = alone.get(name)
+        if ref is not None:
+            fig["miou_loss"] = round(ref["miou_teacher"] - fig["miou_teacher"], 3)
+            losses.append(fig["miou_loss"])
+    res["mean_miou_loss"] = round(float(np.mean(losses)), 3) if losses else None
+
+
+def markdown(study: dict, preset: Preset) -> str:
+    lines = ["# ams-eval fleet" + (" (PARTIAL: interrupted)" if study.get("partial") else ""), "",
+             f"GPU cost model (preset {preset.name}): teacher {preset.teacher_s:g} s/frame; training "
+             + (f"{preset.train_s_per_step:g} s/step" if preset.train_s_per_step > 0 else
+                f"measured here / {preset.train_speedup:g}")
+             + f", K={preset.iterations}; fused: {'on' if study['fused'] else 'off'}"
+             + (f" (extra student x{preset.fleet_fused_step_factor:g} of a step, at most {preset.fleet_fuse_max})"
+                if study["fused"] else "") + ".", "",
+             "| N | policy | mean mIoU loss (points) | GPU utilisation | mIoU vs teacher per robot | GPU share per robot "
+             "| up / down Kbps (mean) |", "|---|---|---|---|---|---|---|"]
+    for r in study["runs"]:
+        robots = r["robots"].values()
+        mious = ", ".join(f"{f['miou_teacher']:.1f}" for f in robots)
+        shares = ", ".join(f"{f['gpu_share']:.2f}" for f in robots)
+        up = np.mean([f["uplink_kbps"] for f in robots])
+        down = np.mean([f["downlink_kbps"] for f in robots])
+        loss = "-" if r.get("mean_miou_loss") is None else f"{r['mean_miou_loss']:.2f}"
+        lines.append(f"| {r['n']} | {r['policy']}{' (partial)' if r['partial'] else ''} | {loss} | "
+                     f"{100 * r['gpu_utilisation']:.0f} % | {mious} | {shares} | {up:.0f} / {down:.0f} |")
+    gt = {n: f["miou_gt"] for n, f in study["alone"].items() if f.get("miou_gt") is not None}
+    if gt:
+        lines += ["", "mIoU vs human labels, each robot alone: " + ", ".join(f"{n} {v:.1f}" for n, v in gt.items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(study: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for policy in study["policies"]:
+        pts = sorted((r["n"], r["mean_miou_loss"]) for r in study["runs"]
+                     if r["policy"] == policy and r.get("mean_miou_loss") is not None)
+        if pts:
+            ax.plot([n for n, _ in pts], [v for _, v in pts], marker="o", label=policy)
+    ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("robots per GPU (N)")
+    ax.set_ylabel("mean mIoU loss vs alone (points)")
+    ax.set_title("Figure 6: accuracy as robots share one GPU")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_study(out: Path, study: dict, preset: Preset, meta: dict, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fleet.json").write_text(json.dumps({**meta, "preset": dataclasses.asdict(preset), **study}, indent=2))
+    (out / "fleet.md").write_text(markdown(study, preset))
+    if plots and study["runs"]:
+        plot(study, out / "fleet_miou_loss.png")

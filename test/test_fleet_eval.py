@@ -1,0 +1,113 @@
+"""`ams-eval fleet` (issue #16): N robots sharing one modelled server GPU, on the synthetic world
+at 64x32 (seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ams_ros.core.models.teachers import build_teacher
+from ams_ros.core.models.weights import load_student
+from ams_ros.eval import fleet
+from ams_ros.eval.cli import main as eval_main
+from ams_ros.eval.clips import load_clip
+from ams_ros.eval.presets import PRESETS
+
+SPEC = "synthetic:0?shifts=20"
+TINY = PRESETS["cpu-quick"].with_overrides({
+    "width": 64, "height": 32, "eval_fps": 1, "iterations": 2, "batch_size": 2, "train_s_per_step": 0.5,
+    "update_period_s": 5,
+})
+TINY_SET = ["--set", "width=64 height=32 eval_fps=1 iterations=2 batch_size=2 train_s_per_step=0.5 update_period_s=5"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def clip():
+    teacher = build_teacher("oracle:0?shifts=20")
+    return load_clip(SPEC, (64, 32), teacher, None, eval_fps=1.0, max_seconds=30.0, progress=False).cache_frames()
+
+
+@pytest.fixture(scope="module")
+def student(clip):
+    torch.manual_seed(0)
+    return load_student("deeplabv3_mobilenet_v2", num_classes=clip.num_classes).eval()
+
+
+def test_a_reused_clip_is_time_offset_and_mirrored_with_its_labels(clip) -> None:
+    v1 = fleet.robot_clip(clip, 1)
+    frames = [f for _, _, f in clip.frames()]
+    n = len(frames)
+    shift = n // 2
+    np.testing.assert_array_equal(v1.times, clip.times)
+    np.testing.assert_array_equal(v1._frames[0], frames[shift][:, ::-1])
+    np.testing.assert_array_equal(v1.teacher[0], np.asarray(clip.teacher[shift])[:, ::-1])
+    v2 = fleet.robot_clip(clip, 2)
+    np.testing.assert_array_equal(v2._frames[0], frames[(2 * n) // 3])  # not mirrored
+    assert fleet.robot_clip(clip, 0) is clip
+
+
+def test_robots_sharing_a_saturated_gpu_get_fewer_phases_and_all_of_it(clip, student) -> None:
+    # per robot and 5 s period: 5 frames x 0.2 s of teacher + 2 steps x 0.5 s of training = 2 s
+    slow = TINY.with_overrides({"teacher_s": 0.2})
+    alone = fleet.run_fleet([clip], student, slow, "round_robin")
+    clips = [fleet.robot_clip(clip, j) for j in range(3)]
+    three = fleet.run_fleet(clips, student, slow, "round_robin")
+    assert set(three["robots"]) == {"robot1", "robot2", "robot3"}
+    assert alone["gpu_utilisation"] < three["gpu_utilisation"] <= 1.0
+    shares = [r["gpu_share"] for r in three["robots"].values()]
+    assert sum(shares) == pytest.approx(three["gpu_utilisation"], abs=0.02)
+    assert all(r["phases"] >= 1 and r["uplink_kbps"] > 0 and r["downlink_kbps"] > 0 for r in three["robots"].values())
+    assert three["robots"]["robot1"]["phases"] < alone["robots"]["robot1"]["phases"]
+    # fused phases cost less GPU time than the same phases one after another
+    fused = fleet.run_fleet(clips, student, slow, "round_robin", fused=True)
+    assert fused["gpu_utilisation"] < three["gpu_utilisation"]
+
+
+def test_fleet_cli_writes_json_markdown_and_plot_for_every_n_and_policy(tmp_path) -> None:
+    out = tmp_path / "fleet"
+    rc = eval_main(["fleet", "--sources", SPEC, "--robots", "1,2", "--policies", "round_robin,utility",
+                    "--teacher", "oracle:0?shifts=20", "--max-seconds", "30", "--cache", "", "--quiet",
+                    "--out", str(out), *TINY_SET])
+    assert rc == 0
+    data = json.loads((out / "fleet.json").read_text())
+    assert [(r["n"], r["policy"]) for r in data["runs"]] == [(1, "round_robin"), (1, "utility"),
+                                                              (2, "round_robin"), (2, "utility")]
+    assert set(data["alone"]) == {"robot1", "robot2"} and not data["partial"]
+    assert all(r["mean_miou_loss"] is not None for r in data["runs"])
+    assert data["preset"]["teacher_s"] == 0.25
+    md = (out / "fleet.md").read_text()
+    assert "| 2 | utility |" in md and "teacher 0.25 s/frame" in md
+    assert (out / "fleet_miou_loss.png").stat().st_size > 0
+
+
+def test_ctrl_c_keeps_the_runs_done_and_marks_the_study_partial(tmp_path, monkeypatch) -> None:
+    real = fleet.run_fleet
+    calls = []
+
+    def interrupting(clips, *a, **kw):
+        calls.append(len(clips))
+        if len(calls) == 4:  # after robot1 and robot2 alone and N=1 round_robin
+            raise KeyboardInterrupt
+        return real(clips, *a, **kw)
+
+    monkeypatch.setattr(fleet, "run_fleet", interrupting)
+    out = tmp_path / "fleet"
+    rc = eval_main(["fleet", "--sources", SPEC, "--robots", "1,2", "--policies", "round_robin",
+                    "--teacher", "oracle:0?shifts=20", "--max-seconds", "30", "--cache", "", "--quiet",
+                    "--out", str(out), *TINY_SET])
+    assert rc == 130
+    data = json.loads((out / "fleet.json").read_text())
+    assert data["partial"] is True
+    assert [r["n"] for r in data["runs"]] == [1]
+    assert "PARTIAL" in (out / "fleet.md").read_text()
