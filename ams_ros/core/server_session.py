@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from torch import nn
 
-from ams_ros.core.frame_codec import FrameCodecError, decode_frames
+from ams_ros.core.frame_codec import BatchLimits, FrameCodecError, decode_frames
 from ams_ros.core.config import check_choice, knob
 from ams_ros.core.rate_control import (
     AdaptivePeriodConfig,
@@ -193,13 +193,15 @@ class DeviceSession:
         self.latest_t = t if self.latest_t is None else max(self.latest_t, t)
 
     def add_encoded_batch(self, data: bytes, codec: str, width: int, height: int, stamps: Sequence[float],
-                          label: Callable[[list[np.ndarray], list[float]], list[np.ndarray]]) -> int:
+                          label: Callable[[list[np.ndarray], list[float]], list[np.ndarray]],
+                          limits: BatchLimits | None = None) -> int:
         """Decode a frame batch from the robot, label its frames and add them (the server node and
         the evaluation harness both come in here). ``label(frames, stamps)`` returns the teacher's
         label maps in the student's classes. Returns how many frames were added; raises
         :class:`~ams_ros.core.frame_codec.FrameCodecError` for a batch that does not decode."""
-        frames = decode_frames(data, codec, int(width), int(height))
         stamps = [float(s) for s in stamps]
+        # the declared count and size are checked against the limits before decoding (issue #13)
+        frames = decode_frames(data, codec, int(width), int(height), expected_frames=len(stamps), limits=limits)
         if len(frames) != len(stamps):
             raise FrameCodecError(f"batch holds {len(frames)} frames but {len(stamps)} timestamps")
         labels = label(frames, stamps)

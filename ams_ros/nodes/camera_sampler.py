@@ -79,8 +79,8 @@ class CameraSampler(Node):
     def __init__(self, state: EdgeState | None = None, **kwargs: Any) -> None:
         super().__init__("camera_sampler", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
-        self._reject = RejectLog(self)
         self.counters: EdgeCounters = (state or EdgeState()).counters
+        self._reject = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
         self.encoder_config = self._encoder_config(self.p)
         self.sampler = FrameSampler(
             sampling_rate=float(self.p["sampling_rate"]),
@@ -94,13 +94,14 @@ class CameraSampler(Node):
         self._input_group = MutuallyExclusiveCallbackGroup()
         reliable = qos("reliable", int(self.p["batch_qos_depth"]))
         self.batch_pub = self.create_publisher(FrameBatch, topics.FRAME_BATCH, reliable)
-        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND, self._on_command, reliable,
+        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND,
+                                 self._reject.guard("sampling command", self._on_command), reliable,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         image_qos = qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"]))
         self._source = None
         self.finished = False
         if self.p["source"] == "topic":
-            self.create_subscription(Image, self.p["image_topic"], self._on_image, image_qos,
+            self.create_subscription(Image, self.p["image_topic"], self._reject.guard("image", self._on_image), image_qos,
                                      callback_group=self._input_group)
             self.get_logger().info(f"sampling frames from topic '{self.resolve_topic_name(self.p['image_topic'])}'")
         else:
@@ -110,7 +111,8 @@ class CameraSampler(Node):
             self._t_wall0: float | None = None  # set by the first tick: playback starts when spinning does
             self._clock0 = 0.0
             self._pending = None
-            self._play_timer = self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
+            self._play_timer = self.create_timer(1.0 / rate, self._reject.guard("source frame", self._tick_source),
+                                                 callback_group=self._input_group)
             self.get_logger().info(f"playing source '{self.p['source']}' at {rate:g} frames/s")
 
     @staticmethod
@@ -257,7 +259,7 @@ class CameraSampler(Node):
             with self._sampler_lock:
                 self.sampler.command(msg.sampling_rate, msg.update_period)
         except ValueError as exc:
-            self.get_logger().warning(f"ignored sampling command: {exc}")
+            self._reject("sampling command", str(exc))
             return
         with self.counters.lock:
             self.counters.sampling_rate = self.sampler.sampling_rate

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from ams_ros.core.double_buffer import DoubleBufferedModel
 from ams_ros.core.labels import LabelSpace
 from ams_ros.core.models.weights import StudentSpec
+from ams_ros.nodes.reject_log import RejectionCounter
 
 
 @dataclass
@@ -45,6 +46,8 @@ class EdgeCounters:
     bytes_received: int = 0
     sampling_rate: float = 0.0
     update_period: float = 0.0
+    # every input any edge node rejected (EdgeStatus inputs_rejected / last_input_rejection)
+    rejections: RejectionCounter = field(default_factory=RejectionCounter)
 
 
 @dataclass

@@ -35,8 +35,10 @@ from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import sec_to_stamp, update_to_msg
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import qos
+from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, STUDENT_PARAMS, device_ids, student_spec
+from ams_ros.nodes.spinning import worker_thread
 
 # trainer settings that may change between phases, and the session's
 TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy")
@@ -84,6 +86,7 @@ class AMSTrainerNode(Node):
         self.pubs, self.status_pubs = {}, {}
         self.store = SessionStore(p["state_dir"]) if p["state_dir"] else None
         self._save_lock = threading.Lock()
+        self._reject = RejectLog(self, counter=state.rejections)
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
@@ -101,10 +104,11 @@ class AMSTrainerNode(Node):
             self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
                                                           qos("reliable", 10))
             self.create_service(GetModelSnapshot, topics.for_device(dev, topics.SNAPSHOT_SERVICE),
-                                self._make_snapshot_cb(dev), callback_group=group)
+                                self._reject.guard(f"{dev} snapshot request", self._make_snapshot_cb(dev),
+                                                   fallback=self._refuse_snapshot), callback_group=group)
         self._phase_started: dict[str, float] = {}
         self._effective: dict[str, float] = {d: tcfg.update_period_s for d in state.device_ids}
-        self._thread = threading.Thread(target=self._work, name="ams_trainer", daemon=True)
+        self._thread = worker_thread(self._work, "ams_trainer", self.get_logger())
         self._thread.start()
         self.get_logger().info(
             f"training {spec.name} for {', '.join(state.device_ids)}: K={tcfg.iterations}, batch {tcfg.batch_size}, "
@@ -119,6 +123,13 @@ class AMSTrainerNode(Node):
         for s in sessions:  # raises ValueError (nothing changed) for an invalid value
             s.reconfigure(update_encoding=changes.get("update_encoding"), **trainer)
             s.configure(**{k: v for k, v in changes.items() if k in ("snapshot_encoding", "min_samples")})
+
+    @staticmethod
+    def _refuse_snapshot(req, resp, exc: Exception):
+        """The answer to a snapshot request the server could not serve (the rejection is counted)."""
+        resp.success = False
+        resp.message = f"snapshot failed: {type(exc).__name__}: {exc}"
+        return resp
 
     def _make_snapshot_cb(self, dev: str):
         def cb(req: GetModelSnapshot.Request, resp: GetModelSnapshot.Response):
@@ -216,6 +227,7 @@ class AMSTrainerNode(Node):
             msg.batches_received = st.received[dev]
             msg.batches_dropped = st.dropped[dev]
             msg.last_error = st.last_error[dev]
+        msg.inputs_rejected, msg.last_input_rejection = st.rejections.read()
         self.status_pubs[dev].publish(msg)
 
     def _save(self, dev: str) -> None:

@@ -11,6 +11,7 @@ import threading
 from collections import deque
 
 from ams_ros.core.server_session import DeviceSession
+from ams_ros.nodes.reject_log import RejectionCounter
 
 
 class ServerState:
@@ -23,6 +24,8 @@ class ServerState:
         self.last_error: dict[str, str] = {}
         self.cv = threading.Condition()
         self.stopping = False
+        # every input a server node rejected (ServerStatus inputs_rejected / last_input_rejection)
+        self.rejections = RejectionCounter()
 
     def bind_devices(self, ids: list[str], node_name: str) -> None:
         """The first node sets the robots served; every other node must name the same ones."""
