@@ -8,7 +8,6 @@ ServerStatus and never stops the server.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -83,7 +82,7 @@ class TeacherLabeler(Node):
                 with st.cv:
                     st.received[dev] += 1
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
-                self._reject(f"{dev} frame batch {msg.batch_seq}", str(exc))
+                self._reject(f"batch {msg.batch_seq}", f"{exc} (from {dev})")
                 return
             with st.cv:
                 st.received[dev] += 1
@@ -125,7 +124,8 @@ class TeacherLabeler(Node):
                 self._label_batch(dev, msg)
             except Exception as exc:  # a bad batch must never stop the server
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
-                self._reject(f"{dev} frame batch {msg.batch_seq}", f"{type(exc).__name__}: {exc}")
+                reason = str(exc) if isinstance(exc, FrameCodecError) else f"{type(exc).__name__}: {exc}"
+                self._reject(f"batch {msg.batch_seq}", f"{reason} (from {dev})")
 
     def _label_batch(self, dev: str, msg: FrameBatch) -> None:
         self._check_integrity(dev, msg)
