@@ -13,8 +13,8 @@ them to the same code the nodes run: the patcher's verify + :meth:`DoubleBuffere
 - ``accepted``: went through (and the output was checked: indices, frame count and size, image shape),
 - ``crashes``: any other exception, or an accepted output that is wrong,
 - ``hangs``: a case that took longer than ``--hang-s`` (5 s),
-- ``changed``: a rejected update after which the running model, the inactive copy or the version
-  differ (hashed before and after), or a rejected batch that still added samples;
+- ``changed``: a rejected (or crashing) update after which the running model, the inactive copy
+  or the version differ (hashed before and after), or a rejected batch that still added samples;
 
 and prints the peak memory of the process. The exit code is 1 when any crash, hang or change
 was found. Signers are pluggable (:func:`register_signer`): the HMAC one is built in; another
@@ -283,7 +283,10 @@ class UpdateTarget:
                 tally.note(f"update changed the model after rejection: {u.encoding} {u.base_version}->{u.new_version}")
                 self.robot = self.fresh_robot()
             return
-        except BaseException:
+        except BaseException:  # a crash: also say whether it left a half-written copy behind
+            if _digest(robot) != before:
+                tally.changed += 1
+                tally.note(f"update changed the model and then crashed: {u.encoding} {u.base_version}->{u.new_version}")
             self.robot = self.fresh_robot()
             raise
         tally.accepted += 1

@@ -95,6 +95,7 @@ class RejectLog:
             try:
                 return fn(*args)
             except Exception as exc:
-                self(what, f"{type(exc).__name__}: {exc}")
+                if self._node.context.ok():  # while shutting down, a publish races the context: no rejection
+                    self(what, f"{type(exc).__name__}: {exc}")
                 return fallback(*args, exc) if fallback is not None else None
         return wrapper
