@@ -95,6 +95,7 @@ def test_server_stopped_in_the_middle_of_a_training_phase_exits_0(ros, tmp_path,
     out = proc.output()
     assert rc == 0, out[-3000:]
     assert "terminate called" not in out and "Traceback" not in out, out[-3000:]
+    assert "update v0->v1" not in out  # the phase was stopped between iterations and rolled back, not finished
 
 
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])

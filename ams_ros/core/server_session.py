@@ -25,7 +25,7 @@ from ams_ros.core.rate_control import (
     RateControlConfig,
     SamplingRateController,
 )
-from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
+from ams_ros.core.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, TrainerConfig
 from ams_ros.core.params import write_flat
 from ams_ros.core.update_codec import (
     ENCODINGS,
@@ -222,7 +222,13 @@ class DeviceSession:
             self._apply_pending()
             ckpt = self.trainer.checkpoint()
             before = ckpt.weights.cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
-            result = self.trainer.train_phase(now)
+            phase = self.trainer.phase
+            try:
+                result = self.trainer.train_phase(now)
+            except PhaseInterrupted:  # shutting down: as if the phase never started
+                self.trainer.rollback(ckpt)
+                self.trainer.phase = phase
+                return None
             if result is None:
                 return None
             self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once

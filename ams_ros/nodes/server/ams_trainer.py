@@ -98,6 +98,7 @@ class AMSTrainerNode(Node):
                 state.sessions[dev] = loaded.session
             else:
                 state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
+            state.sessions[dev].trainer.stop_requested = lambda: state.stopping  # stop ends a phase early
             self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
                                                    qos("reliable", int(p["update_qos_depth"])))
             self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
