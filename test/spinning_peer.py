@@ -1,9 +1,10 @@
 """A tiny process for test_spinning.py: ``run_process`` with one shared and one dedicated node.
 
-    python spinning_peer.py ok|raise|startup|worker|guarded
+    python spinning_peer.py ok|raise|startup|worker|guarded|pool
 ``ok`` spins until a signal; ``raise`` has the dedicated node's timer raise; ``startup`` fails
 while building the nodes; ``worker`` has a node's worker thread die; ``guarded`` has a timer
-wrapped by RejectLog.guard raise on every tick (counted, the process keeps running). Every node
+wrapped by RejectLog.guard raise on every tick (counted, the process keeps running); ``pool``
+has a watched thread-pool job raise (as the sampler's encoder might). Every node
 prints when ``destroy_node`` runs.
 """
 
@@ -14,7 +15,7 @@ import sys
 from rclpy.node import Node
 
 from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.spinning import ProcessNodes, run_process, worker_thread
+from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future, worker_thread
 
 
 class Peer(Node):
@@ -55,6 +56,31 @@ class WorkerPeer(Peer):
         super().destroy_node()
 
 
+class PoolPeer(Peer):
+    """Submits one job to a thread pool, watched; the job raises."""
+
+    def __init__(self) -> None:
+        super().__init__("pool_peer")
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self.create_timer(0.3, self._submit_once)
+        self._submitted = False
+
+    def _submit_once(self) -> None:
+        if not self._submitted:
+            self._submitted = True
+            watch_future(self._pool.submit(self._job), "pool_peer job", self.get_logger())
+
+    @staticmethod
+    def _job() -> None:
+        raise RuntimeError("encoder boom")
+
+    def destroy_node(self) -> None:
+        self._pool.shutdown(wait=True)
+        super().destroy_node()
+
+
 class GuardedPeer(Node):
     """A timer whose every tick raises, guarded: each is a counted rejection."""
 
@@ -79,6 +105,8 @@ def build(mode: str) -> ProcessNodes:
         raise ValueError("parameter x=3 is not valid; choose one of: 1, 2")
     if mode == "worker":
         return ProcessNodes(shared=[Peer("shared_peer"), WorkerPeer()])
+    if mode == "pool":
+        return ProcessNodes(shared=[Peer("shared_peer"), PoolPeer()])
     if mode == "guarded":
         return ProcessNodes(shared=[Peer("shared_peer")], dedicated=[GuardedPeer()])
     return ProcessNodes(shared=[Peer("shared_peer")], dedicated=[Peer("lane_peer", fail=mode == "raise")])

@@ -84,3 +84,11 @@ def test_a_guarded_callback_that_raises_is_counted_and_the_process_keeps_running
     assert proc.returncode == 0, out
     assert "rejected tick: ValueError: bad input 0" in out
     assert "guarded_peer destroyed after" in out and "Traceback" not in out
+
+
+def test_a_thread_pool_job_that_raises_ends_the_process_with_1():
+    """The sampler's H.264 encoder runs on a thread pool; its exception must not vanish."""
+    proc = start_python([PEER, "pool"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "pool_peer job failed" in out and "encoder boom" in out and "pool_peer destroyed" in out

@@ -37,7 +37,7 @@ from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC
-from ams_ros.nodes.spinning import ProcessNodes, run_process
+from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future
 
 PARAMS = (
     DEVICE_ID,
@@ -212,13 +212,18 @@ class CameraSampler(Node):
             with self.counters.lock:
                 self.counters.frames_sampled += sampled
         if batch is not None:
-            self._encoder.submit(self._encode_and_publish, batch, frame_id)
+            self._submit(batch, frame_id)
+
+    def _submit(self, batch: SampledBatch, frame_id: str) -> None:
+        """Encode on the encoder thread; an exception escaping it ends the process (exit 1)."""
+        watch_future(self._encoder.submit(self._encode_and_publish, batch, frame_id), "batch encoder thread",
+                     self.get_logger())
 
     def _flush(self) -> None:
         with self._sampler_lock:
             batch = self.sampler.flush()
         if batch is not None:
-            self._encoder.submit(self._encode_and_publish, batch, self.p["frame_id"])
+            self._submit(batch, self.p["frame_id"])
 
     def _encode_and_publish(self, batch: SampledBatch, frame_id: str) -> None:
         """Runs on the encoder thread so image callbacks never wait for H.264."""

@@ -121,6 +121,20 @@ def worker_thread(target: Callable[[], None], name: str, logger) -> threading.Th
     return threading.Thread(target=run, name=name, daemon=True)
 
 
+def watch_future(future, what: str, logger) -> None:
+    """A job on a node's thread pool (the sampler's H.264 encoder) that raised ends the process
+    with 1 like a dying worker thread (its exception would otherwise vanish into the future)."""
+    def done(f) -> None:
+        if f.cancelled() or f.exception() is None or not rclpy.ok():
+            return
+        exc = f.exception()
+        logger.fatal(f"{what} failed; shutting the process down:\n"
+                     + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        _CALLBACK_FAILED.set()
+        rclpy.try_shutdown()
+    future.add_done_callback(done)
+
+
 def process_failed() -> bool:
     """True once a callback, a lane or a worker thread failed (the process will exit 1)."""
     return _CALLBACK_FAILED.is_set()
