@@ -85,12 +85,13 @@ class Tally:
     hangs: int = 0
     changed: int = 0
     seconds: float = 0.0
+    peak_growth_mib: float = 0.0  # how much this target raised the process's peak RSS
     examples: list[str] = field(default_factory=list)
 
     def line(self, kind: str) -> str:
         return (f"{kind:8s} cases {self.cases:6d}  rejected {self.rejected:6d}  accepted {self.accepted:6d}  "
                 f"crashes {self.crashes}  hangs {self.hangs}  changes after rejection {self.changed}  "
-                f"({self.seconds:.1f} s)")
+                f"({self.seconds:.1f} s, peak RSS +{self.peak_growth_mib:.0f} MiB)")
 
     def note(self, what: str) -> None:
         if len(self.examples) < 5:
@@ -447,7 +448,9 @@ def fuzz(updates: int, batches: int, images: int, seed: int = 0, hang_s: float =
             continue
         rng = np.random.default_rng([seed, k])
         target = cls(rng) if cls is not ImageTarget else cls()
+        peak0 = peak_rss_mib()
         results[name] = run_target(name, target, n, rng, hang_s)
+        results[name].peak_growth_mib = peak_rss_mib() - peak0
         out(results[name].line(name))
         for ex in results[name].examples:
             out(f"  {ex}")
