@@ -334,7 +334,8 @@ class BatchTarget:
             ("h264", 64, 32, [float(t) for t in range(10)], _bomb(300, 64, 32)),     # more frames than declared
         ]
         self.limits = BatchLimits()
-        self.session = DeviceSession("fuzz", _fuzz_net())
+        self._new_session = lambda: DeviceSession("fuzz", _fuzz_net())
+        self.session = self._new_session()
         self.labelled = 0
 
     def _label(self, frames, stamps):
@@ -370,6 +371,7 @@ class BatchTarget:
         if n != len(stamps) or self.session.new_samples - before[0] != n:
             tally.crashes += 1
             tally.note(f"accepted batch added {n} frames for {len(stamps)} stamps")
+        self.session = self._new_session()  # no training phase evicts here: start each batch afresh
 
 
 # ---------------------------------------------------------------------------- images
