@@ -16,6 +16,7 @@ rule of :meth:`~ams_ros.core.server_session.DeviceSession.resync` (with a warnin
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from typing import Any
 
