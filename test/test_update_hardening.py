@@ -196,3 +196,21 @@ def test_a_failing_write_restores_the_inactive_copy(setup, monkeypatch):
     assert hashlib.sha256(flatten_params(a).numpy().tobytes()).hexdigest() == active_before
     assert torch.equal(flatten_params(a), flatten_params(b))  # the inactive copy is the active one again
     assert holder.apply_update(u) == 5
+
+
+def test_only_an_update_marked_catch_up_may_span_several_versions(setup):
+    from ams_ros.core.update_codec import encode_catch_up
+
+    m, holder, n = setup
+    target = copy.deepcopy(holder.active)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(0.01)
+    cu = encode_catch_up(target, np.arange(0, n, 4), 4, 7)
+    plain = copy.copy(cu)
+    plain.catch_up = False
+    plain.checksum = plain.compute_checksum()
+    assert_rejected_untouched(holder, plain, "must move the version to v5")
+    far = encode_catch_up(target, np.arange(0, n, 4), 4, 4 + holder.max_catch_up_span + 1)
+    assert_rejected_untouched(holder, far, "must move the version")
+    assert holder.apply_update(cu) == 7
