@@ -117,6 +117,8 @@ def worker_thread(target: Callable[[], None], name: str, logger) -> threading.Th
         try:
             target()
         except Exception:
+            if not rclpy.ok():  # shutting down: a publish raced the context going away, not a failure
+                return
             fail_process(logger, f"worker thread '{name}'")
     return threading.Thread(target=run, name=name, daemon=True)
 
