@@ -21,7 +21,7 @@ ARGS ?=
 TESTS ?= test
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench eval clean
+.PHONY: setup test demo bench eval fuzz clean
 
 setup:
 	@AMS_ROS_DISTRO=$(DISTRO) tools/setup.sh
@@ -34,6 +34,10 @@ demo: setup
 
 bench: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.bench $(ARGS)
+
+# seeded fuzzer over updates, frame batches and images (issue #13): make fuzz ARGS="--cases 10000"
+fuzz: setup
+	@$(ENV) $(LOOPBACK) OMP_NUM_THREADS=1 nice python -m ams_ros.fuzz $(ARGS)
 
 eval: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.eval.cli $(ARGS)

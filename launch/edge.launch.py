@@ -55,6 +55,9 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         emulate_tty=True,
+        # issue #13: a process that exits non-zero (a worker thread or callback failed) is restarted
+        respawn=True,
+        respawn_delay=2.0,
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[
             LaunchConfiguration("config_file"),

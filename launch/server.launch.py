@@ -62,6 +62,9 @@ def generate_launch_description() -> LaunchDescription:
         executable="server",
         output="screen",
         emulate_tty=True,
+        # issue #13: a process that exits non-zero (a worker thread or callback failed) is restarted
+        respawn=True,
+        respawn_delay=2.0,
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
         parameters=[
             LaunchConfiguration("config_file"),

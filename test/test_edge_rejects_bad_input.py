@@ -174,3 +174,41 @@ def test_good_update_applies_then_gap_triggers_resync(edge):
     st = _send_update(edge, update_to_msg(_valid_update(edge, 9, 10, seed=2), "robot_bad"), False, "")
     assert st.model_version == 10
     assert edge["proc"].alive()
+
+
+def test_forged_version_steps_and_wrapping_indices_are_rejected_and_counted(edge):
+    """issue #13: v10 -> v10 (a forged "update" that would hold the model), a jump past +1, and
+    delta-coded indices that wrap int64 back into range: rejected, the edge keeps running on v10,
+    every one counted in inputs_rejected."""
+    import lzma
+
+    from ams_ros.core.update_codec import _varint_encode
+
+    before = _latest(edge)
+    assert before.model_version == 10
+    _send_update(edge, update_to_msg(_valid_update(edge, 10, 10), "robot_bad"), True, "must move the version to v11")
+    _send_update(edge, update_to_msg(_valid_update(edge, 10, 12), "robot_bad"), True, "must move the version to v11")
+    upd = encode_update(edge["server_model"], np.arange(4), np.zeros(4, np.float32), 10, 11, "delta_lzma_fp16")
+    upd.indices_blob = lzma.compress(_varint_encode(np.array([0, 2**62, 2**62, 2**62], np.uint64)))
+    upd.checksum = upd.compute_checksum()
+    st = _send_update(edge, update_to_msg(upd, "robot_bad"), True, "index deltas")
+    assert st.model_version == 10 and st.inputs_rejected >= before.inputs_rejected + 3
+    assert edge["proc"].alive()
+
+
+def test_odd_width_yuv422_image_is_rejected_counted_and_reported_on_diagnostics(edge):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    diags: list[DiagnosticArray] = []
+    edge["node"].create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos("reliable", 50))
+    before = _latest(edge)
+    n_labels = len(edge["labels"])
+    for enc in ("yuv422", "uyvy", "yuyv"):
+        edge["image_pub"].publish(Image(height=32, width=63, encoding=enc, step=63 * 2, data=bytes(32 * 63 * 2)))
+    edge["image_pub"].publish(Image(height=32, width=64, encoding="rgb8", step=64 * 3, data=bytes(32 * 64 * 3)))
+    assert spin_until(edge["ex"], lambda: len(edge["labels"]) > n_labels, 20), "the robot went blind"
+    assert spin_until(edge["ex"], lambda: edge["statuses"][-1].inputs_rejected >= before.inputs_rejected + 3, 10)
+    assert "even width" in edge["statuses"][-1].last_input_rejection
+    assert spin_until(edge["ex"], lambda: any(s.level == DiagnosticStatus.ERROR and "even width" in s.message
+                                              for d in diags for s in d.status), 10)
+    assert edge["proc"].alive()

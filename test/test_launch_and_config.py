@@ -228,3 +228,15 @@ def test_the_package_finds_its_config_through_the_ament_index():
 
     assert config_dir() == Path(get_package_share_directory("ams_ros")) / "config"
     assert (config_dir() / "edge.yaml").exists()
+
+
+@pytest.mark.parametrize("name", ["edge", "server"])
+def test_robot_and_server_processes_are_respawned_after_a_non_zero_exit(name):
+    """issue #13: a process whose worker thread or callback failed exits 1; the launch file's
+    supervisor restarts it after a short delay."""
+    tree = ast.parse((ROOT / "launch" / f"{name}.launch.py").read_text())
+    nodes = [c for c in calls(tree, "Node") if ast.literal_eval(kw(c, "executable")) == name]
+    assert len(nodes) == 1
+    assert ast.literal_eval(kw(nodes[0], "respawn")) is True
+    delay = ast.literal_eval(kw(nodes[0], "respawn_delay"))
+    assert isinstance(delay, float) and 0.5 <= delay <= 30.0

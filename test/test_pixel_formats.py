@@ -64,3 +64,25 @@ def test_yuv422_decodes_like_opencv():
 def test_what_does_not_fit_is_refused_with_the_reason(m, reason):
     with pytest.raises(ImageConversionError, match=reason):
         image_to_rgb(m)
+
+
+@pytest.mark.parametrize("m, reason", [
+    (msg("yuyv", np.zeros((4, 14), np.uint8), width=7), "even width"),
+    (msg("yuv422_yuy2", np.zeros((2, 6), np.uint8), width=3), "even width"),
+    (msg("bgr8", np.zeros((4, 24), np.uint8), width=8, step=20), "step 20"),
+    (msg("mono16", np.zeros((4, 15), np.uint8), width=8), "does not hold"),
+])
+def test_every_encodings_size_rules_are_checked_before_conversion(m, reason):
+    with pytest.raises(ImageConversionError, match=reason):
+        image_to_rgb(m)
+
+
+def test_an_opencv_error_during_conversion_becomes_an_image_conversion_error(monkeypatch):
+    import ams_ros.core.pixel_formats as pf
+
+    def boom(*a, **k):
+        raise cv2.error("simulated OpenCV failure")
+
+    monkeypatch.setattr(pf.cv2, "cvtColor", boom)
+    with pytest.raises(ImageConversionError, match="cv2.error|error: .*simulated"):
+        image_to_rgb(msg("bgr8", RGB[:, :, ::-1].copy()))

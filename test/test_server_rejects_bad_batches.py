@@ -92,3 +92,36 @@ def test_garbage_then_truncated_then_good_batch(server):
     assert st.batches_received == 5
     assert st.batches_dropped >= 4
     assert server["updates"][0].new_version == 1 and server["updates"][0].base_version == 0
+
+
+def test_batches_declaring_too_many_or_too_large_frames_and_a_bomb_are_counted_and_reported(server):
+    """issue #13: the declared count and size are checked before decoding; an H.264 bomb is
+    rejected; each rejection is counted in ServerStatus and reported on /diagnostics."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+    from test_batch_limits import _solid_h264
+
+    diags: list[DiagnosticArray] = []
+    server["node"].create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos("reliable", 50))
+    many = _batch(10, b"\x00" * 100, [float(t) for t in range(601)])
+    huge = _batch(11, b"\x00" * 100, [0.0, 1.0], w=4000, h=3000)
+    bomb = _batch(12, _solid_h264(200, 640, 360), [float(t) for t in range(4)])
+    bomb.checksum = frame_batch_checksum(bomb)
+    for m in (many, huge, bomb):
+        server["pub"].publish(m)
+    n0 = len(server["statuses"])
+    world = SyntheticWorld(seed=1, width=64, height=32)
+    stamps = [float(t) for t in range(10, 14)]
+    good = encode_frames([world.frame_at(t)[0] for t in stamps], stamps, bitrate_bps=200_000, period_s=4.0)
+    server["pub"].publish(_batch(13, good.data, stamps, checksum_of=good.data))
+    assert spin_until(server["ex"], lambda: len(server["statuses"]) > n0 and server["statuses"][-1].inputs_rejected >= 7,
+                      120), server["proc"].output()[-3000:]
+    log = server["proc"].output()
+    assert "rejected batch 10: frame batch declares 601 frames, more than max_batch_frames=600" in log
+    assert "rejected batch 11: frame batch declares 4000x3000 frames" in log
+    assert "rejected batch 12: decoded frame is 640x360, the batch declares 64x32" in log
+    st = server["statuses"][-1]
+    assert "batch 12" in st.last_input_rejection or "batch 1" in st.last_input_rejection
+    assert spin_until(server["ex"], lambda: any(s.level == DiagnosticStatus.ERROR and "batch 10" in s.message
+                                                for d in diags for s in d.status), 10)
+    assert server["proc"].alive()

@@ -59,3 +59,36 @@ def test_a_raising_callback_on_a_dedicated_executor_ends_the_process_with_1():
     assert proc.returncode == 1, out
     assert "boom in a callback" in out and "shutting the process down" in out
     assert "shared_peer destroyed" in out
+
+
+def test_a_worker_thread_that_dies_ends_the_process_with_1():
+    """issue #13: the server's trainer / labeler threads dying must not leave a process that looks
+    healthy; it exits 1 (a supervisor restarts it) after destroying its nodes."""
+    proc = start_python([PEER, "worker"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "worker thread 'worker_peer_thread' died" in out and "worker boom" in out
+    assert "worker_peer destroyed" in out and "shared_peer destroyed" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_guarded_callback_that_raises_is_counted_and_the_process_keeps_running(sig):
+    proc = start_python([PEER, "guarded"])
+    try:
+        lines = _wait_for(proc, "guarded_peer rejected 5", "shared_peer spinning")
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out
+    assert "rejected tick: ValueError: bad input 0" in out
+    assert "guarded_peer destroyed after" in out and "Traceback" not in out
+
+
+def test_a_thread_pool_job_that_raises_ends_the_process_with_1():
+    """The sampler's H.264 encoder runs on a thread pool; its exception must not vanish."""
+    proc = start_python([PEER, "pool"])
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "pool_peer job failed" in out and "encoder boom" in out and "pool_peer destroyed" in out

@@ -17,10 +17,11 @@ import threading
 from contextlib import contextmanager
 from typing import Iterator
 
+import torch
 from torch import nn
 
 from ams_ros.core.params import FlatAccessor, SortedWrite
-from ams_ros.core.update_codec import EncodedUpdate, ModelLayout, UpdateError, VersionGapError, decode_update
+from ams_ros.core.update_codec import EncodedUpdate, ModelLayout, UpdateError, check_version_step, decode_update
 
 
 class DoubleBufferedModel:
@@ -43,6 +44,10 @@ class DoubleBufferedModel:
         self._catch_up: list[SortedWrite] = []  # on the device
         self._lock = threading.Lock()
         self.layout = ModelLayout.of(model)
+        self.synced = False  # True once an update or snapshot was applied (see check_version_step)
+        # versions one catch-up update (the server's union of several phases' changes, marked
+        # ``catch_up``, which the checksum and signature cover) may skip; every other sparse update: 1
+        self.max_catch_up_span = 64
 
     @property
     def active(self) -> nn.Module:
@@ -76,11 +81,17 @@ class DoubleBufferedModel:
                 self._readers[id(model)] -= 1
                 self._readers_cv.notify_all()
 
-    def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0) -> int:
-        """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched)."""
+    def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0, max_span: int = 1) -> int:
+        """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched).
+
+        Order (issue #13): the version rule (:func:`check_version_step`; a catch-up update may
+        span up to ``max_catch_up_span`` versions, others ``max_span``), then the whole update decoded to arrays and checked, and only then a
+        write into the inactive copy; a failure while writing (never expected after the checks)
+        restores that copy from the active model before the error propagates, so a half-written
+        copy can never be swapped in by the next update."""
         with self._lock:
-            if not update.full_snapshot and update.base_version != self.version:
-                raise VersionGapError(update.base_version, self.version)
+            span = max(max_span, self.max_catch_up_span) if update.catch_up else max_span
+            check_version_step(update, self.version, max_span=span, synced=self.synced)
             active = self._state[0]
             idx, vals = decode_update(update, self.layout, base_reader=self._writers[id(active)].read)
             target = self._inactive
@@ -88,12 +99,29 @@ class DoubleBufferedModel:
                 if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
                     raise UpdateError("inactive model still in use by inference; try again")
             writer = self._writers[id(target)]
-            for prepared in self._catch_up:  # the previous update(s), not yet in this copy
+            try:
+                for prepared in self._catch_up:  # the previous update(s), not yet in this copy
+                    writer.write(prepared)
+                prepared = writer.prepare(idx, vals)  # one host-to-device copy of indices and values
                 writer.write(prepared)
-            prepared = writer.prepare(idx, vals)  # one host-to-device copy of indices and values
-            writer.write(prepared)
+            except Exception as exc:
+                self._resync_inactive()
+                raise UpdateError(f"writing the update failed ({type(exc).__name__}: {exc}); model unchanged") from exc
             self._catch_up = [prepared]
             old = self._state[0]
             self._state = (target, int(update.new_version))  # the swap readers see: one assignment
             self._inactive = old
+            self.synced = True
             return self.version
+
+    def _resync_inactive(self) -> None:
+        """Make the inactive copy equal to the active model again (after a failed write)."""
+        target, active = self._inactive, self._state[0]
+        with torch.no_grad():
+            for dst, src in zip(target.parameters(), active.parameters()):
+                dst.copy_(src)
+        self._catch_up = []
+
+    def copies(self) -> tuple[nn.Module, nn.Module]:
+        """(active, inactive): for checks that both copies are untouched (tests, the fuzzer)."""
+        return self._state[0], self._inactive

@@ -48,6 +48,35 @@ class BatchEncoderConfig:
             raise ValueError(f"bitrate_bps must be > 0, got {self.bitrate_bps}")
 
 
+@dataclass(frozen=True)
+class BatchLimits:
+    """What the server accepts from a robot, checked on what a batch *declares* before anything is
+    decoded (issue #13: a 17 KB H.264 "bomb" decoded to 600 frames of 1280x720, 1.7 GB of RSS)."""
+
+    max_batch_frames: int = knob(600, "Most frames one frame batch may declare (len(frame_stamps)); larger "
+                                      "batches are rejected before decoding (the robot's sampler keeps at most 600)")
+    max_frame_pixels: int = knob(1920 * 1080, "Most pixels (width x height) a frame batch may declare per frame; "
+                                              "larger batches are rejected before decoding")
+
+    def __post_init__(self) -> None:
+        if self.max_batch_frames < 1 or self.max_frame_pixels < 1:
+            raise ValueError(f"max_batch_frames and max_frame_pixels must be >= 1, got {self.max_batch_frames}, "
+                             f"{self.max_frame_pixels}")
+
+    def check(self, frames: int, width: int, height: int) -> None:
+        """Raises :class:`FrameCodecError` unless the declared count and size are within the limits."""
+        if frames < 1:
+            raise FrameCodecError("frame batch declares no frames (frame_stamps is empty)")
+        if frames > self.max_batch_frames:
+            raise FrameCodecError(f"frame batch declares {frames} frames, more than max_batch_frames="
+                                  f"{self.max_batch_frames} (raise the parameter if the robot sends that many)")
+        if width < 1 or height < 1:
+            raise FrameCodecError(f"frame batch declares an empty frame size {width}x{height}")
+        if width * height > self.max_frame_pixels:
+            raise FrameCodecError(f"frame batch declares {width}x{height} frames ({width * height} pixels), more than "
+                                  f"max_frame_pixels={self.max_frame_pixels}")
+
+
 @dataclass
 class EncodedBatch:
     data: bytes
@@ -139,20 +168,41 @@ def _x264(frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int,
     return buf.getvalue()
 
 
-def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: int = 10_000) -> list[np.ndarray]:
-    """Decode a batch into RGB frames of ``width`` x ``height``; garbage raises FrameCodecError."""
+def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: int | None = None,
+                  expected_frames: int | None = None, limits: BatchLimits | None = None) -> list[np.ndarray]:
+    """Decode a batch into RGB frames of ``width`` x ``height``; garbage raises FrameCodecError.
+
+    ``expected_frames`` (the count the batch declares) and the size are checked against
+    ``limits`` before decoding; decoding stops as soon as the stream holds more frames than
+    declared (or than ``max_frames``), and every frame must have the declared size (H.264:
+    padded to even, as the encoder does) *before* it is converted, so a stream that expands to
+    many or large frames costs one frame's decode, not its whole size in memory."""
+    if expected_frames is not None:  # a batch from the network: its declaration is checked first
+        (limits or BatchLimits()).check(int(expected_frames), int(width), int(height))
+        cap = int(expected_frames)
+    else:  # a batch this process encoded itself (eval, bench)
+        if limits is not None:
+            limits.check(1, int(width), int(height))
+        cap = 10_000
+    if max_frames is not None:
+        cap = min(cap, int(max_frames))
     if not data:
         raise FrameCodecError("empty frame batch")
     if codec == "jpeg":
         frames, pos = [], 0
         while pos < len(data):
+            if len(frames) >= cap:
+                raise FrameCodecError(f"JPEG batch holds more than the {cap} frames it declares")
             if pos + 4 > len(data):
                 raise FrameCodecError("truncated JPEG batch")
             (size,) = struct.unpack_from("<I", data, pos)
             pos += 4
             if size == 0 or pos + size > len(data):
                 raise FrameCodecError("truncated JPEG batch")
-            img = cv2.imdecode(np.frombuffer(data, np.uint8, count=size, offset=pos), cv2.IMREAD_COLOR)
+            part = np.frombuffer(data, np.uint8, count=size, offset=pos)
+            if _jpeg_size(part) not in (None, (width, height)):
+                raise FrameCodecError(f"JPEG frame is {_jpeg_size(part)}, the batch declares {width}x{height}")
+            img = cv2.imdecode(part, cv2.IMREAD_COLOR)
             if img is None or img.shape[:2] != (height, width):
                 raise FrameCodecError("undecodable JPEG frame or unexpected size")
             frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
@@ -165,13 +215,16 @@ def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: 
         with av.open(io.BytesIO(bytes(data)), "r", format="mp4") as container:
             if not container.streams.video:
                 raise FrameCodecError("batch holds no video stream")
-            for frame in container.decode(video=0):
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # a batch is a few frames; never a thread per core on the server
+            for frame in container.decode(stream):
+                if (frame.width, frame.height) != (_even(width), _even(height)):  # before converting it
+                    raise FrameCodecError(f"decoded frame is {frame.width}x{frame.height}, the batch declares "
+                                          f"{width}x{height}")
+                if len(frames) >= cap:
+                    raise FrameCodecError(f"H.264 batch holds more than the {cap} frames it declares")
                 rgb = frame.to_ndarray(format="rgb24")
-                if rgb.shape[0] < height or rgb.shape[1] < width:
-                    raise FrameCodecError(f"decoded frame {rgb.shape[1]}x{rgb.shape[0]} smaller than {width}x{height}")
                 frames.append(np.ascontiguousarray(rgb[:height, :width]))
-                if len(frames) > max_frames:
-                    raise FrameCodecError("batch holds more frames than allowed")
     except FrameCodecError:
         raise
     except (av.error.FFmpegError, ValueError, EOFError, OSError, IndexError) as exc:
@@ -179,3 +232,22 @@ def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: 
     if not frames:
         raise FrameCodecError("H.264 batch decoded to no frames")
     return frames
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's first start-of-frame marker, without decoding; None when
+    no marker is found (cv2 then decides, and the decoded size is checked)."""
+    b = buf.tobytes()
+    pos = 2
+    while pos + 9 <= len(b):
+        if b[pos] != 0xFF:
+            return None
+        marker = b[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        seg = int.from_bytes(b[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(b[pos + 7:pos + 9], "big"), int.from_bytes(b[pos + 5:pos + 7], "big")
+        pos += 2 + seg
+    return None

@@ -26,7 +26,22 @@ class ImageConversionError(ValueError):
 def image_to_rgb(msg: Any) -> np.ndarray:
     """An ``H x W x 3`` RGB uint8 array from anything shaped like ``sensor_msgs/Image``
     (``encoding``, ``width``, ``height``, ``step``, ``is_bigendian``, ``data``): an rclpy message
-    or a rosbags one. Raises :class:`ImageConversionError` naming what does not fit."""
+    or a rosbags one. Raises :class:`ImageConversionError` naming what does not fit.
+
+    Every encoding's size rules (even width for 4:2:2, ``step >= width * bytes per pixel``,
+    ``len(data) >= step * height``) are checked before any conversion; an OpenCV or numpy error
+    that still came out of one would be turned into :class:`ImageConversionError` too, so a
+    camera driver's odd message can never end the node (issue #13)."""
+    try:
+        return _image_to_rgb(msg)
+    except ImageConversionError:
+        raise
+    except (cv2.error, ValueError, TypeError, AttributeError, OverflowError, MemoryError) as exc:
+        raise ImageConversionError(f"cannot convert the '{getattr(msg, 'encoding', '?')}' image: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+
+
+def _image_to_rgb(msg: Any) -> np.ndarray:
     enc = msg.encoding
     if enc not in _CHANNELS:
         raise ImageConversionError(

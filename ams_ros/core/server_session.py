@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from torch import nn
 
-from ams_ros.core.frame_codec import FrameCodecError, decode_frames
+from ams_ros.core.frame_codec import BatchLimits, FrameCodecError, decode_frames
 from ams_ros.core.config import check_choice, knob
 from ams_ros.core.rate_control import (
     AdaptivePeriodConfig,
@@ -25,7 +25,7 @@ from ams_ros.core.rate_control import (
     RateControlConfig,
     SamplingRateController,
 )
-from ams_ros.core.trainer import AMSTrainer, PhaseResult, TrainerConfig
+from ams_ros.core.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, TrainerConfig
 from ams_ros.core.params import write_flat
 from ams_ros.core.update_codec import (
     ENCODINGS,
@@ -193,13 +193,15 @@ class DeviceSession:
         self.latest_t = t if self.latest_t is None else max(self.latest_t, t)
 
     def add_encoded_batch(self, data: bytes, codec: str, width: int, height: int, stamps: Sequence[float],
-                          label: Callable[[list[np.ndarray], list[float]], list[np.ndarray]]) -> int:
+                          label: Callable[[list[np.ndarray], list[float]], list[np.ndarray]],
+                          limits: BatchLimits | None = None) -> int:
         """Decode a frame batch from the robot, label its frames and add them (the server node and
         the evaluation harness both come in here). ``label(frames, stamps)`` returns the teacher's
         label maps in the student's classes. Returns how many frames were added; raises
         :class:`~ams_ros.core.frame_codec.FrameCodecError` for a batch that does not decode."""
-        frames = decode_frames(data, codec, int(width), int(height))
         stamps = [float(s) for s in stamps]
+        # the declared count and size are checked against the limits before decoding (issue #13)
+        frames = decode_frames(data, codec, int(width), int(height), expected_frames=len(stamps), limits=limits)
         if len(frames) != len(stamps):
             raise FrameCodecError(f"batch holds {len(frames)} frames but {len(stamps)} timestamps")
         labels = label(frames, stamps)
@@ -220,7 +222,13 @@ class DeviceSession:
             self._apply_pending()
             ckpt = self.trainer.checkpoint()
             before = ckpt.weights.cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
-            result = self.trainer.train_phase(now)
+            phase = self.trainer.phase
+            try:
+                result = self.trainer.train_phase(now)
+            except PhaseInterrupted:  # shutting down: as if the phase never started
+                self.trainer.rollback(ckpt)
+                self.trainer.phase = phase
+                return None
             if result is None:
                 return None
             self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once

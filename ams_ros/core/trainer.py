@@ -173,6 +173,11 @@ class TrainerCheckpoint(NamedTuple):
     u: Optional[torch.Tensor]
 
 
+class PhaseInterrupted(Exception):
+    """The phase was stopped between two iterations (the server is shutting down); the caller
+    rolls the trainer back to its checkpoint, so no half-trained weights are kept or shipped."""
+
+
 class AMSTrainer:
     """The AMS server's trainer for one edge device (Algorithm 1 training phase + Algorithm 2)."""
 
@@ -208,6 +213,9 @@ class AMSTrainer:
         self.u: Optional[torch.Tensor] = None
         self.phase = 0
         self._loss_scale, self._good_steps = 2.0**16, 0  # float16 training only
+        # Polled before every iteration: True ends the phase with PhaseInterrupted (issue #13: a
+        # server stopped mid-phase waits for one iteration, not for the whole phase).
+        self.stop_requested: Optional[Callable[[], bool]] = None
         # Separate streams so that the batches do not depend on the selection strategy.
         self._sample_rng = np.random.default_rng([self.config.seed, 0])
         self._select_rng = np.random.default_rng([self.config.seed, 1])
@@ -388,6 +396,7 @@ class AMSTrainer:
             mask = None if strategy == FULL else mask_from_indices(n, idx, self.device)
         u = None
         for it in range(cfg.iterations):
+            self._check_stop(it)
             loss, g = self._loss_and_grad(self._next_batch(now))
             losses.append(loss)
             u = self._adam_update(g)
@@ -403,13 +412,19 @@ class AMSTrainer:
         """Plain SGD on the top-k |gradient| coordinates of each iteration; returns their union."""
         n = self.num_params
         union = torch.zeros(n, dtype=torch.bool, device=self.device)
-        for _ in range(self.config.iterations):
+        for it in range(self.config.iterations):
+            self._check_stop(it)
             loss, g = self._loss_and_grad(self._next_batch(now))
             losses.append(loss)
             mask = mask_from_indices(n, top_k_indices(g.abs(), k), self.device)
             self._subtract(g * self.config.sgd_lr * mask)
             union |= mask.bool()
         return union
+
+    def _check_stop(self, iteration: int) -> None:
+        if self.stop_requested is not None and self.stop_requested():
+            raise PhaseInterrupted(f"phase {self.phase} stopped before iteration {iteration + 1} of "
+                                   f"{self.config.iterations}")
 
     # ---------------------------------------------------------------- undo
     def checkpoint(self) -> "TrainerCheckpoint":

@@ -43,6 +43,10 @@ class UpdateError(ValueError):
     """An update failed verification; the model was not modified."""
 
 
+class StaleUpdateError(UpdateError):
+    """The update would not move the robot forward: a replayed, forged or out-of-order one."""
+
+
 class VersionGapError(UpdateError):
     """The update does not apply on top of the version the edge runs."""
 
@@ -120,7 +124,10 @@ def _mask_decode(blob: bytes, n: int) -> np.ndarray:
     bits = np.frombuffer(_gunzip(blob, (n + 7) // 8), dtype=np.uint8)
     if bits.size != (n + 7) // 8:
         raise UpdateError(f"index mask holds {bits.size * 8} bits, model has {n} parameters")
-    mask = np.unpackbits(bits)[:n].astype(bool)
+    unpacked = np.unpackbits(bits)
+    if unpacked[n:].any():
+        raise UpdateError(f"index mask sets padding bits past the model's {n} parameters")
+    mask = unpacked[:n].astype(bool)
     return np.flatnonzero(mask).astype(np.int64)
 
 
@@ -165,8 +172,64 @@ def _delta_encode(indices: np.ndarray) -> bytes:
     return _varint_encode(d)
 
 
-def _delta_decode(blob: bytes, count: int) -> np.ndarray:
-    return np.cumsum(_varint_decode(blob, count)).astype(np.int64)
+def _delta_decode(blob: bytes, count: int, n: int) -> np.ndarray:
+    """Delta-coded indices back to absolute ones in ``[0, n)``. Every delta is checked *before*
+    summing (the first < n, the others in [1, n)), so the sum of at most n deltas each below n
+    cannot wrap int64: a crafted stream can no longer sum past 2**63 back into range."""
+    deltas = _varint_decode(blob, count).view(np.uint64)
+    if count:
+        if int(deltas[0]) >= n:
+            raise UpdateError(f"first index {int(deltas[0])} is out of range [0, {n})")
+        rest = deltas[1:]
+        if rest.size and (int(rest.min()) == 0 or int(rest.max()) >= n):
+            raise UpdateError(f"index deltas must lie in [1, {n}): indices repeat or leave the model")
+    return np.cumsum(deltas.astype(np.int64)).astype(np.int64)
+
+
+def check_indices(idx: np.ndarray, n: int, count: int) -> np.ndarray:
+    """Decoded indices must be exactly ``count`` int64s, strictly increasing, within ``[0, n)``.
+
+    Every decoder's output goes through here before anything is written, so no encoding can
+    hand the double buffer a negative, duplicate, unsorted or out-of-range index."""
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.dtype != np.int64:
+        raise UpdateError(f"decoded indices have shape {idx.shape} and dtype {idx.dtype}, expected int64[{count}]")
+    if idx.size != count:
+        raise UpdateError(f"update decodes to {idx.size} indices but its header says num_selected={count}")
+    if count and (idx[0] < 0 or idx[-1] >= n):
+        raise UpdateError(f"indices [{int(idx[0])}, {int(idx[-1])}] leave the model's range [0, {n})")
+    if count > 1 and np.any(idx[1:] <= idx[:-1]):
+        raise UpdateError("indices are not strictly increasing (duplicate or unsorted entries)")
+    return idx
+
+
+def check_version_step(update: "EncodedUpdate", current_version: int, max_span: int = 1, synced: bool = True) -> None:
+    """The one version rule every robot applies before touching its model.
+
+    - a sparse update applies on top of the version the robot runs (``base_version ==
+      current_version``, else :class:`VersionGapError`: ask for a snapshot) and moves it forward
+      by 1 to ``max_span`` versions (``max_span`` > 1 only for a catch-up update that carries the
+      union of several versions' changes);
+    - a full snapshot must be newer than the version the robot runs; a robot that has not yet
+      applied anything (``synced=False``: its version is a local start value, not a place in the
+      server's chain) also takes a snapshot of that same version, so a fresh robot and a fresh
+      server (both v0) end up on exactly the weights the server trains.
+
+    Anything else (``new_version <= base_version``, a jump past ``max_span``, an old snapshot
+    replayed) raises :class:`StaleUpdateError`.
+    """
+    base, new, cur = int(update.base_version), int(update.new_version), int(current_version)
+    if max_span < 1:
+        raise ValueError(f"max_span must be >= 1, got {max_span}")
+    if update.full_snapshot:
+        if new < cur or (new == cur and synced):
+            raise StaleUpdateError(f"snapshot v{new} is not newer than this model's v{cur} (replayed or out of order)")
+        return
+    if base != cur:
+        raise VersionGapError(base, cur)
+    if not 1 <= new - base <= max_span:
+        allowed = f"v{base + 1}" if max_span == 1 else f"v{base + 1}..v{base + max_span}"
+        raise StaleUpdateError(f"update v{base}->v{new} must move the version to {allowed}")
 
 
 def _bounded(decompressor, blob: bytes, limit: int, kind: str) -> bytes:
@@ -178,6 +241,8 @@ def _bounded(decompressor, blob: bytes, limit: int, kind: str) -> bytes:
         raise UpdateError(f"{kind} payload inflates past the {limit} bytes its header allows")
     if not decompressor.eof:
         raise UpdateError(f"corrupted or truncated {kind} payload: stream does not end")
+    if decompressor.unused_data:  # exact lengths: nothing may hide after the stream
+        raise UpdateError(f"{kind} payload has {len(decompressor.unused_data)} bytes of trailing data after its stream")
     return out
 
 
@@ -283,7 +348,8 @@ def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int =
     lo[table["slot"]] = table["lo"]
     scale[table["slot"]] = table["scale"]
     slots = _slot_of(indices, offsets)
-    out = lo[slots] + q * scale[slots]
+    with np.errstate(over="ignore", invalid="ignore"):  # a forged scale overflows: caught as non-finite
+        out = lo[slots] + q * scale[slots]
     if np.isnan(lo[slots]).any():
         raise UpdateError("q8 value stream misses the scale of some parameter tensors")
     return out
@@ -362,9 +428,7 @@ def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray, base_reader=None) -> tu
         vals = _from_fp16(_gunzip(u.values_blob, 2 * k), k)
     else:
         unpack = _unzlib if ENCODINGS[u.encoding].compressor == "zlib" else _unlzma
-        idx = _delta_decode(unpack(u.indices_blob, 10 * k), k)  # a LEB128 int64 takes at most 10 bytes
-        if k and (idx[0] < 0 or idx[-1] >= n or np.any(np.diff(idx) <= 0)):
-            raise UpdateError(f"indices out of range [0, {n}) or not strictly increasing")
+        idx = check_indices(_delta_decode(unpack(u.indices_blob, 10 * k), k, n), n, k)  # a LEB128 int64: <= 10 bytes
         q_limit = 4 + 12 * len(offsets) + (k * ENCODINGS[u.encoding].bits + 7) // 8  # slot table + packed values
         raw = unpack(u.values_blob, 2 * k if u.encoding == "delta_lzma_fp16" else q_limit)
         vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets, ENCODINGS[u.encoding].bits)
@@ -541,6 +605,10 @@ def decode_update(update: EncodedUpdate, model: nn.Module | ModelLayout,
     base = base_model if base_model is not None else (model if isinstance(model, nn.Module) else None)
     reader = base_reader or (FlatAccessor(base).read if base is not None else None)
     idx, vals = _decode_blobs(update, layout.offsets, reader)
+    idx = check_indices(idx, n, update.num_selected)
+    vals = np.asarray(vals, dtype=np.float32).reshape(-1)
+    if vals.size != idx.size:
+        raise UpdateError(f"update decodes to {vals.size} values for {idx.size} indices")
     if not np.all(np.isfinite(vals)):
         raise UpdateError(f"update carries {int(np.sum(~np.isfinite(vals)))} non-finite values (NaN/Inf)")
     return idx, vals

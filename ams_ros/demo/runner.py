@@ -106,4 +106,20 @@ def run_demo(args: argparse.Namespace) -> int:
         "student_weights": weights,
     })
     print(json.dumps(summary, indent=2))
-    return 0 if not tracebacks else 1
+    problems = exit_problems({"edge": edge_rc, "server": server_rc}, tracebacks)
+    for p in problems:
+        print(f"[demo] FAILED: {p}")
+    return 1 if problems else 0
+
+
+def exit_problems(exit_codes: dict[str, int | None], tracebacks: list[str]) -> list[str]:
+    """Why the demo failed, from how its processes ended (issue #13: a server that aborted with
+    -6 at stop used to leave the demo's exit code at 0). Each process must exit 0 when stopped
+    and print no traceback."""
+    problems = []
+    for name, rc in exit_codes.items():
+        if rc != 0:
+            how = f"was killed by signal {-rc}" if rc is not None and rc < 0 else f"exited with code {rc}"
+            problems.append(f"the {name} process {how} (see {name}.log); it must exit 0 when stopped")
+    problems += [f"the {name} process printed a traceback (see {name}.log)" for name in tracebacks]
+    return problems

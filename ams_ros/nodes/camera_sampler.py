@@ -37,7 +37,7 @@ from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC
-from ams_ros.nodes.spinning import ProcessNodes, run_process
+from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future
 
 PARAMS = (
     DEVICE_ID,
@@ -79,8 +79,8 @@ class CameraSampler(Node):
     def __init__(self, state: EdgeState | None = None, **kwargs: Any) -> None:
         super().__init__("camera_sampler", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
-        self._reject = RejectLog(self)
         self.counters: EdgeCounters = (state or EdgeState()).counters
+        self._reject = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
         self.encoder_config = self._encoder_config(self.p)
         self.sampler = FrameSampler(
             sampling_rate=float(self.p["sampling_rate"]),
@@ -94,13 +94,14 @@ class CameraSampler(Node):
         self._input_group = MutuallyExclusiveCallbackGroup()
         reliable = qos("reliable", int(self.p["batch_qos_depth"]))
         self.batch_pub = self.create_publisher(FrameBatch, topics.FRAME_BATCH, reliable)
-        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND, self._on_command, reliable,
+        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND,
+                                 self._reject.guard("sampling command", self._on_command), reliable,
                                  callback_group=MutuallyExclusiveCallbackGroup())
         image_qos = qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"]))
         self._source = None
         self.finished = False
         if self.p["source"] == "topic":
-            self.create_subscription(Image, self.p["image_topic"], self._on_image, image_qos,
+            self.create_subscription(Image, self.p["image_topic"], self._reject.guard("image", self._on_image), image_qos,
                                      callback_group=self._input_group)
             self.get_logger().info(f"sampling frames from topic '{self.resolve_topic_name(self.p['image_topic'])}'")
         else:
@@ -110,7 +111,8 @@ class CameraSampler(Node):
             self._t_wall0: float | None = None  # set by the first tick: playback starts when spinning does
             self._clock0 = 0.0
             self._pending = None
-            self._play_timer = self.create_timer(1.0 / rate, self._tick_source, callback_group=self._input_group)
+            self._play_timer = self.create_timer(1.0 / rate, self._reject.guard("source frame", self._tick_source),
+                                                 callback_group=self._input_group)
             self.get_logger().info(f"playing source '{self.p['source']}' at {rate:g} frames/s")
 
     @staticmethod
@@ -210,13 +212,18 @@ class CameraSampler(Node):
             with self.counters.lock:
                 self.counters.frames_sampled += sampled
         if batch is not None:
-            self._encoder.submit(self._encode_and_publish, batch, frame_id)
+            self._submit(batch, frame_id)
+
+    def _submit(self, batch: SampledBatch, frame_id: str) -> None:
+        """Encode on the encoder thread; an exception escaping it ends the process (exit 1)."""
+        watch_future(self._encoder.submit(self._encode_and_publish, batch, frame_id), "batch encoder thread",
+                     self.get_logger())
 
     def _flush(self) -> None:
         with self._sampler_lock:
             batch = self.sampler.flush()
         if batch is not None:
-            self._encoder.submit(self._encode_and_publish, batch, self.p["frame_id"])
+            self._submit(batch, self.p["frame_id"])
 
     def _encode_and_publish(self, batch: SampledBatch, frame_id: str) -> None:
         """Runs on the encoder thread so image callbacks never wait for H.264."""
@@ -257,7 +264,7 @@ class CameraSampler(Node):
             with self._sampler_lock:
                 self.sampler.command(msg.sampling_rate, msg.update_period)
         except ValueError as exc:
-            self.get_logger().warning(f"ignored sampling command: {exc}")
+            self._reject("sampling command", str(exc))
             return
         with self.counters.lock:
             self.counters.sampling_rate = self.sampler.sampling_rate

@@ -13,6 +13,7 @@ from ams_ros.core.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge_inference import place_model
 from ams_ros.core.labels import LabelSpace
 from ams_ros.core.models.weights import StudentSpec
+from ams_ros.nodes.reject_log import RejectionCounter
 
 
 @dataclass
@@ -51,6 +52,8 @@ class EdgeCounters:
     bytes_received: int = 0
     sampling_rate: float = 0.0
     update_period: float = 0.0
+    # every input any edge node rejected (EdgeStatus inputs_rejected / last_input_rejection)
+    rejections: RejectionCounter = field(default_factory=RejectionCounter)
 
 
 @dataclass

@@ -22,12 +22,13 @@ from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.devices import resolve_device
 from ams_ros.core.params import fingerprint
-from ams_ros.core.update_codec import UpdateError, VersionGapError
+from ams_ros.core.update_codec import StaleUpdateError, UpdateError, VersionGapError
 from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import msg_to_update
 from ams_ros.nodes.edge_state import EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param
 from ams_ros.nodes.qos import qos
+from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE
 
 PARAMS = (
@@ -55,10 +56,13 @@ class ModelPatcher(Node):
         self.stats = state.patch_stats
         self._fingerprint = fingerprint(self.model.holder.active)
         self._key = self.p["auth_key"].encode() if self.p["auth_key"] else None
+        self._reject_log = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
+        self._retry_at = 0.0  # after a refused snapshot, the next request waits (no request storm)
         group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
-        self.create_subscription(ModelUpdate, topics.MODEL_UPDATE, self._on_update,
+        self.create_subscription(ModelUpdate, topics.MODEL_UPDATE, self._reject_log.guard("update", self._on_update),
                                  qos("reliable", int(self.p["update_qos_depth"])), callback_group=group)
-        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND, self._on_command, qos("reliable", 10),
+        self.create_subscription(SamplingCommand, topics.SAMPLING_COMMAND,
+                                 self._reject_log.guard("sampling command", self._on_command), qos("reliable", 10),
                                  callback_group=group)
         self.chain = ChainFollower()
         self.snapshot_client = self.create_client(GetModelSnapshot, topics.SNAPSHOT_SERVICE, callback_group=group)
@@ -66,7 +70,7 @@ class ModelPatcher(Node):
         self._snapshot_future = None
         self._snapshot_sent_at = 0.0
         self._need_snapshot = bool(self.p["request_snapshot_on_start"])
-        self.create_timer(0.5, self._maybe_request_snapshot, callback_group=group)
+        self.create_timer(0.5, self._reject_log.guard("snapshot", self._maybe_request_snapshot), callback_group=group)
 
     @staticmethod
     def _check_change(changes: dict[str, Any]) -> None:
@@ -106,8 +110,16 @@ class ModelPatcher(Node):
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}; requesting a full snapshot")
             self._need_snapshot = True
             return False
+        except StaleUpdateError as exc:
+            if source != "update" and msg.full_snapshot and msg.new_version == holder.version:
+                return True  # a resync answered with the version an update in flight already brought
+            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
+            return False
         except UpdateError as exc:
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
+            return False
+        except Exception as exc:  # issue #13: no input may end the patcher; the decoders leave the model as it was
+            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: malformed ({type(exc).__name__}: {exc})")
             return False
         self.stats.applied += 1
         if warning:
@@ -122,8 +134,7 @@ class ModelPatcher(Node):
     def _reject(self, reason: str, warn: bool = False) -> None:
         self.stats.rejected += 1
         self.stats.last_rejection = reason
-        log = self.get_logger().warning if warn else self.get_logger().error
-        log(f"rejected {reason}; the running model is unchanged (v{self.model.holder.version})")
+        self._reject_log("update", f"{reason}; the running model is unchanged (v{self.model.holder.version})")
 
     def _on_command(self, msg: SamplingCommand) -> None:
         """The server's version and chain, from each sampling command (issue #13)."""
@@ -151,7 +162,7 @@ class ModelPatcher(Node):
                 self.get_logger().warning("snapshot request timed out; asking again")
                 self._snapshot_future = None
             return
-        if not self._need_snapshot or not self.snapshot_client.service_is_ready():
+        if not self._need_snapshot or now < self._retry_at or not self.snapshot_client.service_is_ready():
             return
         req = GetModelSnapshot.Request(
             device_id=self.p["device_id"], model_fingerprint=self._fingerprint,
@@ -176,3 +187,5 @@ class ModelPatcher(Node):
         source = "resync" if resp.snapshot.catch_up else "snapshot"
         if self._apply(resp.snapshot, source=source):
             self._need_snapshot = False
+        else:
+            self._retry_at = self.get_clock().now().nanoseconds * 1e-9 + float(self.p["snapshot_timeout_s"])

@@ -99,6 +99,49 @@ def _spin_lane(executor: SingleThreadedExecutor, node: Node) -> None:
 
 
 
+def fail_process(logger, what: str) -> None:
+    """A part of the process died (a worker thread, a lane): log it with the traceback and shut
+    the process down, so it exits 1 and a supervisor (``respawn`` in the launch files) restarts
+    it, instead of staying up without that part."""
+    logger.fatal(f"{what} died; shutting the process down:\n{traceback.format_exc()}")
+    _CALLBACK_FAILED.set()
+    rclpy.try_shutdown()
+
+
+def worker_thread(target: Callable[[], None], name: str, logger) -> threading.Thread:
+    """A node's worker thread (the server's trainer and labeler, ...) whose death is not silent:
+    an exception escaping ``target`` ends the process with exit code 1 (:func:`fail_process`).
+    The node still stops and joins it in ``destroy_node`` (before rclpy and the interpreter
+    shut down)."""
+    def run() -> None:
+        try:
+            target()
+        except Exception:
+            if not rclpy.ok():  # shutting down: a publish raced the context going away, not a failure
+                return
+            fail_process(logger, f"worker thread '{name}'")
+    return threading.Thread(target=run, name=name, daemon=True)
+
+
+def watch_future(future, what: str, logger) -> None:
+    """A job on a node's thread pool (the sampler's H.264 encoder) that raised ends the process
+    with 1 like a dying worker thread (its exception would otherwise vanish into the future)."""
+    def done(f) -> None:
+        if f.cancelled() or f.exception() is None or not rclpy.ok():
+            return
+        exc = f.exception()
+        logger.fatal(f"{what} failed; shutting the process down:\n"
+                     + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        _CALLBACK_FAILED.set()
+        rclpy.try_shutdown()
+    future.add_done_callback(done)
+
+
+def process_failed() -> bool:
+    """True once a callback, a lane or a worker thread failed (the process will exit 1)."""
+    return _CALLBACK_FAILED.is_set()
+
+
 def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | None = None) -> int:
     """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
     0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised."""

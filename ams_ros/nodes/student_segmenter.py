@@ -66,7 +66,7 @@ class StudentSegmenter(Node):
     def __init__(self, state: EdgeState, **kwargs: Any) -> None:
         super().__init__("student_segmenter", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
-        self._reject = RejectLog(self)
+        self._reject = RejectLog(self, counter=state.counters.rejections, hardware_id=self.p["device_id"])
         device = resolve_device(self.p["device"])  # DeviceError (start-up failure) naming what torch sees
         configure_cudnn(device, bool(self.p["cudnn_benchmark"]))
         threads = set_torch_threads(int(self.p["torch_threads"]), reserve=1)
@@ -88,11 +88,11 @@ class StudentSegmenter(Node):
         self.status_pub = self.create_publisher(EdgeStatus, topics.EDGE_STATUS, qos("reliable", 10))
         self.diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, qos("reliable", 10))
         self.create_subscription(
-            Image, self.p["image_topic"], self._on_image,
+            Image, self.p["image_topic"], self._reject.guard("image", self._on_image_counted),
             qos(self.p["image_qos_reliability"], int(self.p["image_qos_depth"])),
             callback_group=MutuallyExclusiveCallbackGroup(),
         )
-        self.create_timer(float(self.p["status_period_s"]), self._publish_status,
+        self.create_timer(float(self.p["status_period_s"]), self._reject.guard("status tick", self._publish_status),
                           callback_group=MutuallyExclusiveCallbackGroup())
         self._lock = threading.Lock()
         self._latencies: deque[float] = deque(maxlen=200)
@@ -121,6 +121,14 @@ class StudentSegmenter(Node):
         alpha = changes.get("overlay_alpha")
         if alpha is not None and not 0.0 <= alpha <= 1.0:
             raise ValueError(f"overlay_alpha must lie in [0, 1], got {alpha}")
+
+    def _on_image_counted(self, msg: Image) -> None:
+        """Any failure past conversion (a frame inference cannot take) counts as a rejected frame."""
+        try:
+            self._on_image(msg)
+        except Exception:
+            self.frames_rejected += 1
+            raise
 
     def _on_image(self, msg: Image) -> None:
         t0 = time.perf_counter()
@@ -217,6 +225,7 @@ class StudentSegmenter(Node):
             msg.last_rejection = self.patch_stats.last_rejection
         msg.sampling_rate = float(rate)
         msg.update_period = float(period)
+        msg.inputs_rejected, msg.last_input_rejection = c.rejections.read()
         self.status_pub.publish(msg)
         self._last_rate, self._last_latency = msg.inference_rate, msg.inference_latency_ms
         if msg.model_version != self._info_version:
@@ -234,6 +243,7 @@ class StudentSegmenter(Node):
             ("frames_dropped", s.frames_dropped),
             ("source_frames_skipped", s.source_frames_skipped), ("updates_applied", s.updates_applied),
             ("updates_rejected", s.updates_rejected), ("sampling_rate", f"{s.sampling_rate:.2f}"),
+            ("inputs_rejected", s.inputs_rejected), ("last_input_rejection", s.last_input_rejection),
         )]
         arr = DiagnosticArray()
         arr.header.stamp = s.header.stamp

@@ -40,8 +40,10 @@ from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import sec_to_stamp, update_to_msg
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import qos
+from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, STUDENT_PARAMS, device_ids, student_spec
+from ams_ros.nodes.spinning import worker_thread
 
 # trainer settings that may change between phases, and the session's
 TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy",
@@ -99,6 +101,7 @@ class AMSTrainerNode(Node):
         self.pubs, self.status_pubs = {}, {}
         self.store = SessionStore(p["state_dir"]) if p["state_dir"] else None
         self._save_lock = threading.Lock()
+        self._reject = RejectLog(self, counter=state.rejections)
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
@@ -111,19 +114,21 @@ class AMSTrainerNode(Node):
                 state.sessions[dev] = loaded.session
             else:
                 state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
+            state.sessions[dev].trainer.stop_requested = lambda: state.stopping  # stop ends a phase early
             self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
                                                    qos("reliable", int(p["update_qos_depth"])))
             self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
                                                           qos("reliable", 10))
             self.create_service(GetModelSnapshot, topics.for_device(dev, topics.SNAPSHOT_SERVICE),
-                                self._make_snapshot_cb(dev), callback_group=group)
+                                self._reject.guard(f"{dev} snapshot request", self._make_snapshot_cb(dev),
+                                                   fallback=self._refuse_snapshot), callback_group=group)
         self._phase_started: dict[str, float] = {}
         self._measured: dict[str, float] = {}
         state.scheduler = GpuScheduler(state.device_ids, SchedulerConfig(
             policy=p["scheduler_policy"], max_wait_periods=float(p["max_wait_periods"]),
             share_window_s=float(p["share_window_s"])), period_s=tcfg.update_period_s)
         self._effective: dict[str, float] = {d: tcfg.update_period_s for d in state.device_ids}
-        self._thread = threading.Thread(target=self._work, name="ams_trainer", daemon=True)
+        self._thread = worker_thread(self._work, "ams_trainer", self.get_logger())
         self._thread.start()
         self.get_logger().info(
             f"training {spec.name} on {describe(device)} ({tcfg.train_precision}) for {', '.join(state.device_ids)}: "
@@ -142,6 +147,13 @@ class AMSTrainerNode(Node):
         for s in sessions:  # raises ValueError (nothing changed) for an invalid value
             s.reconfigure(update_encoding=changes.get("update_encoding"), **trainer)
             s.configure(**{k: v for k, v in changes.items() if k in ("snapshot_encoding", "min_samples")})
+
+    @staticmethod
+    def _refuse_snapshot(req, resp, exc: Exception):
+        """The answer to a snapshot request the server could not serve (the rejection is counted)."""
+        resp.success = False
+        resp.message = f"snapshot failed: {type(exc).__name__}: {exc}"
+        return resp
 
     def _make_snapshot_cb(self, dev: str):
         def cb(req: GetModelSnapshot.Request, resp: GetModelSnapshot.Response):
@@ -273,6 +285,7 @@ class AMSTrainerNode(Node):
             msg.last_error = st.last_error[dev]
             msg.gpu_share = float(st.scheduler.share(dev, time.monotonic()))
             msg.scheduler_policy = st.scheduler.policy
+        msg.inputs_rejected, msg.last_input_rejection = st.rejections.read()
         self.status_pubs[dev].publish(msg)
 
     def _save(self, dev: str) -> None:

@@ -21,6 +21,7 @@ from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import sec_to_stamp
 from ams_ros.nodes.parameters import NodeParameters, from_field
 from ams_ros.nodes.qos import qos
+from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, device_ids
 
@@ -58,7 +59,8 @@ class ASRController(Node):
         self.pubs = {d: self.create_publisher(SamplingCommand, topics.for_device(d, topics.SAMPLING_COMMAND),
                                               qos("reliable", 10))
                      for d in state.device_ids}
-        self.create_timer(1.0, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self._reject = RejectLog(self, counter=state.rejections)
+        self.create_timer(1.0, self._reject.guard("rate tick", self._tick), callback_group=MutuallyExclusiveCallbackGroup())
 
     def _apply_change(self, changes: dict[str, Any]) -> None:
         rate, period = rate_configs({**self.p, **changes})

@@ -12,6 +12,7 @@ from collections import deque
 
 from ams_ros.core.scheduling import GpuScheduler
 from ams_ros.core.server_session import DeviceSession
+from ams_ros.nodes.reject_log import RejectionCounter
 
 
 class ServerState:
@@ -25,6 +26,8 @@ class ServerState:
         self.cv = threading.Condition()
         self.stopping = False
         self.scheduler: GpuScheduler | None = None  # issue 16: set by ams_trainer; used under cv
+        # every input a server node rejected (ServerStatus inputs_rejected / last_input_rejection)
+        self.rejections = RejectionCounter()
 
     def bind_devices(self, ids: list[str], node_name: str) -> None:
         """The first node sets the robots served; every other node must name the same ones."""

@@ -8,7 +8,6 @@ ServerStatus and never stops the server.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -16,7 +15,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch
-from ams_ros.core.frame_codec import FrameCodecError
+from ams_ros.core.frame_codec import BatchLimits, FrameCodecError
 from ams_ros.core.devices import resolve_device
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
@@ -25,8 +24,10 @@ from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import frame_batch_checksum, stamp_to_sec
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field, string_list
 from ams_ros.nodes.qos import qos
+from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.shared_params import DEVICE_IDS, LABEL_SPACE, SELECTED_CLASSES, device_ids
+from ams_ros.nodes.spinning import worker_thread
 
 PARAMS = (
     DEVICE_IDS,
@@ -40,6 +41,8 @@ PARAMS = (
     Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
           dynamic=True),
     Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
+    from_field(BatchLimits, "max_batch_frames"),
+    from_field(BatchLimits, "max_frame_pixels"),
 )
 
 
@@ -51,6 +54,8 @@ class TeacherLabeler(Node):
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self.state = state
         state.bind_devices(device_ids(self.p), self.get_name())
+        self.limits = BatchLimits(int(self.p["max_batch_frames"]), int(self.p["max_frame_pixels"]))
+        self._reject = RejectLog(self, counter=state.rejections)
         selected = string_list(self.p["selected_classes"])
         device = resolve_device(self.p["device"])  # DeviceError naming what torch sees
         self.teacher = select_classes(build_teacher(self.p["teacher"]), selected)
@@ -64,10 +69,11 @@ class TeacherLabeler(Node):
                 f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
-            self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH), self._make_cb(dev),
+            self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH),
+                                     self._reject.guard(f"{dev} frame batch", self._make_cb(dev)),
                                      qos("reliable", int(self.p["batch_qos_depth"])), callback_group=group)
         self._unchecked_warned: set[str] = set()
-        self._thread = threading.Thread(target=self._work, name="teacher_labeler", daemon=True)
+        self._thread = worker_thread(self._work, "teacher_labeler", self.get_logger())
         self._thread.start()
         self.get_logger().info(f"teacher '{self.p['teacher']}' on {where} labelling batches of "
                                f"{', '.join(state.device_ids)}")
@@ -81,6 +87,14 @@ class TeacherLabeler(Node):
     def _make_cb(self, dev: str):
         def cb(msg: FrameBatch) -> None:
             st = self.state
+            try:  # before queueing or decoding anything: what the batch declares must be within the limits
+                self.limits.check(len(msg.frame_stamps), int(msg.width), int(msg.height))
+            except FrameCodecError as exc:
+                with st.cv:
+                    st.received[dev] += 1
+                self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
+                self._reject(f"batch {msg.batch_seq}", f"{exc} (from {dev})")
+                return
             with st.cv:
                 st.received[dev] += 1
                 q = st.pending[dev]
@@ -122,7 +136,8 @@ class TeacherLabeler(Node):
                 self._label_batch(dev, msg)
             except Exception as exc:  # a bad batch must never stop the server
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
-                self.get_logger().error(f"{dev}: rejected batch {msg.batch_seq}: {exc}")
+                reason = str(exc) if isinstance(exc, FrameCodecError) else f"{type(exc).__name__}: {exc}"
+                self._reject(f"batch {msg.batch_seq}", f"{reason} (from {dev})")
             finally:  # issue 16: teacher time is this robot's share of the GPU
                 with self.state.cv:
                     if self.state.scheduler is not None:
@@ -132,7 +147,7 @@ class TeacherLabeler(Node):
         self._check_integrity(dev, msg)
         n = self.state.sessions[dev].add_encoded_batch(
             bytes(msg.data), msg.codec, int(msg.width), int(msg.height), [stamp_to_sec(s) for s in msg.frame_stamps],
-            lambda frames, stamps: label_frames(self.teacher, frames, stamps))
+            lambda frames, stamps: label_frames(self.teacher, frames, stamps), limits=self.limits)
         with self.state.cv:
             self.state.cv.notify_all()
         self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
