@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from ams_ros.core.update_codec import ENCODINGS
 from ams_ros.paths import SOURCE_ROOT as REPO_ROOT
 
@@ -55,7 +57,8 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     assert dev["teacher_ms_per_10_frame_batch"] > 0 and dev["teacher_ms_per_frame"] > 0
     assert dev["patch_apply_ms_paper_gzip_fp16"] > 0 and dev["teacher"]["runs_on"] == "cpu"
     seg = res["segmenter_pipeline_256x128"]
-    assert seg["ratio_labels_only"] == round(seg["labels_only_ms"] / seg["bare_model_ms"], 3)
+    # the ratio comes from the unrounded times, the printed ms are rounded to 0.01
+    assert seg["ratio_labels_only"] == pytest.approx(seg["labels_only_ms"] / seg["bare_model_ms"], rel=2e-3)
     assert "segmenter_labels_only_within_1.10x_of_bare_model" in res["targets"]
 
 
