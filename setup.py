@@ -20,6 +20,8 @@ CONSOLE_SCRIPTS = [
     "ams-bench = ams_ros.bench:main",
     "ams_eval = ams_ros.eval.cli:main",
     "ams-eval = ams_ros.eval.cli:main",
+    # (issue #13) Ed25519 keys for signed updates, batches and snapshot requests
+    "ams-keys = ams_ros.keys:main",
 ]
 
 setup(

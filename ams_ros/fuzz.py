@@ -55,20 +55,31 @@ class Signer(Protocol):
     def verify(self, update, device_id: str) -> bool: ...
 
 
-class HmacSigner:
-    """The shared-key HMAC of :class:`~ams_ros.core.update_codec.EncodedUpdate`."""
+class Ed25519Signer:
+    """The base station's Ed25519 signature (:mod:`ams_ros.core.signing`, issue #13)."""
 
-    def __init__(self, key: bytes = b"fuzz-key") -> None:
-        self.key = key
+    def __init__(self) -> None:
+        from ams_ros.core.signing import SigningKey, TrustedKeys
+
+        self.key = SigningKey.generate()
+        self.trusted = TrustedKeys.parse([self.key.public_text])
 
     def sign(self, update, device_id: str) -> None:
-        update.sign(self.key, device_id)
+        from ams_ros.core.signing import sign_update
+
+        sign_update(update, device_id, self.key)
 
     def verify(self, update, device_id: str) -> bool:
-        return update.verify(self.key, device_id)
+        from ams_ros.core.signing import SignatureError, verify_update
+
+        try:
+            verify_update(update, device_id, self.trusted)
+        except SignatureError:
+            return False
+        return True
 
 
-SIGNERS: dict[str, Signer | None] = {"unsigned": None, "hmac": HmacSigner()}
+SIGNERS: dict[str, Signer | None] = {"unsigned": None, "ed25519": Ed25519Signer()}
 
 
 def register_signer(name: str, signer: Signer) -> None:

@@ -43,6 +43,11 @@ def generate_launch_description() -> LaunchDescription:
                                           "device, else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
         DeclareLaunchArgument("inference_dtype", default_value="float32", choices=DTYPES,
                               description="Student inference precision (float16/bfloat16 via autocast; updates stay float32)"),
+        DeclareLaunchArgument("robot_key_file", default_value="",
+                              description="This robot's private key (PEM, mode 0600, `ams-keys generate`): signs its "
+                                          "frame batches and snapshot requests (issue #13; empty = unsigned). The "
+                                          "base station's public keys go in config_file (model_patcher: "
+                                          "server_public_keys)"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -66,6 +71,7 @@ def generate_launch_description() -> LaunchDescription:
              "student_weights": LaunchConfiguration("student_weights"),
              "label_space": LaunchConfiguration("label_space"),
              "device": LaunchConfiguration("device"), "inference_dtype": LaunchConfiguration("inference_dtype"),
+             "robot_key_file": LaunchConfiguration("robot_key_file"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

@@ -51,6 +51,11 @@ def generate_launch_description() -> LaunchDescription:
                               choices=["round_robin", "utility", "utility_aging"],
                               description="How robots share the GPU: round_robin (in turn), utility (predicted mIoU gain "
                                           "per GPU-second), utility_aging (utility rising with the wait); all bound the wait"),
+        DeclareLaunchArgument("signing_key_file", default_value="",
+                              description="Base station's private key (PEM, mode 0600, `ams-keys generate`): signs "
+                                          "every update, catch-up and snapshot (issue #13; empty = unsigned). The "
+                                          "robots' public keys go in config_file (robot_public_keys: "
+                                          "[\"robot1=BASE64\"])"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
@@ -76,6 +81,7 @@ def generate_launch_description() -> LaunchDescription:
              "state_dir": LaunchConfiguration("state_dir"),
              "device": LaunchConfiguration("device"), "train_precision": LaunchConfiguration("train_precision"),
              "scheduler_policy": LaunchConfiguration("scheduler_policy"),
+             "signing_key_file": LaunchConfiguration("signing_key_file"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

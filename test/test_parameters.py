@@ -102,7 +102,7 @@ def test_an_invalid_training_value_is_refused_with_the_reason_and_changes_nothin
 
 
 @pytest.mark.parametrize("name, value", [("student", "deeplabv3_mobilenet_v2"), ("input_width", 64),
-                                         ("device_ids", ["r3"]), ("auth_key", "secret"), ("seed", 3)])
+                                         ("device_ids", ["r3"]), ("signing_key_file", "/tmp/x.key"), ("seed", 3)])
 def test_start_up_parameters_are_read_only_instead_of_silently_ignored(server, name, value):
     _, trainer, _ = server
     before = trainer.get_parameter(name).value

@@ -27,6 +27,7 @@ from ams_ros.core.rate_control import (
 )
 from ams_ros.core.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, TrainerConfig
 from ams_ros.core.params import write_flat
+from ams_ros.core.signing import SigningKey, sign_update
 from ams_ros.core.update_codec import (
     ENCODINGS,
     EncodedUpdate,
@@ -62,7 +63,9 @@ class SessionConfig:
     update_encoding: str = knob("paper_gzip_fp16", "Encoding of sparse updates", choices=tuple(ENCODINGS))
     snapshot_encoding: str = knob("paper_gzip_fp16", "Encoding of full snapshots (a value encoding, not residual_*)",
                                   choices=tuple(n for n, e in ENCODINGS.items() if not e.residual))
-    auth_key: bytes | None = None
+    # (issue #13) the base station's Ed25519 key: every update, catch-up and snapshot is signed for
+    # its robot (ams_ros.core.signing); None = unsigned
+    signing_key: Optional[SigningKey] = None
     min_samples: int = knob(1, "New labelled samples needed before a phase runs")
     rate: RateControlConfig = field(default_factory=RateControlConfig)
     adaptive_period: AdaptivePeriodConfig = field(default_factory=AdaptivePeriodConfig)
@@ -110,6 +113,10 @@ class DeviceSession:
         self.diverged_phases = 0
         self.last_phase_wall_s = 0.0
         self.latest_t: Optional[float] = None
+
+    def _sign(self, update: EncodedUpdate) -> None:
+        if self.config.signing_key is not None:
+            sign_update(update, self.device_id, self.config.signing_key)
 
     def reset_rate_control(self) -> None:
         """(Re)build the sampling-rate and update-period controllers from ``config``."""
@@ -246,8 +253,7 @@ class DeviceSession:
                     f"the model stays at v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
                 ) from exc
             update.chain_tag = self.chain_tag
-            if self.config.auth_key:
-                update.sign(self.config.auth_key, self.device_id)
+            self._sign(update)
             self.version += 1
             self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
         self.last_phase_wall_s = time.perf_counter() - t0
@@ -262,8 +268,7 @@ class DeviceSession:
             idx, vals = decode_update(update, self.model)
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
-            if self.config.auth_key:
-                update.sign(self.config.auth_key, self.device_id)
+            self._sign(update)
             return update
 
     def catch_up(self, have_version: int, encoding: str | None = None) -> EncodedUpdate | None:
@@ -283,8 +288,7 @@ class DeviceSession:
             idx, vals = decode_update(update, self.model)  # keep what the edge decodes (q8 rounds)
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
-            if self.config.auth_key:
-                update.sign(self.config.auth_key, self.device_id)
+            self._sign(update)
             return update
 
     def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:

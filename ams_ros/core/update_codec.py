@@ -1,4 +1,6 @@
-"""Sparse model updates on the wire: encodings, integrity (checksum, HMAC) and verification.
+"""Sparse model updates on the wire: encodings, integrity (checksum) and verification.
+
+Signatures (Ed25519, issue #13) live in :mod:`ams_ros.core.signing`.
 
 An update carries new values for a subset of coordinates of the flat parameter vector
 (:mod:`ams_ros.core.params`). The edge applies it through its double buffer
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import hmac
 import lzma
 import struct
 import zlib
@@ -77,6 +78,8 @@ class EncodedUpdate:
     # from base_version straight to new_version (the union of the changes in between); the only
     # sparse update allowed to span more than one version (see ModelUpdate.msg)
     catch_up: bool = False
+    # (issue #13) id of the Ed25519 key whose signature ``auth_tag`` holds (ams_ros.core.signing)
+    signer_key_id: str = ""
 
     def compute_checksum(self) -> str:
         h = hashlib.sha256()
@@ -89,19 +92,6 @@ class EncodedUpdate:
         if self.catch_up:  # covered only when set, so every other update's checksum is unchanged
             h.update(b"catch_up\x00")
         return h.hexdigest()
-
-    def _tag(self, key: bytes, device_id: str) -> bytes:
-        # The target device is authenticated too: an update signed for one robot does not
-        # verify on another that shares the key (same architecture and version chain).
-        return hmac.new(key, device_id.encode() + b"\x00" + self.checksum.encode(), hashlib.sha256).digest()
-
-    def sign(self, key: bytes, device_id: str) -> None:
-        """Attach an HMAC-SHA256 tag over ``device_id`` and the checksum (shared-key authentication)."""
-        self.auth_tag = self._tag(key, device_id)
-
-    def verify(self, key: bytes, device_id: str) -> bool:
-        """True when the tag was made with ``key`` for ``device_id`` over this checksum."""
-        return hmac.compare_digest(self._tag(key, device_id), bytes(self.auth_tag))
 
     @property
     def wire_bytes(self) -> int:

@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default="out/cache", help="where the pretrained synthetic student is cached")
     p.add_argument("--no-video", action="store_true", help="do not record overlay.mp4")
     p.add_argument("--domain-id", type=int, default=None, help="private ROS_DOMAIN_ID (default: derived from the pid)")
+    p.add_argument("--unsigned", action="store_true",
+                   help="run without signatures (issue #13: by default the demo makes ephemeral server and robot "
+                        "keys under OUT/keys and signs updates, batches and snapshot requests)")
     p.add_argument("--quiet", action="store_true", help="progress lines only, no node logs")
     return p.parse_args(argv)
 

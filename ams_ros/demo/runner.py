@@ -58,7 +58,33 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
             "device": args.device, "train_precision": args.train_precision,
         },
     })
+    if not getattr(args, "unsigned", False):
+        _add_demo_keys(edge, server, dev, out / "keys")
     return edge, server
+
+
+def _add_demo_keys(edge: Path, server: Path, dev: str, key_dir: Path) -> None:
+    """(issue #13) Ephemeral server and robot keys for this run, wired into both parameter files:
+    the demo runs signed, as a deployment should."""
+    import shutil
+
+    import yaml
+
+    from ams_ros.keys import generate
+
+    shutil.rmtree(key_dir, ignore_errors=True)
+    server_key_path, server_key = generate(key_dir, "server")
+    robot_key_path, robot_key = generate(key_dir, dev)
+    for path, extra in ((edge, {"robot_key_file": str(robot_key_path)}),
+                        (server, {"robot_public_keys": [f"{dev}={robot_key.public_text}"]})):
+        data = yaml.safe_load(path.read_text())
+        data["/**"]["ros__parameters"].update(extra)
+        if path == edge:
+            patcher = data.setdefault("/**/model_patcher", {"ros__parameters": {}})["ros__parameters"]
+            patcher["server_public_keys"] = [server_key.public_text]
+        else:
+            data["/**/ams_trainer"]["ros__parameters"]["signing_key_file"] = str(server_key_path)
+        path.write_text(yaml.safe_dump(data))
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from ams_ros.nodes import topics
 from ams_ros.nodes.conversions import (
     ImageConversionError,
     frame_batch_checksum,
+    frame_batch_signing_input,
     numpy_to_imgmsg,
     sec_to_stamp,
     stamp_to_sec,
@@ -36,11 +37,12 @@ from ams_ros.nodes.edge_state import EdgeCounters, EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC
+from ams_ros.core.signing import SigningKey
+from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC, ROBOT_KEY_FILE
 from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future
 
 PARAMS = (
-    DEVICE_ID,
+    DEVICE_ID, ROBOT_KEY_FILE,
     Param("source", "topic", "'topic' to subscribe to image_topic, else a video file, image folder, rosbag, "
                              "device:N or synthetic[:seed] played by this node"),
     IMAGE_TOPIC,
@@ -79,6 +81,8 @@ class CameraSampler(Node):
     def __init__(self, state: EdgeState | None = None, **kwargs: Any) -> None:
         super().__init__("camera_sampler", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
+        # (issue #13) the robot's own key signs every batch it sends
+        self._key = SigningKey.load(self.p["robot_key_file"]) if self.p["robot_key_file"] else None
         self.counters: EdgeCounters = (state or EdgeState()).counters
         self._reject = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
         self.encoder_config = self._encoder_config(self.p)
@@ -247,6 +251,9 @@ class CameraSampler(Node):
         msg.target_bitrate = int(ec.bitrate_bps) if enc.codec == "h264" else 0
         msg.data = enc.data
         msg.checksum = frame_batch_checksum(msg)
+        if self._key is not None:
+            msg.signature = self._key.sign(frame_batch_signing_input(msg))
+            msg.signer_key_id = self._key.key_id
         if not rclpy.ok():
             return
         self.batch_pub.publish(msg)

@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image
 from ams_msgs.msg import FrameBatch, ModelUpdate
 from ams_ros.core.frame_codec import batch_checksum
 from ams_ros.core.pixel_formats import SUPPORTED_ENCODINGS, ImageConversionError, image_to_rgb
+from ams_ros.core.signing import batch_signing_input, snapshot_request_signing_input
 from ams_ros.core.update_codec import EncodedUpdate
 
 __all__ = [
@@ -90,6 +91,20 @@ def frame_batch_checksum(msg: FrameBatch) -> str:
     return batch_checksum(msg.codec, msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps], bytes(msg.data))
 
 
+def frame_batch_signing_input(msg: FrameBatch, device_id: str | None = None) -> bytes:
+    """What a robot signs for a FrameBatch (issue #13); ``device_id`` = the robot whose topic it came on."""
+    return batch_signing_input(msg.device_id if device_id is None else device_id, msg.batch_seq, msg.codec,
+                               msg.width, msg.height, [stamp_to_ns(s) for s in msg.frame_stamps],
+                               msg.sampling_rate, msg.update_period, msg.target_bitrate, bytes(msg.data))
+
+
+def snapshot_request_input(req, device_id: str | None = None) -> bytes:
+    """What a robot signs for a GetModelSnapshot request (issue #13)."""
+    return snapshot_request_signing_input(req.device_id if device_id is None else device_id, req.model_fingerprint,
+                                          req.have_version, req.encoding, req.have_chain_tag,
+                                          req.request_time_ns, bytes(req.nonce))
+
+
 def update_to_msg(update: EncodedUpdate, device_id: str, stamp: Time | None = None, phase: int = 0,
                   train_seconds: float = 0.0) -> ModelUpdate:
     msg = ModelUpdate()
@@ -109,6 +124,7 @@ def update_to_msg(update: EncodedUpdate, device_id: str, stamp: Time | None = No
     msg.auth_tag = bytes(update.auth_tag)
     msg.chain_tag = update.chain_tag
     msg.catch_up = bool(update.catch_up)
+    msg.signer_key_id = update.signer_key_id
     msg.phase = int(phase)
     msg.train_seconds = float(train_seconds)
     return msg
@@ -129,4 +145,5 @@ def msg_to_update(msg: ModelUpdate) -> EncodedUpdate:
         auth_tag=bytes(msg.auth_tag),
         chain_tag=msg.chain_tag,
         catch_up=bool(msg.catch_up),
+        signer_key_id=msg.signer_key_id,
     )

@@ -7,11 +7,17 @@ version and chain it runs: a robot a few versions behind gets one catch-up updat
 snapshot. It follows the chain tag of its weights (:mod:`ams_ros.core.chain_sync`) and reads the
 server's version and chain from every sampling command, so a lost update or a new chain (the
 server lost its state) is noticed within one command.
+
+Signatures (issue #13, :mod:`ams_ros.core.signing`): with ``server_public_keys`` set, an update,
+catch-up or snapshot must carry a valid Ed25519 signature of one of those keys, made for this
+robot, or it is rejected (counted) and the model stays as it is; with ``robot_key_file`` the
+robot signs its snapshot requests (with a timestamp and a nonce, so they cannot be replayed).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -22,20 +28,24 @@ from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.devices import resolve_device
 from ams_ros.core.params import fingerprint
+from ams_ros.core.signing import SigningKey, TrustedKeys, new_nonce, verify_update
 from ams_ros.core.update_codec import StaleUpdateError, UpdateError, VersionGapError
 from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import msg_to_update
+from ams_ros.nodes.conversions import msg_to_update, snapshot_request_input
 from ams_ros.nodes.edge_state import EdgeState
-from ams_ros.nodes.parameters import NodeParameters, Param
+from ams_ros.nodes.parameters import NodeParameters, Param, string_list
 from ams_ros.nodes.qos import qos
 from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE
+from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE, ROBOT_KEY_FILE
 
 PARAMS = (
     DEVICE_ID, EDGE_DEVICE,
     Param("request_snapshot_on_start", True, "Ask the server for a full model snapshot at start-up"),
     Param("snapshot_timeout_s", 30.0, "Seconds to wait for a snapshot response before asking again", dynamic=True),
-    Param("auth_key", "", "Shared HMAC key; when set, unauthenticated updates are rejected"),
+    Param("server_public_keys", [""], "Base station public keys (base64 lines from `ams-keys`, or files), several "
+          "for rotation; when any is set, unsigned or wrongly signed updates and snapshots are rejected "
+          "(empty = accept unsigned)"),
+    ROBOT_KEY_FILE,
     Param("update_qos_depth", 10, "Model update QoS depth (always reliable)"),
     Param("lost_update_grace_s", 1.0, "Seconds a sampling command's newer server version may wait for its update "
                                       "before the robot asks for a catch-up", dynamic=True),
@@ -55,7 +65,8 @@ class ModelPatcher(Node):
         self.counters = state.counters
         self.stats = state.patch_stats
         self._fingerprint = fingerprint(self.model.holder.active)
-        self._key = self.p["auth_key"].encode() if self.p["auth_key"] else None
+        self._trusted = TrustedKeys.parse(string_list(self.p["server_public_keys"]))
+        self._key = SigningKey.load(self.p["robot_key_file"]) if self.p["robot_key_file"] else None
         self._reject_log = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
         self._retry_at = 0.0  # after a refused snapshot, the next request waits (no request storm)
         group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
@@ -93,8 +104,7 @@ class ModelPatcher(Node):
         holder = self.model.holder
         try:
             update = msg_to_update(msg)
-            if self._key is not None and not update.verify(self._key, self.p["device_id"]):
-                raise UpdateError("authentication tag does not match the shared key")
+            verify_update(update, self.p["device_id"], self._trusted)  # SignatureError is an UpdateError
             before = holder.version
             warning = self.chain.admit(update, before)
             version = holder.apply_update(update)
@@ -167,7 +177,11 @@ class ModelPatcher(Node):
         req = GetModelSnapshot.Request(
             device_id=self.p["device_id"], model_fingerprint=self._fingerprint,
             have_version=int(self.model.holder.version), encoding="", have_chain_tag=self.chain.tag,
+            request_time_ns=time.time_ns(), nonce=new_nonce(),
         )
+        if self._key is not None:
+            req.signature = self._key.sign(snapshot_request_input(req))
+            req.signer_key_id = self._key.key_id
         self._snapshot_sent_at = now
         self._snapshot_future = self.snapshot_client.call_async(req)
         self.get_logger().info(f"asked the server to resync (have v{self.model.holder.version} of chain "

@@ -38,3 +38,25 @@ def device_ids(p) -> list[str]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"parameter device_ids names a robot twice: {ids}")
     return ids
+
+
+# (issue #13) Ed25519 keys (ams_ros.core.signing; create them with `ams-keys generate`)
+ROBOT_KEY_FILE = Param("robot_key_file", "", "This robot's private key file (PEM, mode 0600, from `ams-keys generate`): "
+                       "signs its frame batches and snapshot requests (empty = unsigned)", shared=True)
+ROBOT_PUBLIC_KEYS = Param("robot_public_keys", [""], "Robots' public keys as DEVICE_ID=BASE64 (or DEVICE_ID=FILE) "
+                          "entries, several per robot for rotation; when any is set, unsigned or wrongly signed "
+                          "frame batches and snapshot requests are refused (empty = accept unsigned)", shared=True)
+
+
+def robot_public_keys(p):
+    """The trusted keys per robot of ``robot_public_keys``; every served robot needs one once any is set."""
+    from ams_ros.core.signing import parse_robot_keys
+
+    keys = parse_robot_keys(string_list(p["robot_public_keys"]))
+    if keys:
+        missing = [d for d in device_ids(p) if d not in keys]
+        if missing:
+            raise ValueError(f"robot_public_keys has keys for {sorted(keys)} but none for {missing}: add "
+                             f"'{missing[0]}=<the line `ams-keys public {missing[0]}.key` prints>', or leave "
+                             f"robot_public_keys empty to accept unsigned batches")
+    return keys

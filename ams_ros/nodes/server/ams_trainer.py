@@ -13,6 +13,11 @@ With ``state_dir`` set, each robot's session is resumed from its file at start-u
 restarted server continues each robot's chain. The snapshot service answers a robot a few
 versions behind on its chain with one catch-up update, and a robot ahead of the chain by the
 rule of :meth:`~ams_ros.core.server_session.DeviceSession.resync` (with a warning).
+
+Signatures (issue #13, :mod:`ams_ros.core.signing`): with ``signing_key_file`` every update,
+catch-up and snapshot is signed for its robot with the base station's Ed25519 key; with
+``robot_public_keys`` a snapshot request must be signed by its robot's key, fresh (within
+``snapshot_request_window_s``) and carry an unused nonce, else it is refused with the reason.
 """
 
 from __future__ import annotations
@@ -34,15 +39,17 @@ from ams_ros.core.params import fingerprint
 from ams_ros.core.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
 from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.session_store import SessionStore
+from ams_ros.core.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.threads import set_torch_threads
 from ams_ros.core.trainer import TrainerConfig
 from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import sec_to_stamp, update_to_msg
+from ams_ros.nodes.conversions import sec_to_stamp, snapshot_request_input, update_to_msg
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
-from ams_ros.nodes.shared_params import DEVICE_IDS, STUDENT_PARAMS, device_ids, student_spec
+from ams_ros.nodes.shared_params import (DEVICE_IDS, ROBOT_PUBLIC_KEYS, STUDENT_PARAMS, device_ids,
+                                         robot_public_keys, student_spec)
 from ams_ros.nodes.spinning import worker_thread
 
 # trainer settings that may change between phases, and the session's
@@ -62,7 +69,11 @@ PARAMS = (
     from_field(SessionConfig, "min_samples", dynamic=True),
     from_field(SessionConfig, "update_encoding", dynamic=True),
     from_field(SessionConfig, "snapshot_encoding", dynamic=True),
-    Param("auth_key", "", "Shared HMAC key to sign updates (empty = unsigned)"),
+    Param("signing_key_file", "", "Base station's private key file (PEM, mode 0600, from `ams-keys generate`): "
+                                  "signs every update, catch-up and snapshot (empty = unsigned)"),
+    ROBOT_PUBLIC_KEYS,
+    Param("snapshot_request_window_s", DEFAULT_REQUEST_WINDOW_S, "With robot_public_keys: snapshot requests "
+          "stamped further than this from the server's clock are refused (replay protection)"),
     from_field(TrainerConfig, "seed"),
     Param("torch_threads", 0, "Torch intra-op threads for training (0 = torch default)"),
     Param("update_qos_depth", 10, "Model update QoS depth (reliable)"),
@@ -102,11 +113,14 @@ class AMSTrainerNode(Node):
         self.store = SessionStore(p["state_dir"]) if p["state_dir"] else None
         self._save_lock = threading.Lock()
         self._reject = RejectLog(self, counter=state.rejections)
+        self.signing_key = SigningKey.load(p["signing_key_file"]) if p["signing_key_file"] else None
+        self.robot_keys = robot_public_keys(p)
+        self.replay_guard = ReplayGuard(float(p["snapshot_request_window_s"]))
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
                                 snapshot_encoding=p["snapshot_encoding"],
-                                auth_key=p["auth_key"].encode() or None, min_samples=int(p["min_samples"]),
+                                signing_key=self.signing_key, min_samples=int(p["min_samples"]),
                                 catch_up_versions=int(p["catch_up_versions"]))
             if self.store is not None:
                 loaded = self.store.load(dev, base, cfg)
@@ -157,6 +171,17 @@ class AMSTrainerNode(Node):
 
     def _make_snapshot_cb(self, dev: str):
         def cb(req: GetModelSnapshot.Request, resp: GetModelSnapshot.Response):
+            if self.robot_keys:
+                try:
+                    self.robot_keys[dev].verify(snapshot_request_input(req, dev), bytes(req.signature),
+                                                req.signer_key_id, f"snapshot request of {dev}")
+                    self.replay_guard.check(dev, int(req.request_time_ns), bytes(req.nonce), time.time_ns())
+                except SignatureError as exc:
+                    resp.success = False
+                    resp.message = f"refused: {exc}"
+                    self.state.count_error(dev, f"snapshot request refused: {exc}")
+                    self._reject("snapshot request", f"{exc} (from {dev})")
+                    return resp
             if req.model_fingerprint and req.model_fingerprint != self.fingerprint:
                 resp.success = False
                 resp.message = (f"architecture mismatch: robot runs {req.model_fingerprint[:12]}, server trains "

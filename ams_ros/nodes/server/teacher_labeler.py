@@ -3,7 +3,9 @@
 Batches wait in a bounded queue per robot (the oldest is dropped, and counted, beyond
 ``max_pending_batches``); a worker thread labels the robot with the longest queue first and
 hands the labelled frames to its session. A bad batch is rejected with its reason in
-ServerStatus and never stops the server.
+ServerStatus and never stops the server. With ``robot_public_keys`` set (issue #13) a batch must
+carry a valid Ed25519 signature of its robot's key: an unsigned or forged one is dropped (counted,
+logged) on arrival, before it can push a genuine batch out of the queue.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
 from ams_ros.core.models.teachers import build_teacher, label_frames, place_teacher, select_classes
 from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import frame_batch_checksum, stamp_to_sec
+from ams_ros.core.signing import SignatureError
+from ams_ros.nodes.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field, string_list
 from ams_ros.nodes.qos import qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
-from ams_ros.nodes.shared_params import DEVICE_IDS, LABEL_SPACE, SELECTED_CLASSES, device_ids
+from ams_ros.nodes.shared_params import (DEVICE_IDS, LABEL_SPACE, ROBOT_PUBLIC_KEYS, SELECTED_CLASSES, device_ids,
+                                         robot_public_keys)
 from ams_ros.nodes.spinning import worker_thread
 
 PARAMS = (
@@ -43,6 +47,7 @@ PARAMS = (
     Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
     from_field(BatchLimits, "max_batch_frames"),
     from_field(BatchLimits, "max_frame_pixels"),
+    ROBOT_PUBLIC_KEYS,
 )
 
 
@@ -67,6 +72,7 @@ class TeacherLabeler(Node):
                 f"teacher '{self.p['teacher']}' labels {self.teacher.label_space.num_classes} classes "
                 f"({self.teacher.label_space.name}) but the student predicts {student_space.num_classes} "
                 f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
+        self.robot_keys = robot_public_keys(self.p)
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH),
@@ -97,6 +103,15 @@ class TeacherLabeler(Node):
                 return
             with st.cv:
                 st.received[dev] += 1
+            if self.robot_keys:
+                try:
+                    self.robot_keys[dev].verify(frame_batch_signing_input(msg, dev), bytes(msg.signature),
+                                                msg.signer_key_id, f"batch {msg.batch_seq} of {dev}")
+                except SignatureError as exc:
+                    self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
+                    self._reject(f"batch {msg.batch_seq}", str(exc))
+                    return
+            with st.cv:
                 q = st.pending[dev]
                 q.append(msg)
                 while len(q) > int(self.p["max_pending_batches"]):
