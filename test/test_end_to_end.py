@@ -102,3 +102,24 @@ def test_ctrl_c_stops_both_processes_cleanly(demo_run):
     assert summary["tracebacks_in"] == []
     assert summary["edge_pid"] != summary["server_pid"]
     assert (out / "miou.png").exists() and (out / "bandwidth.png").exists()
+
+
+def test_demo_runs_signed_by_default(demo_run):
+    """(issue #13) The demo made ephemeral keys and wired them into both processes; the robot
+    holds the server's public key, so the updates it applied above were verified signatures."""
+    import stat
+
+    import yaml
+
+    out, summary, _ = demo_run
+    for name in ("server.key", "robot1.key"):
+        assert stat.S_IMODE((out / "keys" / name).stat().st_mode) == 0o600
+    edge = yaml.safe_load((out / "params_edge.yaml").read_text())
+    server = yaml.safe_load((out / "params_server.yaml").read_text())
+    assert edge["/**/model_patcher"]["ros__parameters"]["server_public_keys"]
+    assert edge["/**"]["ros__parameters"]["robot_key_file"].endswith("robot1.key")
+    assert server["/**/ams_trainer"]["ros__parameters"]["signing_key_file"].endswith("server.key")
+    assert server["/**"]["ros__parameters"]["robot_public_keys"][0].startswith("robot1=")
+    assert summary["updates_applied"] >= 4 and summary["updates_rejected"] == 0
+    server_log = (out / "server.log").read_text() if (out / "server.log").exists() else ""
+    assert "rejected batch" not in server_log and "refused a snapshot request" not in server_log
