@@ -108,6 +108,7 @@ def test_unsigned_and_forged_batches_are_dropped_on_arrival(server):
         server["proc"].output()[-3000:]
     log = server["proc"].output()
     assert "rejected batch 10: batch 10 of robot_sig is unsigned" in log
+    assert "rejected snapshot request: snapshot request of robot_sig is unsigned" in log
     assert "rejected batch 11: batch 11 of robot_sig is signed by unknown key" in log
     assert "rejected batch 13: batch 13 of robot_sig: the signature" in log
     assert "rejected batch 14" in log and "rejected batch 14: batch 14 of robot_sig" not in log  # passed the check
