@@ -309,7 +309,9 @@ class UpdateTarget:
 
 
 # ---------------------------------------------------------------------------- frame batches
-def _bomb(n: int, w: int, h: int) -> bytes:
+def solid_h264(n: int, w: int, h: int, value: int = 77) -> bytes:
+    """``n`` frames of one solid colour, w x h, in H.264: a few bytes per frame once x264 has the
+    first, so a tiny batch that decodes to many large frames (a decode bomb)."""
     import av
 
     buf = io.BytesIO()
@@ -317,7 +319,7 @@ def _bomb(n: int, w: int, h: int) -> bytes:
         s = out.add_stream("libx264", rate=25)
         s.width, s.height, s.pix_fmt = w, h, "yuv420p"
         s.options = {"preset": "ultrafast", "crf": "51", "x264-params": "threads=1"}
-        frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 77, np.uint8), format="rgb24")
+        frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), value, np.uint8), format="rgb24")
         for _ in range(n):
             for pkt in s.encode(frame):
                 out.mux(pkt)
@@ -341,8 +343,8 @@ class BatchTarget:
         self.seeds = [
             ("h264", 64, 32, stamps, encode_frames(frames, stamps, bitrate_bps=100_000, preset="ultrafast").data),
             ("jpeg", 64, 32, stamps, encode_frames(frames, stamps, codec="jpeg").data),
-            ("h264", 64, 32, [float(t) for t in range(10)], _bomb(200, 640, 360)),   # other size
-            ("h264", 64, 32, [float(t) for t in range(10)], _bomb(300, 64, 32)),     # more frames than declared
+            ("h264", 64, 32, [float(t) for t in range(10)], solid_h264(200, 640, 360)),   # other size
+            ("h264", 64, 32, [float(t) for t in range(10)], solid_h264(300, 64, 32)),     # more frames than declared
         ]
         self.limits = BatchLimits()
         self._new_session = lambda: DeviceSession("fuzz", _fuzz_net())

@@ -95,3 +95,16 @@ def _random_value(typ: str, current: Any, rng: random.Random, big_bytes: int) ->
     pkg, _, cls = typ.partition("/")
     mod = __import__(f"{pkg}.msg", fromlist=[cls])
     return fill_message(getattr(mod, cls)(), rng, big_bytes)
+
+
+def stop_and_check(proc: Any, executor: Any, node: Any) -> None:
+    """End a test that ran a node process beside a local node: stop the process (SIGINT), free
+    the local node and rclpy, then require a clean exit (code 0, no traceback in its output)."""
+    import rclpy
+
+    rc = proc.stop()
+    executor.remove_node(node)
+    node.destroy_node()
+    rclpy.shutdown()
+    assert "Traceback" not in proc.output(), proc.output()[-3000:]
+    assert rc == 0

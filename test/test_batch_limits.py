@@ -5,37 +5,20 @@ quickly without its decoded size in memory."""
 
 from __future__ import annotations
 
-import io
 import time
 import tracemalloc
 
-import av
 import numpy as np
 import pytest
 
 from ams_ros.core.frame_codec import BatchLimits, FrameCodecError, decode_frames, encode_frames
 from ams_ros.core.server_session import DeviceSession
-
-
-def _solid_h264(n: int, w: int, h: int) -> bytes:
-    """``n`` frames of one solid colour, w x h: a few bytes per frame once x264 has the first."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
-        s.options = {"preset": "ultrafast", "crf": "51", "x264-params": "threads=1"}
-        frame = av.VideoFrame.from_ndarray(np.full((h, w, 3), 90, np.uint8), format="rgb24")
-        for _ in range(n):
-            for pkt in s.encode(frame):
-                out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return buf.getvalue()
+from ams_ros.fuzz import solid_h264
 
 
 @pytest.fixture(scope="module")
 def bomb() -> bytes:
-    data = _solid_h264(600, 1280, 720)
+    data = solid_h264(600, 1280, 720)
     assert len(data) < 120_000  # 600 HD frames (1.6 GB as RGB) in a small batch
     return data
 
@@ -54,7 +37,7 @@ def test_h264_bomb_declaring_ten_small_frames_is_rejected_fast_with_bounded_memo
 
 
 def test_bomb_of_the_declared_size_stops_at_the_declared_count():
-    data = _solid_h264(300, 256, 128)
+    data = solid_h264(300, 256, 128)
     t0 = time.perf_counter()
     with pytest.raises(FrameCodecError, match="more than the 10 frames"):
         decode_frames(data, "h264", 256, 128, expected_frames=10)

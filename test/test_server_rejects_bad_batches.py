@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ros_helpers import require_ros, spin_until
+from ros_helpers import require_ros, spin_until, stop_and_check
 
 require_ros()
 
@@ -44,12 +44,7 @@ def server(tmp_path_factory):
     proc = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", params], None, out / "server.log")
     assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 60), proc.output()[-3000:]
     yield dict(node=node, ex=ex, proc=proc, pub=pub, updates=updates, statuses=statuses)
-    rc = proc.stop()
-    ex.remove_node(node)
-    node.destroy_node()
-    rclpy.shutdown()
-    assert "Traceback" not in proc.output(), proc.output()[-3000:]
-    assert rc == 0
+    stop_and_check(proc, ex, node)
 
 
 def _batch(seq: int, data: bytes, stamps: list[float], w=64, h=32, checksum_of: bytes | None = None) -> FrameBatch:
@@ -99,13 +94,13 @@ def test_batches_declaring_too_many_or_too_large_frames_and_a_bomb_are_counted_a
     rejected; each rejection is counted in ServerStatus and reported on /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    from test_batch_limits import _solid_h264
+    from ams_ros.fuzz import solid_h264
 
     diags: list[DiagnosticArray] = []
     server["node"].create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos("reliable", 50))
     many = _batch(10, b"\x00" * 100, [float(t) for t in range(601)])
     huge = _batch(11, b"\x00" * 100, [0.0, 1.0], w=4000, h=3000)
-    bomb = _batch(12, _solid_h264(200, 640, 360), [float(t) for t in range(4)])
+    bomb = _batch(12, solid_h264(200, 640, 360), [float(t) for t in range(4)])
     bomb.checksum = frame_batch_checksum(bomb)
     for m in (many, huge, bomb):
         server["pub"].publish(m)

@@ -3,7 +3,7 @@ updates, and each robot's ServerStatus carries its GPU share and the policy in f
 
 from __future__ import annotations
 
-from ros_helpers import require_ros, spin_until
+from ros_helpers import require_ros, spin_until, stop_and_check
 
 require_ros()
 
@@ -59,9 +59,4 @@ def test_two_robots_under_utility_policy_both_get_updates_and_a_gpu_share(tmp_pa
             assert st.scheduler_policy == "utility"
             assert 0.0 < st.gpu_share <= 1.0, (d, st.gpu_share)
     finally:
-        rc = proc.stop()
-        ex.remove_node(node)
-        node.destroy_node()
-        rclpy.shutdown()
-    assert "Traceback" not in proc.output(), proc.output()[-3000:]
-    assert rc == 0
+        stop_and_check(proc, ex, node)

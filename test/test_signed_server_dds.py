@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ros_helpers import require_ros, spin_until
+from ros_helpers import require_ros, spin_until, stop_and_check
 
 require_ros()
 
@@ -47,12 +47,7 @@ def server(tmp_path_factory):
     assert spin_until(ex, lambda: pub.get_subscription_count() > 0 and client.service_is_ready(), 60), \
         proc.output()[-3000:]
     yield dict(node=node, ex=ex, proc=proc, pub=pub, client=client, server_key=server_key, robot_key=robot_key)
-    rc = proc.stop()
-    ex.remove_node(node)
-    node.destroy_node()
-    rclpy.shutdown()
-    assert "Traceback" not in proc.output(), proc.output()[-3000:]
-    assert rc == 0
+    stop_and_check(proc, ex, node)
 
 
 def _call(server, req):

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ams_ros.core.labels import CITYSCAPES, LabelSpace, get_label_space
+from ams_ros.core.models.student import as_image_list
 
 NUM_OUTPUTS = 20
 """Cityscapes train ids 0..18 plus 'background' (index 19)."""
@@ -396,10 +397,10 @@ class ESPNetv2Teacher:
     def logits(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """``B x 20 x H x W`` logits at ``input_size`` for uint8 RGB frames (one forward pass)."""
         self.model.eval()
-        return self.model(self._input(_check_images(images)))
+        return self.model(self._input(as_image_list(images)))
 
     def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        imgs = _check_images(images)
+        imgs = as_image_list(images)
         step = self.max_batch or len(imgs)
         out: list[np.ndarray] = []
         for i in range(0, len(imgs), step):
@@ -410,20 +411,6 @@ class ESPNetv2Teacher:
                     lab = cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)
                 out.append(self._lut[lab])
         return out
-
-
-def _check_images(images: Any) -> list[np.ndarray]:
-    if isinstance(images, np.ndarray):
-        images = [images] if images.ndim == 3 else list(images)
-    out = []
-    for i, img in enumerate(images):
-        a = np.asarray(img)
-        if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8 or min(a.shape[:2]) < 1:
-            raise ValueError(f"image {i}: expected an H x W x 3 uint8 RGB array, got {a.dtype} {a.shape}")
-        out.append(a)
-    if not out:
-        raise ValueError("no images given")
-    return out
 
 
 _DEVICE_SUFFIX = re.compile(r"^(cpu|cuda(:\d+)?)$")

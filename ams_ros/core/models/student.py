@@ -243,7 +243,8 @@ def build_student(name: str, num_classes: int = 19, frozen_bn: bool = True) -> n
 # --------------------------------------------------------------------------------------------
 
 
-def _as_image_list(images: Any) -> list[np.ndarray]:
+def as_image_list(images: Any) -> list[np.ndarray]:
+    """One H x W x 3 uint8 RGB frame or a list/stack of them, checked (students and teachers)."""
     if isinstance(images, np.ndarray):
         images = [images] if images.ndim == 3 else list(images)
     out = []
@@ -261,7 +262,7 @@ def to_input(images: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
     """``B x 3 x H x W`` float tensor in [0, 1] from uint8 RGB images resized to ``size`` = (W, H)."""
     w, h = size or DEFAULT_INPUT_SIZE
     batch = []
-    for a in _as_image_list(images):
+    for a in as_image_list(images):
         if a.shape[:2] != (h, w):
             a = cv2.resize(a, (int(w), int(h)), interpolation=cv2.INTER_LINEAR)
         batch.append(a)
@@ -280,7 +281,7 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
     from ams_ros.core.devices import resolve_dtype
     from ams_ros.core.edge_inference import autocast_for, class_map
 
-    imgs = _as_image_list(images)
+    imgs = as_image_list(images)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
