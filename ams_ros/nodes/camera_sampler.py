@@ -282,8 +282,9 @@ class CameraSampler(Node):
 
     def destroy_node(self) -> None:
         """Finish the batch being encoded (queued ones are dropped), close the source, then the node."""
-        self._encoder.shutdown(wait=True, cancel_futures=True)
-        if self._source is not None and hasattr(self._source, "close"):
+        if hasattr(self, "_encoder"):  # not when start-up failed (rclpy destroys it with its context)
+            self._encoder.shutdown(wait=True, cancel_futures=True)
+        if getattr(self, "_source", None) is not None and hasattr(self._source, "close"):
             self._source.close()
         super().destroy_node()
 

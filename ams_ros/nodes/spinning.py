@@ -10,11 +10,12 @@ while building the nodes is logged with its traceback and exits 1.
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
@@ -144,7 +145,21 @@ def process_failed() -> bool:
 
 def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | None = None) -> int:
     """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
-    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised."""
+    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised.
+
+    Once the nodes spin, Ctrl-C is handled as SIGTERM is: rclpy's handler shuts the context down
+    and the spin ends by itself. Python's default handler would also raise KeyboardInterrupt at
+    whatever bytecode the main thread is on; on Kilted that once landed inside rclpy's
+    ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit."""
+    spinning = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if not spinning.is_set():  # before the nodes spin (start-up): stop at once
+            raise KeyboardInterrupt
+
+    # before rclpy.init, so that rclpy's own handler chains to this one instead of the default
+    signal.signal(signal.SIGINT, on_sigint)
     try:
         with ros_init(args=args if args is not None else sys.argv):
             try:
@@ -152,7 +167,10 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
             except Exception:
                 rclpy.logging.get_logger(name).fatal(f"start-up failed:\n{traceback.format_exc()}")
                 return 1
+            spinning.set()
             spin_nodes(nodes)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     return 1 if _CALLBACK_FAILED.is_set() else 0

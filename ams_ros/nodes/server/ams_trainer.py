@@ -329,7 +329,11 @@ class AMSTrainerNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the training thread and wait for the phase in hand, so torch's backward pass is
-        never still running while the interpreter shuts down; then save every session."""
+        never still running while the interpreter shuts down; then save every session. A node
+        whose start-up failed (rclpy destroys it with its context) has no thread or state yet."""
+        if not hasattr(self, "_thread"):
+            super().destroy_node()
+            return
         self.state.stop()
         self._thread.join(timeout=60.0)
         if self._thread.is_alive():

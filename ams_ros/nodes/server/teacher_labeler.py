@@ -168,7 +168,9 @@ class TeacherLabeler(Node):
         self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
 
     def destroy_node(self) -> None:
-        """Stop the labelling thread (it finishes the batch in hand) before the node goes."""
-        self.state.stop()
-        self._thread.join(timeout=30.0)
+        """Stop the labelling thread (it finishes the batch in hand) before the node goes (none
+        when start-up failed: rclpy destroys that node with its context)."""
+        if hasattr(self, "_thread"):
+            self.state.stop()
+            self._thread.join(timeout=30.0)
         super().destroy_node()
