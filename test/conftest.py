@@ -37,3 +37,14 @@ def assets():
     if root is None:
         pytest.skip("shared assets not found (set AMS_ASSETS or place ../shared/assets)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (evaluation runs whose figures must not depend on load)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -63,6 +63,14 @@ def _signal_and_wait(proc: RosProcess, sig: int, timeout: float = 90.0) -> int:
     return rc
 
 
+def _assert_clean_exit(proc: RosProcess, rc: int) -> str:
+    """Exit code 0 and no abort or traceback in the process's output; returns the output."""
+    out = proc.output()
+    assert rc == 0, out[-3000:]
+    assert "terminate called" not in out and "Traceback" not in out, out[-3000:]
+    return out
+
+
 @pytest.mark.parametrize("sig", SIGNALS, ids=["SIGINT", "SIGTERM"])
 def test_server_stopped_in_the_middle_of_a_training_phase_exits_0(ros, tmp_path, sig):
     node, ex = ros
@@ -92,9 +100,7 @@ def test_server_stopped_in_the_middle_of_a_training_phase_exits_0(ros, tmp_path,
     finally:
         proc.stop()
         node.destroy_publisher(pub)
-    out = proc.output()
-    assert rc == 0, out[-3000:]
-    assert "terminate called" not in out and "Traceback" not in out, out[-3000:]
+    out = _assert_clean_exit(proc, rc)
     assert "update v0->v1" not in out  # the phase was stopped between iterations and rolled back, not finished
 
 
@@ -129,9 +135,7 @@ def test_edge_stopped_while_encoding_a_batch_and_patching_exits_0(ros, tmp_path,
     finally:
         proc.stop()
         node.destroy_publisher(pub)
-    out = proc.output()
-    assert rc == 0, out[-3000:]
-    assert "terminate called" not in out and "Traceback" not in out, out[-3000:]
+    _assert_clean_exit(proc, rc)
 
 
 def test_the_demo_fails_on_a_non_zero_exit_of_either_process():

@@ -24,12 +24,7 @@ TINY = PRESETS["cpu-quick"].with_overrides({
 TINY_SET = ["--set", "width=64 height=32 eval_fps=1 iterations=2 batch_size=2 train_s_per_step=0.5 update_period_s=5"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
