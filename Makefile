@@ -21,7 +21,7 @@ ARGS ?=
 TESTS ?= test
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench eval fuzz clean
+.PHONY: setup test demo bench eval fuzz soak clean
 
 setup:
 	@AMS_ROS_DISTRO=$(DISTRO) tools/setup.sh
@@ -38,6 +38,11 @@ bench: setup
 # seeded fuzzer over updates, frame batches and images (issue #13): make fuzz ARGS="--cases 10000"
 fuzz: setup
 	@$(ENV) $(LOOPBACK) OMP_NUM_THREADS=1 nice python -m ams_ros.fuzz $(ARGS)
+
+# soak benchmark (issue #13): one hour of stream time at demo size, both processes' RSS every 30 s
+# (out/soak/rss.json, rss.png; the slope in summary.json)
+soak: setup
+	@$(ENV) $(LOOPBACK) python -m ams_ros.demo --out out/soak --duration 3600 --no-video --rss-every 30 --quiet $(ARGS)
 
 eval: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.eval.cli $(ARGS)

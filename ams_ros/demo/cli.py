@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unsigned", action="store_true",
                    help="run without signatures (issue #13: by default the demo makes ephemeral server and robot "
                         "keys under OUT/keys and signs updates, batches and snapshot requests)")
+    p.add_argument("--rss-every", type=float, default=0.0,
+                   help="soak benchmark: sample both processes' RSS every S seconds of stream time "
+                        "(rss.json, rss.png, slope in summary.json); 0: off")
+    p.add_argument("--rss-fit-from", type=float, default=120.0,
+                   help="fit the RSS slope from this stream time on (s), past start-up allocations")
     p.add_argument("--quiet", action="store_true", help="progress lines only, no node logs")
     return p.parse_args(argv)
 

@@ -168,11 +168,15 @@ class Observer:
             self.executor.spin_once(timeout_sec=0.1)
         return False
 
-    def run(self, until_stream_t: float, processes: list) -> None:
+    def run(self, until_stream_t: float, processes: list, rss=None) -> None:
+        """Observe until ``until_stream_t`` of stream time; ``rss`` (an :class:`RssLog`) is
+        sampled on the way (the soak benchmark)."""
         last_print = 0.0
         t0 = time.monotonic()
         while self.latest_stream_t < until_stream_t:
             self._drain()
+            if rss is not None:
+                rss.maybe_sample(self.latest_stream_t)
             self._score_pending(budget_s=0.05)
             dead = [p.name for p in processes if not p.alive()]
             if dead:

@@ -113,9 +113,14 @@ def run_demo(args: argparse.Namespace) -> int:
     edge = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", edge_params], args.device_id,
                       out / "edge.log", echo=not args.quiet)
     print(f"[demo] server pid {server.pid}, edge pid {edge.pid}; streaming {args.duration:g} s of '{args.source}'")
+    rss = None
+    if getattr(args, "rss_every", 0.0):
+        from ams_ros.demo.rss import RssLog
+
+        rss = RssLog({"edge": edge.pid, "server": server.pid}, every_s=args.rss_every, fit_from_s=args.rss_fit_from)
     interrupted = False
     try:
-        observer.run(until_stream_t=args.duration, processes=[edge, server])
+        observer.run(until_stream_t=args.duration, processes=[edge, server], rss=rss)
     except KeyboardInterrupt:
         interrupted = True
         print("\n[demo] interrupted: stopping both processes and writing what was measured")
@@ -124,12 +129,13 @@ def run_demo(args: argparse.Namespace) -> int:
         server_rc = server.stop()
         observer.close()
     tracebacks = [p.name for p in (edge, server) if "Traceback" in p.output()]
+    rss_summary = rss.write(out) if rss is not None else None
     from ams_ros.demo.report import write_report
 
     summary = write_report(observer, out, args, extra={
         "edge_pid": edge.pid, "server_pid": server.pid, "edge_exit_code": edge_rc, "server_exit_code": server_rc,
         "tracebacks_in": tracebacks, "interrupted": interrupted, "wall_seconds": time.monotonic() - t_start,
-        "student_weights": weights,
+        "student_weights": weights, **({"rss": rss_summary} if rss_summary else {}),
     })
     print(json.dumps(summary, indent=2))
     problems = exit_problems({"edge": edge_rc, "server": server_rc}, tracebacks)
