@@ -12,9 +12,9 @@ from ams_ros.demo.rss import RssLog, process_rss_mib, slope_mib_per_hour
 
 
 def test_slope_ignores_samples_before_fit_from():
-    t = [0, 30, 60, 3600, 7200]
-    mib = [100.0, 900.0, 1000.0, 1010.0, 1020.0]  # start-up jump, then 10 MiB/h
-    assert slope_mib_per_hour(t, mib, fit_from_s=60) == pytest.approx(10.0, rel=1e-6)
+    t = [0, 30, 3600, 7200, 10800]
+    mib = [100.0, 900.0, 1010.0, 1020.0, 1030.0]  # start-up jump, then 10 MiB/h
+    assert slope_mib_per_hour(t, mib, fit_from_s=3600) == pytest.approx(10.0, rel=1e-6)
     assert slope_mib_per_hour(t, mib, fit_from_s=0) > 50.0
 
 
