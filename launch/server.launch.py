@@ -19,7 +19,7 @@ LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
 DTYPES = ["float32", "float16", "bfloat16"]
 ENCODINGS = ["paper_gzip_fp16", "delta_lzma_fp16", "delta_lzma_q8", "residual_lzma_q8", "residual_lzma_q6",
-             "residual_zlib_q6"]
+             "residual_zlib_q6", "residual_zstd_q4", "residual_zstd_q3", "residual_zstd_q2", "residual_zstd_ternary"]
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.params import FlatAccessor, flatten_params, fingerprint
+from ams_ros.core.params import FlatAccessor, flatten_params, fingerprint, param_layout
 from ams_ros.core.update_codec import (
     ENCODINGS,
     UpdateError,
@@ -22,6 +22,10 @@ from ams_ros.core.update_codec import (
     encode_update,
     quantize_roundtrip,
 )
+
+
+def param_offsets(model: nn.Module) -> list[int]:
+    return [s.offset for s in param_layout(model)]
 
 
 def small_net(width: int = 8) -> nn.Module:
@@ -46,8 +50,17 @@ def test_round_trip_every_encoding(encoding):
     got_idx, got_vals = decode_update(upd, m)  # m holds the base version
     np.testing.assert_array_equal(got_idx, idx)
     np.testing.assert_array_equal(got_vals, quantize_roundtrip(encoding, m, idx, vals, base_values=base))
+    enc = ENCODINGS[encoding]
+    if enc.values == "ternary":  # each tensor moves by +-mu, mu its mean |change|, in the change's direction
+        change, moved = vals - base, got_vals - base
+        assert np.all(np.sign(moved) == np.where(change > 0, 1, -1))
+        for lo, hi in zip(param_offsets(m), param_offsets(m)[1:] + [flatten_params(m).numel()]):
+            sel = (idx >= lo) & (idx < hi)
+            if sel.any():
+                np.testing.assert_allclose(np.abs(moved[sel]), np.mean(np.abs(change[sel])), rtol=1e-4, atol=1e-6)
+        return
     spread = np.ptp(vals - base) if base is not None else np.ptp(vals)
-    bound = 1e-3 if "fp16" in encoding else spread / ((1 << ENCODINGS[encoding].bits) - 1)
+    bound = 1e-3 if enc.values == "fp16" else spread / ((1 << enc.bits) - 1)
     assert np.max(np.abs(got_vals - vals)) <= bound + 1e-6
 
 
@@ -93,7 +106,8 @@ def test_truncated_payload_with_valid_checksum_rejected(encoding):
 @pytest.mark.parametrize("encoding,blob", [("paper_gzip_fp16", "values_blob"), ("paper_gzip_fp16", "indices_blob"),
                                            ("delta_lzma_fp16", "values_blob"), ("residual_lzma_q8", "values_blob"),
                                            ("delta_lzma_q8", "indices_blob"), ("residual_zlib_q6", "values_blob"),
-                                           ("residual_zlib_q6", "indices_blob")])
+                                           ("residual_zlib_q6", "indices_blob"), ("residual_zstd_q3", "values_blob"),
+                                           ("residual_zstd_ternary", "indices_blob")])
 def test_payload_inflating_past_its_header_is_refused_without_inflating_it(encoding, blob):
     """A "zip bomb" with a valid checksum: 256 MiB of zeros in a few hundred KB must not be
     inflated (the LZMA decoder's own dictionary, 64 MiB at the encoder's preset, is the most)."""
@@ -108,6 +122,10 @@ def test_payload_inflating_past_its_header_is_refused_without_inflating_it(encod
     bomb = bytes(256 << 20)
     if encoding.startswith("paper"):
         packed = gzip.compress(bomb, mtime=0)
+    elif "zstd" in encoding:
+        import zstandard
+
+        packed = zstandard.ZstdCompressor(level=3).compress(bomb)
     else:
         packed = zlib.compress(bomb, 9) if "zlib" in encoding else lzma.compress(bomb, preset=9)
     del bomb
@@ -327,3 +345,58 @@ def test_inference_is_handed_the_active_model_while_a_patch_is_half_done(monkeyp
     assert handed_over, "inference waited for the patch"
     assert got == [(True, 0)]
     assert holder.version == 1
+
+
+@pytest.mark.parametrize("mutate,reason", [
+    (lambda blob: blob + b"\x00\x01", "unused data"),  # trailing bytes after the frame
+    (lambda blob: blob + blob, "unused data"),  # a second frame
+    (lambda blob: blob[:-4], "corrupted or truncated"),
+])
+def test_zstd_streams_must_be_exactly_one_whole_frame(mutate, reason):
+    m = small_net()
+    idx, vals = sparse(m)
+    base = flatten_params(m).numpy()[idx]
+    upd = encode_update(m, idx, vals, 0, 1, "residual_zstd_ternary", base_values=base)
+    upd.values_blob = mutate(upd.values_blob)
+    upd.checksum = upd.compute_checksum()
+    with pytest.raises(UpdateError, match=reason):
+        decode_update(upd, m)
+
+
+def test_zstd_frame_that_hides_its_size_is_refused():
+    """Streaming zstd frames need not declare their size; ours always do, so one that does not
+    (and could inflate to anything) is refused before inflating."""
+    import io
+
+    import zstandard
+
+    m = small_net()
+    idx, vals = sparse(m)
+    base = flatten_params(m).numpy()[idx]
+    upd = encode_update(m, idx, vals, 0, 1, "residual_zstd_q4", base_values=base)
+    sink = io.BytesIO()
+    with zstandard.ZstdCompressor(level=3).stream_writer(sink, closefd=False) as w:
+        w.write(bytes(1000))
+    upd.values_blob = sink.getvalue()
+    upd.checksum = upd.compute_checksum()
+    with pytest.raises(UpdateError, match="content size"):
+        decode_update(upd, m)
+
+
+@pytest.mark.parametrize("encoding", ["residual_zstd_q4", "residual_zstd_q2"])
+def test_quantised_symbols_past_their_width_are_refused(encoding):
+    import struct
+
+    import zstandard
+
+    m = small_net()
+    idx, vals = sparse(m)
+    base = flatten_params(m).numpy()[idx]
+    upd = encode_update(m, idx, vals, 0, 1, encoding, base_values=base)
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(upd.values_blob))
+    (nslots,) = struct.unpack_from("<I", raw, 0)
+    raw[4 + 12 * nslots] = 1 << ENCODINGS[encoding].bits
+    upd.values_blob = zstandard.ZstdCompressor().compress(bytes(raw))
+    upd.checksum = upd.compute_checksum()
+    with pytest.raises(UpdateError, match="symbol past"):
+        decode_update(upd, m)

@@ -19,6 +19,18 @@ An update carries new values for a subset of coordinates of the flat parameter v
   quantised to 8 bits per tensor, LZMA. Changes are small and alike, so they compress far
   better than values; the edge adds them to the base version it runs (which the version
   chain guarantees is the server's base).
+- ``residual_zstd_q4`` / ``_q3`` / ``_q2`` (issue #10): changes quantised to 4, 3 or 2 bits per
+  tensor, one symbol per byte, and zstd (level 19) over both streams: zstd's entropy stage codes
+  the symbols near their entropy (3.7 / 2.6 / 1.6 bits on the bench's update) and inflates in
+  well under a millisecond.
+- ``residual_zstd_ternary`` (issue #10; sparse ternary compression): every selected change sent
+  as its sign, and one scale mu per tensor (the mean magnitude of that tensor's selected
+  changes): the model moves by {-mu, 0, +mu}, 0 for the coordinates not selected. One bit per
+  value plus the positions: about half a byte per selected parameter at gamma 5 %.
+
+Quantisation error is not lost: the server writes into its own copy exactly what the edge
+decodes (:func:`ship_update`), so the next phase trains on from the rounded weights and
+corrects what the rounding moved (error feedback for free).
 
 Decoding verifies fingerprint, encoding, checksum, sizes and finiteness and raises
 :class:`UpdateError` with a clear reason; it never touches the model.
@@ -35,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import zstandard
 from torch import nn
 
 from ams_ros.core.params import FlatAccessor, fingerprint, param_layout, write_flat
@@ -262,6 +275,43 @@ def _unlzma(blob: bytes, limit: int) -> bytes:
         raise UpdateError(f"corrupted or truncated lzma payload: {exc}") from exc
 
 
+# zstd level 19 on these streams (<= a few MB) uses a window of at most the input's size; a
+# frame that asks for more than this (to make the robot allocate it) is refused.
+_ZSTD_MAX_WINDOW = 1 << 25
+
+
+def _zstd(raw: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=19, write_content_size=True).compress(raw)
+
+
+def _unzstd(blob: bytes, limit: int) -> bytes:
+    """One zstd frame of at most ``limit`` bytes, nothing after it. The frame's declared content
+    size is checked before anything is inflated (zstd would otherwise trust it over
+    ``max_output_size``); a frame without one is refused."""
+    try:
+        size = zstandard.frame_content_size(blob)
+    except zstandard.ZstdError as exc:
+        raise UpdateError(f"corrupted or truncated zstd payload: {exc}") from exc
+    if size < 0:
+        raise UpdateError("zstd payload does not declare its content size (the encoder always writes it)")
+    if size > limit:
+        raise UpdateError(f"zstd payload inflates past the {limit} bytes its header allows (declares {size})")
+    try:
+        out = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW).decompress(
+            blob, max_output_size=limit, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise UpdateError(f"corrupted or truncated zstd payload: {exc}") from exc
+    if len(out) != size:
+        raise UpdateError(f"zstd payload inflates to {len(out)} bytes but declares {size}")
+    return out
+
+
+_COMPRESS = {"lzma": lambda raw: lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME),
+             "zlib": lambda raw: zlib.compress(raw, 9), "zstd": _zstd}
+_DECOMPRESS = {"lzma": lambda blob, limit: _unlzma(blob, limit), "zlib": lambda blob, limit: _unzlib(blob, limit),
+               "zstd": _unzstd}
+
+
 # ---------------------------------------------------------------------------- value coders
 def _slot_of(indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.searchsorted(offsets, indices, side="right") - 1
@@ -304,7 +354,8 @@ def _unpack_bits(raw: bytes, count: int, bits: int) -> np.ndarray:
     return np.packbits(np.pad(b, ((0, 0), (8 - bits, 0))), axis=1).reshape(-1)
 
 
-def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, bits: int = 8) -> bytes:
+def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, bits: int = 8,
+               packed: bool = True) -> bytes:
     slots = _slot_of(indices, offsets)
     uniq, start = np.unique(slots, return_index=True)
     ends = np.append(start[1:], slots.size)
@@ -318,17 +369,24 @@ def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, bit
         header.append(struct.pack("<Iff", int(s), lo, scale))
         if scale > 0:
             q[a:b] = np.clip(np.rint((v - lo) / scale), 0, top).astype(np.uint8)
-    return b"".join(header) + _pack_bits(q, bits)
+    return b"".join(header) + (_pack_bits(q, bits) if packed else q.tobytes())
 
 
-def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int = 8) -> np.ndarray:
+def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int = 8,
+               packed: bool = True) -> np.ndarray:
     if len(raw) < 4:
         raise UpdateError("q8 value stream is truncated")
     (nslots,) = struct.unpack_from("<I", raw, 0)
     head = 4 + 12 * nslots
-    if len(raw) != head + (indices.size * bits + 7) // 8:
-        raise UpdateError(f"q{bits} value stream has {len(raw) - head} bytes, expected {(indices.size * bits + 7) // 8}")
-    q = _unpack_bits(raw[head:], indices.size, bits).astype(np.float32)
+    body = (indices.size * bits + 7) // 8 if packed else indices.size
+    if len(raw) != head + body:
+        raise UpdateError(f"q{bits} value stream has {len(raw) - head} bytes, expected {body}")
+    if packed:
+        q = _unpack_bits(raw[head:], indices.size, bits).astype(np.float32)
+    else:
+        q = np.frombuffer(raw, dtype=np.uint8, offset=head).astype(np.float32)
+        if indices.size and int(q.max()) >= 1 << bits:
+            raise UpdateError(f"q{bits} value stream holds a symbol past {(1 << bits) - 1}")
     table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("lo", "<f4"), ("scale", "<f4")]), count=nslots, offset=4)
     nslot_total = offsets.size
     if nslots and int(table["slot"].max()) >= nslot_total:
@@ -343,6 +401,41 @@ def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int =
     if np.isnan(lo[slots]).any():
         raise UpdateError("q8 value stream misses the scale of some parameter tensors")
     return out
+
+
+def _ternary_encode(indices: np.ndarray, changes: np.ndarray, offsets: np.ndarray) -> bytes:
+    """Signs of the changes (1 bit each, packed) after a table of one scale per tensor:
+    ``<I`` count, then ``<If`` (tensor slot, mu = mean |change| of its selected coordinates)."""
+    slots = _slot_of(indices, offsets)
+    uniq, start = np.unique(slots, return_index=True)
+    ends = np.append(start[1:], slots.size)
+    header = [struct.pack("<I", uniq.size)]
+    for s, a, b in zip(uniq, start, ends):
+        header.append(struct.pack("<If", int(s), float(np.mean(np.abs(changes[a:b])))))
+    return b"".join(header) + np.packbits(changes > 0).tobytes()
+
+
+def _ternary_limit(count: int, nslots: int) -> int:
+    return 4 + 8 * nslots + (count + 7) // 8
+
+
+def _ternary_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    if len(raw) < 4:
+        raise UpdateError("ternary value stream is truncated")
+    (nslots,) = struct.unpack_from("<I", raw, 0)
+    head = 4 + 8 * nslots
+    if len(raw) != head + (indices.size + 7) // 8:
+        raise UpdateError(f"ternary value stream has {len(raw) - head} bytes of signs, expected {(indices.size + 7) // 8}")
+    table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("mu", "<f4")]), count=nslots, offset=4)
+    if nslots and int(table["slot"].max()) >= offsets.size:
+        raise UpdateError("ternary value stream names a parameter tensor the model does not have")
+    mu = np.full(offsets.size, np.nan, dtype=np.float32)
+    mu[table["slot"]] = table["mu"]
+    scale = mu[_slot_of(indices, offsets)]
+    if np.isnan(scale).any():
+        raise UpdateError("ternary value stream misses the scale of some parameter tensors")
+    signs = np.unpackbits(np.frombuffer(raw, dtype=np.uint8, offset=head))[: indices.size]
+    return np.where(signs.astype(bool), scale, -scale).astype(np.float32)
 
 
 def _fp16(values: np.ndarray) -> bytes:
@@ -361,18 +454,48 @@ class Encoding:
     lossy_values: bool  # values are rounded: the server must keep what the edge decodes
     residual: bool = False  # values are coded relative to the base version's values
     bits: int = 8  # width of quantised values (q encodings)
-    compressor: str = "lzma"  # of both streams, for the delta/residual encodings: lzma | zlib
+    compressor: str = "lzma"  # of both streams, for the delta/residual encodings: lzma | zlib | zstd
+    values: str = "quantised"  # fp16 | quantised (per-tensor range, `bits` wide) | ternary (sign + scale)
+    packed: bool = True  # quantised symbols packed `bits` wide (lzma/zlib), else one per byte (zstd)
+
+    def values_limit(self, count: int, nslots: int) -> int:
+        """The most bytes the value stream of ``count`` values can inflate to."""
+        if self.values == "fp16":
+            return 2 * count
+        if self.values == "ternary":
+            return _ternary_limit(count, nslots)
+        return 4 + 12 * nslots + ((count * self.bits + 7) // 8 if self.packed else count)
+
+    def encode_values(self, indices: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> bytes:
+        if self.values == "fp16":
+            return _fp16(values)
+        if self.values == "ternary":
+            return _ternary_encode(indices, values, offsets)
+        return _q8_encode(indices, values, offsets, self.bits, self.packed)
+
+    def decode_values(self, raw: bytes, indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        if self.values == "fp16":
+            return _from_fp16(raw, indices.size)
+        if self.values == "ternary":
+            return _ternary_decode(raw, indices, offsets)
+        return _q8_decode(raw, indices, offsets, self.bits, self.packed)
 
 
 ENCODINGS: dict[str, Encoding] = {
-    "paper_gzip_fp16": Encoding("paper_gzip_fp16", True),
-    "delta_lzma_fp16": Encoding("delta_lzma_fp16", True),
+    "paper_gzip_fp16": Encoding("paper_gzip_fp16", True, values="fp16", compressor="gzip"),
+    "delta_lzma_fp16": Encoding("delta_lzma_fp16", True, values="fp16"),
     "delta_lzma_q8": Encoding("delta_lzma_q8", True),
     "residual_lzma_q8": Encoding("residual_lzma_q8", True, residual=True),
     "residual_lzma_q6": Encoding("residual_lzma_q6", True, residual=True, bits=6),
     # ~8 % larger than residual_lzma_q6, but zlib inflates ~6x faster than LZMA decodes: the one
     # compact encoding whose decode + apply fits the edge's 10 ms (docs/results.md, make bench).
     "residual_zlib_q6": Encoding("residual_zlib_q6", True, residual=True, bits=6, compressor="zlib"),
+    # issue #10: fewer value bits, zstd's entropy coder over one symbol per byte
+    "residual_zstd_q4": Encoding("residual_zstd_q4", True, residual=True, bits=4, compressor="zstd", packed=False),
+    "residual_zstd_q3": Encoding("residual_zstd_q3", True, residual=True, bits=3, compressor="zstd", packed=False),
+    "residual_zstd_q2": Encoding("residual_zstd_q2", True, residual=True, bits=2, compressor="zstd", packed=False),
+    "residual_zstd_ternary": Encoding("residual_zstd_ternary", True, residual=True, bits=1, compressor="zstd",
+                                      values="ternary"),
 }
 
 
@@ -390,19 +513,8 @@ def _encode_blobs(encoding: str, indices: np.ndarray, values: np.ndarray, n: int
     if encoding == "paper_gzip_fp16":
         return _mask_encode(indices, n), gzip.compress(_fp16(values), compresslevel=9, mtime=0)
     enc = ENCODINGS[encoding]
-    pack = _zlib if enc.compressor == "zlib" else _lzma
-    idx = pack(_delta_encode(indices))
-    if encoding == "delta_lzma_fp16":
-        return idx, pack(_fp16(values))
-    return idx, pack(_q8_encode(indices, values, offsets, enc.bits))
-
-
-def _lzma(raw: bytes) -> bytes:
-    return lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME)
-
-
-def _zlib(raw: bytes) -> bytes:
-    return zlib.compress(raw, 9)
+    pack = _COMPRESS[enc.compressor]
+    return pack(_delta_encode(indices)), pack(enc.encode_values(indices, values, offsets))
 
 
 def _is_residual(encoding: str) -> bool:
@@ -417,11 +529,11 @@ def _decode_blobs(u: EncodedUpdate, offsets: np.ndarray, base_reader=None) -> tu
             raise UpdateError(f"index mask selects {idx.size} parameters, header says {k}")
         vals = _from_fp16(_gunzip(u.values_blob, 2 * k), k)
     else:
-        unpack = _unzlib if ENCODINGS[u.encoding].compressor == "zlib" else _unlzma
+        enc = ENCODINGS[u.encoding]
+        unpack = _DECOMPRESS[enc.compressor]
         idx = check_indices(_delta_decode(unpack(u.indices_blob, 10 * k), k, n), n, k)  # a LEB128 int64: <= 10 bytes
-        q_limit = 4 + 12 * len(offsets) + (k * ENCODINGS[u.encoding].bits + 7) // 8  # slot table + packed values
-        raw = unpack(u.values_blob, 2 * k if u.encoding == "delta_lzma_fp16" else q_limit)
-        vals = _from_fp16(raw, k) if u.encoding == "delta_lzma_fp16" else _q8_decode(raw, idx, offsets, ENCODINGS[u.encoding].bits)
+        raw = unpack(u.values_blob, enc.values_limit(k, len(offsets)))  # scale table + values
+        vals = enc.decode_values(raw, idx, offsets)
         if _is_residual(u.encoding):
             if base_reader is None:
                 raise UpdateError(f"'{u.encoding}' needs the base model's values to decode")
@@ -516,12 +628,8 @@ def quantize_roundtrip(encoding: str, model: nn.Module, indices, values, base_va
         base = np.asarray(base_values, np.float32).reshape(-1)
         values = np.asarray(values, np.float32).reshape(-1) - base
     idx, val = _sorted(indices, values, n)
-    if "_q" in encoding:
-        bits = ENCODINGS[encoding].bits
-        raw = _q8_encode(idx, val, _offsets(model), bits)
-        dec = _q8_decode(raw, idx, _offsets(model), bits)
-    else:
-        dec = val.astype(np.float16).astype(np.float32)
+    enc, offsets = ENCODINGS[encoding], _offsets(model)
+    dec = enc.decode_values(enc.encode_values(idx, val, offsets), idx, offsets)
     if base is not None:
         dec = dec + base[np.argsort(np.asarray(indices, dtype=np.int64).reshape(-1), kind="stable")]
     # back to the caller's order
