@@ -400,3 +400,25 @@ def test_quantised_symbols_past_their_width_are_refused(encoding):
     upd.checksum = upd.compute_checksum()
     with pytest.raises(UpdateError, match="symbol past"):
         decode_update(upd, m)
+
+
+def test_flat_storage_reads_and_writes_match_per_tensor_ones_and_survive_a_replaced_tensor():
+    """The edge's copies live in one flat buffer (one index_copy_ per update); a parameter whose
+    tensor was replaced afterwards (``.data = ...``, as ``model.to`` does) sends the accessor
+    back to per-tensor writes instead of writing into a buffer the model no longer uses."""
+    m = small_net()
+    plain, flat_model = copy.deepcopy(m), copy.deepcopy(m)
+    fa = FlatAccessor(flat_model, flatten=True)
+    params = list(flat_model.parameters())
+    assert all(p.untyped_storage().data_ptr() == params[0].untyped_storage().data_ptr() for p in params)
+    idx, vals = sparse(m, 0.3)
+    FlatAccessor(plain).write(idx, vals)
+    fa.write(idx, vals)
+    assert torch.equal(flatten_params(plain), flatten_params(flat_model))
+    np.testing.assert_array_equal(fa.read(idx), vals)
+    params[0].data = params[0].data.clone()  # no longer a view of the flat buffer
+    idx2, vals2 = sparse(m, 0.3, seed=1)
+    FlatAccessor(plain).write(idx2, vals2)
+    fa.write(idx2, vals2)
+    assert torch.equal(flatten_params(plain), flatten_params(flat_model))
+    np.testing.assert_array_equal(fa.read(idx2), vals2)

@@ -5,8 +5,9 @@ written into the inactive copy, which is swapped in with one reference assignmen
 patcher node, the evaluation harness's emulated edge and ``ams-bench`` all use this class.
 
 Both copies live on the model's device (a Jetson's GPU, or the CPU): an update's indices and
-values cross to the device once and are written with one ``index_copy_`` per tensor into each
-copy (the same device buffers serve the catch-up write of the other copy), and a swap is a
+values cross to the device once and are written with one ``index_copy_`` into each copy, whose
+parameters live in one flat buffer (the same device buffers serve the catch-up write of the other
+copy), and a swap is a
 reference assignment, so the model never travels between host and device after start-up.
 """
 
@@ -38,7 +39,9 @@ class DoubleBufferedModel:
         model.eval()
         self._state: tuple[nn.Module, int] = (model, int(version))
         self._inactive = copy.deepcopy(model)
-        self._writers = {id(model): FlatAccessor(model), id(self._inactive): FlatAccessor(self._inactive)}
+        # both copies in flat storage: an update is one read and one write per copy (issue #10)
+        self._writers = {id(model): FlatAccessor(model, flatten=True),
+                         id(self._inactive): FlatAccessor(self._inactive, flatten=True)}
         self._readers = {id(model): 0, id(self._inactive): 0}
         self._readers_cv = threading.Condition()
         self._catch_up: list[SortedWrite] = []  # on the device

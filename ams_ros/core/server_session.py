@@ -29,6 +29,7 @@ from ams_ros.core.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, Trai
 from ams_ros.core.params import write_flat
 from ams_ros.core.signing import SigningKey, sign_update
 from ams_ros.core.update_codec import (
+    DEFAULT_UPDATE_ENCODING,
     ENCODINGS,
     EncodedUpdate,
     UnencodableValues,
@@ -60,7 +61,7 @@ class SessionConfig:
     in ``rate`` and the adaptive update period in ``adaptive_period``."""
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    update_encoding: str = knob("paper_gzip_fp16", "Encoding of sparse updates", choices=tuple(ENCODINGS))
+    update_encoding: str = knob(DEFAULT_UPDATE_ENCODING, "Encoding of sparse updates", choices=tuple(ENCODINGS))
     snapshot_encoding: str = knob("paper_gzip_fp16", "Encoding of full snapshots (a value encoding, not residual_*)",
                                   choices=tuple(n for n, e in ENCODINGS.items() if not e.residual))
     # (issue #13) the base station's Ed25519 key: every update, catch-up and snapshot is signed for

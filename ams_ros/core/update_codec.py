@@ -314,7 +314,9 @@ _DECOMPRESS = {"lzma": lambda blob, limit: _unlzma(blob, limit), "zlib": lambda 
 
 # ---------------------------------------------------------------------------- value coders
 def _slot_of(indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    return np.searchsorted(offsets, indices, side="right") - 1
+    """The parameter tensor of each *sorted* index: one binary search per tensor, not per index."""
+    cuts = np.append(np.searchsorted(indices, offsets), indices.size)
+    return np.repeat(np.arange(offsets.size, dtype=np.int64), np.diff(cuts))
 
 
 def _pack_bits(q: np.ndarray, bits: int) -> bytes:
@@ -497,6 +499,9 @@ ENCODINGS: dict[str, Encoding] = {
     "residual_zstd_ternary": Encoding("residual_zstd_ternary", True, residual=True, bits=1, compressor="zstd",
                                       values="ternary"),
 }
+
+DEFAULT_UPDATE_ENCODING = "paper_gzip_fp16"
+"""The update encoding of the nodes, the demo and ams-eval (SessionConfig.update_encoding)."""
 
 
 def _check_encoding(name: str) -> None:
