@@ -388,11 +388,20 @@ def _update_figures(args: argparse.Namespace, student, res: dict) -> dict:
         u.checksum = u.compute_checksum()
         edge.apply_update(u)
 
-    res["update_decode_ms_by_encoding"] = {
-        n: round(_median_ms(lambda: decode_update(u, layout, base_model=edge.active), repeat=args.repeat), 2)
-        for n, u in updates_5pct.items()}
-    res["patch_apply_ms_by_encoding"] = {
-        n: round(_median_ms(lambda: apply(u), repeat=args.repeat), 2) for n, u in updates_5pct.items()}
+    # with the edge's torch threads (one core left to the camera sampler's encoder): two
+    # threads on two busy cores made one index_copy_ spin for 20 ms
+    from ams_ros.core.threads import set_torch_threads
+
+    old_threads = torch.get_num_threads()
+    res["patch_torch_threads"] = set_torch_threads(0, reserve=1)
+    try:
+        res["update_decode_ms_by_encoding"] = {
+            n: round(_median_ms(lambda: decode_update(u, layout, base_model=edge.active), repeat=args.repeat), 2)
+            for n, u in updates_5pct.items()}
+        res["patch_apply_ms_by_encoding"] = {
+            n: round(_median_ms(lambda: apply(u), repeat=args.repeat), 2) for n, u in updates_5pct.items()}
+    finally:
+        torch.set_num_threads(old_threads)
     log(f"updates at gamma 5 % ({k5:,} selected): " + "; ".join(
         f"{n} {res['bytes_per_selected_param_5pct'][n]} B/param, decode {res['update_decode_ms_by_encoding'][n]} ms, "
         f"decode+apply+swap {res['patch_apply_ms_by_encoding'][n]} ms" for n in ENCODINGS))

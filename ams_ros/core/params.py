@@ -146,6 +146,23 @@ def flat_storage(params: list[torch.Tensor]) -> torch.Tensor | None:
     return flat
 
 
+def _existing_flat_storage(params: list[torch.Tensor]) -> torch.Tensor | None:
+    """The one buffer ``params`` already are consecutive views of (see :func:`flat_storage`),
+    else None."""
+    if not params or any(not p.is_contiguous() for p in params):
+        return None
+    first = params[0]
+    storage, start = first.untyped_storage(), first.storage_offset()
+    expected = start
+    for p in params:
+        if (p.dtype != first.dtype or p.untyped_storage().data_ptr() != storage.data_ptr()
+                or p.storage_offset() != expected):
+            return None
+        expected += p.numel()
+    with torch.no_grad():
+        return first.new_empty(0).set_(storage, start, (expected - start,))
+
+
 def apply_sorted(params: list[torch.Tensor], write: SortedWrite) -> None:
     """Apply a prepared write: one ``index_copy_`` per tensor that has entries, on its device."""
     with torch.no_grad():
@@ -180,7 +197,9 @@ class FlatAccessor:
         self.params = [p for p in model.parameters()]
         self.offsets = np.array([s.offset for s in param_layout(model)], dtype=np.int64)
         self.device = self.params[0].device if self.params else torch.device("cpu")
-        self._flat = flat_storage(self.params) if flatten else None
+        self._flat = _existing_flat_storage(self.params)
+        if self._flat is None and flatten:
+            self._flat = flat_storage(self.params)
         self._ptrs = [p.data_ptr() for p in self.params] if self._flat is not None else []
 
     def _flat_intact(self) -> torch.Tensor | None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from ams_ros.core.frame_codec import BatchLimits, FrameCodecError, decode_frames
 from ams_ros.core.config import check_choice, knob
+from ams_ros.core.downlink_budget import DownlinkBudget, DownlinkBudgetConfig, PhasePlan
 from ams_ros.core.rate_control import (
     AdaptivePeriodConfig,
     AdaptiveTrainingPeriod,
@@ -34,6 +35,7 @@ from ams_ros.core.update_codec import (
     EncodedUpdate,
     UnencodableValues,
     decode_update,
+    encoded_size,
     encode_snapshot,
     encode_catch_up,
     ship_update,
@@ -62,6 +64,8 @@ class SessionConfig:
 
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     update_encoding: str = knob(DEFAULT_UPDATE_ENCODING, "Encoding of sparse updates", choices=tuple(ENCODINGS))
+    # (issue #10) a per-robot downlink budget: gamma and the encoding chosen per phase to keep it
+    downlink: DownlinkBudgetConfig = field(default_factory=DownlinkBudgetConfig)
     snapshot_encoding: str = knob("paper_gzip_fp16", "Encoding of full snapshots (a value encoding, not residual_*)",
                                   choices=tuple(n for n, e in ENCODINGS.items() if not e.residual))
     # (issue #13) the base station's Ed25519 key: every update, catch-up and snapshot is signed for
@@ -92,6 +96,7 @@ class PhaseOutcome:
     update: EncodedUpdate
     result: PhaseResult
     wall_s: float
+    plan: Optional[PhasePlan] = None  # the downlink budget's choice of gamma and encoding, when one is set
 
 
 class DeviceSession:
@@ -110,6 +115,7 @@ class DeviceSession:
         self._rate_lock = threading.Lock()  # guards rate control and queued setting changes
         self._pending: dict[str, Any] = {}
         self.reset_rate_control()
+        self.budget = DownlinkBudget(self.config.downlink, self.config.trainer.update_period_s)
         self.new_samples = 0
         self.diverged_phases = 0
         self.last_phase_wall_s = 0.0
@@ -229,18 +235,28 @@ class DeviceSession:
         with self.lock:
             self._apply_pending()
             ckpt = self.trainer.checkpoint()
-            before = ckpt.weights.cpu().numpy() if ENCODINGS[self.config.update_encoding].residual else None
+            configured = self.trainer.config
+            plan = None
+            enc = self.config.update_encoding
+            if self.budget.enabled:
+                self.budget.period_s = self.update_period_s
+                plan = self.budget.plan(now, self.trainer.num_params, configured.gamma, enc)
+                enc = plan.encoding
+            before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
             phase = self.trainer.phase
             try:
+                if plan is not None:  # this phase only: the configured gamma stays the budget's ceiling
+                    self.trainer.config = replace(configured, gamma=plan.gamma)
                 result = self.trainer.train_phase(now)
             except PhaseInterrupted:  # shutting down: as if the phase never started
                 self.trainer.rollback(ckpt)
                 self.trainer.phase = phase
                 return None
+            finally:
+                self.trainer.config = configured
             if result is None:
                 return None
             self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
-            enc = self.config.update_encoding
             base = before[result.indices] if before is not None else None
             try:
                 update = ship_update(self.model, result.indices, result.values, self.version, enc, base_values=base)
@@ -257,8 +273,10 @@ class DeviceSession:
             self._sign(update)
             self.version += 1
             self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
+            if self.budget.enabled:
+                self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
-        return PhaseOutcome(update, result, self.last_phase_wall_s)
+        return PhaseOutcome(update, result, self.last_phase_wall_s, plan)
 
     def snapshot(self, encoding: str | None = None) -> EncodedUpdate:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""
@@ -270,6 +288,8 @@ class DeviceSession:
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
             self._sign(update)
+            if self.budget.enabled:
+                self.budget.shipped(None, 0, encoded_size(update))
             return update
 
     def catch_up(self, have_version: int, encoding: str | None = None) -> EncodedUpdate | None:
@@ -290,6 +310,8 @@ class DeviceSession:
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
             self._sign(update)
+            if self.budget.enabled:
+                self.budget.shipped(None, 0, encoded_size(update))
             return update
 
     def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:

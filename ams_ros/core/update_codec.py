@@ -159,6 +159,8 @@ def _varint_decode(blob: bytes, count: int) -> np.ndarray:
     ends = np.flatnonzero((b & 0x80) == 0)
     if ends.size != count or (b.size and ends[-1] != b.size - 1):
         raise UpdateError(f"index stream holds {ends.size} indices, header says {count}")
+    if ends.size == b.size:  # every value below 128: one byte each
+        return b.astype(np.int64)
     starts = np.concatenate([[0], ends[:-1] + 1]) if count else np.zeros(0, np.int64)
     out = np.zeros(count, dtype=np.uint64)
     lengths = ends - starts + 1

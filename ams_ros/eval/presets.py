@@ -43,6 +43,7 @@ class Preset:
     r_max: float = _R.r_max
     adaptive_update_period: bool = False  # appendix D; off in the paper's Table 1 runs
     encoding: str = SessionConfig.update_encoding  # update encoding for every scheme's model updates
+    downlink_budget_kbps: float = 0.0  # AMS: per-robot downlink budget (issue #10); 0 = gamma and encoding as set
     train_precision: str = _T.train_precision     # AMS / one-time training: float32 | float16 | bfloat16 autocast
     inference_dtype: str = "float32"              # the edge student's inference (autocast); --inference-dtype
     # ---- the network and the server (stream-time model)

@@ -27,6 +27,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from ams_ros.core.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.frame_codec import decode_frames, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler
 from ams_ros.core.params import read_flat
@@ -356,7 +357,7 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
                               update_period_s=p.update_period_s, gamma=p.gamma, strategy=p.strategy, lr=p.lr,
                               input_size=(w, h), seed=p.seed, train_precision=p.train_precision),
-        update_encoding=p.encoding,
+        update_encoding=p.encoding, downlink=DownlinkBudgetConfig(downlink_budget_kbps=p.downlink_budget_kbps),
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
     session = DeviceSession("eval", copy.deepcopy(ctx.student), cfg)

@@ -34,6 +34,7 @@ from rclpy.node import Node
 from ams_msgs.msg import ModelUpdate, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.devices import configure_cudnn, describe, resolve_device
+from ams_ros.core.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.params import fingerprint
 from ams_ros.core.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
@@ -80,6 +81,9 @@ PARAMS = (
     Param("state_dir", "", "Folder where each robot's session is saved after every phase and resumed from at "
                            "start-up (empty = no persistence: a restart starts new chains)"),
     from_field(SessionConfig, "catch_up_versions"),
+    # issue 10: a per-robot downlink budget (gamma and encoding picked per phase)
+    from_field(DownlinkBudgetConfig, "downlink_budget_kbps"),
+    from_field(DownlinkBudgetConfig, "min_gamma", name="budget_min_gamma"),
     # issue 16: one GPU shared among the robots
     from_field(SchedulerConfig, "policy", name="scheduler_policy", dynamic=True),
     from_field(SchedulerConfig, "max_wait_periods"),
@@ -121,7 +125,9 @@ class AMSTrainerNode(Node):
             cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
                                 snapshot_encoding=p["snapshot_encoding"],
                                 signing_key=self.signing_key, min_samples=int(p["min_samples"]),
-                                catch_up_versions=int(p["catch_up_versions"]))
+                                catch_up_versions=int(p["catch_up_versions"]),
+                                downlink=DownlinkBudgetConfig(downlink_budget_kbps=float(p["downlink_budget_kbps"]),
+                                                              min_gamma=float(p["budget_min_gamma"])))
             if self.store is not None:
                 loaded = self.store.load(dev, base, cfg)
                 (self.get_logger().warning if loaded.warning else self.get_logger().info)(loaded.message)
@@ -285,6 +291,9 @@ class AMSTrainerNode(Node):
                 f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
                 f"loss {r.loss:.3f}, {r.num_samples} samples, {len(r.indices)} params, "
                 f"{len(msg.indices) + len(msg.values)} bytes, {outcome.wall_s:.1f} s"
+                + (f" (budget {session.config.downlink.downlink_budget_kbps:g} Kbps: gamma {outcome.plan.gamma:.4f}, "
+                   f"{outcome.plan.encoding}, average {session.budget.average_kbps(r.now) or 0.0:.1f} Kbps)"
+                   if outcome.plan is not None else "")
             )
 
     def _publish_status(self, dev: str, session: DeviceSession, outcome, requested: float, stretched: bool) -> None:
