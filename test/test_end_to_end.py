@@ -123,3 +123,34 @@ def test_demo_runs_signed_by_default(demo_run):
     assert summary["updates_applied"] >= 4 and summary["updates_rejected"] == 0
     server_log = (out / "server.log").read_text() if (out / "server.log").exists() else ""
     assert "rejected batch" not in server_log and "refused a snapshot request" not in server_log
+
+
+def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
+    """(issue #16) `make demo ARGS="--robots 2"`: two edge processes, each under its namespace
+    playing its own synthetic world, on one server. Each robot applies consecutive updates
+    (v0->v1->v2..., none rejected), gets label maps and a GPU share, and every process exits 0."""
+    out = tmp_path / "fleet"
+    cmd = [sys.executable, "-m", "ams_ros.demo", "--robots", "2", "--out", str(out), "--cache-dir", str(out / "cache"),
+           "--duration", "30", "--source", "synthetic:0?shifts=12", "--width", "96", "--height", "48",
+           "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
+           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "100", "--eval-every", "2", "--quiet", "--no-video",
+           "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
+    proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["exit_codes"] == {"edge_robot1": 0, "edge_robot2": 0, "server": 0}
+    assert summary["tracebacks_in"] == []
+    for dev, source in (("robot1", "synthetic:0?shifts=12"), ("robot2", "synthetic:1?shifts=12")):
+        log = (out / f"edge_{dev}.log").read_text()
+        applied = [(int(a), int(b)) for a, b in re.findall(r"applied update v(\d+)->v(\d+)", log)]
+        assert len(applied) >= 2 and applied[0][0] == 0, (dev, log[-3000:])
+        assert all(b == a + 1 for a, b in applied), (dev, applied)
+        assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1)), (dev, applied)
+        r = summary["robots"][dev]
+        assert r["source"] == source and r["updates_rejected"] == 0 and r["edge_exit_code"] == 0, r
+        assert r["updates_applied"] >= len(applied) - 1 and r["final_version"] >= applied[-1][1] - 1, r
+        assert r["frames_scored"] > 10 and r["miou_streamed"] is not None, r  # it got label maps
+        assert r["gpu_share"] is not None and 0.0 < r["gpu_share"] <= 1.0, r
+        assert r["uplink_kbps"] > 0 and r["downlink_kbps"] > 0, r
+    server_log = (out / "server.log").read_text()
+    assert "rejected batch" not in server_log and "refused a snapshot request" not in server_log

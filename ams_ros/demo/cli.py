@@ -4,7 +4,9 @@ By default everything is offline: the robot plays the synthetic world (which shi
 during the run), the server's teacher is the world's noisy oracle, and the student starts from
 a checkpoint pretrained on the world before its first shift (made once, then cached). An
 observer in this process scores the streamed student and a frozen copy against ground truth,
-records an overlay video, and writes ``summary.json`` and plots.
+records an overlay video, and writes ``summary.json`` and plots. With ``--robots N`` (issue #16)
+N robot processes, each under its own namespace playing its own synthetic world, share the one
+base station, and the summary and plots report each robot.
 """
 
 from __future__ import annotations
@@ -48,7 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=_T.lr, help="Adam learning rate")
     p.add_argument("--encoding", default=SessionConfig.update_encoding, choices=tuple(ENCODINGS), help="update encoding")
     p.add_argument("--bitrate", type=int, default=BatchEncoderConfig.bitrate_bps, help="uplink H.264 target (bits/s)")
-    p.add_argument("--device-id", default="robot1", help="robot name")
+    p.add_argument("--device-id", default="robot1", help="robot name (of a one-robot demo)")
+    p.add_argument("--robots", type=int, default=1,
+                   help="robots sharing the one base station (issue #16): robot1..robotN, each its own process and "
+                        "namespace; on the synthetic world robot i plays synthetic:<seed+i-1> (same shift times) with "
+                        "its own oracle, a real --source is played by every robot alike")
     p.add_argument("--device", default=DeviceConfig.device,
                    help="torch device of both processes (robot student, server trainer and teacher): auto | cpu | "
                         "cuda | cuda:N; CUDA where torch sees none fails at start-up")

@@ -1,9 +1,11 @@
-"""The demo's observer: an rclpy node that watches one robot and scores it.
+"""The demo's observer: an rclpy node that watches every robot (issue #16: one or many, each
+under its namespace) and scores each.
 
-It scores every n-th label map of the streamed student, and the same frame through a frozen
-copy of the initial student, against ground truth (synthetic world) or the teacher (real
-footage); it also counts uplink/downlink bytes, sampling commands, label-map gaps (stalls)
-and records the overlay video.
+It scores every n-th label map of each robot's streamed student, and the same frame through a
+frozen copy of the initial student, against ground truth (the robot's synthetic world) or the
+teacher (real footage); it also counts each robot's uplink/downlink bytes, sampling commands,
+label-map gaps (stalls), keeps its ServerStatus (GPU share), and records the first robot's
+overlay video.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from ams_ros.nodes.qos import qos
 
 
 class Observer:
-    def __init__(self, args: argparse.Namespace, weights: str, out: Path) -> None:
+    def __init__(self, args: argparse.Namespace, weights: str, out: Path,
+                 robots: list[tuple[str, str]] | None = None) -> None:
+        """``robots``: (device id, source) of each robot watched; default the one robot of ``args``."""
         self.args = args
         self.out = out
-        dev = args.device_id
+        robots = robots or [(args.device_id, args.source)]
         rclpy.init()
         self.node = rclpy.create_node("ams_demo_observer")
         self.executor = SingleThreadedExecutor()
@@ -48,9 +52,108 @@ class Observer:
         set_torch_threads(1)
         self.frozen = load_student(args.student, num_classes=self.num_classes, weights=weights).eval()
         self.size = (args.width, args.height)
-        self.reference = _reference(args, self.space, selected)
-        n = self.node
-        ns = f"/{dev}"
+        self._taken = 0
+        self.robots: dict[str, RobotWatch] = {}
+        for i, (dev, source) in enumerate(robots):
+            video = None if args.no_video or i > 0 else _VideoWriter(out / "overlay.mp4", fps=args.fps)
+            self.robots[dev] = RobotWatch(self, dev, source, _reference(args, source, self.space, selected), video)
+        self._snapshot_clients = [self.node.create_client(GetModelSnapshot, f"/{dev}/{T.SNAPSHOT_SERVICE}")
+                                  for dev in self.robots]
+
+    @property
+    def latest_stream_t(self) -> float:
+        """The stream time every robot has reached (the slowest robot's latest label map)."""
+        return min(r.latest_stream_t for r in self.robots.values())
+
+    # ------------------------------------------------------------------ scoring
+    def _score_pending(self, budget_s: float) -> None:
+        """Score waiting label maps, the robots in turn, one map each, until ``budget_s``."""
+        deadline = time.monotonic() + budget_s
+        while time.monotonic() < deadline:
+            waiting = [r for r in self.robots.values() if r._pending]
+            if not waiting:
+                return
+            for r in waiting:
+                r.score_one()
+
+    # ------------------------------------------------------------------ run
+    def wait_for_service(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(c.service_is_ready() for c in self._snapshot_clients):
+                return True
+            self.executor.spin_once(timeout_sec=0.1)
+        return False
+
+    def run(self, until_stream_t: float, processes: list, rss=None) -> None:
+        """Observe until ``until_stream_t`` of stream time; ``rss`` (an :class:`RssLog`) is
+        sampled on the way (the soak benchmark)."""
+        last_print = 0.0
+        t0 = time.monotonic()
+        while self.latest_stream_t < until_stream_t:
+            self._drain()
+            if rss is not None:
+                rss.maybe_sample(self.latest_stream_t)
+            self._score_pending(budget_s=0.05)
+            dead = [p.name for p in processes if not p.alive()]
+            if dead:
+                raise RuntimeError(f"process(es) {', '.join(dead)} exited early; see their logs in {self.out}")
+            if time.monotonic() - last_print > 10.0:
+                last_print = time.monotonic()
+                self.print_progress(until_stream_t, time.monotonic() - t0)
+            if self.latest_stream_t == 0.0 and time.monotonic() - t0 > 120:
+                silent = [d for d, r in self.robots.items() if r.latest_stream_t == 0.0]
+                raise RuntimeError(f"no label maps from {', '.join(silent)} after 120 s; see logs in {self.out}")
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:  # drain what is in flight
+            self.executor.spin_once(timeout_sec=0.02)
+        self._score_pending(budget_s=10.0)
+
+    def _drain(self, most: int = 200) -> None:
+        """Wait up to 20 ms for a message, then take every one already waiting, before the next
+        bit of scoring. One message per scoring slice fell ~10 s behind the robot on 2 busy cores,
+        and the oldest label maps were lost from the subscription's queue."""
+        self.executor.spin_once(timeout_sec=0.02)
+        for _ in range(most):
+            before = self._taken
+            self.executor.spin_once(timeout_sec=0.0)
+            if self._taken == before:
+                return
+
+    def print_progress(self, total: float, wall: float) -> None:
+        pct = 100.0 * min(1.0, self.latest_stream_t / total)
+        many = len(self.robots) > 1
+        for dev, r in self.robots.items():
+            recent = [s for s in r.scores if s["t"] > r.latest_stream_t - 10.0]
+            st = r.edge_status
+            ms = f"mIoU streamed {np.nanmean([s['streamed'] for s in recent]):.3f} frozen {np.nanmean([s['frozen'] for s in recent]):.3f}" if recent else "mIoU -"
+            v = f"model v{st.model_version}, {st.inference_rate:.1f} fps, {st.inference_latency_ms:.0f} ms" if st else "edge starting"
+            who = f" {dev}:" if many else ""
+            print(f"[demo] {pct:5.1f}%{who}  t={r.latest_stream_t:6.1f}/{total:g} s  {v}  {ms}  "
+                  f"up {sum(b for _, b in r.uplink) / 1024:.0f} KiB  down {sum(b for _, b in r.downlink) / 1024:.0f} KiB  "
+                  f"(wall {wall:.0f} s)", flush=True)
+
+    def close(self) -> None:
+        for r in self.robots.values():
+            if r._video is not None:
+                r._video.close()
+        self.executor.remove_node(self.node)
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+class RobotWatch:
+    """What the observer measures of one robot: its topics under ``/<device_id>``."""
+
+    def __init__(self, observer: Observer, device_id: str, source: str, reference: _Reference,
+                 video: _VideoWriter | None) -> None:
+        self.observer = observer
+        self.device_id = device_id
+        self.source = source
+        self.args = observer.args
+        self.reference = reference
+        n = observer.node
+        ns = f"/{device_id}"
         for msg_type, topic, callback, profile in (
             (Image, T.LABELS, self._on_labels, qos("reliable", 50)),
             (Image, T.OVERLAY, self._on_overlay, qos("reliable", 5)),
@@ -61,8 +164,9 @@ class Observer:
             (EdgeStatus, T.EDGE_STATUS, self._on_edge_status, qos("reliable", 10)),
             (ServerStatus, T.SERVER_STATUS, self._on_server_status, qos("reliable", 10)),
         ):
+            if topic == T.OVERLAY and video is None:
+                continue  # decoding overlays nobody records costs the shared CPU
             n.create_subscription(msg_type, f"{ns}/{topic}", self._counted(callback), profile)
-        self._snapshot_client = n.create_client(GetModelSnapshot, f"{ns}/{T.SNAPSHOT_SERVICE}")
         # measurements
         self.label_arrivals: list[float] = []
         self.label_stamps: list[float] = []
@@ -82,16 +186,15 @@ class Observer:
         self._image_order: deque[float] = deque()
         self._pending: deque[tuple[float, np.ndarray]] = deque(maxlen=20)
         self._label_count = 0
-        self._taken = 0
-        self._video = None if args.no_video else _VideoWriter(out / "overlay.mp4", fps=args.fps)
-        self.cm_streamed = ConfusionMatrix(self.num_classes)
-        self.cm_frozen = ConfusionMatrix(self.num_classes)
+        self._video = video
+        self.cm_streamed = ConfusionMatrix(observer.num_classes)
+        self.cm_frozen = ConfusionMatrix(observer.num_classes)
 
     # ------------------------------------------------------------------ callbacks
     def _counted(self, callback):
         """``callback`` that also counts messages taken, so ``_drain`` knows when none is left."""
         def run(msg) -> None:
-            self._taken += 1
+            self.observer._taken += 1
             callback(msg)
         return run
 
@@ -139,85 +242,24 @@ class Observer:
     def _on_server_status(self, msg: ServerStatus) -> None:
         self.server_status.append(msg)
 
-    # ------------------------------------------------------------------ scoring
-    def _score_pending(self, budget_s: float) -> None:
-        deadline = time.monotonic() + budget_s
-        while self._pending and time.monotonic() < deadline:
-            t, streamed = self._pending.popleft()
-            ref = self.reference.labels(t, self._images.get(t))
-            if ref is None:
-                continue
-            rgb, gt = ref
-            frozen = predict(self.frozen, [rgb], size=self.size)[0]
-            if streamed.shape != gt.shape:
-                continue
-            version = int(self.edge_status.model_version) if self.edge_status else 0
-            s = miou(streamed, gt, self.num_classes)
-            f = miou(frozen, gt, self.num_classes)
-            self.scores.append({"t": t, "streamed": s, "frozen": f, "version": version})
-            if t >= self.reference.score_from:
-                self.cm_streamed.update(streamed, gt)
-                self.cm_frozen.update(frozen, gt)
-
-    # ------------------------------------------------------------------ run
-    def wait_for_service(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._snapshot_client.service_is_ready():
-                return True
-            self.executor.spin_once(timeout_sec=0.1)
-        return False
-
-    def run(self, until_stream_t: float, processes: list, rss=None) -> None:
-        """Observe until ``until_stream_t`` of stream time; ``rss`` (an :class:`RssLog`) is
-        sampled on the way (the soak benchmark)."""
-        last_print = 0.0
-        t0 = time.monotonic()
-        while self.latest_stream_t < until_stream_t:
-            self._drain()
-            if rss is not None:
-                rss.maybe_sample(self.latest_stream_t)
-            self._score_pending(budget_s=0.05)
-            dead = [p.name for p in processes if not p.alive()]
-            if dead:
-                raise RuntimeError(f"process(es) {', '.join(dead)} exited early; see their logs in {self.out}")
-            if time.monotonic() - last_print > 10.0:
-                last_print = time.monotonic()
-                self.print_progress(until_stream_t, time.monotonic() - t0)
-            if self.latest_stream_t == 0.0 and time.monotonic() - t0 > 120:
-                raise RuntimeError(f"no label maps after 120 s; see logs in {self.out}")
-        end = time.monotonic() + 3.0
-        while time.monotonic() < end:  # drain what is in flight
-            self.executor.spin_once(timeout_sec=0.02)
-        self._score_pending(budget_s=10.0)
-
-    def _drain(self, most: int = 200) -> None:
-        """Wait up to 20 ms for a message, then take every one already waiting, before the next
-        bit of scoring. One message per scoring slice fell ~10 s behind the robot on 2 busy cores,
-        and the oldest label maps were lost from the subscription's queue."""
-        self.executor.spin_once(timeout_sec=0.02)
-        for _ in range(most):
-            before = self._taken
-            self.executor.spin_once(timeout_sec=0.0)
-            if self._taken == before:
-                return
-
-    def print_progress(self, total: float, wall: float) -> None:
-        recent = [s for s in self.scores if s["t"] > self.latest_stream_t - 10.0]
-        st = self.edge_status
-        ms = f"mIoU streamed {np.nanmean([s['streamed'] for s in recent]):.3f} frozen {np.nanmean([s['frozen'] for s in recent]):.3f}" if recent else "mIoU -"
-        v = f"model v{st.model_version}, {st.inference_rate:.1f} fps, {st.inference_latency_ms:.0f} ms" if st else "edge starting"
-        pct = 100.0 * min(1.0, self.latest_stream_t / total)
-        print(f"[demo] {pct:5.1f}%  t={self.latest_stream_t:6.1f}/{total:g} s  {v}  {ms}  "
-              f"up {sum(b for _, b in self.uplink) / 1024:.0f} KiB  down {sum(b for _, b in self.downlink) / 1024:.0f} KiB  "
-              f"(wall {wall:.0f} s)", flush=True)
-
-    def close(self) -> None:
-        if self._video is not None:
-            self._video.close()
-        self.executor.remove_node(self.node)
-        self.node.destroy_node()
-        rclpy.try_shutdown()
+    def score_one(self) -> None:
+        """Score the oldest waiting label map and the frozen student on the same frame."""
+        obs = self.observer
+        t, streamed = self._pending.popleft()
+        ref = self.reference.labels(t, self._images.get(t))
+        if ref is None:
+            return
+        rgb, gt = ref
+        frozen = predict(obs.frozen, [rgb], size=obs.size)[0]
+        if streamed.shape != gt.shape:
+            return
+        version = int(self.edge_status.model_version) if self.edge_status else 0
+        s = miou(streamed, gt, obs.num_classes)
+        f = miou(frozen, gt, obs.num_classes)
+        self.scores.append({"t": t, "streamed": s, "frozen": f, "version": version})
+        if t >= self.reference.score_from:
+            self.cm_streamed.update(streamed, gt)
+            self.cm_frozen.update(frozen, gt)
 
 
 class _Reference:
@@ -259,9 +301,9 @@ class _TeacherReference(_Reference):
         return image, self.teacher.label([image])[0]
 
 
-def _reference(args, space, selected) -> _Reference:
-    if args.source.startswith("synthetic"):
-        return _SyntheticReference(args.source, (args.width, args.height), args.duration)
+def _reference(args, source: str, space, selected) -> _Reference:
+    if source.startswith("synthetic"):
+        return _SyntheticReference(source, (args.width, args.height), args.duration)
     return _TeacherReference(args.teacher, selected)
 
 

@@ -1,4 +1,9 @@
-"""The demo's outputs: summary.json and plots (mIoU over time, sampling rate, bandwidth)."""
+"""The demo's outputs: summary.json and plots (mIoU over time, sampling rate, bandwidth).
+
+The summary's top-level figures are the first robot's (with one robot, the demo's); ``robots``
+(issue #16) holds each robot's mIoU, updates, GPU share and Kbps, and the plots draw one line per
+robot.
+"""
 
 from __future__ import annotations
 
@@ -24,15 +29,56 @@ def max_gap_ms(arrivals: list[float], skip_s: float = 0.0) -> float:
     return float(np.max(np.diff(a)) * 1000.0) if a.size >= 2 else float("nan")
 
 
-def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
+def write_report(obs, out: Path, args: argparse.Namespace, extra: dict,
+                 exit_codes: dict[str, int | None] | None = None) -> dict:
+    """``obs``: the :class:`~ams_ros.demo.observer.Observer` (or one robot's watch, with the same
+    measurements); ``exit_codes``: each robot's edge process exit code, by device id."""
+    robots = getattr(obs, "robots", None) or {getattr(args, "device_id", "robot1"): obs}
+    first = next(iter(robots.values()))
+    summary = {**_robot_summary(first, args), **extra}
+    summary["robots"] = {dev: _robot_brief(w, summary if w is first else _robot_summary(w, args),
+                                           (exit_codes or {}).get(dev))
+                         for dev, w in robots.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "scores.json").write_text(json.dumps(first.scores))
+    (out / "label_arrivals.json").write_text(json.dumps({"wall": first.label_arrivals, "stamp": first.label_stamps}))
+    if len(robots) > 1:
+        (out / "scores_by_robot.json").write_text(json.dumps({dev: w.scores for dev, w in robots.items()}))
+    _plots(robots, out, max(min(w.latest_stream_t for w in robots.values()), 1e-9))
+    return summary
+
+
+def _robot_brief(w, full: dict, exit_code: int | None) -> dict:
+    """One robot's line of ``summary["robots"]``."""
+    shares = [float(s.gpu_share) for s in w.server_status]
+    return {
+        "source": full["source"],
+        "miou_streamed": full["miou_streamed"],
+        "miou_frozen": full["miou_frozen"],
+        "updates_applied": full["updates_applied"],
+        "updates_rejected": full["updates_rejected"],
+        "final_version": full["model_version"],
+        # the scheduler's sliding-window share, as the server published it after each phase
+        "gpu_share": round(float(np.mean(shares)), 4) if shares else None,
+        "gpu_share_last": round(shares[-1], 4) if shares else None,
+        "training_phases_seen": len(w.server_status),
+        "uplink_kbps": full["uplink_kbps"],
+        "downlink_kbps": full["downlink_kbps"],
+        "frames_scored": full["frames_scored"],
+        "edge_exit_code": exit_code,
+    }
+
+
+def _robot_summary(obs, args: argparse.Namespace) -> dict:
+    """The summary figures of one robot (``obs``: its watch)."""
     duration = max(obs.latest_stream_t, 1e-9)
     st = obs.edge_status
     # judged against the source's own timing (its stamps), not the demo's nominal --fps: a
     # folder playing 1 frame/s with a 65 s hole is not 679 missing maps and a 65 s stall
     period = source_period(obs.image_stamps) or 1.0 / args.fps
     over_source = obs.edge_source_gap_windows
-    summary = {
-        "source": args.source,
+    return {
+        "source": getattr(obs, "source", None) or args.source,
         "teacher": args.teacher,
         "student": args.student,
         "resolution": [args.width, args.height],
@@ -79,13 +125,7 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict) -> dict:
         "sampling_commands": [{"t": t, "rate": r, "period": p} for t, r, p in obs.commands],
         "period_stretched_phases": sum(1 for s in obs.server_status if s.period_stretched),
         "train_seconds_mean": float(np.mean([s.train_seconds for s in obs.server_status])) if obs.server_status else None,
-        **extra,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "scores.json").write_text(json.dumps(obs.scores))
-    (out / "label_arrivals.json").write_text(json.dumps({"wall": obs.label_arrivals, "stamp": obs.label_stamps}))
-    _plots(obs, out, duration)
-    return summary
 
 
 def _missing(stamps: list[float], period: float) -> int:
@@ -100,34 +140,45 @@ def _nan_none(x: float):
     return None if x is None or not np.isfinite(x) else round(float(x), 4)
 
 
-def _plots(obs, out: Path, duration: float) -> None:
+def _plots(robots: dict, out: Path, duration: float) -> None:
+    """miou.png, sampling_rate.png and bandwidth.png; one line (colour) per robot when several."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if obs.scores:
-        t = np.array([s["t"] for s in obs.scores])
-        fig, ax = plt.subplots(figsize=(9, 3.5))
-        for key, label in (("streamed", "AMS streamed student"), ("frozen", "frozen initial student")):
-            v = np.array([s[key] for s in obs.scores], dtype=float)
-            ax.plot(t, _smooth(v, 5), label=label)
-        world = getattr(obs.reference, "world", None)
+    many = len(robots) > 1
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    first = next(iter(robots.values()))
+    if any(w.scores for w in robots.values()):
+        fig, ax = plt.subplots(figsize=(9, 3.5 if not many else 4.5))
+        for i, (dev, w) in enumerate(robots.items()):
+            if not w.scores:
+                continue
+            t = np.array([s["t"] for s in w.scores])
+            for key, label, ls in (("streamed", "AMS streamed student", "-"), ("frozen", "frozen initial student", ":")):
+                v = np.array([s[key] for s in w.scores], dtype=float)
+                style = {"color": colours[i % len(colours)], "ls": ls} if many else {}
+                ax.plot(t, _smooth(v, 5), label=f"{dev}: {label}" if many else label, **style)
+        world = getattr(first.reference, "world", None)
         for shift in (world.shifts if world is not None else []):
             ax.axvline(shift.t, color="grey", ls="--", lw=0.8)
         ax.set_xlabel("stream time (s)")
         ax.set_ylabel("mIoU")
         ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title("Segmentation accuracy (dashed: domain shifts)")
+        ax.legend(fontsize="small" if many else None, ncol=2 if many else 1)
+        ax.set_title("Segmentation accuracy" + (" per robot" if many else "") + " (dashed: domain shifts)")
         fig.tight_layout()
         fig.savefig(out / "miou.png", dpi=110)
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(9, 3))
-    if obs.commands:
-        ct = [0.0] + [c[0] for c in obs.commands] + [duration]
-        cr = [obs.commands[0][1]] + [c[1] for c in obs.commands] + [obs.commands[-1][1]]
-        ax.step(ct, cr, where="post")
+    for i, (dev, w) in enumerate(robots.items()):
+        if w.commands:
+            ct = [0.0] + [c[0] for c in w.commands] + [duration]
+            cr = [w.commands[0][1]] + [c[1] for c in w.commands] + [w.commands[-1][1]]
+            ax.step(ct, cr, where="post", **({"label": dev, "color": colours[i % len(colours)]} if many else {}))
+    if many:
+        ax.legend(fontsize="small")
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel("sampling rate (frames/s)")
     ax.set_title("Adaptive sampling rate commanded by the server")
@@ -135,17 +186,20 @@ def _plots(obs, out: Path, duration: float) -> None:
     fig.savefig(out / "sampling_rate.png", dpi=110)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(9, 3))
-    for events, label in ((obs.uplink, "uplink (frame batches)"), (obs.downlink, "downlink (model updates)")):
-        if events:
-            bins = np.arange(0, duration + 10, 10)
-            tt = np.array([e[0] for e in events])
-            bb = np.array([e[1] for e in events])
-            h, _ = np.histogram(tt, bins=bins, weights=bb)
-            ax.step(bins[:-1], h * 8 / 10 / 1000, where="post", label=label)
+    for i, (dev, w) in enumerate(robots.items()):
+        for events, label, ls in ((w.uplink, "uplink (frame batches)", "-"), (w.downlink, "downlink (model updates)", "--")):
+            if events:
+                bins = np.arange(0, duration + 10, 10)
+                tt = np.array([e[0] for e in events])
+                bb = np.array([e[1] for e in events])
+                h, _ = np.histogram(tt, bins=bins, weights=bb)
+                style = {"color": colours[i % len(colours)], "ls": ls} if many else {}
+                ax.step(bins[:-1], h * 8 / 10 / 1000, where="post", label=f"{dev}: {label}" if many else label, **style)
     ax.set_xlabel("stream time (s)")
     ax.set_ylabel("Kbps (10 s bins)")
-    ax.legend()
-    ax.set_title("Bandwidth")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small" if many else None)
+    ax.set_title("Bandwidth" + (" per robot" if many else ""))
     fig.tight_layout()
     fig.savefig(out / "bandwidth.png", dpi=110)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""The demo's orchestration: weights, the two processes, the observer, the report."""
+"""The demo's orchestration: weights, the processes (one server, one edge per robot), the observer,
+the report."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ams_ros.core.labels import parse_class_list
@@ -23,17 +25,60 @@ def prepare_weights(args: argparse.Namespace, out: Path) -> str:
     return str(pretrained_synthetic_student(args, cache_dir=Path(args.cache_dir)))
 
 
-def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) -> tuple[Path, Path]:
-    """Parameter files layered over config/edge.yaml and config/server.yaml (same layout: the
-    values every node of a process shares in ``/**``, the rest per node)."""
+@dataclass(frozen=True)
+class RobotPlan:
+    """One robot of the demo (issue #16: ``--robots N``): its id (and namespace), the source it
+    plays, the server's teacher for its batches, and the suffix of its files (none with one
+    robot: ``edge.log``, ``params_edge.yaml``; ``_robot2`` and so on with several)."""
+
+    device_id: str
+    source: str
+    teacher: str
+    suffix: str = ""
+
+
+def robot_plans(robots: int, device_id: str, source: str, teacher: str) -> list[RobotPlan]:
+    """The robots of a demo. One robot is ``device_id`` playing ``source``. ``N`` robots are
+    ``robot1..robotN``; on the synthetic world robot i plays ``synthetic:<seed+i-1>`` (the same
+    shift times) and the oracle teacher (``teacher`` "oracle") labels each robot's frames from its
+    own world; a real source is played by every robot alike, labelled by the one ``teacher``."""
+    if robots < 1:
+        raise SystemExit(f"--robots must be >= 1, got {robots}")
+    synthetic = source.startswith("synthetic")
+    rest = source[len("synthetic"):] if synthetic else ""
+    seed_part, sep, query = rest.partition("?")
+    if synthetic and seed_part not in ("", ":") and not seed_part[1:].isdigit():
+        raise SystemExit(f"--source '{source}': the seed must be an integer (synthetic[:SEED][?shifts=T1,T2])")
+    seed = int(seed_part[1:]) if seed_part[1:] else 0
+    tail = f"?{query}" if sep else ""
+    if teacher == "oracle":
+        if not synthetic:
+            raise SystemExit("the oracle teacher only knows the synthetic world: pass --teacher tflite:PATH (or another spec)")
+    if robots == 1:
+        return [RobotPlan(device_id, source, f"oracle:{seed}{tail}" if teacher == "oracle" else teacher)]
+    if device_id != "robot1":
+        raise SystemExit(f"--device-id '{device_id}' names the robot of a one-robot demo; with --robots {robots} "
+                         f"the robots are robot1..robot{robots}: drop --device-id")
+    plans = []
+    for i in range(robots):
+        src = f"synthetic:{seed + i}{tail}" if synthetic else source
+        plans.append(RobotPlan(f"robot{i + 1}", src, f"oracle:{seed + i}{tail}" if teacher == "oracle" else teacher,
+                               f"_robot{i + 1}"))
+    return plans
+
+
+def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
+                           robots: list[RobotPlan] | None = None) -> tuple[list[Path], Path]:
+    """Parameter files layered over config/edge.yaml (one per robot) and config/server.yaml
+    (same layout: the values every node of a process shares in ``/**``, the rest per node)."""
+    robots = robots or [RobotPlan(args.device_id, args.source, args.teacher)]
     sel = parse_class_list(args.selected_classes) or [""]
-    dev = args.device_id
     student = {"student": args.student, "student_weights": weights, "label_space": args.label_space,
                "selected_classes": sel}
-    edge = write_overrides(out / "params_edge.yaml", {
-        "/**": {"device_id": dev, **student, "device": args.device},
+    edges = [write_overrides(out / f"params_edge{r.suffix}.yaml", {
+        "/**": {"device_id": r.device_id, **student, "device": args.device},
         "camera_sampler": {
-            "source": args.source, "publish_rate": float(args.fps),
+            "source": r.source, "publish_rate": float(args.fps),
             "duration_s": float(args.duration) + 5.0, "stamp_origin": "stream",
             "source_width": args.width, "source_height": args.height,
             "train_width": args.width, "train_height": args.height,
@@ -44,10 +89,12 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
             "inference_dtype": args.inference_dtype,
             "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
-    })
+    }) for r in robots]
+    own_teachers = [f"{r.device_id}={r.teacher}" for r in robots if r.teacher != robots[0].teacher]
     server = write_overrides(out / "params_server.yaml", {
-        "/**": {"device_ids": [dev], **student},
-        "teacher_labeler": {"teacher": args.teacher, "device": args.device},
+        "/**": {"device_ids": [r.device_id for r in robots], **student},
+        "teacher_labeler": {"teacher": robots[0].teacher, "device": args.device,
+                            **({"device_teachers": own_teachers} if own_teachers else {})},
         "ams_trainer": {
             "input_width": args.width, "input_height": args.height, "iterations": int(args.iterations),
             "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
@@ -59,13 +106,13 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path) ->
         },
     })
     if not getattr(args, "unsigned", False):
-        _add_demo_keys(edge, server, dev, out / "keys")
-    return edge, server
+        _add_demo_keys(edges, server, [r.device_id for r in robots], out / "keys")
+    return edges, server
 
 
-def _add_demo_keys(edge: Path, server: Path, dev: str, key_dir: Path) -> None:
-    """(issue #13) Ephemeral server and robot keys for this run, wired into both parameter files:
-    the demo runs signed, as a deployment should."""
+def _add_demo_keys(edges: list[Path], server: Path, devs: list[str], key_dir: Path) -> None:
+    """(issue #13) Ephemeral keys for this run, wired into the parameter files: the server's and
+    one per robot (``edges[i]`` is robot ``devs[i]``'s). The demo runs signed, as a deployment should."""
     import shutil
 
     import yaml
@@ -74,71 +121,74 @@ def _add_demo_keys(edge: Path, server: Path, dev: str, key_dir: Path) -> None:
 
     shutil.rmtree(key_dir, ignore_errors=True)
     server_key_path, server_key = generate(key_dir, "server")
-    robot_key_path, robot_key = generate(key_dir, dev)
-    for path, extra in ((edge, {"robot_key_file": str(robot_key_path)}),
-                        (server, {"robot_public_keys": [f"{dev}={robot_key.public_text}"]})):
-        data = yaml.safe_load(path.read_text())
-        data["/**"]["ros__parameters"].update(extra)
-        if path == edge:
-            patcher = data.setdefault("/**/model_patcher", {"ros__parameters": {}})["ros__parameters"]
-            patcher["server_public_keys"] = [server_key.public_text]
-        else:
-            data["/**/ams_trainer"]["ros__parameters"]["signing_key_file"] = str(server_key_path)
-        path.write_text(yaml.safe_dump(data))
+    public = []
+    for edge, dev in zip(edges, devs):
+        robot_key_path, robot_key = generate(key_dir, dev)
+        public.append(f"{dev}={robot_key.public_text}")
+        data = yaml.safe_load(edge.read_text())
+        data["/**"]["ros__parameters"]["robot_key_file"] = str(robot_key_path)
+        patcher = data.setdefault("/**/model_patcher", {"ros__parameters": {}})["ros__parameters"]
+        patcher["server_public_keys"] = [server_key.public_text]
+        edge.write_text(yaml.safe_dump(data))
+    data = yaml.safe_load(server.read_text())
+    data["/**"]["ros__parameters"]["robot_public_keys"] = public
+    data["/**/ams_trainer"]["ros__parameters"]["signing_key_file"] = str(server_key_path)
+    server.write_text(yaml.safe_dump(data))
 
 
 def run_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
+    robots = robot_plans(getattr(args, "robots", 1), args.device_id, args.source, args.teacher)
     print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, DDS on loopback)")
     weights = prepare_weights(args, out)
     for old in (out / "server_state").glob("*.session*"):  # each demo run starts new chains
         old.unlink()
-    if args.teacher == "oracle":
-        if not args.source.startswith("synthetic"):
-            raise SystemExit("the oracle teacher only knows the synthetic world: pass --teacher tflite:PATH (or another spec)")
-        args.teacher = "oracle" + (args.source[len("synthetic"):] or ":0")
-        if args.teacher.startswith("oracle?"):
-            args.teacher = "oracle:0" + args.teacher[len("oracle"):]
-    edge_params, server_params = edge_and_server_params(args, weights, out)
+    args.teacher = robots[0].teacher
+    edge_params, server_params = edge_and_server_params(args, weights, out, robots)
 
     from ams_ros.demo.observer import Observer
 
-    observer = Observer(args, weights, out)
+    observer = Observer(args, weights, out, [(r.device_id, r.source) for r in robots])
     server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
                         out / "server.log", echo=not args.quiet)
-    # give the server a moment to come up so the robot's start-up snapshot request is answered
+    # give the server a moment to come up so the robots' start-up snapshot requests are answered
     observer.wait_for_service(timeout=30.0)
-    edge = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", edge_params], args.device_id,
-                      out / "edge.log", echo=not args.quiet)
-    print(f"[demo] server pid {server.pid}, edge pid {edge.pid}; streaming {args.duration:g} s of '{args.source}'")
+    edges = [RosProcess(f"edge{r.suffix}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], r.device_id,
+                        out / f"edge{r.suffix}.log", echo=not args.quiet)
+             for r, params in zip(robots, edge_params)]
+    print(f"[demo] server pid {server.pid}, edge pid(s) {', '.join(str(e.pid) for e in edges)}; streaming "
+          f"{args.duration:g} s of {', '.join(repr(r.source) for r in robots)}")
     rss = None
     if getattr(args, "rss_every", 0.0):
         from ams_ros.demo.rss import RssLog
 
-        rss = RssLog({"edge": edge.pid, "server": server.pid}, every_s=args.rss_every, fit_from_s=args.rss_fit_from)
+        rss = RssLog({**{e.name: e.pid for e in edges}, "server": server.pid},
+                     every_s=args.rss_every, fit_from_s=args.rss_fit_from)
     interrupted = False
     try:
-        observer.run(until_stream_t=args.duration, processes=[edge, server], rss=rss)
+        observer.run(until_stream_t=args.duration, processes=[*edges, server], rss=rss)
     except KeyboardInterrupt:
         interrupted = True
-        print("\n[demo] interrupted: stopping both processes and writing what was measured")
+        print("\n[demo] interrupted: stopping the processes and writing what was measured")
     finally:
-        edge_rc = edge.stop()
+        edge_rcs = [e.stop() for e in edges]
         server_rc = server.stop()
         observer.close()
-    tracebacks = [p.name for p in (edge, server) if "Traceback" in p.output()]
+    tracebacks = [p.name for p in (*edges, server) if "Traceback" in p.output()]
     rss_summary = rss.write(out) if rss is not None else None
     from ams_ros.demo.report import write_report
 
+    exit_codes = {**{e.name: rc for e, rc in zip(edges, edge_rcs)}, "server": server_rc}
     summary = write_report(observer, out, args, extra={
-        "edge_pid": edge.pid, "server_pid": server.pid, "edge_exit_code": edge_rc, "server_exit_code": server_rc,
+        "edge_pid": edges[0].pid, "server_pid": server.pid, "edge_exit_code": edge_rcs[0], "server_exit_code": server_rc,
+        **({"exit_codes": exit_codes} if len(edges) > 1 else {}),
         "tracebacks_in": tracebacks, "interrupted": interrupted, "wall_seconds": time.monotonic() - t_start,
         "student_weights": weights, **({"rss": rss_summary} if rss_summary else {}),
-    })
+    }, exit_codes={r.device_id: rc for r, rc in zip(robots, edge_rcs)})
     print(json.dumps(summary, indent=2))
-    problems = exit_problems({"edge": edge_rc, "server": server_rc}, tracebacks)
+    problems = exit_problems(exit_codes, tracebacks)
     for p in problems:
         print(f"[demo] FAILED: {p}")
     return 1 if problems else 0

@@ -5,7 +5,9 @@ Batches wait in a bounded queue per robot (the oldest is dropped, and counted, b
 hands the labelled frames to its session. A bad batch is rejected with its reason in
 ServerStatus and never stops the server. With ``robot_public_keys`` set (issue #13) a batch must
 carry a valid Ed25519 signature of its robot's key: an unsigned or forged one is dropped (counted,
-logged) on arrival, before it can push a genuine batch out of the queue.
+logged) on arrival, before it can push a genuine batch out of the queue. ``device_teachers``
+(issue #16) gives a robot its own teacher: robots playing different synthetic worlds each need
+their world's oracle (``make demo ARGS="--robots N"``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ PARAMS = (
     from_field(DeviceConfig, "device", description="Torch device of the teacher: auto (first CUDA device, else the "
                "CPU) | cpu | cuda | cuda:N; CUDA where torch sees none is a start-up error (TFLite and oracle "
                "teachers run on the CPU)"),
+    Param("device_teachers", [""], "Per-robot teachers as DEVICE_ID=SPEC entries overriding `teacher` for that robot "
+                                   "(e.g. robot2=oracle:1 for a robot playing synthetic:1; empty = `teacher` for all)"),
     Param("teacher_max_batch", 0, "Frames per teacher forward pass (0 = a robot's whole batch in one call)"),
     Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
           dynamic=True),
@@ -49,6 +53,23 @@ PARAMS = (
     from_field(BatchLimits, "max_frame_pixels"),
     ROBOT_PUBLIC_KEYS,
 )
+
+
+def parse_device_teachers(entries: list[str], device_ids: list[str]) -> dict[str, str]:
+    """``["robot2=oracle:1", ...]`` -> ``{"robot2": "oracle:1"}``, each robot one this server serves."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        dev, sep, spec = entry.partition("=")
+        dev, spec = dev.strip(), spec.strip()
+        if not sep or not dev or not spec:
+            raise ValueError(f"device_teachers entry '{entry}' is not DEVICE_ID=SPEC (e.g. robot2=oracle:1)")
+        if dev not in device_ids:
+            raise ValueError(f"device_teachers names '{dev}', which this server does not serve (device_ids: "
+                             f"{device_ids}): add it to device_ids or drop the entry")
+        if dev in out:
+            raise ValueError(f"device_teachers names '{dev}' twice ({out[dev]}, {spec}): keep one")
+        out[dev] = spec
+    return out
 
 
 class TeacherLabeler(Node):
@@ -63,15 +84,21 @@ class TeacherLabeler(Node):
         self._reject = RejectLog(self, counter=state.rejections)
         selected = string_list(self.p["selected_classes"])
         device = resolve_device(self.p["device"])  # DeviceError naming what torch sees
-        self.teacher = select_classes(build_teacher(self.p["teacher"]), selected)
-        where = place_teacher(self.teacher, device, explicit=self.p["device"].strip().lower() not in ("", "auto"),
-                              max_batch=int(self.p["teacher_max_batch"]))
         student_space = resolve_label_space(self.p["label_space"], selected)
-        if self.teacher.label_space.num_classes != student_space.num_classes:
-            raise ValueError(
-                f"teacher '{self.p['teacher']}' labels {self.teacher.label_space.num_classes} classes "
-                f"({self.teacher.label_space.name}) but the student predicts {student_space.num_classes} "
-                f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
+        specs = {dev: self.p["teacher"] for dev in state.device_ids}
+        specs.update(parse_device_teachers(string_list(self.p["device_teachers"]), state.device_ids))
+        built: dict[str, Any] = {}  # one teacher per distinct spec (robots sharing a spec share it)
+        for spec in dict.fromkeys(specs.values()):
+            teacher = select_classes(build_teacher(spec), selected)
+            where = place_teacher(teacher, device, explicit=self.p["device"].strip().lower() not in ("", "auto"),
+                                  max_batch=int(self.p["teacher_max_batch"]))
+            if teacher.label_space.num_classes != student_space.num_classes:
+                raise ValueError(
+                    f"teacher '{spec}' labels {teacher.label_space.num_classes} classes "
+                    f"({teacher.label_space.name}) but the student predicts {student_space.num_classes} "
+                    f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
+            built[spec] = teacher
+        self.teachers = {dev: built[spec] for dev, spec in specs.items()}
         self.robot_keys = robot_public_keys(self.p)
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
@@ -81,8 +108,8 @@ class TeacherLabeler(Node):
         self._unchecked_warned: set[str] = set()
         self._thread = worker_thread(self._work, "teacher_labeler", self.get_logger())
         self._thread.start()
-        self.get_logger().info(f"teacher '{self.p['teacher']}' on {where} labelling batches of "
-                               f"{', '.join(state.device_ids)}")
+        self.get_logger().info(f"teacher on {where} labelling batches of "
+                               f"{', '.join(f'{d} ({specs[d]})' for d in state.device_ids)}")
 
     @staticmethod
     def _check_change(changes: dict[str, Any]) -> None:
@@ -162,7 +189,7 @@ class TeacherLabeler(Node):
         self._check_integrity(dev, msg)
         n = self.state.sessions[dev].add_encoded_batch(
             bytes(msg.data), msg.codec, int(msg.width), int(msg.height), [stamp_to_sec(s) for s in msg.frame_stamps],
-            lambda frames, stamps: label_frames(self.teacher, frames, stamps), limits=self.limits)
+            lambda frames, stamps: label_frames(self.teachers[dev], frames, stamps), limits=self.limits)
         with self.state.cv:
             self.state.cv.notify_all()
         self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
