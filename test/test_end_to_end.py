@@ -131,9 +131,9 @@ def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
     (v0->v1->v2..., none rejected), gets label maps and a GPU share, and every process exits 0."""
     out = tmp_path / "fleet"
     cmd = [sys.executable, "-m", "ams_ros.demo", "--robots", "2", "--out", str(out), "--cache-dir", str(out / "cache"),
-           "--duration", "30", "--source", "synthetic:0?shifts=12", "--width", "96", "--height", "48",
+           "--duration", "24", "--source", "synthetic:0?shifts=12", "--width", "96", "--height", "48",
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
-           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "100", "--eval-every", "2", "--quiet", "--no-video",
+           "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "40", "--eval-every", "2", "--quiet", "--no-video",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
     proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
