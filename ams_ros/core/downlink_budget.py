@@ -122,7 +122,10 @@ class DownlinkBudget:
 
     def shipped(self, encoding: str | None, num_selected: int, wire_bytes: int) -> None:
         """An update left for the robot: its bytes come out of the bucket, and (for a sparse
-        update) its size per selected parameter updates that encoding's estimate."""
+        update) its size per selected parameter updates that encoding's estimate. Nothing
+        without a budget."""
+        if not self.enabled:
+            return
         self.tokens -= wire_bytes
         self.spent_bytes += int(wire_bytes)
         if encoding in self.bytes_per_selected and num_selected > 0:

@@ -110,6 +110,12 @@ class SortedWrite:
     flat: torch.Tensor | None = None  # the flat indices themselves, on the device (flat storage)
 
 
+def sorted_cuts(idx: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Where each tensor's run starts in *sorted* flat ``idx``: ``cuts[k]:cuts[k + 1]`` are the
+    entries of the tensor starting at ``offsets[k]`` (one binary search per tensor)."""
+    return np.append(np.searchsorted(idx, offsets), idx.size)
+
+
 def prepare_sorted(offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray, device: torch.device | str = "cpu") -> SortedWrite:
     """Indices (sorted) and values as a :class:`SortedWrite` for tensors starting at ``offsets``.
 
@@ -117,7 +123,7 @@ def prepare_sorted(offsets: np.ndarray, idx: np.ndarray, vals: np.ndarray, devic
     buffers (one host-to-device copy each) and each tensor then takes one ``index_copy_``;
     a model in flat storage takes the flat indices in one ``index_copy_``."""
     idx = np.ascontiguousarray(idx, dtype=np.int64)
-    cuts = np.append(np.searchsorted(idx, offsets), idx.size)
+    cuts = sorted_cuts(idx, offsets)
     # each index minus its tensor's offset, in one pass (repeat each tensor's offset over its run)
     local = idx - np.repeat(np.asarray(offsets, dtype=np.int64), np.diff(cuts))
     tv = torch.from_numpy(np.ascontiguousarray(vals, dtype=np.float32))

@@ -273,8 +273,7 @@ class DeviceSession:
             self._sign(update)
             self.version += 1
             self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
-            if self.budget.enabled:
-                self.budget.shipped(enc, update.num_selected, encoded_size(update))
+            self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
         return PhaseOutcome(update, result, self.last_phase_wall_s, plan)
 
@@ -288,8 +287,7 @@ class DeviceSession:
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
             self._sign(update)
-            if self.budget.enabled:
-                self.budget.shipped(None, 0, encoded_size(update))
+            self.budget.shipped(None, 0, encoded_size(update))
             return update
 
     def catch_up(self, have_version: int, encoding: str | None = None) -> EncodedUpdate | None:
@@ -310,8 +308,7 @@ class DeviceSession:
             write_flat(self.model, idx, vals)
             update.chain_tag = self.chain_tag
             self._sign(update)
-            if self.budget.enabled:
-                self.budget.shipped(None, 0, encoded_size(update))
+            self.budget.shipped(None, 0, encoded_size(update))
             return update
 
     def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:

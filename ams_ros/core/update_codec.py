@@ -50,7 +50,7 @@ import torch
 import zstandard
 from torch import nn
 
-from ams_ros.core.params import FlatAccessor, fingerprint, param_layout, write_flat
+from ams_ros.core.params import FlatAccessor, fingerprint, param_layout, sorted_cuts, write_flat
 
 
 class UpdateError(ValueError):
@@ -310,15 +310,42 @@ def _unzstd(blob: bytes, limit: int) -> bytes:
 
 _COMPRESS = {"lzma": lambda raw: lzma.compress(raw, preset=9 | lzma.PRESET_EXTREME),
              "zlib": lambda raw: zlib.compress(raw, 9), "zstd": _zstd}
-_DECOMPRESS = {"lzma": lambda blob, limit: _unlzma(blob, limit), "zlib": lambda blob, limit: _unzlib(blob, limit),
-               "zstd": _unzstd}
+_DECOMPRESS = {"lzma": _unlzma, "zlib": _unzlib, "zstd": _unzstd}
 
 
 # ---------------------------------------------------------------------------- value coders
 def _slot_of(indices: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The parameter tensor of each *sorted* index: one binary search per tensor, not per index."""
-    cuts = np.append(np.searchsorted(indices, offsets), indices.size)
-    return np.repeat(np.arange(offsets.size, dtype=np.int64), np.diff(cuts))
+    return np.repeat(np.arange(offsets.size, dtype=np.int64), np.diff(sorted_cuts(indices, offsets)))
+
+
+def _tensor_runs(indices: np.ndarray, offsets: np.ndarray):
+    """(tensor slot, start, end) of each tensor's run in *sorted* ``indices``, for the tensors
+    that have entries: the per-tensor tables of the quantised and ternary value coders."""
+    cuts = sorted_cuts(indices, offsets)
+    for s in range(offsets.size):
+        a, b = int(cuts[s]), int(cuts[s + 1])
+        if b > a:
+            yield s, a, b
+
+
+def _per_index(raw: bytes, fields: list[tuple[str, str]], nslots: int, indices: np.ndarray,
+               offsets: np.ndarray, kind: str) -> list[np.ndarray]:
+    """A value stream's per-tensor table (``<I`` slot, then ``fields``, after the 4-byte count)
+    as one array per field, each with the entry of every index's tensor. Refuses slots the
+    model does not have and indices whose tensor has no entry."""
+    table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), *fields]), count=nslots, offset=4)
+    if nslots and int(table["slot"].max()) >= offsets.size:
+        raise UpdateError(f"{kind} value stream names a parameter tensor the model does not have")
+    slots = _slot_of(indices, offsets)
+    out = []
+    for name, _ in fields:
+        per_slot = np.full(offsets.size, np.nan, dtype=np.float32)
+        per_slot[table["slot"]] = table[name]
+        out.append(per_slot[slots])
+    if np.isnan(out[0]).any():
+        raise UpdateError(f"{kind} value stream misses the scale of some parameter tensors")
+    return out
 
 
 def _pack_bits(q: np.ndarray, bits: int) -> bytes:
@@ -360,12 +387,10 @@ def _unpack_bits(raw: bytes, count: int, bits: int) -> np.ndarray:
 
 def _q8_encode(indices: np.ndarray, values: np.ndarray, offsets: np.ndarray, bits: int = 8,
                packed: bool = True) -> bytes:
-    slots = _slot_of(indices, offsets)
-    uniq, start = np.unique(slots, return_index=True)
-    ends = np.append(start[1:], slots.size)
-    header = [struct.pack("<I", uniq.size)]
+    runs = list(_tensor_runs(indices, offsets))
+    header = [struct.pack("<I", len(runs))]
     q = np.zeros(values.size, dtype=np.uint8)
-    for s, a, b in zip(uniq, start, ends):
+    for s, a, b in runs:
         v = values[a:b]
         top = (1 << bits) - 1
         lo, hi = float(v.min()), float(v.max())
@@ -391,30 +416,17 @@ def _q8_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray, bits: int =
         q = np.frombuffer(raw, dtype=np.uint8, offset=head).astype(np.float32)
         if indices.size and int(q.max()) >= 1 << bits:
             raise UpdateError(f"q{bits} value stream holds a symbol past {(1 << bits) - 1}")
-    table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("lo", "<f4"), ("scale", "<f4")]), count=nslots, offset=4)
-    nslot_total = offsets.size
-    if nslots and int(table["slot"].max()) >= nslot_total:
-        raise UpdateError("q8 value stream names a parameter tensor the model does not have")
-    lo = np.full(nslot_total, np.nan, dtype=np.float32)
-    scale = np.full(nslot_total, np.nan, dtype=np.float32)
-    lo[table["slot"]] = table["lo"]
-    scale[table["slot"]] = table["scale"]
-    slots = _slot_of(indices, offsets)
+    lo, scale = _per_index(raw, [("lo", "<f4"), ("scale", "<f4")], nslots, indices, offsets, "q8")
     with np.errstate(over="ignore", invalid="ignore"):  # a forged scale overflows: caught as non-finite
-        out = lo[slots] + q * scale[slots]
-    if np.isnan(lo[slots]).any():
-        raise UpdateError("q8 value stream misses the scale of some parameter tensors")
-    return out
+        return lo + q * scale
 
 
 def _ternary_encode(indices: np.ndarray, changes: np.ndarray, offsets: np.ndarray) -> bytes:
     """Signs of the changes (1 bit each, packed) after a table of one scale per tensor:
     ``<I`` count, then ``<If`` (tensor slot, mu = mean |change| of its selected coordinates)."""
-    slots = _slot_of(indices, offsets)
-    uniq, start = np.unique(slots, return_index=True)
-    ends = np.append(start[1:], slots.size)
-    header = [struct.pack("<I", uniq.size)]
-    for s, a, b in zip(uniq, start, ends):
+    runs = list(_tensor_runs(indices, offsets))
+    header = [struct.pack("<I", len(runs))]
+    for s, a, b in runs:
         header.append(struct.pack("<If", int(s), float(np.mean(np.abs(changes[a:b])))))
     return b"".join(header) + np.packbits(changes > 0).tobytes()
 
@@ -430,14 +442,7 @@ def _ternary_decode(raw: bytes, indices: np.ndarray, offsets: np.ndarray) -> np.
     head = 4 + 8 * nslots
     if len(raw) != head + (indices.size + 7) // 8:
         raise UpdateError(f"ternary value stream has {len(raw) - head} bytes of signs, expected {(indices.size + 7) // 8}")
-    table = np.frombuffer(raw, dtype=np.dtype([("slot", "<u4"), ("mu", "<f4")]), count=nslots, offset=4)
-    if nslots and int(table["slot"].max()) >= offsets.size:
-        raise UpdateError("ternary value stream names a parameter tensor the model does not have")
-    mu = np.full(offsets.size, np.nan, dtype=np.float32)
-    mu[table["slot"]] = table["mu"]
-    scale = mu[_slot_of(indices, offsets)]
-    if np.isnan(scale).any():
-        raise UpdateError("ternary value stream misses the scale of some parameter tensors")
+    (scale,) = _per_index(raw, [("mu", "<f4")], nslots, indices, offsets, "ternary")
     signs = np.unpackbits(np.frombuffer(raw, dtype=np.uint8, offset=head))[: indices.size]
     return np.where(signs.astype(bool), scale, -scale).astype(np.float32)
 
