@@ -54,17 +54,17 @@ def robot_plans(robots: int, device_id: str, source: str, teacher: str) -> list[
     if teacher == "oracle":
         if not synthetic:
             raise SystemExit("the oracle teacher only knows the synthetic world: pass --teacher tflite:PATH (or another spec)")
+
+    def teacher_of(world_seed: int) -> str:  # the oracle of that world, or the one teacher
+        return f"oracle:{world_seed}{tail}" if teacher == "oracle" else teacher
+
     if robots == 1:
-        return [RobotPlan(device_id, source, f"oracle:{seed}{tail}" if teacher == "oracle" else teacher)]
+        return [RobotPlan(device_id, source, teacher_of(seed))]
     if device_id != "robot1":
         raise SystemExit(f"--device-id '{device_id}' names the robot of a one-robot demo; with --robots {robots} "
                          f"the robots are robot1..robot{robots}: drop --device-id")
-    plans = []
-    for i in range(robots):
-        src = f"synthetic:{seed + i}{tail}" if synthetic else source
-        plans.append(RobotPlan(f"robot{i + 1}", src, f"oracle:{seed + i}{tail}" if teacher == "oracle" else teacher,
-                               f"_robot{i + 1}"))
-    return plans
+    return [RobotPlan(f"robot{i + 1}", f"synthetic:{seed + i}{tail}" if synthetic else source, teacher_of(seed + i),
+                      f"_robot{i + 1}") for i in range(robots)]
 
 
 def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
