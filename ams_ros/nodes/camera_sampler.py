@@ -3,10 +3,16 @@
 Input is a ``sensor_msgs/Image`` topic (sensor-data QoS, any common encoding) or, when no
 camera driver runs, a source this node plays itself (video file, image folder, rosbag,
 ``device:N``, ``synthetic[:seed]``), which it then also publishes for the segmenter.
+
+Test-only (fault benchmarks, ``make faults``): ``fault_drop_batches`` loses that fraction of the
+encoded batches before they are published (a seeded draw, :mod:`ams_ros.core.fault_injection`),
+as a bad uplink would; 0 (the default) is off. ``start_s`` resumes a finite source part-way
+(a robot that restarts does not replay the stream from its beginning).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -19,6 +25,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from ams_msgs.msg import FrameBatch, SamplingCommand
+from ams_ros.core.fault_injection import DROP, FaultConfig, FaultyLink
 from ams_ros.core.frame_codec import BatchEncoderConfig, encode_frames
 from ams_ros.core.frame_sampler import FrameSampler, SampledBatch
 from ams_ros.core.rate_control import RateControlConfig
@@ -38,7 +45,7 @@ from ams_ros.nodes.parameters import NodeParameters, Param, from_field
 from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.core.signing import SigningKey
-from ams_ros.nodes.shared_params import DEVICE_ID, IMAGE_TOPIC, ROBOT_KEY_FILE
+from ams_ros.nodes.shared_params import DEVICE_ID, FAULT_SEED, IMAGE_TOPIC, ROBOT_KEY_FILE, fault_param
 from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future
 
 PARAMS = (
@@ -50,6 +57,8 @@ PARAMS = (
     Param("publish_rate", 10.0, "Frames/s published when this node is the source (0 = the source's own rate)"),
     Param("loop", False, "Replay a finite source from the start when it ends"),
     Param("duration_s", 0.0, "Stop the source after this much stream time (0 = unlimited)"),
+    Param("start_s", 0.0, "Start a source this node plays this many seconds in (frames before are skipped, "
+                          "stamps keep the source's time): resume a stream after a restart"),
     Param("stamp_origin", "now", "'now': stamps on the node clock; 'stream': seconds since the source started",
           choices=("now", "stream")),
     Param("source_width", 512, "Width of synthetic frames / resize of file sources (0 = native)"),
@@ -70,6 +79,7 @@ PARAMS = (
           choices=RELIABILITIES),
     Param("image_qos_depth", 5, "Camera image QoS queue depth"),
     Param("batch_qos_depth", 10, "Frame batch / sampling command QoS depth (always reliable)"),
+    fault_param("drop", "batches"), FAULT_SEED,
 )
 _ENCODER_PARAMS = {"batch_codec": "codec", "bitrate_bps": "bitrate_bps", "x264_preset": "preset",
                    "encoder_threads": "threads"}
@@ -94,6 +104,11 @@ class CameraSampler(Node):
         self._sampler_lock = threading.Lock()
         self.counters.sampling_rate = self.sampler.sampling_rate
         self.counters.update_period = self.sampler.update_period
+        fault = FaultConfig(drop=float(self.p["fault_drop_batches"]), seed=int(self.p["fault_seed"]))
+        self._link: FaultyLink[int] | None = FaultyLink(fault) if fault.active else None
+        if self._link is not None:
+            self.get_logger().warning(f"TEST-ONLY fault injection: dropping {fault.drop:g} of the frame batches "
+                                      f"(seed {fault.seed})")
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch_encoder")
         self._input_group = MutuallyExclusiveCallbackGroup()
         reliable = qos("reliable", int(self.p["batch_qos_depth"]))
@@ -142,6 +157,9 @@ class CameraSampler(Node):
                 f"folder, a rosbag, device:N or synthetic[:seed]"
             ) from exc
         self._frames = iter(self._source)
+        start = float(self.p["start_s"])
+        if start > 0:
+            self._frames = itertools.dropwhile(lambda f: f[0] < start, self._frames)
 
     def _tick_source(self) -> None:
         """Publish the source frame for the current wall time (skipping frames to keep pace)."""
@@ -153,7 +171,8 @@ class CameraSampler(Node):
             # ticks from now on: frame k is due at tick k, so only a tick a whole period late skips
             # a frame (ticks left on the construction-time schedule made any jitter skip one)
             self._play_timer.reset()
-        elapsed = time.monotonic() - self._t_wall0
+        start = float(self.p["start_s"])
+        elapsed = time.monotonic() - self._t_wall0 + start
         duration = float(self.p["duration_s"])
         frame, self._pending = self._pending, None
         exhausted = False
@@ -182,7 +201,7 @@ class CameraSampler(Node):
             self._finish()
             return
         t, rgb = float(frame[0]), frame[1]
-        stamp_t = t if self.p["stamp_origin"] == "stream" else self._clock0 + t
+        stamp_t = t if self.p["stamp_origin"] == "stream" else self._clock0 + t - start
         msg = numpy_to_imgmsg(rgb, "rgb8")
         msg.header.stamp = sec_to_stamp(stamp_t)
         msg.header.frame_id = self.p["frame_id"]
@@ -255,6 +274,9 @@ class CameraSampler(Node):
             msg.signature = self._key.sign(frame_batch_signing_input(msg))
             msg.signer_key_id = self._key.key_id
         if not rclpy.ok():
+            return
+        if self._link is not None and self._link.push(batch.seq)[0] == DROP:
+            self.get_logger().info(f"fault injection: drop batch {batch.seq} ({len(enc.data)} bytes)")
             return
         self.batch_pub.publish(msg)
         with self.counters.lock:

@@ -12,6 +12,11 @@ Signatures (issue #13, :mod:`ams_ros.core.signing`): with ``server_public_keys``
 catch-up or snapshot must carry a valid Ed25519 signature of one of those keys, made for this
 robot, or it is rejected (counted) and the model stays as it is; with ``robot_key_file`` the
 robot signs its snapshot requests (with a timestamp and a nonce, so they cannot be replayed).
+
+Test-only (fault benchmarks, ``make faults``): ``fault_drop_updates``, ``fault_duplicate_updates``
+and ``fault_reorder_updates`` pass the updates received on the topic through a seeded lossy link
+(:mod:`ams_ros.core.fault_injection`) before they are handled, as a bad radio link would; all
+default to 0 (off). Snapshot and catch-up responses of the service are not disturbed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.devices import resolve_device
+from ams_ros.core.fault_injection import DROP, DUPLICATE, REORDER, FaultConfig, FaultyLink
 from ams_ros.core.params import fingerprint
 from ams_ros.core.signing import SigningKey, TrustedKeys, new_nonce, verify_update
 from ams_ros.core.update_codec import StaleUpdateError, UpdateError, VersionGapError
@@ -36,7 +42,7 @@ from ams_ros.nodes.edge_state import EdgeState
 from ams_ros.nodes.parameters import NodeParameters, Param, string_list
 from ams_ros.nodes.qos import qos
 from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE, ROBOT_KEY_FILE
+from ams_ros.nodes.shared_params import DEVICE_ID, EDGE_DEVICE, FAULT_SEED, ROBOT_KEY_FILE, fault_param
 
 PARAMS = (
     DEVICE_ID, EDGE_DEVICE,
@@ -49,6 +55,8 @@ PARAMS = (
     Param("update_qos_depth", 10, "Model update QoS depth (always reliable)"),
     Param("lost_update_grace_s", 1.0, "Seconds a sampling command's newer server version may wait for its update "
                                       "before the robot asks for a catch-up", dynamic=True),
+    fault_param("drop", "updates"), fault_param("duplicate", "updates"), fault_param("reorder", "updates"),
+    FAULT_SEED,
 )
 
 
@@ -69,6 +77,7 @@ class ModelPatcher(Node):
         self._key = SigningKey.load(self.p["robot_key_file"]) if self.p["robot_key_file"] else None
         self._reject_log = RejectLog(self, counter=self.counters.rejections, hardware_id=self.p["device_id"])
         self._retry_at = 0.0  # after a refused snapshot, the next request waits (no request storm)
+        self._link: FaultyLink[ModelUpdate] | None = self._fault_link()
         group = MutuallyExclusiveCallbackGroup()  # patching never shares a thread with inference
         self.create_subscription(ModelUpdate, topics.MODEL_UPDATE, self._reject_log.guard("update", self._on_update),
                                  qos("reliable", int(self.p["update_qos_depth"])), callback_group=group)
@@ -92,10 +101,30 @@ class ModelPatcher(Node):
         if grace is not None and grace < 0:
             raise ValueError(f"lost_update_grace_s must be >= 0, got {grace}")
 
+    def _fault_link(self) -> FaultyLink[ModelUpdate] | None:
+        """The test-only lossy link of the ``fault_*`` parameters, or None (the default: off)."""
+        config = FaultConfig(drop=float(self.p["fault_drop_updates"]), duplicate=float(self.p["fault_duplicate_updates"]),
+                             reorder=float(self.p["fault_reorder_updates"]), seed=int(self.p["fault_seed"]))
+        if not config.active:
+            return None
+        self.get_logger().warning(f"TEST-ONLY fault injection on received updates: drop {config.drop:g}, duplicate "
+                                  f"{config.duplicate:g}, reorder {config.reorder:g} (seed {config.seed})")
+        return FaultyLink(config)
+
     # ------------------------------------------------------------------ updates
     def _on_update(self, msg: ModelUpdate) -> None:
         if msg.device_id and msg.device_id != self.p["device_id"]:
             return
+        if self._link is None:
+            self._handle_update(msg)
+            return
+        fate, deliver = self._link.push(msg)
+        if fate in (DROP, DUPLICATE, REORDER):
+            self.get_logger().info(f"fault injection: {fate} update v{msg.base_version}->v{msg.new_version}")
+        for m in deliver:
+            self._handle_update(m)
+
+    def _handle_update(self, msg: ModelUpdate) -> None:
         with self.counters.lock:
             self.counters.bytes_received += len(msg.indices) + len(msg.values)
         self._apply(msg, source="update")

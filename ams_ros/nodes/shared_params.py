@@ -5,6 +5,7 @@ and the robots a base station serves."""
 from __future__ import annotations
 
 from ams_ros.core.edge_inference import DeviceConfig
+from ams_ros.core.fault_injection import FaultConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes import topics
 from ams_ros.nodes.parameters import Param, from_field, string_list
@@ -60,3 +61,16 @@ def robot_public_keys(p):
                              f"'{missing[0]}=<the line `ams-keys public {missing[0]}.key` prints>', or leave "
                              f"robot_public_keys empty to accept unsigned batches")
     return keys
+
+
+# (issue #13) test-only lossy-link knobs of the fault benchmarks (ams_ros.core.fault_injection); all off
+FAULT_SEED = from_field(FaultConfig, "seed", name="fault_seed",
+                        description="Test-only (fault benchmarks): seed of this node's fault injection draws")
+
+
+def fault_param(kind: str, what: str) -> Param:
+    """The test-only fraction ``fault_<kind>_<what>`` (default 0 = off) of :class:`FaultConfig`'s ``kind``."""
+    verb = {"drop": "dropped", "duplicate": "delivered twice", "reorder": "held back and delivered after the next one"}
+    return from_field(FaultConfig, kind, name=f"fault_{kind}_{what}",
+                      description=f"Test-only (fault benchmarks, a lossy link inside this process): fraction of "
+                                  f"{what} {verb[kind]} (0 = off)")
