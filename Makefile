@@ -21,7 +21,7 @@ ARGS ?=
 TESTS ?= test
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench eval fuzz soak clean
+.PHONY: setup test demo bench eval fuzz soak faults clean
 
 setup:
 	@AMS_ROS_DISTRO=$(DISTRO) tools/setup.sh
@@ -43,6 +43,12 @@ fuzz: setup
 # (out/soak/rss.json, rss.png; the slope in summary.json)
 soak: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.demo --out out/soak --duration 3600 --no-video --rss-every 30 --quiet $(ARGS)
+
+# fault benchmarks (issue #13): one demo run per scenario (updates or batches dropped, duplicated and
+# reordered updates, forgeries from a third process, server kill -9 and restart, robot restart);
+# out/faults/faults.json and faults.md. One scenario: make faults ARGS="--scenarios server_kill"
+faults: setup
+	@$(ENV) $(LOOPBACK) python -m ams_ros.demo.faults $(ARGS)
 
 eval: setup
 	@$(ENV) $(LOOPBACK) python -m ams_ros.eval.cli $(ARGS)

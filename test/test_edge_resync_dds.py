@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import re
+from contextlib import contextmanager
+from types import SimpleNamespace
 
 
 from ros_helpers import require_ros, spin_until
@@ -36,7 +38,10 @@ STUDENT = "deeplabv3_mobilenet_v2"
 SIZE = (48, 24)
 
 
-def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_chain_resyncs(tmp_path):
+@contextmanager
+def robot_and_test_server(tmp_path, patcher: dict | None = None):
+    """The real ``edge`` executable and this test as its server (a DeviceSession behind the
+    snapshot service); ``patcher``: extra model_patcher parameters."""
     n_cls = len(get_label_space("synthetic").class_names)
     base = load_student(STUDENT, num_classes=n_cls, weights=None)
     ckpt = save_student_checkpoint(base, tmp_path / "student.pt", STUDENT, n_cls, get_label_space("synthetic"))
@@ -44,7 +49,7 @@ def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_
         "/**": {"device_id": DEV, "student": STUDENT, "student_weights": str(ckpt), "label_space": "synthetic"},
         "camera_sampler": {"source": "topic", "sampling_rate": 1.0},
         "student_segmenter": {"input_width": SIZE[0], "input_height": SIZE[1], "status_period_s": 0.2},
-        "model_patcher": {"snapshot_timeout_s": 5.0, "lost_update_grace_s": 0.3},
+        "model_patcher": {"snapshot_timeout_s": 5.0, "lost_update_grace_s": 0.3, **(patcher or {})},
     })
     world = world_from_spec("synthetic:1", width=SIZE[0], height=SIZE[1])
     cfg = SessionConfig(trainer=TrainerConfig(iterations=2, batch_size=2, gamma=0.01, input_size=SIZE, horizon_s=60.0))
@@ -85,12 +90,24 @@ def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_
     try:
         # start-up: a snapshot of the server's chain
         assert spin_until(ex, lambda: server["answers"] and statuses, 90), proc.output()[-3000:]
-        session = server["session"]
         assert server["answers"][0][2].kind == "snapshot"
-        outs = [phase(session, 3 * i) for i in range(3)]
-        updates.publish(update_to_msg(outs[0].update, DEV))  # v1 arrives, v2 and v3 are lost
+        yield SimpleNamespace(ex=ex, proc=proc, server=server, statuses=statuses, updates=updates, phase=phase,
+                              command=command, version_is=version_is, base=base, cfg=cfg)
+    finally:
+        rc = proc.stop()
+        node.destroy_node()
+        rclpy.shutdown()
+    assert rc == 0, proc.output()[-3000:]
+
+
+def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_chain_resyncs(tmp_path):
+    with robot_and_test_server(tmp_path) as r:
+        ex, proc, server, statuses, version_is = r.ex, r.proc, r.server, r.statuses, r.version_is
+        session = server["session"]
+        outs = [r.phase(session, 3 * i) for i in range(3)]
+        r.updates.publish(update_to_msg(outs[0].update, DEV))  # v1 arrives, v2 and v3 are lost
         assert spin_until(ex, version_is(1), 30), proc.output()[-3000:]
-        command(session)  # says v3: the robot notices and asks for a catch-up
+        r.command(session)  # says v3: the robot notices and asks for a catch-up
         assert spin_until(ex, version_is(3), 30), proc.output()[-3000:]
         have, tag, answer = server["answers"][-1]
         assert (have, tag, answer.kind) == (1, session.chain_tag, "catch_up")
@@ -98,10 +115,10 @@ def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_
         assert re.search(r"applied catch-up v1->v3 of chain " + session.chain_tag, proc.output())
 
         # the server loses its state: a new chain, behind the robot
-        lost = DeviceSession(DEV, copy.deepcopy(base), cfg)
-        phase(lost, 20)
+        lost = DeviceSession(DEV, copy.deepcopy(r.base), r.cfg)
+        r.phase(lost, 20)
         server["session"] = lost
-        command(lost)  # chain Y at v1; the robot runs v3 of chain X
+        r.command(lost)  # chain Y at v1; the robot runs v3 of chain X
         assert spin_until(ex, version_is(4), 30), proc.output()[-3000:]
         have, tag, answer = server["answers"][-1]
         assert (have, tag) == (3, session.chain_tag) and "ahead" in answer.warning  # the server's warning
@@ -109,11 +126,25 @@ def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_
         out = proc.output()
         assert "robot is ahead" in out or "switching from chain" in out  # the robot's warning
         assert statuses[-1].model_version == 4  # never went back to v1
-        nxt = phase(lost, 30)  # the new chain goes on from there with sparse updates
-        updates.publish(update_to_msg(nxt.update, DEV))
+        nxt = r.phase(lost, 30)  # the new chain goes on from there with sparse updates
+        r.updates.publish(update_to_msg(nxt.update, DEV))
         assert spin_until(ex, version_is(5), 30), proc.output()[-3000:]
-    finally:
-        rc = proc.stop()
-        node.destroy_node()
-        rclpy.shutdown()
-    assert rc == 0, proc.output()[-3000:]
+
+
+def test_duplicated_and_replayed_updates_are_refused_as_already_applied_without_a_resync(tmp_path):
+    """Every update delivered twice (the patcher's test-only fault link at 100 %), then a genuine
+    old update played again: the robot applies each version once and asks for nothing."""
+    with robot_and_test_server(tmp_path, {"fault_duplicate_updates": 1.0, "fault_seed": 3}) as r:
+        session = r.server["session"]
+        outs = [r.phase(session, 3 * i) for i in range(2)]
+        for i, out in enumerate(outs):
+            r.updates.publish(update_to_msg(out.update, DEV))
+            assert spin_until(r.ex, r.version_is(i + 1), 30), r.proc.output()[-3000:]
+            assert spin_until(r.ex, lambda: r.statuses[-1].updates_rejected >= i + 1, 10), r.proc.output()[-3000:]
+        r.updates.publish(update_to_msg(outs[0].update, DEV))  # v0->v1 again, at v2: twice more
+        assert spin_until(r.ex, lambda: r.statuses[-1].updates_rejected >= 4, 10), r.proc.output()[-3000:]
+        out = r.proc.output()
+        assert out.count("fault injection: duplicate update") == 3
+        assert "update v0->v1 is not newer than this model's v2" in out
+        assert len(r.server["answers"]) == 1  # only the start-up snapshot: no resync was asked for
+        assert r.statuses[-1].model_version == 2 and r.statuses[-1].updates_applied == 3  # snapshot, v1, v2

@@ -1,4 +1,4 @@
-"""(issue #13) A server with robot keys, over DDS: it drops unsigned and forged frame batches,
+"""(issue #13) A server with robot keys, over DDS: it drops unsigned, forged and replayed frame batches,
 refuses unsigned, forged, stale and replayed snapshot requests with the reason, serves a genuine
 request, and signs what it serves with its own key (verified here as a robot would)."""
 
@@ -98,13 +98,16 @@ def test_unsigned_and_forged_batches_are_dropped_on_arrival(server):
     tampered = batch(12, server["robot_key"])
     tampered.batch_seq = 13  # signed as 12, sent as 13
     server["pub"].publish(tampered)
-    server["pub"].publish(batch(14, server["robot_key"]))  # genuine, garbage frames: fails at decoding
-    assert spin_until(server["ex"], lambda: "rejected batch 14" in server["proc"].output(), 60), \
-        server["proc"].output()[-3000:]
+    genuine = batch(14, server["robot_key"])
+    server["pub"].publish(genuine)  # genuine, garbage frames: fails at decoding
+    server["pub"].publish(genuine)  # the same genuine batch played again: a replay
+    assert spin_until(server["ex"], lambda: "rejected batch 14" in server["proc"].output()
+                      and "is a replay" in server["proc"].output(), 60), server["proc"].output()[-3000:]
     log = server["proc"].output()
     assert "rejected batch 10: batch 10 of robot_sig is unsigned" in log
     assert "rejected snapshot request: snapshot request of robot_sig is unsigned" in log
     assert "rejected batch 11: batch 11 of robot_sig is signed by unknown key" in log
     assert "rejected batch 13: batch 13 of robot_sig: the signature" in log
-    assert "rejected batch 14" in log and "rejected batch 14: batch 14 of robot_sig" not in log  # passed the check
+    assert "rejected batch 14: batch 14 of robot_sig is a replay: its signature was already seen" in log
+    assert log.count("rejected batch 14") == 2  # the first copy passed the checks, failed at decoding
     assert server["proc"].alive()

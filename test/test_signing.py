@@ -18,7 +18,7 @@ from torch import nn
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.double_buffer import DoubleBufferedModel
 from ams_ros.core.params import flatten_params
-from ams_ros.core.signing import (KeyFileError, ReplayGuard, SignatureError, SigningKey, TrustedKeys,
+from ams_ros.core.signing import (KeyFileError, ReplayGuard, SeenSignatures, SignatureError, SigningKey, TrustedKeys,
                                   batch_signing_input, parse_robot_keys, sign_update,
                                   snapshot_request_signing_input, update_signing_input, verify_update)
 from ams_ros.core.update_codec import encode_snapshot, encode_update
@@ -169,6 +169,21 @@ def test_robot_key_entries_must_name_a_device():
         parse_robot_keys(["no-equals-sign"])
     with pytest.raises(KeyFileError, match="neither base64"):
         parse_robot_keys(["robot1=notakey"])
+
+
+def test_seen_signatures_refuse_a_replay_per_sender_within_capacity():
+    seen = SeenSignatures(capacity=2)
+    seen.check("r1", b"a" * 64, "batch 1")
+    seen.check("r2", b"a" * 64, "batch 1")  # per sender
+    with pytest.raises(SignatureError, match="batch 1 is a replay"):
+        seen.check("r1", b"a" * 64, "batch 1")
+    seen.check("r1", b"b" * 64, "batch 2")
+    seen.check("r1", b"c" * 64, "batch 3")  # "a" falls out of the window of 2
+    seen.check("r1", b"a" * 64, "batch 1")
+    with pytest.raises(SignatureError):
+        seen.check("r1", b"c" * 64, "batch 3")
+    with pytest.raises(ValueError, match="capacity"):
+        SeenSignatures(capacity=0)
 
 
 def test_replay_guard_refuses_stale_future_and_reused_nonces():

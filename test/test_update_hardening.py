@@ -141,8 +141,11 @@ def test_num_params_other_than_the_models_is_rejected(setup):
 
 
 @pytest.mark.parametrize("base,new,err", [(4, 4, StaleUpdateError), (4, 3, StaleUpdateError), (4, 6, StaleUpdateError),
-                                          (9, 9, VersionGapError), (2, 3, VersionGapError)])
+                                          (9, 9, VersionGapError), (5, 6, VersionGapError), (2, 6, VersionGapError),
+                                          (2, 3, StaleUpdateError), (3, 4, StaleUpdateError)])
 def test_sparse_update_must_move_the_version_exactly_one_step(setup, base, new, err):
+    """At v4: a gap (base ahead, or behind with a new version past v4) asks for a resync; an update
+    the robot already has (ending at or below v4: a duplicate, replay or late one) is only stale."""
     m, holder, n = setup
     u = encode_update(m, np.arange(5), np.zeros(5, np.float32), base, new)
     before = digest(holder)

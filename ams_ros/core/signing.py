@@ -37,6 +37,7 @@ import secrets
 import stat
 import struct
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,3 +327,31 @@ class ReplayGuard:
             if bytes(nonce) in seen:
                 raise SignatureError("snapshot request nonce was already used (a replayed request)")
             seen[bytes(nonce)] = now_ns
+
+
+class SeenSignatures:
+    """Refuses a signed message whose signature was already seen (per sender), so a genuine
+    frame batch recorded off the network and played again is not trained on twice (issue #13).
+    Ed25519 signatures are deterministic, so equal signatures mean an equal signed message; a
+    robot's new batches differ in their stamps and content. Keeps the last ``capacity`` per
+    sender (a batch's replay after that many newer batches is not caught). Thread-safe."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self._seen: dict[str, tuple[deque, set]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, sender: str, signature: bytes, what: str) -> None:
+        """Raises :class:`SignatureError` if ``signature`` was seen from ``sender``; else records it."""
+        sig = bytes(signature)
+        with self._lock:
+            order, seen = self._seen.setdefault(sender, (deque(), set()))
+            if sig in seen:
+                raise SignatureError(f"{what} is a replay: its signature was already seen from {sender} "
+                                     f"(a recorded message played again)")
+            order.append(sig)
+            seen.add(sig)
+            while len(order) > self.capacity:
+                seen.discard(order.popleft())

@@ -221,7 +221,9 @@ def check_version_step(update: "EncodedUpdate", current_version: int, max_span: 
       server (both v0) end up on exactly the weights the server trains.
 
     Anything else (``new_version <= base_version``, a jump past ``max_span``, an old snapshot
-    replayed) raises :class:`StaleUpdateError`.
+    replayed) raises :class:`StaleUpdateError`, as does a sparse update that ends at or below the
+    version the robot runs (a duplicate, a replay of a genuine old update, or one overtaken by a
+    catch-up): the robot has it already, so it is not a gap and costs no resync.
     """
     base, new, cur = int(update.base_version), int(update.new_version), int(current_version)
     if max_span < 1:
@@ -231,6 +233,9 @@ def check_version_step(update: "EncodedUpdate", current_version: int, max_span: 
             raise StaleUpdateError(f"snapshot v{new} is not newer than this model's v{cur} (replayed or out of order)")
         return
     if base != cur:
+        if base < new <= cur:
+            raise StaleUpdateError(f"update v{base}->v{new} is not newer than this model's v{cur} (a duplicate, a "
+                                   f"replayed or a late update: already applied)")
         raise VersionGapError(base, cur)
     if not 1 <= new - base <= max_span:
         allowed = f"v{base + 1}" if max_span == 1 else f"v{base + 1}..v{base + max_span}"

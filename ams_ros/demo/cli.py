@@ -75,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(rss.json, rss.png, slope in summary.json); 0: off")
     p.add_argument("--rss-fit-from", type=float, default=120.0,
                    help="fit the RSS slope from this stream time on (s), past start-up allocations")
+    p.add_argument("--edge-param", action="append", default=[], metavar="NODE.NAME=VALUE",
+                   help="set a parameter of an edge node over config/edge.yaml and the demo's values, e.g. "
+                        "model_patcher.lost_update_grace_s=2.0 (repeatable; VALUE is read as YAML)")
+    p.add_argument("--server-param", action="append", default=[], metavar="NODE.NAME=VALUE",
+                   help="the same for a server node, e.g. ams_trainer.gamma=0.1")
     p.add_argument("--quiet", action="store_true", help="progress lines only, no node logs")
     return p.parse_args(argv)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,9 +86,11 @@ class Observer:
             self.executor.spin_once(timeout_sec=0.1)
         return False
 
-    def run(self, until_stream_t: float, processes: list, rss=None) -> None:
+    def run(self, until_stream_t: float, processes: list, rss=None,
+            on_tick: Callable[[float], None] | None = None) -> None:
         """Observe until ``until_stream_t`` of stream time; ``rss`` (an :class:`RssLog`) is
-        sampled on the way (the soak benchmark)."""
+        sampled on the way (the soak benchmark); ``on_tick(stream_t)`` runs on every pass (a fault
+        benchmark's disturbance, which may replace what is in ``processes``)."""
         last_print = 0.0
         t0 = time.monotonic()
         while self.latest_stream_t < until_stream_t:
@@ -95,6 +98,8 @@ class Observer:
             if rss is not None:
                 rss.maybe_sample(self.latest_stream_t)
             self._score_pending(budget_s=0.05)
+            if on_tick is not None:
+                on_tick(self.latest_stream_t)
             dead = [p.name for p in processes if not p.alive()]
             if dead:
                 raise RuntimeError(f"process(es) {', '.join(dead)} exited early; see their logs in {self.out}")

@@ -86,6 +86,12 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "updates_applied": int(st.updates_applied) if st else 0,
         "updates_rejected": int(st.updates_rejected) if st else 0,
         "model_version": int(st.model_version) if st else 0,
+        # inputs a callback rejected (malformed or forged images, updates, commands: issue #13)
+        "inputs_rejected": int(st.inputs_rejected) if st else 0,
+        "last_input_rejection": st.last_input_rejection if st else "",
+        "server_inputs_rejected": int(obs.server_status[-1].inputs_rejected) if obs.server_status else None,
+        "server_batches_received": int(obs.server_status[-1].batches_received) if obs.server_status else None,
+        "server_batches_dropped": int(obs.server_status[-1].batches_dropped) if obs.server_status else None,
         "miou_streamed": _nan_none(obs.cm_streamed.miou()),
         "miou_frozen": _nan_none(obs.cm_frozen.miou()),
         "miou_scored_from_s": obs.reference.score_from,

@@ -136,10 +136,95 @@ def _add_demo_keys(edges: list[Path], server: Path, devs: list[str], key_dir: Pa
     server.write_text(yaml.safe_dump(data))
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def parse_param_overrides(items: list[str], flag: str) -> dict[str, dict]:
+    """``["model_patcher.lost_update_grace_s=2.0", ...]`` as ``{node: {name: value}}`` (values read
+    as YAML, so ``0.2`` is a float and ``[a, b]`` a list)."""
+    import yaml
+
+    sections: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, name = key.partition(".")
+        if not sep or not dot or not node or not name:
+            raise SystemExit(f"{flag} {item!r}: expected NODE.NAME=VALUE, e.g. {flag} "
+                             f"model_patcher.lost_update_grace_s=2.0")
+        sections.setdefault(node, {})[name] = yaml.safe_load(value)
+    return sections
+
+
+class Disturbance:
+    """What a fault benchmark (:mod:`ams_ros.demo.faults`) does to a running demo; the base class
+    does nothing. ``edge_params`` are layered over every robot's parameter files; ``attach`` is
+    called once with the observer (whose node may publish, as a third process would); ``tick``
+    on every pass of the observer's loop, with the stream time reached and the :class:`Stage`."""
+
+    def edge_params(self) -> dict[str, dict]:
+        return {}
+
+    def attach(self, observer) -> None:
+        pass
+
+    def tick(self, stream_t: float, stage: "Stage") -> None:
+        pass
+
+
+class Stage:
+    """The demo's running processes, which a disturbance may kill (-9) and start again with the
+    same parameter files (plus overrides): the observer checks that ``processes`` are alive, and
+    the report takes their exit codes; a killed process is kept in ``killed`` instead."""
+
+    def __init__(self, out: Path, quiet: bool, server_files: list[Path], edge_files: list[list[Path]],
+                 robots: list[RobotPlan]) -> None:
+        self.out, self.quiet = out, quiet
+        self._server_files, self._edge_files, self.robots = server_files, edge_files, robots
+        self.server = self._start("server", "ams_ros.nodes.server", server_files, None)
+        self.edges: list[RosProcess] = []
+        self.processes: list[RosProcess] = [self.server]
+        self.killed: list[RosProcess] = []
+        self._starts: dict[str, int] = {}
+
+    def _start(self, name: str, module: str, files: list[Path], namespace: str | None) -> RosProcess:
+        return RosProcess(name, module, files, namespace, self.out / f"{name}.log", echo=not self.quiet)
+
+    def start_edges(self) -> None:
+        self.edges = [self._start(f"edge{r.suffix}", "ams_ros.nodes.edge", files, r.device_id)
+                      for r, files in zip(self.robots, self._edge_files)]
+        self.processes.extend(self.edges)
+
+    def kill(self, proc: RosProcess) -> None:
+        """SIGKILL (a power cut or an OOM kill: nothing is flushed or saved)."""
+        self.processes.remove(proc)
+        proc.proc.kill()
+        proc.stop()
+        self.killed.append(proc)
+
+    def restart(self, proc: RosProcess, overrides: dict[str, dict] | None = None) -> RosProcess:
+        """Start ``proc``'s executable again (log ``<name>_restart<k>.log``) with its parameter files
+        and ``overrides`` ({node: {param: value}}) over them."""
+        base = proc.name.split("_restart")[0]
+        k = self._starts[base] = self._starts.get(base, 0) + 1
+        name = f"{base}_restart{k}"
+        if base == "server":
+            files, module, ns = list(self._server_files), "ams_ros.nodes.server", None
+        else:
+            i = [f"edge{r.suffix}" for r in self.robots].index(base)
+            files, module, ns = list(self._edge_files[i]), "ams_ros.nodes.edge", self.robots[i].device_id
+        if overrides:
+            files.append(write_overrides(self.out / f"params_{name}.yaml", overrides))
+        new = self._start(name, module, files, ns)
+        if base == "server":
+            self.server = new
+        else:
+            self.edges[i] = new
+        self.processes.append(new)
+        return new
+
+
+def run_demo(args: argparse.Namespace, disturbance: Disturbance | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
+    disturbance = disturbance or Disturbance()
     robots = robot_plans(getattr(args, "robots", 1), args.device_id, args.source, args.teacher)
     print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, DDS on loopback)")
     weights = prepare_weights(args, out)
@@ -147,35 +232,46 @@ def run_demo(args: argparse.Namespace) -> int:
         old.unlink()
     args.teacher = robots[0].teacher
     edge_params, server_params = edge_and_server_params(args, weights, out, robots)
+    edge_files = [[CONFIG / "edge.yaml", params] for params in edge_params]
+    server_files = [CONFIG / "server.yaml", server_params]
+    edge_extra = parse_param_overrides(getattr(args, "edge_param", []), "--edge-param")
+    for node, values in disturbance.edge_params().items():
+        edge_extra.setdefault(node, {}).update(values)
+    if edge_extra:
+        extra = write_overrides(out / "params_edge_extra.yaml", edge_extra)
+        edge_files = [[*files, extra] for files in edge_files]
+    server_extra = parse_param_overrides(getattr(args, "server_param", []), "--server-param")
+    if server_extra:
+        server_files.append(write_overrides(out / "params_server_extra.yaml", server_extra))
 
     from ams_ros.demo.observer import Observer
 
     observer = Observer(args, weights, out, [(r.device_id, r.source) for r in robots])
-    server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
-                        out / "server.log", echo=not args.quiet)
+    stage = Stage(out, args.quiet, server_files, edge_files, robots)
     # give the server a moment to come up so the robots' start-up snapshot requests are answered
     observer.wait_for_service(timeout=30.0)
-    edges = [RosProcess(f"edge{r.suffix}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], r.device_id,
-                        out / f"edge{r.suffix}.log", echo=not args.quiet)
-             for r, params in zip(robots, edge_params)]
-    print(f"[demo] server pid {server.pid}, edge pid(s) {', '.join(str(e.pid) for e in edges)}; streaming "
-          f"{args.duration:g} s of {', '.join(repr(r.source) for r in robots)}")
+    stage.start_edges()
+    disturbance.attach(observer)
+    print(f"[demo] server pid {stage.server.pid}, edge pid(s) {', '.join(str(e.pid) for e in stage.edges)}; "
+          f"streaming {args.duration:g} s of {', '.join(repr(r.source) for r in robots)}")
     rss = None
     if getattr(args, "rss_every", 0.0):
         from ams_ros.demo.rss import RssLog
 
-        rss = RssLog({**{e.name: e.pid for e in edges}, "server": server.pid},
+        rss = RssLog({**{e.name: e.pid for e in stage.edges}, "server": stage.server.pid},
                      every_s=args.rss_every, fit_from_s=args.rss_fit_from)
     interrupted = False
     try:
-        observer.run(until_stream_t=args.duration, processes=[*edges, server], rss=rss)
+        observer.run(until_stream_t=args.duration, processes=stage.processes, rss=rss,
+                     on_tick=lambda t: disturbance.tick(t, stage))
     except KeyboardInterrupt:
         interrupted = True
         print("\n[demo] interrupted: stopping the processes and writing what was measured")
     finally:
-        edge_rcs = [e.stop() for e in edges]
-        server_rc = server.stop()
+        edge_rcs = [e.stop() for e in stage.edges]
+        server_rc = stage.server.stop()
         observer.close()
+    edges, server = stage.edges, stage.server
     tracebacks = [p.name for p in (*edges, server) if "Traceback" in p.output()]
     rss_summary = rss.write(out) if rss is not None else None
     from ams_ros.demo.report import write_report
@@ -184,6 +280,7 @@ def run_demo(args: argparse.Namespace) -> int:
     summary = write_report(observer, out, args, extra={
         "edge_pid": edges[0].pid, "server_pid": server.pid, "edge_exit_code": edge_rcs[0], "server_exit_code": server_rc,
         **({"exit_codes": exit_codes} if len(edges) > 1 else {}),
+        **({"killed_by_benchmark": [p.name for p in stage.killed]} if stage.killed else {}),
         "tracebacks_in": tracebacks, "interrupted": interrupted, "wall_seconds": time.monotonic() - t_start,
         "student_weights": weights, **({"rss": rss_summary} if rss_summary else {}),
     }, exit_codes={r.device_id: rc for r, rc in zip(robots, edge_rcs)})

@@ -25,7 +25,7 @@ from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
 from ams_ros.core.models.teachers import build_teacher, label_frames, place_teacher, select_classes
 from ams_ros.nodes import topics
-from ams_ros.core.signing import SignatureError
+from ams_ros.core.signing import SeenSignatures, SignatureError
 from ams_ros.nodes.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
 from ams_ros.nodes.parameters import NodeParameters, Param, from_field, string_list
 from ams_ros.nodes.qos import qos
@@ -100,6 +100,7 @@ class TeacherLabeler(Node):
             built[spec] = teacher
         self.teachers = {dev: built[spec] for dev, spec in specs.items()}
         self.robot_keys = robot_public_keys(self.p)
+        self._seen_batches = SeenSignatures()  # a replayed signed batch is refused (issue #13)
         group = MutuallyExclusiveCallbackGroup()
         for dev in state.device_ids:
             self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH),
@@ -134,6 +135,7 @@ class TeacherLabeler(Node):
                 try:
                     self.robot_keys[dev].verify(frame_batch_signing_input(msg, dev), bytes(msg.signature),
                                                 msg.signer_key_id, f"batch {msg.batch_seq} of {dev}")
+                    self._seen_batches.check(dev, bytes(msg.signature), f"batch {msg.batch_seq} of {dev}")
                 except SignatureError as exc:
                     self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                     self._reject(f"batch {msg.batch_seq}", str(exc))

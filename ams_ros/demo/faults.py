@@ -1,0 +1,374 @@
+"""`make faults`: the fault benchmarks of issue #13, run in the demo's own processes.
+
+Each scenario is one ``make demo`` run (same seed, world, student and length) with one thing
+going wrong, made by the processes themselves rather than by a hand-made relay:
+
+- ``undisturbed``: nothing (the reference for the others);
+- ``drop_updates``: the robot's model patcher loses 20 % of the updates it receives
+  (its test-only ``fault_drop_updates``);
+- ``drop_batches``: the robot's camera sampler loses 20 % of the frame batches it sends
+  (``fault_drop_batches``);
+- ``dup_reorder_updates``: 15 % of the updates arrive twice and 15 % after the next one;
+- ``forged``: a third process (the observer's) publishes, every few seconds, an update signed by
+  a key the robot does not trust, an unsigned zero snapshot, a replay of a genuine update, a frame
+  batch signed by the wrong key, a replay of a genuine batch and a malformed image;
+- ``server_kill``: the server is killed (-9) mid-stream and started again 20 s later (its
+  sessions are in ``state_dir``);
+- ``robot_restart``: the robot is killed (-9) and started again 5 s later, resuming the stream.
+
+Each reports the longest inference gap, updates applied and rejected, the final version, every
+resync (from the fault to the model being back on the server's chain: its time and the bytes the
+catch-up or snapshot cost on the downlink) and the mIoU against the undisturbed run. The resync
+events are read from the robot's own log lines (``applied catch-up v3->v5 ... N bytes``), whose
+timestamps are the wall clock, as are the fault events here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ams_ros.demo.runner import Disturbance, Stage
+
+SCENARIOS = ("undisturbed", "drop_updates", "drop_batches", "dup_reorder_updates", "forged", "server_kill",
+             "robot_restart")
+
+_APPLIED = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*model_patcher\]: applied (update|catch-up|snapshot|resync) "
+                      r"v(\d+)->v(\d+) .*?, (\d+) bytes,")
+_FAULT = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*model_patcher\]: fault injection: (drop|duplicate|reorder) update "
+                    r"v(\d+)->v(\d+)")
+
+
+# ----------------------------------------------------------------------------- disturbances
+class EdgeFaults(Disturbance):
+    """The robot's own test-only ``fault_*`` parameters (:mod:`ams_ros.core.fault_injection`)."""
+
+    def __init__(self, params: dict[str, dict]) -> None:
+        self.params = params
+
+    def edge_params(self) -> dict[str, dict]:
+        return self.params
+
+
+@dataclass
+class KillRestart(Disturbance):
+    """Kill (-9) the server or the robot at ``at_s`` of stream time; start it again ``down_s``
+    (wall) seconds later. A robot resumes its stream where the wall clock says it would be."""
+
+    which: str                 # "server" | "edge"
+    at_s: float
+    down_s: float
+    killed_at: float | None = None          # wall (time.time()) of the kill
+    restarted_at: float | None = None       # wall of the restart
+    killed_stream_t: float | None = None
+    _mono_kill: float = 0.0
+
+    def tick(self, stream_t: float, stage: Stage) -> None:
+        if self.killed_at is None and stream_t >= self.at_s:
+            proc = stage.server if self.which == "server" else stage.edges[0]
+            self.killed_at, self.killed_stream_t, self._mono_kill = time.time(), stream_t, time.monotonic()
+            print(f"[faults] kill -9 {proc.name} (pid {proc.pid}) at stream t={stream_t:.1f} s", flush=True)
+            stage.kill(proc)
+        elif self.killed_at is not None and self.restarted_at is None \
+                and time.monotonic() - self._mono_kill >= self.down_s:
+            if self.which == "server":
+                new = stage.restart(stage.killed[-1])
+            else:
+                resume = round(self.killed_stream_t + (time.monotonic() - self._mono_kill), 2)
+                new = stage.restart(stage.killed[-1], {"camera_sampler": {"start_s": resume}})
+            self.restarted_at = time.time()
+            print(f"[faults] started {new.name} again (pid {new.pid}) after {self.down_s:g} s", flush=True)
+
+
+@dataclass
+class Forger(Disturbance):
+    """A third process's forgeries, one kind in turn every ``every_s`` of stream time from
+    ``from_s``: what a robot or the base station must reject without changing anything."""
+
+    from_s: float = 15.0
+    every_s: float = 2.0
+    sent: dict[str, int] = field(default_factory=dict)
+    _next_t: float = 0.0
+    _turn: int = 0
+
+    KINDS = ("update_wrong_key", "unsigned_zero_snapshot", "replayed_update", "batch_wrong_key",
+             "replayed_batch", "malformed_image")
+
+    def attach(self, observer) -> None:
+        from sensor_msgs.msg import Image
+
+        from ams_msgs.msg import FrameBatch, ModelUpdate
+        from ams_ros.core.signing import SigningKey
+        from ams_ros.nodes import topics as T
+        from ams_ros.nodes.qos import qos
+
+        self.observer = observer
+        self.dev, self.watch = next(iter(observer.robots.items()))
+        node, ns = observer.node, f"/{self.dev}"
+        self.key = SigningKey.generate()  # the attacker's: no robot or server trusts it
+        self.updates: list = []
+        self.batches: list = []
+        node.create_subscription(ModelUpdate, f"{ns}/{T.MODEL_UPDATE}", self.updates.append, qos("reliable", 10))
+        node.create_subscription(FrameBatch, f"{ns}/{T.FRAME_BATCH}", self.batches.append, qos("reliable", 10))
+        self.update_pub = node.create_publisher(ModelUpdate, f"{ns}/{T.MODEL_UPDATE}", qos("reliable", 10))
+        self.batch_pub = node.create_publisher(FrameBatch, f"{ns}/{T.FRAME_BATCH}", qos("reliable", 10))
+        self.image_pub = node.create_publisher(Image, f"{ns}/{T.IMAGE}", qos("best_effort", 5))
+        self._Image = Image
+        self._next_t = self.from_s
+
+    def tick(self, stream_t: float, stage: Stage) -> None:
+        if stream_t < self._next_t:
+            return
+        self._next_t = stream_t + self.every_s
+        kind = self.KINDS[self._turn % len(self.KINDS)]
+        self._turn += 1
+        if getattr(self, f"_{kind}")():
+            self.sent[kind] = self.sent.get(kind, 0) + 1
+
+    def _version(self) -> int:
+        st = self.watch.edge_status
+        return int(st.model_version) if st is not None else 0
+
+    def _update_wrong_key(self) -> bool:
+        from ams_ros.core.signing import sign_update
+        from ams_ros.nodes.conversions import msg_to_update, update_to_msg
+
+        genuine = [u for u in self.updates if not u.full_snapshot]
+        if not genuine:
+            return False
+        update = msg_to_update(copy.deepcopy(genuine[-1]))
+        update.base_version, update.new_version = self._version(), self._version() + 1
+        update.checksum = update.compute_checksum()
+        sign_update(update, self.dev, self.key)
+        self.update_pub.publish(update_to_msg(update, self.dev))
+        return True
+
+    def _unsigned_zero_snapshot(self) -> bool:
+        import torch
+
+        from ams_ros.core.update_codec import encode_snapshot
+        from ams_ros.nodes.conversions import update_to_msg
+
+        zero = copy.deepcopy(self.observer.frozen)
+        with torch.no_grad():
+            for p in zero.parameters():
+                p.zero_()
+        snap = encode_snapshot(zero, version=self._version() + 100)
+        self.update_pub.publish(update_to_msg(snap, self.dev))
+        return True
+
+    def _replayed_update(self) -> bool:
+        if len(self.updates) < 2:
+            return False
+        self.update_pub.publish(self.updates[-2])  # genuine, signed, and old
+        return True
+
+    def _batch_wrong_key(self) -> bool:
+        if not self.batches:
+            return False
+        msg = copy.deepcopy(self.batches[-1])
+        msg.batch_seq += 1000
+        from ams_ros.nodes.conversions import frame_batch_signing_input
+
+        msg.signature = self.key.sign(frame_batch_signing_input(msg, self.dev))  # a well-formed signature, wrong key
+        msg.signer_key_id = self.key.key_id
+        self.batch_pub.publish(msg)
+        return True
+
+    def _replayed_batch(self) -> bool:
+        if not self.batches:
+            return False
+        self.batch_pub.publish(self.batches[-1])  # genuine and signed: a recording played again
+        return True
+
+    def _malformed_image(self) -> bool:
+        self.image_pub.publish(self._Image(height=32, width=63, encoding="yuyv", step=63 * 2, data=bytes(32 * 63 * 2)))
+        return True
+
+
+def disturbance_for(name: str, args: argparse.Namespace) -> Disturbance:
+    kill_at = round(0.3 * args.duration, 1)
+    if name == "undisturbed":
+        return Disturbance()
+    if name == "drop_updates":
+        return EdgeFaults({"model_patcher": {"fault_drop_updates": 0.2, "fault_seed": args.seed}})
+    if name == "drop_batches":
+        return EdgeFaults({"camera_sampler": {"fault_drop_batches": 0.2, "fault_seed": args.seed}})
+    if name == "dup_reorder_updates":
+        return EdgeFaults({"model_patcher": {"fault_duplicate_updates": 0.15, "fault_reorder_updates": 0.15,
+                                             "fault_seed": args.seed}})
+    if name == "forged":
+        return Forger()
+    if name == "server_kill":
+        return KillRestart("server", at_s=kill_at, down_s=20.0)
+    if name == "robot_restart":
+        return KillRestart("edge", at_s=kill_at, down_s=5.0)
+    raise SystemExit(f"unknown fault scenario '{name}'; choose from {', '.join(SCENARIOS)} or all")
+
+
+# ----------------------------------------------------------------------------- measuring
+@dataclass(frozen=True)
+class Applied:
+    wall: float
+    kind: str          # update | catch-up | snapshot | resync
+    base: int
+    new: int
+    nbytes: int
+
+
+def parse_applied(log_text: str) -> list[Applied]:
+    return [Applied(float(m[1]), m[2], int(m[3]), int(m[4]), int(m[5])) for m in _APPLIED.finditer(log_text)]
+
+
+def parse_update_faults(log_text: str) -> list[tuple[float, str, int, int]]:
+    """(wall, drop | duplicate | reorder, base, new) of each update the fault link disturbed."""
+    return [(float(m[1]), m[2], int(m[3]), int(m[4])) for m in _FAULT.finditer(log_text)]
+
+
+def resync_after(t: float, applied: list[Applied], need_version: int | None, until: float | None = None) -> dict:
+    """From a fault at wall ``t``: when the robot next held version ``need_version`` or later
+    (any newly applied version when None), and the catch-up / snapshot bytes spent on the way."""
+    resync_bytes = 0
+    for a in applied:
+        if a.wall < t or (until is not None and a.wall > until):
+            continue
+        if a.kind != "update":
+            resync_bytes += a.nbytes
+        if need_version is None or a.new >= need_version:
+            return {"seconds": round(a.wall - t, 2), "by": a.kind, "resync_bytes": resync_bytes,
+                    "version": a.new}
+    return {"seconds": None, "by": None, "resync_bytes": resync_bytes, "version": None}
+
+
+def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> dict:
+    """The scenario's row: from its summary.json, the robot's log(s) and what the disturbance did."""
+    logs = sorted(out.glob("edge*.log"))  # edge.log, then edge_restart1.log
+    text = "\n".join(p.read_text() for p in logs)
+    applied = sorted(parse_applied(text), key=lambda a: a.wall)
+    # the robot's start-up snapshot (every run has one) is not a resync a fault caused
+    first = parse_applied(logs[0].read_text()) if logs else []
+    startup = first[0] if first and first[0].kind == "snapshot" else None
+    later = [a for a in applied if a != startup]
+    row = {
+        "scenario": name,
+        "miou_streamed": summary.get("miou_streamed"),
+        "miou_frozen": summary.get("miou_frozen"),
+        "max_inference_gap_ms": summary.get("max_inference_gap_ms"),
+        "max_inference_gap_over_source_ms": summary.get("max_inference_gap_over_source_ms"),
+        # as the observer saw the label maps arrive: includes a robot's own outage (restart)
+        "max_label_arrival_gap_ms": summary.get("max_label_arrival_gap_ms"),
+        "updates_applied": len(later),  # after the start-up snapshot
+        "applied_by_kind": {k: sum(1 for a in later if a.kind == k) for k in ("update", "catch-up", "snapshot")},
+        "updates_rejected": summary.get("updates_rejected"),
+        "final_version": max((a.new for a in applied), default=0),
+        "downlink_bytes_startup": startup.nbytes if startup else 0,
+        "downlink_bytes_resync": sum(a.nbytes for a in later if a.kind != "update"),
+        "downlink_bytes_updates": sum(a.nbytes for a in later if a.kind == "update"),
+        "exit_codes_at_stop": {"edge": summary.get("edge_exit_code"), "server": summary.get("server_exit_code")},
+        "killed_by_benchmark": summary.get("killed_by_benchmark", []),
+        "inputs_rejected_edge": summary.get("inputs_rejected"),
+    }
+    resyncs = []
+    faults = parse_update_faults(text)
+    if faults:
+        row["update_faults"] = {k: sum(1 for f in faults if f[1] == k) for k in ("drop", "duplicate", "reorder")}
+        for wall, kind, base, new in faults:
+            if kind in ("drop", "reorder"):
+                resyncs.append({"fault": f"{kind} v{base}->v{new}", **resync_after(wall, later, new)})
+    if isinstance(disturbance, KillRestart) and disturbance.restarted_at is not None:
+        # the server: back when the robot applies the next version; the robot: when it holds a
+        # version of the chain again (its restart loaded the initial weights, v0)
+        resyncs.append({"fault": f"{disturbance.which} killed at t={disturbance.killed_stream_t:.1f} s, restarted "
+                                 f"{disturbance.down_s:g} s later",
+                        "seconds_down": round(disturbance.restarted_at - disturbance.killed_at, 2),
+                        **resync_after(disturbance.restarted_at, later, None)})
+    if isinstance(disturbance, Forger):
+        row["forged_sent"] = dict(disturbance.sent)
+        row["server_inputs_rejected"] = summary.get("server_inputs_rejected")
+        row["server_batches_dropped"] = summary.get("server_batches_dropped")
+    row["resyncs"] = resyncs
+    done = [r["seconds"] for r in resyncs if r["seconds"] is not None]
+    row["resync_seconds_max"] = max(done) if done else None
+    row["resyncs_unfinished"] = sum(1 for r in resyncs if r["seconds"] is None)
+    return row
+
+
+# ----------------------------------------------------------------------------- running
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ams_faults", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--scenarios", default="all", help=f"comma-separated, from {', '.join(SCENARIOS)}, or all")
+    p.add_argument("--duration", type=float, default=120.0, help="seconds of stream time per scenario")
+    p.add_argument("--out", default="out/faults", help="output folder (one sub-folder per scenario)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the fault links' draws")
+    p.add_argument("--demo-arg", action="append", default=[], metavar="ARG",
+                   help="passed on to every scenario's demo, e.g. --demo-arg=--width=128")
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ams_ros.demo.cli import parse_args as demo_args
+    from ams_ros.demo.runner import run_demo
+
+    names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for name in names:
+        disturbance_for(name, args)  # unknown names fail before the first run
+    out = Path(args.out)
+    rows, rcs = [], {}
+    for i, name in enumerate(names):
+        print(f"[faults] scenario {i + 1}/{len(names)}: {name} ({args.duration:g} s of stream)", flush=True)
+        d_args = demo_args(["--out", str(out / name), "--duration", str(args.duration), "--no-video", "--quiet",
+                            *args.demo_arg])
+        disturbance = disturbance_for(name, args)
+        rcs[name] = run_demo(d_args, disturbance)
+        summary = json.loads((out / name / "summary.json").read_text())
+        rows.append(measure(name, out / name, disturbance, summary))
+    base = next((r for r in rows if r["scenario"] == "undisturbed"), None)
+    for r in rows:
+        if base is not None and r["miou_streamed"] is not None and base["miou_streamed"] is not None:
+            r["miou_vs_undisturbed"] = round(r["miou_streamed"] - base["miou_streamed"], 4)
+        r["demo_exit_code"] = rcs[r["scenario"]]
+    (out / "faults.json").write_text(json.dumps({"duration_s": args.duration, "seed": args.seed, "rows": rows},
+                                                indent=2))
+    table = markdown_table(rows)
+    (out / "faults.md").write_text(table)
+    print(table)
+    return 1 if any(rcs.values()) else 0
+
+
+def markdown_table(rows: list[dict]) -> str:
+    def f(v, fmt="{:.3f}"):
+        return "-" if v is None else fmt.format(v)
+
+    lines = ["| scenario | mIoU streamed (frozen) | vs undisturbed | longest inference gap (ms) | updates applied "
+             "(update/catch-up/snapshot) | rejected | final version | resyncs, longest (s) | resync downlink (KB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        k = r["applied_by_kind"]
+        n = len(r["resyncs"])
+        unfinished = f", {r['resyncs_unfinished']} unfinished" if r["resyncs_unfinished"] else ""
+        lines.append(
+            f"| {r['scenario']} | {f(r['miou_streamed'])} ({f(r['miou_frozen'])}) | "
+            f"{f(r.get('miou_vs_undisturbed'), '{:+.3f}')} | {f(r['max_inference_gap_ms'], '{:.0f}')} | "
+            f"{r['updates_applied']} ({k['update']}/{k['catch-up']}/{k['snapshot']}) | {r['updates_rejected']} | "
+            f"v{r['final_version']} | {n}{unfinished}, {f(r['resync_seconds_max'], '{:.1f}')} | "
+            f"{r['downlink_bytes_resync'] / 1000:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from ams_ros.local_dds import private_domain_id, use_loopback
+
+    use_loopback(private_domain_id(60, 40))
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
