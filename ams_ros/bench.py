@@ -58,15 +58,23 @@ def _trainer(model, size, gamma, iterations=20, batch=8, seed=0):
     return AMSTrainer(model, cfg)
 
 
-def _teacher_agreement_on_decoded() -> dict | None:
-    """Teacher labels on H.264-decoded vs original frames of real footage (shared assets)."""
+UPLINK_CODECS = ("h264", "h265", "av1")
+UPLINK_KBPS = (50, 100, 150, 200, 300)
+UPLINK_REFERENCE = ("h264", 200)  # the paper's uplink: H.264 at 200 Kbps
+
+
+def _uplink_codecs(codecs=UPLINK_CODECS, kbps_list=UPLINK_KBPS) -> dict | None:
+    """Issue #10: each video codec at each target bitrate on 10 CamVid frames (512x256, one batch of
+    a 10 s period, one encoder thread): bytes, encode seconds and the teacher's label agreement on
+    the decoded vs the original frames. Each codec's bytes at the agreement H.264 reaches at
+    200 Kbps are interpolated on its (bytes, agreement) curve."""
     from ams_ros.core.assets import asset_path
     from ams_ros.core.frame_codec import decode_frames, encode_frames
 
     teacher_path = asset_path("models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite")
     frames_dir = asset_path("video/camvid-0016E5/frames")
     if teacher_path is None or frames_dir is None:
-        log("shared assets absent: skipping the teacher agreement on decoded frames")
+        log("shared assets absent: skipping the uplink codecs' teacher agreement on decoded frames")
         return None
     import cv2
 
@@ -75,15 +83,56 @@ def _teacher_agreement_on_decoded() -> dict | None:
     files = sorted(frames_dir.glob("*.jpg"))[:10]
     frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (512, 256)) for f in files]
     stamps = [int(f.stem) / 30.0 for f in files]
-    enc = encode_frames(frames, stamps, bitrate_bps=200_000, period_s=10.0)
-    decoded = decode_frames(enc.data, enc.codec, enc.width, enc.height)
     teacher = build_teacher(f"tflite:{teacher_path}")
-    a = teacher.label(frames)
-    b = teacher.label(decoded)
-    agree = float(np.mean([np.mean(x == y) for x, y in zip(a, b)]))
-    log(f"teacher label agreement, decoded vs original (10 CamVid frames, 200 Kbps): {agree:.4f}")
-    return {"frames": len(files), "batch_bytes": len(enc.data), "pixel_agreement": round(agree, 4),
-            "teacher": teacher_path.name, "source": "camvid-0016E5"}
+    original = teacher.label(frames)
+    curves: dict[str, list[dict]] = {}
+    for codec in codecs:
+        for kbps in kbps_list:
+            t0 = time.perf_counter()
+            enc = encode_frames(frames, stamps, bitrate_bps=kbps * 1000, period_s=10.0, codec=codec, threads=1)
+            encode_s = time.perf_counter() - t0
+            decoded = decode_frames(enc.data, enc.codec, enc.width, enc.height)
+            agree = float(np.mean([np.mean(x == y) for x, y in zip(original, teacher.label(decoded))]))
+            curves.setdefault(codec, []).append({"kbps": kbps, "bytes": len(enc.data), "encode_s": round(encode_s, 3),
+                                                 "pixel_agreement": round(agree, 4)})
+            log(f"uplink {codec} at {kbps} Kbps: {len(enc.data):,} bytes, encoded in {encode_s:.2f} s, teacher "
+                f"label agreement {agree:.4f}")
+    ref_codec, ref_kbps = UPLINK_REFERENCE
+    ref = next(r for r in curves[ref_codec] if r["kbps"] == ref_kbps)
+    equal = {}
+    for codec, rows in curves.items():
+        at = bytes_at_agreement(rows, ref["pixel_agreement"])
+        equal[codec] = None if at is None else {
+            "bytes": round(at), "ratio_to_h264_200kbps": round(at / ref["bytes"], 3),
+            "encode_s_max": max(r["encode_s"] for r in rows)}
+    return {"frames": len(files), "teacher": teacher_path.name, "source": "camvid-0016E5", "size": [512, 256],
+            "reference": {"codec": ref_codec, "kbps": ref_kbps, **ref}, "curves": curves,
+            "bytes_at_reference_agreement": equal}
+
+
+def bytes_at_agreement(rows: list[dict], target: float) -> float | None:
+    """The bytes at which a codec's (bytes, agreement) points first reach ``target`` agreement,
+    linearly between the two points around it (None if no point reaches it)."""
+    pts = sorted((r["bytes"], r["pixel_agreement"]) for r in rows)
+    prev = None
+    for b, a in pts:
+        if a >= target:
+            if prev is None:
+                return float(b)
+            b0, a0 = prev  # a0 < target <= a
+            return b0 + (b - b0) * (target - a0) / (a - a0)
+        prev = (b, a)
+    return None
+
+
+def _uplink_targets(uplink: dict | None) -> dict:
+    """Issue #10: a codec other than H.264 becomes the default where it halves the bytes at equal
+    agreement and encodes a 10-frame batch within 1 s on one thread."""
+    if uplink is None:
+        return {}
+    ok = [c for c, e in uplink["bytes_at_reference_agreement"].items()
+          if c != "h264" and e is not None and e["ratio_to_h264_200kbps"] <= 0.5 and e["encode_s_max"] <= 1.0]
+    return {"an_uplink_codec_halves_h264_bytes_at_equal_agreement_within_1s": bool(ok)}
 
 
 def _inference_beside_encoder(student, frames: list, stamps: list[float]) -> dict:
@@ -484,11 +533,12 @@ def run(args: argparse.Namespace) -> dict:
     log(f"frame batch: 10 frames 512x256 at 200 Kbps -> {len(enc.data):,} bytes in {res['batch_encode_s']} s")
 
     res["inference_beside_batch_encoder"] = _inference_beside_encoder(student, frames, stamps)
-    res["batch_teacher_agreement"] = _teacher_agreement_on_decoded()
+    res["uplink_codecs"] = _uplink_codecs()
     res["resync"] = resync_bytes(args, student)
 
     res["targets"] = {
         **_update_targets(res),
+        **_uplink_targets(res["uplink_codecs"]),
         "segmenter_labels_only_within_1.10x_of_bare_model": res["segmenter_pipeline_256x128"]["ratio_labels_only"] <= 1.10,
         "batch_within_1.3x_of_200kbps_budget": len(enc.data) <= 1.3 * 200_000 / 8 * 10,
         "edge_default_inference_beside_encoder_under_1.5x_idle": all(
@@ -505,9 +555,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync", "fused", "updates"], default="all",
+    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink"], default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
-                        "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10)")
+                        "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10); "
+                        "'uplink': only the video codecs' bytes and teacher agreement (issue #10)")
     p.add_argument("--fused-k", default="1,2,4", help="robots per fused step to measure (comma list)")
     p.add_argument("--fused-full", action="store_true", help="measure k = 1, 2, 4, 9, 18 (the issue-16 list; slow on CPU)")
     p.add_argument("--fused-width", type=int, default=64, help="training width of the fused-training figures")
@@ -552,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
         res = {}
         _update_figures(args, build_student("deeplabv3_mobilenet_v2", num_classes=21).eval(), res)
         res["targets"] = _update_targets(res)
+    elif args.only == "uplink":
+        res = {"uplink_codecs": _uplink_codecs()}
+        res["targets"] = _uplink_targets(res["uplink_codecs"])
     else:
         res = {"resync": resync_bytes(args)}
     out = Path(args.out)

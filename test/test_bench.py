@@ -72,3 +72,29 @@ def test_bench_refuses_cuda_where_there_is_none_before_doing_any_work(tmp_path):
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "device 'cuda'" in proc.stderr and "CUDA devices visible: 0" in proc.stderr
     assert "[bench] student" not in proc.stdout
+
+
+def test_bytes_at_equal_agreement_interpolate_between_the_points_around_it():
+    from ams_ros.bench import bytes_at_agreement
+
+    rows = [{"bytes": 10_000, "pixel_agreement": 0.90}, {"bytes": 30_000, "pixel_agreement": 0.96},
+            {"bytes": 20_000, "pixel_agreement": 0.94}]
+    assert bytes_at_agreement(rows, 0.95) == pytest.approx(25_000)
+    assert bytes_at_agreement(rows, 0.85) == 10_000  # the smallest batch already agrees enough
+    assert bytes_at_agreement(rows, 0.97) is None     # never reached: no figure made up
+
+
+def test_uplink_codecs_are_measured_on_real_frames_against_h264_at_200kbps():
+    from ams_ros.bench import _uplink_codecs, _uplink_targets
+    from ams_ros.core.assets import asset_path
+
+    if asset_path("video/camvid-0016E5/frames") is None or asset_path("models/teacher") is None:
+        pytest.skip("shared assets (CamVid frames, TFLite teacher) absent")
+    res = _uplink_codecs(codecs=("h264", "av1"), kbps_list=(100, 200))
+    assert [r["kbps"] for r in res["curves"]["av1"]] == [100, 200]
+    assert res["reference"]["codec"] == "h264" and res["reference"]["kbps"] == 200
+    assert res["bytes_at_reference_agreement"]["h264"]["ratio_to_h264_200kbps"] <= 1.0
+    for rows in res["curves"].values():
+        assert rows[0]["bytes"] < rows[1]["bytes"] and all(0.5 < r["pixel_agreement"] <= 1.0 for r in rows)
+    target = _uplink_targets(res)
+    assert list(target) == ["an_uplink_codec_halves_h264_bytes_at_equal_agreement_within_1s"]

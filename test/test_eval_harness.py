@@ -148,8 +148,10 @@ def test_presets_and_scheme_specs_are_checked():
     q = spec.preset_for(p)
     assert q.jit_threshold == 0.6 and q.jit_gamma == 1.0 and q.gamma == p.gamma
     assert S.parse_scheme("ams:strategy=random,gamma=0.1").preset_for(p).strategy == "random"
+    assert p.uplink_codec == "h264" and S.parse_scheme("ams:uplink_codec=av1").preset_for(p).uplink_codec == "av1"
     for bad, msg in (("turbo", "unknown scheme"), ("jit:speed=3", "unknown preset field"),
-                     ("ams:strategy=best", "unknown selection strategy"), ("jit:0.6", "KEY=VALUE")):
+                     ("ams:strategy=best", "unknown selection strategy"), ("jit:0.6", "KEY=VALUE"),
+                     ("ams:uplink_codec=jpeg", "not a video codec; choose from h264, h265, av1")):
         with pytest.raises(ValueError, match=msg):
             S.parse_scheme(bad)
     assert len(S.table3_specs()) == 1 + 5 * 4

@@ -5,12 +5,19 @@ uses 200 Kbps, two-pass, preset medium). Here x264's ABR with a VBV cap of the s
 plays the role of two-pass rate control so the batch lands near ``bitrate * period`` bytes.
 Timestamps travel beside the bytes (in the message), so they are preserved exactly.
 A ``jpeg`` codec (length-prefixed full-quality JPEGs) serves the remote+tracking baseline.
+
+``h265`` (libx265) and ``av1`` (SVT-AV1) are selectable the same way (issue #10; ``make bench``
+compares their bytes at equal teacher-label agreement). Both need frames of at least 64x64 in
+multiples of 8 (x265 corrupts its heap on smaller ones, SVT-AV1 refuses them), so frames are
+padded to that and cropped back after decoding. A decoded stream must be of the codec the batch
+declares.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
 import struct
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -21,10 +28,19 @@ import numpy as np
 
 from ams_ros.core.config import check_choice, knob
 
-CODECS = ("h264", "jpeg")
+VIDEO_CODECS = {  # name on the wire -> (PyAV encoder, decoder names that may report it)
+    "h264": ("libx264", ("h264",)),
+    "h265": ("libx265", ("hevc",)),
+    "av1": ("libsvtav1", ("av1", "libdav1d", "libaom-av1")),
+}
+CODECS = (*VIDEO_CODECS, "jpeg")
+_LABEL = {"h264": "H.264", "h265": "H.265", "av1": "AV1"}
 
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+# the same speed names for SVT-AV1's numbered presets (0 slowest .. 13 fastest)
+_SVT_PRESET = {"ultrafast": 12, "superfast": 11, "veryfast": 10, "faster": 9, "fast": 8, "medium": 7, "slow": 5,
+               "slower": 4, "veryslow": 2}
 
 
 class FrameCodecError(ValueError):
@@ -36,8 +52,9 @@ class BatchEncoderConfig:
     """How the robot encodes one update period's sampled frames for the uplink (paper: H.264, 200 Kbps)."""
 
     codec: str = knob("h264", "Frame batch codec", choices=CODECS)
-    bitrate_bps: int = knob(200_000, "Target uplink bitrate of H.264 batches (bits per second of stream time)")
-    preset: str = knob("medium", "libx264 preset for batch encoding", choices=X264_PRESETS)
+    bitrate_bps: int = knob(200_000, "Target uplink bitrate of video batches (bits per second of stream time)")
+    preset: str = knob("medium", "Encoder speed preset for batch encoding (x264/x265 names; mapped to SVT-AV1's "
+                                 "numbers for av1)", choices=X264_PRESETS)
     threads: int = knob(1, "libx264 threads for batch encoding (0 = x264's choice, about 1.5 per core). "
                            "A batch is a few frames; 1 leaves the other cores to inference")
 
@@ -103,6 +120,13 @@ def _even(x: int) -> int:
     return x + (x % 2)
 
 
+def coded_size(codec: str, width: int, height: int) -> tuple[int, int]:
+    """The size frames are padded to for ``codec`` (and that its decoded frames must have)."""
+    if codec == "h264":
+        return _even(width), _even(height)
+    return max(64, -(-width // 8) * 8), max(64, -(-height // 8) * 8)
+
+
 def encode_frames(frames: list[np.ndarray], timestamps: list[float],
                   bitrate_bps: int = BatchEncoderConfig.bitrate_bps, codec: str = BatchEncoderConfig.codec,
                   preset: str = BatchEncoderConfig.preset, period_s: float | None = None,
@@ -127,7 +151,7 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float],
                 raise FrameCodecError("JPEG encoding failed")
             parts.append(struct.pack("<I", buf.size) + buf.tobytes())
         return EncodedBatch(b"".join(parts), "jpeg", w, h, list(timestamps), len(frames), 0)
-    if codec != "h264":
+    if codec not in VIDEO_CODECS:
         raise FrameCodecError(f"unknown frame codec '{codec}'; use one of {CODECS}")
     n = len(frames)
     if period_s is None:
@@ -137,7 +161,7 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float],
     budget_bits = max(1.0, bitrate_bps * float(period_s))
     fps = 1
     kbps = max(1, int(budget_bits / n / 1000))  # kbit per second of the 1-fps clip
-    pw, ph = _even(w), _even(h)
+    pw, ph = coded_size(codec, w, h)
     padded = [f if (pw, ph) == (w, h) else cv2.copyMakeBorder(f, 0, ph - h, 0, pw - w, cv2.BORDER_REPLICATE)
               for f in frames]
     # Two passes at most three: ABR cannot converge within a 10-frame clip, so the rate is
@@ -145,21 +169,34 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float],
     budget_bytes = budget_bits / 8.0
     data = b""
     for _ in range(3):
-        data = _x264(padded, pw, ph, fps, kbps, n, preset, threads)
+        data = _encode_video(codec, padded, pw, ph, fps, kbps, n, preset, threads)
         if len(data) <= 1.05 * budget_bytes:
             break
         kbps = max(1, int(kbps * budget_bytes / len(data) * 0.92))
-    return EncodedBatch(data, "h264", w, h, list(timestamps), n, int(bitrate_bps))
+    return EncodedBatch(data, codec, w, h, list(timestamps), n, int(bitrate_bps))
 
 
-def _x264(frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str, threads: int) -> bytes:
+def _encoder_options(codec: str, kbps: int, n: int, preset: str, threads: int) -> dict[str, str]:
+    """Average bitrate with a VBV cap of the same rate, one key frame per batch, no scene cuts."""
+    rate = f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"
+    if codec == "h264":
+        return {"preset": preset, "x264-params": rate + (f":threads={int(threads)}" if threads > 0 else "")}
+    if codec == "h265":
+        return {"preset": preset, "x265-params": rate + f":min-keyint={max(n, 1)}:log-level=error"
+                + (f":frame-threads=1:pools={int(threads)}" if threads > 0 else "")}
+    return {"preset": str(_SVT_PRESET[preset]),
+            "svtav1-params": f"rc=1:tbr={kbps}:keyint={max(n, 1)}" + (f":lp={int(threads)}" if threads > 0 else "")}
+
+
+def _encode_video(codec: str, frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str,
+                  threads: int) -> bytes:
+    if codec == "av1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner and settings at every open otherwise
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=fps)
+        stream = out.add_stream(VIDEO_CODECS[codec][0], rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"preset": preset, "x264-params":
-                          f"bitrate={kbps}:vbv-maxrate={kbps}:vbv-bufsize={kbps * n}:keyint={max(n, 1)}:scenecut=0"
-                          + (f":threads={int(threads)}" if threads > 0 else "")}
+        stream.options = _encoder_options(codec, kbps, n, preset, threads)
         for f in frames:
             for pkt in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
                 out.mux(pkt)
@@ -208,8 +245,9 @@ def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: 
             frames.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
             pos += size
         return frames
-    if codec != "h264":
+    if codec not in VIDEO_CODECS:
         raise FrameCodecError(f"unknown frame codec '{codec}'; use one of {CODECS}")
+    label, coded = _LABEL[codec], coded_size(codec, width, height)
     frames = []
     try:
         with av.open(io.BytesIO(bytes(data)), "r", format="mp4") as container:
@@ -217,20 +255,22 @@ def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: 
                 raise FrameCodecError("batch holds no video stream")
             stream = container.streams.video[0]
             stream.thread_count = 1  # a batch is a few frames; never a thread per core on the server
+            if stream.codec_context.name not in VIDEO_CODECS[codec][1]:
+                raise FrameCodecError(f"batch declares {label} but holds a '{stream.codec_context.name}' stream")
             for frame in container.decode(stream):
-                if (frame.width, frame.height) != (_even(width), _even(height)):  # before converting it
+                if (frame.width, frame.height) != coded:  # before converting it
                     raise FrameCodecError(f"decoded frame is {frame.width}x{frame.height}, the batch declares "
                                           f"{width}x{height}")
                 if len(frames) >= cap:
-                    raise FrameCodecError(f"H.264 batch holds more than the {cap} frames it declares")
+                    raise FrameCodecError(f"{label} batch holds more than the {cap} frames it declares")
                 rgb = frame.to_ndarray(format="rgb24")
                 frames.append(np.ascontiguousarray(rgb[:height, :width]))
     except FrameCodecError:
         raise
     except (av.error.FFmpegError, ValueError, EOFError, OSError, IndexError) as exc:
-        raise FrameCodecError(f"corrupted or truncated H.264 batch: {exc}") from exc
+        raise FrameCodecError(f"corrupted or truncated {label} batch: {exc}") from exc
     if not frames:
-        raise FrameCodecError("H.264 batch decoded to no frames")
+        raise FrameCodecError(f"{label} batch decoded to no frames")
     return frames
 
 

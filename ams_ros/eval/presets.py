@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 
-from ams_ros.core.frame_codec import BatchEncoderConfig
+from ams_ros.core.frame_codec import VIDEO_CODECS, BatchEncoderConfig
 from ams_ros.core.rate_control import RateControlConfig
 from ams_ros.core.server_session import SessionConfig
 from ams_ros.core.trainer import TrainerConfig
@@ -38,7 +38,8 @@ class Preset:
     lr: float = _T.lr
     gamma: float = _T.gamma
     strategy: str = _T.strategy
-    bitrate_bps: int = BatchEncoderConfig.bitrate_bps  # H.264 uplink target
+    bitrate_bps: int = BatchEncoderConfig.bitrate_bps  # video uplink target
+    uplink_codec: str = BatchEncoderConfig.codec  # frame batch codec of AMS and one-time (h264 | h265 | av1)
     r_min: float = _R.r_min
     r_max: float = _R.r_max
     adaptive_update_period: bool = False  # appendix D; off in the paper's Table 1 runs
@@ -84,6 +85,11 @@ class Preset:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def __post_init__(self) -> None:
+        if self.uplink_codec not in VIDEO_CODECS:
+            raise ValueError(f"uplink_codec '{self.uplink_codec}' is not a video codec; choose from "
+                             f"{', '.join(VIDEO_CODECS)}")
 
     def with_overrides(self, overrides: dict[str, object]) -> "Preset":
         """A copy with fields replaced; values given as strings are parsed to the field's type."""

@@ -171,7 +171,8 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     def upload(t: float, batch) -> None:
         """A batch goes up; the server labels its frames as soon as it arrives."""
         nonlocal t_data
-        enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
+        enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, codec=p.uplink_codec,
+                            period_s=batch.update_period)
         arrive = run.up.send(t, len(enc.data))
         run.res.sent_times += list(batch.timestamps)
         n = session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
@@ -399,7 +400,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     for i, t, frame in ctx.clip.frames():
         batch = sampler.offer(t, frame)
         if batch is not None:
-            enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
+            enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, codec=p.uplink_codec,
+                                period_s=batch.update_period)
             pending.append((run.up.send(t, len(enc.data)), enc))
             run.res.sent_times += list(batch.timestamps)
         serve(t)
