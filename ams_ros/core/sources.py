@@ -3,7 +3,9 @@
 Used by the camera sampler when no camera driver runs, and by the demo:
 ``synthetic[:SEED][?shifts=T1,T2]``, a video file, an image folder whose file names are frame
 numbers at 30 fps (CamVid layout, human labels in a sibling ``labels/`` folder), a rosbag2
-folder or file (first ``sensor_msgs/Image`` topic, via ``rosbags``), or ``device:N``.
+folder or file (first ``sensor_msgs/Image`` topic, via ``rosbags``), ``device:N``, or
+``playlist:A,B,...`` / ``playlist:LIST.txt`` (issue #11: finite sources back to back as one
+stream, ``mirror:`` before an item flips it left-right; see :class:`PlaylistSource`).
 """
 
 from __future__ import annotations
@@ -161,11 +163,80 @@ class DeviceSource:
         self.cap.release()
 
 
+PLAYLIST = "playlist:"
+MIRROR = "mirror:"
+PLAYLIST_FILE_SUFFIXES = (".txt", ".list", ".m3u")
+
+
+def playlist_items(spec: str) -> list[tuple[str, bool]]:
+    """``(source spec, mirrored)`` of each item of ``playlist:A,mirror:B,...`` or of a list file
+    (``playlist:streams/long.txt``: one item per line, ``#`` comments, paths relative to the file)."""
+    body = spec[len(PLAYLIST):].strip()
+    listing = Path(body)
+    if listing.suffix.lower() in PLAYLIST_FILE_SUFFIXES:
+        if not listing.is_file():
+            raise ValueError(f"playlist file '{body}' does not exist (write one source per line)")
+        raw = [ln.split("#", 1)[0].strip() for ln in listing.read_text().splitlines()]
+        base = listing.parent
+    else:
+        raw, base = [part.strip() for part in body.split(",")], None
+    items = []
+    for entry in filter(None, raw):
+        mirrored = entry.startswith(MIRROR)
+        item = entry[len(MIRROR):].strip() if mirrored else entry
+        if base is not None and not Path(item).is_absolute():
+            item = str(base / item)
+        if item.startswith(("synthetic", "device:", PLAYLIST)):
+            raise ValueError(f"playlist item '{item}' is not a finite file source; a playlist plays video files, "
+                             f"image folders and rosbags back to back")
+        items.append((item, mirrored))
+    if not items:
+        raise ValueError(f"playlist '{spec}' names no source; e.g. playlist:a.mp4,mirror:b.mp4 or playlist:list.txt")
+    return items
+
+
+class PlaylistSource:
+    """Finite sources played back to back as one stream (issue #11: streams as long as the
+    paper's from short clips). Stream time is continuous: an item starts one of its own frame
+    periods after the previous item's last frame, so a change of item is an abrupt scene change
+    at a known time (``starts``, filled as the stream plays). A mirrored item is flipped
+    left-right (frames and human labels), so a clip played twice is not the same video twice.
+    ``fps`` is the fastest item's rate."""
+
+    def __init__(self, spec: str, size: tuple[int, int] | None, loop: bool = False) -> None:
+        self.spec, self.size, self.loop = spec, size, loop
+        self.items = playlist_items(spec)
+        self.sources = [open_source(item, size=size) for item, _ in self.items]  # each checked now
+        self.fps = max(float(getattr(src, "fps", 30.0) or 30.0) for src in self.sources)
+        self.starts: list[float] = []
+
+    def __iter__(self) -> Iterator[Frame]:
+        offset, self.starts = 0.0, []
+        while True:
+            for (_, mirrored), src in zip(self.items, self.sources):
+                first = last = None
+                for t, rgb, gt in src:
+                    if first is None:
+                        first = t
+                        self.starts.append(offset)
+                    last = offset + (t - first)
+                    if mirrored:
+                        rgb = np.ascontiguousarray(rgb[:, ::-1])
+                        gt = None if gt is None else np.ascontiguousarray(gt[:, ::-1])
+                    yield last, rgb, gt
+                if last is not None:
+                    offset = last + 1.0 / max(float(getattr(src, "fps", 30.0) or 30.0), 1e-6)
+            if not self.loop or not self.starts:
+                return
+
+
 def open_source(spec: str, size: tuple[int, int] | None = None, loop: bool = False,
                 fps: float | None = None) -> FrameSource:
     """A frame source for ``spec`` (see the module docstring); errors say what was wrong.
 
     ``fps`` sets the frame rate of the synthetic world (real sources keep their own)."""
+    if spec.startswith(PLAYLIST):
+        return PlaylistSource(spec, size, loop)
     if spec.startswith("synthetic"):
         return SyntheticSource(spec, size, fps=fps or 30.0)
     if spec.startswith("device:"):

@@ -188,7 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     failed: list[str] = []
     try:
         clip = load_clip(args.source, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
-                         max_seconds=args.max_seconds, cache_dir=args.cache or None, progress=not args.quiet)
+                         max_seconds=args.max_seconds, cache_dir=args.cache or None, progress=not args.quiet,
+                         upload_quality=preset.jpeg_quality)
     except KeyboardInterrupt:
         print("\n[ams-eval] interrupted while labelling the clip: nothing to report", flush=True)
         return 130

@@ -13,6 +13,10 @@ the evaluation needs on top:
   (a cache keyed by source, size, teacher and classes), so a clip of any length is replayed
   from disk without holding it in memory.
 - :class:`Clip` replays the scored frames at the evaluation size, as often as needed.
+- (issue #11) the bytes each scored frame costs as a full-quality JPEG at the resolution the
+  teacher labels (the source's own, capped at the teacher's input size): what Remote+Tracking,
+  Just-In-Time and ShadowTutor send up in the paper, where the teacher labels 2048x1024 frames,
+  whereas the evaluation itself runs at a reduced size. Stored beside the labels.
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ class Clip:
     nominal_fps: float
     source_indices: list[int] = field(default_factory=list)
     _frames: list[np.ndarray] | None = None
+    upload_bytes: np.ndarray | None = None  # per scored frame: JPEG bytes at upload_resolution
+    upload_resolution: str = ""             # "WxH" of the first scored frame as uploaded
 
     def __len__(self) -> int:
         return int(self.times.size)
@@ -133,7 +139,8 @@ class Clip:
         frames = [f for i, _, f in self.frames() if i < n] if self._frames is None else self._frames[:n]
         return Clip(self.spec, self.times[:n], self.teacher[:n], None if self.gt is None else self.gt[:n],
                     self.has_gt[:n], self.num_classes, self.class_names, self.size, self.nominal_fps,
-                    self.source_indices[:n], frames)
+                    self.source_indices[:n], frames,
+                    None if self.upload_bytes is None else self.upload_bytes[:n], self.upload_resolution)
 
     def cache_frames(self) -> "Clip":
         self._frames = [f for _, _, f in self.frames()]
@@ -146,6 +153,56 @@ def _to_size(img: np.ndarray, size: tuple[int, int], nearest: bool = False) -> n
     return cv2.resize(img, tuple(size), interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
 
+def upload_size(width: int, height: int, cap: tuple[int, int] | None) -> tuple[int, int]:
+    """A frame's size as uploaded for the teacher: its own, scaled down (aspect kept) to fit
+    within ``cap`` (the teacher's input size; None = no cap)."""
+    if cap is None:
+        return int(width), int(height)
+    scale = min(1.0, cap[0] / width, cap[1] / height)
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def jpeg_upload_bytes(rgb: np.ndarray, cap: tuple[int, int] | None, quality: int) -> tuple[int, tuple[int, int]]:
+    """Bytes of ``rgb`` as one JPEG at its upload size (see :func:`upload_size`), and that size."""
+    w, h = upload_size(rgb.shape[1], rgb.shape[0], cap)
+    img = _to_size(rgb, (w, h))
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("JPEG encoding of an upload frame failed")
+    return int(buf.size), (w, h)
+
+
+def _upload_name(cap: tuple[int, int] | None, quality: int) -> str:
+    return f"upload-q{int(quality)}-{'nocap' if cap is None else f'{cap[0]}x{cap[1]}'}"
+
+
+def _load_or_measure_uploads(root: Path, clip: "Clip", cap: tuple[int, int] | None, quality: int) -> None:
+    """Upload bytes from the cache entry, or measured now by re-reading the scored source frames
+    (an entry written before issue #11 has labels but no upload sizes)."""
+    name = _upload_name(cap, quality)
+    if (root / f"{name}.npy").exists():
+        clip.upload_bytes = np.load(root / f"{name}.npy")
+        clip.upload_resolution = (root / f"{name}.txt").read_text().strip()
+        return
+    sizes, first = [], None
+    want = iter(clip.source_indices)
+    nxt = next(want, None)
+    for k, (_, rgb, _) in enumerate(_source_frames(clip.spec, clip.size)):
+        if nxt is None:
+            break
+        if k == nxt:
+            n, wh = jpeg_upload_bytes(rgb, cap, quality)
+            sizes.append(n)
+            first = first or wh
+            nxt = next(want, None)
+    clip.upload_bytes = np.asarray(sizes, dtype=np.int64)
+    clip.upload_resolution = f"{first[0]}x{first[1]}" if first else ""
+    (root / f"{name}.txt").write_text(clip.upload_resolution)
+    tmp = root / f".{name}.{os.getpid()}.npy"  # renamed into place: a concurrent run never reads half of it
+    np.save(tmp, clip.upload_bytes)
+    os.replace(tmp, root / f"{name}.npy")
+
+
 def _source_frames(spec: str, size: tuple[int, int]) -> Iterator[tuple[float, np.ndarray, np.ndarray | None]]:
     # synthetic worlds render at the evaluation size; real sources at their own (teacher input)
     src = open_source(spec, size=size if spec.startswith("synthetic") else None)
@@ -153,26 +210,31 @@ def _source_frames(spec: str, size: tuple[int, int]) -> Iterator[tuple[float, np
 
 
 def _cache_key(spec: str, size, eval_fps: float, max_seconds: float, teacher_name: str, lut: np.ndarray | None) -> str:
+    from ams_ros.core.sources import PLAYLIST, playlist_items
+
     p = Path(spec)
-    stamp = ""
-    if p.exists():
-        st = p.stat()
-        stamp = f"{p.resolve()}:{st.st_mtime_ns}:{st.st_size}"
+    paths = [Path(item) for item, _ in playlist_items(spec)] if spec.startswith(PLAYLIST) else [p]
+    stamp = ";".join(f"{q.resolve()}:{q.stat().st_mtime_ns}:{q.stat().st_size}" for q in paths if q.exists())
     h = hashlib.sha1(json.dumps([spec, stamp, list(size), eval_fps, max_seconds, teacher_name,
                                  None if lut is None else lut.tolist(), 3]).encode()).hexdigest()[:16]
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (p.name or spec))[:40]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in (spec if spec.startswith(PLAYLIST) else p.name or spec))[:40]
     return f"{name}-{size[0]}x{size[1]}-{h}"
 
 
 def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None = None, eval_fps: float = 0.0,
               max_seconds: float = 0.0, cache_dir: str | os.PathLike | None = None, progress: bool = True,
-              in_memory: bool | None = None) -> Clip:
+              in_memory: bool | None = None, upload_quality: int = 95) -> Clip:
     """Read ``spec``, label every scored frame with ``teacher`` (once; cached in ``cache_dir``).
 
     ``lut`` maps the teacher's ids to the selected classes (``LabelSpace.restrict``); ``None``
     keeps all of the teacher's classes. ``max_seconds`` cuts the clip (0 = all of it).
+    ``upload_quality``: the JPEG quality of the frames' upload sizes (``Clip.upload_bytes``).
     """
     from tqdm import tqdm
+
+    from ams_ros.core.models.teachers import teacher_input_size
+
+    cap = teacher_input_size(teacher)
 
     size = (int(size[0]), int(size[1]))
     if not max_seconds and spec.startswith("synthetic"):
@@ -203,6 +265,7 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
         gt = np.load(root / "gt.npy", mmap_mode="r") if meta["has_any_gt"] else None
         has_gt = np.load(root / "has_gt.npy")
         clip = Clip(spec, times, teacher_labels, gt, has_gt, n_cls, names, size, nfps, meta["source_indices"])
+        _load_or_measure_uploads(root, clip, cap, upload_quality)
         return clip.cache_frames() if (in_memory if in_memory is not None else len(clip) <= 4000) else clip
 
     # first pass: which frames are scored (times only; cheap for files, exact for live sources)
@@ -213,6 +276,8 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     t_labels: list[np.ndarray] = []
     g_labels: list[np.ndarray | None] = []
     src_idx: list[int] = []
+    uploads: list[int] = []
+    upload_wh: tuple[int, int] | None = None
     kept: list[np.ndarray] | None = [] if in_memory is not False else None
     t_first, last_slot = None, None
     bar = tqdm(desc=f"teacher labels {Path(spec).name or spec}", unit="frame", disable=not progress)
@@ -236,6 +301,9 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
                 g_labels.append(None)
             times_all.append(float(t))
             src_idx.append(k)
+            n_up, wh = jpeg_upload_bytes(rgb, cap, upload_quality)
+            uploads.append(n_up)
+            upload_wh = upload_wh or wh
             if kept is not None:
                 kept.append(_to_size(rgb, size))
                 if in_memory is None and len(kept) > 4000:
@@ -260,6 +328,10 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     np.save(part / "times.npy", times)
     np.save(part / "teacher.npy", teacher_arr)
     np.save(part / "has_gt.npy", has_gt)
+    upload_arr = np.asarray(uploads, dtype=np.int64)
+    upload_res = f"{upload_wh[0]}x{upload_wh[1]}" if upload_wh else ""
+    np.save(part / f"{_upload_name(cap, upload_quality)}.npy", upload_arr)
+    (part / f"{_upload_name(cap, upload_quality)}.txt").write_text(upload_res)
     if gt_arr is not None:
         np.save(part / "gt.npy", gt_arr)
     (part / "meta.json").write_text(json.dumps({"spec": spec, "size": list(size), "eval_fps": eval_fps,
@@ -270,7 +342,8 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
         os.rename(part, root)
     except OSError:  # another run stored the same entry meanwhile
         shutil.rmtree(part, ignore_errors=True)
-    clip = Clip(spec, times, teacher_arr, gt_arr, has_gt, n_cls, names, size, nfps, src_idx, kept)
+    clip = Clip(spec, times, teacher_arr, gt_arr, has_gt, n_cls, names, size, nfps, src_idx, kept,
+                upload_arr, upload_res)
     if tmp_root is not None:  # the labels are in memory; frames are re-read from the source if not kept
         shutil.rmtree(tmp_root, ignore_errors=True)
     return clip

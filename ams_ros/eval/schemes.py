@@ -214,6 +214,7 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
 def run_remote_tracking(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     p = spec.preset_for(ctx.preset)
     run = SchemeRun(ctx, spec.name, "remote_tracking", {"fps": p.rt_fps, "jpeg_quality": p.jpeg_quality,
+                                                         "upload_resolution": ctx.keyframe_upload_resolution,
                                                          **dict(spec.params)})
     edge = run.new_edge()  # labels the frames before the first label map arrives
     sched = KeyFrameSchedule(1, p.rt_fps)
@@ -225,7 +226,7 @@ def run_remote_tracking(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         if sched.due(t):
             sched.mark(t)
             enc = encode_frames([frame], [t], codec="jpeg", jpeg_quality=p.jpeg_quality)
-            arrive_up = run.up.send(t, len(enc.data))
+            arrive_up = run.up.send(t, ctx.keyframe_upload_bytes(i, len(enc.data)))
             run.res.sent_times.append(t)
             dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
             label = ctx.server_labels([i], dec, [t])[0]
@@ -251,7 +252,7 @@ def _run_keyframes(ctx: RunContext, spec: SchemeSpec, p: Preset, distiller_of: C
     distils the newest one into its copy (a key frame still waiting when a newer one arrives is
     stale and dropped), ships the changed parameters and tells the edge the next stride; the
     edge keeps sending at the stride it last heard."""
-    run = SchemeRun(ctx, spec.name, spec.scheme, params)
+    run = SchemeRun(ctx, spec.name, spec.scheme, {**params, "upload_resolution": ctx.keyframe_upload_resolution})
     server_model = copy.deepcopy(ctx.student).eval()
     distiller: KeyFrameDistiller = distiller_of(server_model)
     edge = run.new_edge()
@@ -299,7 +300,7 @@ def _run_keyframes(ctx: RunContext, spec: SchemeSpec, p: Preset, distiller_of: C
         if sched.due(t):
             sched.mark(t)
             enc = encode_frames([frame], [t], codec="jpeg", jpeg_quality=p.jpeg_quality)
-            arrive_up = run.up.send(t, len(enc.data))
+            arrive_up = run.up.send(t, ctx.keyframe_upload_bytes(i, len(enc.data)))
             run.res.sent_times.append(t)
             dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)[0]
             serve(arrive_up)  # the server may start on the previous key frame before this one arrives

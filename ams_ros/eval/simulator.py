@@ -236,6 +236,20 @@ class RunContext:
     def size(self) -> tuple[int, int]:
         return self.clip.size
 
+    def keyframe_upload_bytes(self, i: int, sent_bytes: int) -> int:
+        """What key frame ``i`` costs on the uplink (issue #11): the clip's JPEG of the source
+        frame at the teacher's resolution, or ``sent_bytes`` (the evaluation-size JPEG) with
+        ``keyframe_upload=eval`` or a clip without upload sizes."""
+        if self.preset.keyframe_upload == "teacher" and self.clip.upload_bytes is not None:
+            return int(self.clip.upload_bytes[i])
+        return int(sent_bytes)
+
+    @property
+    def keyframe_upload_resolution(self) -> str:
+        if self.preset.keyframe_upload == "teacher" and self.clip.upload_bytes is not None:
+            return self.clip.upload_resolution
+        return f"{self.clip.size[0]}x{self.clip.size[1]}"
+
     def server_labels(self, indices: list[int], frames: list[np.ndarray], stamps: list[float]) -> list[np.ndarray]:
         """Teacher labels of frames the server received (decoded), or the clip's reference labels."""
         if self.preset.server_labels == "reference" or self.teacher is None:

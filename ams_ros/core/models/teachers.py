@@ -172,6 +172,19 @@ class SelectedClassesTeacher:
         return [self.lut[lab] for lab in label_frames(self.teacher, images, stamps)]
 
 
+def teacher_input_size(teacher) -> tuple[int, int] | None:
+    """(W, H) the teacher labels at (a TFLite model's input tensor, a PyTorch teacher's
+    ``input_size``), through a class selection; None when it takes frames at any size."""
+    for _ in range(4):
+        size = getattr(teacher, "input_size", None) or getattr(getattr(teacher, "segmenter", None), "input_size", None)
+        if size:
+            return int(size[0]), int(size[1])
+        teacher = getattr(teacher, "teacher", None)
+        if teacher is None:
+            return None
+    return None
+
+
 def select_classes(teacher: Teacher, selected_names: Sequence[str]) -> Teacher:
     """``teacher`` restricted to ``selected_names`` (the teacher itself when none are given or
     they are all of its classes, in its order)."""
