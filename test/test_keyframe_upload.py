@@ -80,6 +80,13 @@ def test_remote_tracking_pays_the_teachers_resolution_unless_told_to_count_the_e
     assert runs["teacher"].params["upload_resolution"] == "48x24"
     assert runs["eval"].params["upload_resolution"] == "32x16"
     assert sum(b for _, b in runs["eval"].uplink) < sum(sent)  # 32x16 JPEGs are smaller than 48x24 ones
+    from ams_ros.eval.report import markdown, summarize
+
+    schemes = {k: summarize(r, None, clip.times, 0.0, 0.1) for k, r in (("remote_tracking", runs["teacher"]),
+                                                                         ("rt_eval", runs["eval"]))}
+    table = markdown({"source": str(video), "preset": "cpu-quick", "frames_evaluated": len(clip),
+                      "stream_seconds": 1.2, "classes": ["road"], "schemes": schemes})
+    assert "| frames sent up as | JPEG 48x24 | JPEG 32x16 |" in table  # the results table states the resolutions
 
 
 def test_the_paper_timing_preset_scores_every_frame_with_a_stated_training_cost():

@@ -69,6 +69,7 @@ def summarize(r: SchemeResult, none: SchemeResult | None, clip_times: np.ndarray
     up = sum(b for _, b in r.uplink)
     down = sum(b for _, b in r.downlink)
     return {
+        "scheme": r.scheme,
         "miou_teacher": _r(_nanmean(np.asarray(r.window_miou, float)[keep])) if r.times else None,
         "miou_gt": _r(_nanmean(np.asarray(r.gt_window_miou, float)[keep_gt])) if r.gt_times else None,
         "uplink_kbps": _r(up * 8 / max(duration, 1e-9) / 1000.0, 2) if duration else 0.0,
@@ -170,6 +171,14 @@ def _num(v, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _uplink_form(x: Mapping) -> str:
+    """How a scheme's uplink is counted: key-frame JPEGs at their upload resolution, or video."""
+    res = x.get("params", {}).get("upload_resolution")
+    if res:
+        return f"JPEG {res}"
+    return "-" if x.get("scheme") == "none" else "video batches"
+
+
 def markdown(s: Mapping) -> str:
     """A Table-1-style table (schemes as columns) and, when AMS variants ran, a Table-3-style one."""
     sch = s["schemes"]
@@ -183,6 +192,8 @@ def markdown(s: Mapping) -> str:
     row("mIoU vs teacher (%)", lambda x: _pct(x["miou_teacher"]))
     row("mIoU vs human labels (%)", lambda x: _pct(x["miou_gt"]))
     row("Up/Down BW (Kbps)", lambda x: f"{x['uplink_kbps']:.1f}/{x['downlink_kbps']:.1f}")
+    if any("upload_resolution" in sch[n].get("params", {}) for n in names):  # issue #11: what the uplink counts
+        row("frames sent up as", _uplink_form)
     row("updates sent", lambda x: str(x["updates"]))
     row("frames better than none (%)", lambda x: _pct(x["frac_frames_better_than_none"]))
     row("mean update delay (s)", lambda x: _num(x["mean_update_delay_s"], "{:.2f}"))
