@@ -94,10 +94,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fl.add_argument("--out", default="out/eval/fleet", help="output folder")
     fl.add_argument("--no-plots", action="store_true")
     _common(fl)
+    an = sub.add_parser("analyze", help="per-frame gain of one scheme over another vs label age and motion (issue #11)")
+    an.add_argument("run", help="output folder of an earlier 'ams-eval run' (its series.json and results.json)")
+    an.add_argument("--source", default="", help="the run's source, for the motion (default: as in results.json)")
+    an.add_argument("--a", default="ams", help="the scheme whose gain is measured")
+    an.add_argument("--b", default="remote_tracking", help="the scheme it is measured against")
+    an.add_argument("--no-motion", action="store_true", help="skip the optical flow (no source needed)")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "fleet", "-h", "--help"):
+    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "fleet", "analyze", "-h", "--help"):
         argv = ["run", *argv]
     args = ap.parse_args(argv)
     if args.cmd is None:
@@ -324,6 +330,31 @@ def cmd_replot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from ams_ros.eval.analysis import analyze
+
+    run = Path(args.run)
+    if not (run / "series.json").exists() or not (run / "results.json").exists():
+        raise FileNotFoundError(f"{run}/series.json or results.json not found: analyze needs a folder written by "
+                                f"'ams-eval run'")
+    meta = json.loads((run / "results.json").read_text())
+    params = meta.get("preset_params") or {}
+    size = (int(params.get("width", 256)), int(params.get("height", 128)))
+    source = None if args.no_motion else (args.source or meta.get("source"))
+    res = analyze(run, source, size, a=args.a, b=args.b)
+    print(f"[ams-eval] {res['a']} - {res['b']} over {res['frames']} frames: mean {100 * (res['gain_mean'] or 0):+.1f} "
+          f"points", flush=True)
+    for key, unit in (("gain_vs_label_age_frames", "frames since the tracked label"), ("gain_vs_motion_px", "flow px")):
+        for row in res.get(key, []):
+            if row["frames"]:
+                print(f"  {unit} [{row['from']:g}, {row['to']:g}): {row['frames']} frames, mean "
+                      f"{100 * row['gain_mean']:+.1f} points", flush=True)
+    print(f"[ams-eval] wrote {run}/analysis.json and its plots", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -335,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replot(args)
         if args.cmd == "fleet":
             return cmd_fleet(args)
+        if args.cmd == "analyze":
+            return cmd_analyze(args)
         return cmd_run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ams-eval: error: {exc}", file=sys.stderr)

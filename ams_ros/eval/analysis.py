@@ -1,0 +1,148 @@
+"""Where AMS beats Remote+Tracking and where it loses (issue #11): per-frame analysis of a run.
+
+From a run's ``series.json`` (``ams-eval run``), for every scored frame:
+
+- the gain of one scheme over another (default AMS over Remote+Tracking): the difference of their
+  per-frame mIoU against the teacher;
+- how many source frames ago the teacher label Remote+Tracking is tracking from was captured
+  (the label in use at time t is the newest one that had arrived by t; before the first arrives
+  it counts from the start): the longer a label is carried by optical flow, the more it drifts;
+- the motion at that frame: the mean Farneback optical-flow magnitude (pixels per frame at the
+  evaluation size) between the previous scored frame and this one, from the source itself.
+
+``ams-eval analyze OUT --source SPEC`` writes ``analysis.json`` (the per-frame values and the gain
+binned by each) and two plots (``analysis_gain_vs_label_age.png``, ``analysis_gain_vs_motion.png``).
+Nothing here changes a scheme; it explains the numbers ``ams-eval run`` reports.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from ams_ros.eval.report import read_series
+from ams_ros.eval.simulator import SchemeResult
+
+
+def per_frame_gain(a: SchemeResult, b: SchemeResult) -> tuple[np.ndarray, np.ndarray]:
+    """(times, mIoU of ``a`` minus ``b``) on the frames both scored (NaN where either is)."""
+    fa = dict(zip(np.round(a.times, 6), a.frame_miou))
+    fb = dict(zip(np.round(b.times, 6), b.frame_miou))
+    times = np.array(sorted(set(fa) & set(fb)), dtype=float)
+    gain = np.array([fa[t] - fb[t] for t in times], dtype=float)
+    return times, gain
+
+
+def label_age_frames(times: np.ndarray, rt: SchemeResult, clip_times: np.ndarray) -> np.ndarray:
+    """Per time: source frames between the capture of the teacher label in use and that time
+    (``clip_times`` counts the frames; a frame before any label arrived counts from the start)."""
+    updates = sorted(rt.updates, key=lambda u: u.t_arrive)  # one FIFO link: the newest arrived is tracked
+    arrive = np.array([u.t_arrive for u in updates], dtype=float)
+    data = np.array([u.t_data for u in updates], dtype=float)
+    clip_times = np.asarray(clip_times, float)
+    ages = np.empty(len(times))
+    for k, t in enumerate(times):
+        i = int(np.searchsorted(arrive, t, side="right")) - 1
+        since = data[i] if i >= 0 else clip_times[0] - 1.0
+        ages[k] = np.count_nonzero((clip_times > since + 1e-9) & (clip_times <= t + 1e-9))
+    return ages
+
+
+def motion_per_frame(frames: Iterable[tuple[float, np.ndarray]]) -> dict[float, float]:
+    """Mean optical-flow magnitude (Farneback, pixels) from each frame's predecessor to it; the
+    first frame gets NaN."""
+    out, prev = {}, None
+    for t, rgb in frames:
+        g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if prev is None:
+            out[round(float(t), 6)] = float("nan")
+        else:
+            flow = cv2.calcOpticalFlowFarneback(prev, g, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+            out[round(float(t), 6)] = float(np.mean(np.linalg.norm(flow, axis=2)))
+        prev = g
+    return out
+
+
+def scored_frames(spec: str, clip_times: np.ndarray, size: tuple[int, int]) -> Iterable[tuple[float, np.ndarray]]:
+    """The source's frames at the scored times, at the evaluation size."""
+    from ams_ros.core.sources import open_source
+
+    want = {round(float(t), 6) for t in clip_times}
+    last = max(want) if want else 0.0
+    src = open_source(spec, size=size if spec.startswith("synthetic") else None)
+    for t, rgb, _ in src:
+        key = round(float(t), 6)
+        if key in want:
+            yield key, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[1::-1] != size else rgb
+        if key >= last:
+            return
+
+
+def binned(x: np.ndarray, y: np.ndarray, edges: list[float]) -> list[dict]:
+    """Mean, median and count of ``y`` in each bin ``[edges[i], edges[i+1])`` of ``x`` (NaN-free)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (x >= lo) & (x < hi)
+        rows.append({"from": lo, "to": hi, "frames": int(sel.sum()),
+                     "gain_mean": float(np.mean(y[sel])) if sel.any() else None,
+                     "gain_median": float(np.median(y[sel])) if sel.any() else None})
+    return rows
+
+
+def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams", b: str = "remote_tracking",
+            plots: bool = True) -> dict:
+    clip_times, results = read_series(out)
+    for name in (a, b):
+        if name not in results:
+            raise ValueError(f"scheme '{name}' is not in {out}/series.json (it has {', '.join(results)}); "
+                             f"run it with --schemes ...,{name}")
+    times, gain = per_frame_gain(results[a], results[b])
+    ages = label_age_frames(times, results[b], clip_times)
+    age_edges = [0, 1, 3, 10, 30, 100, 300, 1e9]
+    res = {"a": a, "b": b, "frames": int(times.size), "gain_mean": float(np.nanmean(gain)) if gain.size else None,
+           "gain_vs_label_age_frames": binned(ages, gain, age_edges),
+           "per_frame": {"t": times.tolist(), "gain": gain.tolist(), "label_age_frames": ages.tolist()}}
+    if source:
+        motion = motion_per_frame(scored_frames(source, clip_times, size))
+        mot = np.array([motion.get(round(float(t), 6), np.nan) for t in times])
+        finite = mot[np.isfinite(mot)]
+        edges = sorted(set(np.quantile(finite, [0, 0.25, 0.5, 0.75]).round(3).tolist())) + [1e9] if finite.size else []
+        res["gain_vs_motion_px"] = binned(mot, gain, edges) if edges else []
+        res["per_frame"]["motion_px"] = mot.tolist()
+    (Path(out) / "analysis.json").write_text(json.dumps(res, indent=2, allow_nan=True))
+    if plots:
+        _plot(Path(out), res)
+    return res
+
+
+def _plot(out: Path, res: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pf = res["per_frame"]
+    for key, label, fname, logx in (("label_age_frames", "source frames since the tracked teacher label was captured",
+                                     "analysis_gain_vs_label_age.png", True),
+                                    ("motion_px", "mean optical-flow magnitude (px/frame)",
+                                     "analysis_gain_vs_motion.png", False)):
+        if key not in pf:
+            continue
+        x, y = np.asarray(pf[key], float), np.asarray(pf["gain"], float)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter(x + (1 if logx else 0), 100 * y, s=6, alpha=0.5)
+        ax.axhline(0, color="k", lw=0.8)
+        if logx:
+            ax.set_xscale("log")
+            label += " (+1, log)"
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"mIoU {res['a']} - {res['b']} (points)")
+        fig.tight_layout()
+        fig.savefig(out / fname, dpi=110)
+        plt.close(fig)
