@@ -165,6 +165,27 @@ def test_catch_up_update_may_span_several_versions_when_allowed(setup):
         check_version_step(encode_update(m, np.arange(5), np.zeros(5, np.float32), 7, 10), 7, max_span=2)
 
 
+def test_a_catch_up_applies_on_a_version_it_covers_and_lands_on_its_end(setup):
+    """At v4 (an update v3->v4 came in while the robot asked): the catch-up v3->v6 the server
+    answered with still applies and gives exactly v6's weights; a plain update v3->v6 does not."""
+    from ams_ros.core.update_codec import encode_catch_up
+
+    m, holder, n = setup
+    target = copy.deepcopy(m)
+    idx = np.arange(0, n, 5, dtype=np.int64)  # every coordinate changed in v4..v6 (a superset of v4's)
+    with torch.no_grad():
+        FlatAccessor(target).write(idx, (flatten_params(m).numpy()[idx] - 0.02).astype(np.float32))
+    with pytest.raises(VersionGapError):
+        check_version_step(encode_update(target, idx, flatten_params(target).numpy()[idx], 3, 6), 4, max_span=64)
+    catch_up = encode_catch_up(target, idx, 3, 6)
+    assert holder.apply_update(catch_up) == 6
+    got = flatten_params(holder.active).numpy()
+    want = flatten_params(target).numpy()
+    assert np.allclose(got[idx], want[idx].astype(np.float16).astype(np.float32))
+    with pytest.raises(StaleUpdateError):  # and played again at v6: already there
+        holder.apply_update(catch_up)
+
+
 def test_snapshot_not_newer_than_the_running_version_is_rejected(setup):
     m, holder, n = setup
     for v in (2, 4):  # older (a replay) and the same version

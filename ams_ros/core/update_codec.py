@@ -223,7 +223,9 @@ def check_version_step(update: "EncodedUpdate", current_version: int, max_span: 
     Anything else (``new_version <= base_version``, a jump past ``max_span``, an old snapshot
     replayed) raises :class:`StaleUpdateError`, as does a sparse update that ends at or below the
     version the robot runs (a duplicate, a replay of a genuine old update, or one overtaken by a
-    catch-up): the robot has it already, so it is not a gap and costs no resync.
+    catch-up): the robot has it already, so it is not a gap and costs no resync. A catch-up
+    (absolute values of every coordinate changed since its base) also applies on a version
+    between its base and its end: the robot got one of the versions it covers meanwhile.
     """
     base, new, cur = int(update.base_version), int(update.new_version), int(current_version)
     if max_span < 1:
@@ -233,6 +235,9 @@ def check_version_step(update: "EncodedUpdate", current_version: int, max_span: 
             raise StaleUpdateError(f"snapshot v{new} is not newer than this model's v{cur} (replayed or out of order)")
         return
     if base != cur:
+        if update.catch_up and base < cur < new and new - base <= max_span and not _is_residual(update.encoding):
+            return  # a catch-up carries absolute values of every coordinate changed since its base: from a
+            # version between its base and its end (an update that came in meanwhile) it lands on the same weights
         if base < new <= cur:
             raise StaleUpdateError(f"update v{base}->v{new} is not newer than this model's v{cur} (a duplicate, a "
                                    f"replayed or a late update: already applied)")
