@@ -126,6 +126,31 @@ def test_rate_settings_apply_to_every_robot_and_keep_the_current_rate(server):
     assert all(s.rate.r_min == 0.1 for s in state.sessions.values())
 
 
+def test_a_new_server_version_goes_out_at_once_repeating_the_last_command(server):
+    """(issue #13) between rate periods, a phase that shipped an update is announced on the next
+    tick with the same rate and period, so a robot that lost the update notices in about a second."""
+    state, _, asr = server
+    sent = []
+    asr.pubs["r1"].publish = sent.append
+    asr.pubs["r2"].publish = lambda msg: None
+    s = state.sessions["r1"]
+    due = [(0.5, 10.0, 0.2)]  # one rate period is due, then none
+    s.sampling_command = lambda now: due.pop() if due else None
+    s.latest_t = 0.0
+    asr._tick()  # the rate period: a command
+    assert len(sent) == 1 and sent[0].server_version == s.version
+    first = (sent[0].sampling_rate, sent[0].update_period)
+    asr._tick()
+    assert len(sent) == 1  # nothing new: nothing sent
+    s.version += 1  # a phase shipped v+1
+    s.latest_t = 0.5  # still inside the rate period
+    asr._tick()
+    assert len(sent) == 2 and sent[1].server_version == s.version
+    assert (sent[1].sampling_rate, sent[1].update_period) == first and sent[1].chain_tag == s.chain_tag
+    asr._tick()
+    assert len(sent) == 2
+
+
 def test_the_asr_start_up_values_are_the_controllers_initial_state(ros):
     state = ServerState()
     trainer = AMSTrainerNode(state, parameter_overrides=SMALL)
