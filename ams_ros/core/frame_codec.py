@@ -255,8 +255,9 @@ def decode_frames(data: bytes, codec: str, width: int, height: int, max_frames: 
                 raise FrameCodecError("batch holds no video stream")
             stream = container.streams.video[0]
             stream.thread_count = 1  # a batch is a few frames; never a thread per core on the server
-            if stream.codec_context.name not in VIDEO_CODECS[codec][1]:
-                raise FrameCodecError(f"batch declares {label} but holds a '{stream.codec_context.name}' stream")
+            found = getattr(stream.codec_context, "name", None)  # None: a stream PyAV has no decoder for
+            if found not in VIDEO_CODECS[codec][1]:
+                raise FrameCodecError(f"batch declares {label} but holds a '{found or 'undecodable'}' stream")
             for frame in container.decode(stream):
                 if (frame.width, frame.height) != coded:  # before converting it
                     raise FrameCodecError(f"decoded frame is {frame.width}x{frame.height}, the batch declares "
