@@ -91,6 +91,8 @@ def robot_and_test_server(tmp_path, patcher: dict | None = None):
         # start-up: a snapshot of the server's chain
         assert spin_until(ex, lambda: server["answers"] and statuses, 90), proc.output()[-3000:]
         assert server["answers"][0][2].kind == "snapshot"
+        # applied, not only answered: an update sent before the snapshot lands would race it
+        assert spin_until(ex, lambda: statuses[-1].updates_applied >= 1, 30), proc.output()[-3000:]
         yield SimpleNamespace(ex=ex, proc=proc, server=server, statuses=statuses, updates=updates, phase=phase,
                               command=command, version_is=version_is, base=base, cfg=cfg)
     finally:
@@ -143,8 +145,9 @@ def test_duplicated_and_replayed_updates_are_refused_as_already_applied_without_
             assert spin_until(r.ex, lambda: r.statuses[-1].updates_rejected >= i + 1, 10), r.proc.output()[-3000:]
         r.updates.publish(update_to_msg(outs[0].update, DEV))  # v0->v1 again, at v2: twice more
         assert spin_until(r.ex, lambda: r.statuses[-1].updates_rejected >= 4, 10), r.proc.output()[-3000:]
-        out = r.proc.output()
-        assert out.count("fault injection: duplicate update") == 3
-        assert "update v0->v1 is not newer than this model's v2" in out
+        # the log reaches its file through a pipe: wait for it rather than race the status topic
+        assert spin_until(r.ex, lambda: r.proc.output().count("fault injection: duplicate update") == 3
+                          and "update v0->v1 is not newer than this model's v2" in r.proc.output(), 10), \
+            r.proc.output()[-3000:]
         assert len(r.server["answers"]) == 1  # only the start-up snapshot: no resync was asked for
         assert r.statuses[-1].model_version == 2 and r.statuses[-1].updates_applied == 3  # snapshot, v1, v2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def demo_run(tmp_path_factory):
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
            "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "150", "--eval-every", "2", "--quiet",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
-    proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     return out, summary, proc.stdout
@@ -125,6 +126,24 @@ def test_demo_runs_signed_by_default(demo_run):
     assert "rejected batch" not in server_log and "refused a snapshot request" not in server_log
 
 
+def _run_demo_stopping_it_on_timeout(cmd: list[str], timeout_s: float) -> subprocess.CompletedProcess:
+    """Run a demo; past ``timeout_s`` stop it with Ctrl-C, so it stops the robot and server processes
+    it started (they run in their own sessions: killing the demo alone would leave them running)."""
+    proc = subprocess.Popen(cmd, env=loopback_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"the demo ran past {timeout_s:g} s and was stopped:\n{out[-4000:]}{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
     """(issue #16) `make demo ARGS="--robots 2"`: two edge processes, each under its namespace
     playing its own synthetic world, on one server. Each robot applies consecutive updates
@@ -135,7 +154,7 @@ def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
            "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "40", "--eval-every", "2", "--quiet", "--no-video",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
-    proc = subprocess.run(cmd, env=loopback_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_codes"] == {"edge_robot1": 0, "edge_robot2": 0, "server": 0}
