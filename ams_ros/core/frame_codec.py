@@ -127,6 +127,14 @@ def coded_size(codec: str, width: int, height: int) -> tuple[int, int]:
     return max(64, -(-width // 8) * 8), max(64, -(-height // 8) * 8)
 
 
+def jpeg_bytes(rgb: np.ndarray, quality: int) -> bytes:
+    """One RGB frame as a JPEG file at ``quality``."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise FrameCodecError("JPEG encoding failed")
+    return buf.tobytes()
+
+
 def encode_frames(frames: list[np.ndarray], timestamps: list[float],
                   bitrate_bps: int = BatchEncoderConfig.bitrate_bps, codec: str = BatchEncoderConfig.codec,
                   preset: str = BatchEncoderConfig.preset, period_s: float | None = None,
@@ -146,10 +154,8 @@ def encode_frames(frames: list[np.ndarray], timestamps: list[float],
     if codec == "jpeg":
         parts = []
         for f in frames:
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
-            if not ok:
-                raise FrameCodecError("JPEG encoding failed")
-            parts.append(struct.pack("<I", buf.size) + buf.tobytes())
+            jpg = jpeg_bytes(f, jpeg_quality)
+            parts.append(struct.pack("<I", len(jpg)) + jpg)
         return EncodedBatch(b"".join(parts), "jpeg", w, h, list(timestamps), len(frames), 0)
     if codec not in VIDEO_CODECS:
         raise FrameCodecError(f"unknown frame codec '{codec}'; use one of {CODECS}")

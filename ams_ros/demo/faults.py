@@ -231,12 +231,12 @@ def parse_update_faults(log_text: str) -> list[tuple[float, str, int, int]]:
     return [(float(m[1]), m[2], int(m[3]), int(m[4])) for m in _FAULT.finditer(log_text)]
 
 
-def resync_after(t: float, applied: list[Applied], need_version: int | None, until: float | None = None) -> dict:
+def resync_after(t: float, applied: list[Applied], need_version: int | None) -> dict:
     """From a fault at wall ``t``: when the robot next held version ``need_version`` or later
     (any newly applied version when None), and the catch-up / snapshot bytes spent on the way."""
     resync_bytes = 0
     for a in applied:
-        if a.wall < t or (until is not None and a.wall > until):
+        if a.wall < t:
             continue
         if a.kind != "update":
             resync_bytes += a.nbytes
@@ -248,11 +248,11 @@ def resync_after(t: float, applied: list[Applied], need_version: int | None, unt
 
 def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> dict:
     """The scenario's row: from its summary.json, the robot's log(s) and what the disturbance did."""
-    logs = sorted(out.glob("edge*.log"))  # edge.log, then edge_restart1.log
-    text = "\n".join(p.read_text() for p in logs)
+    texts = [p.read_text() for p in sorted(out.glob("edge*.log"))]  # edge.log, then edge_restart1.log
+    text = "\n".join(texts)
     applied = sorted(parse_applied(text), key=lambda a: a.wall)
     # the robot's start-up snapshot (every run has one) is not a resync a fault caused
-    first = parse_applied(logs[0].read_text()) if logs else []
+    first = parse_applied(texts[0]) if texts else []
     startup = first[0] if first and first[0].kind == "snapshot" else None
     later = [a for a in applied if a != startup]
     row = {

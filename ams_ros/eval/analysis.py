@@ -68,16 +68,15 @@ def motion_per_frame(frames: Iterable[tuple[float, np.ndarray]]) -> dict[float, 
 
 
 def scored_frames(spec: str, clip_times: np.ndarray, size: tuple[int, int]) -> Iterable[tuple[float, np.ndarray]]:
-    """The source's frames at the scored times, at the evaluation size."""
-    from ams_ros.core.sources import open_source
+    """The source's frames at the scored times, at the evaluation size (as the clip replays them)."""
+    from ams_ros.eval.clips import _source_frames, _to_size
 
     want = {round(float(t), 6) for t in clip_times}
     last = max(want) if want else 0.0
-    src = open_source(spec, size=size if spec.startswith("synthetic") else None)
-    for t, rgb, _ in src:
+    for t, rgb, _ in _source_frames(spec, size):
         key = round(float(t), 6)
         if key in want:
-            yield key, cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if rgb.shape[1::-1] != size else rgb
+            yield key, _to_size(rgb, size)
         if key >= last:
             return
 

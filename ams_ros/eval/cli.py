@@ -103,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] not in ("run", "pretrain", "summarize", "replot", "fleet", "analyze", "-h", "--help"):
+    if argv and argv[0] not in (*sub.choices, "-h", "--help"):
         argv = ["run", *argv]
     args = ap.parse_args(argv)
     if args.cmd is None:

@@ -33,6 +33,7 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
+from ams_ros.core.frame_codec import jpeg_bytes
 from ams_ros.core.models.teachers import label_frames
 from ams_ros.core.sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
 
@@ -124,15 +125,8 @@ class Clip:
             for i, f in enumerate(self._frames):
                 yield i, float(self.times[i]), f
             return
-        want = iter(enumerate(self.source_indices))
-        nxt = next(want, None)
-        for k, (t, rgb, _) in enumerate(_source_frames(self.spec, self.size)):
-            if nxt is None:
-                return
-            if k == nxt[1]:
-                i = nxt[0]
-                yield i, float(self.times[i]), _to_size(rgb, self.size)
-                nxt = next(want, None)
+        for i, rgb in _scored_source_frames(self.spec, self.size, self.source_indices):
+            yield i, float(self.times[i]), _to_size(rgb, self.size)
 
     def head(self, n: int) -> "Clip":
         """The first ``n`` scored frames as a clip of their own (frames held in memory)."""
@@ -165,15 +159,21 @@ def upload_size(width: int, height: int, cap: tuple[int, int] | None) -> tuple[i
 def jpeg_upload_bytes(rgb: np.ndarray, cap: tuple[int, int] | None, quality: int) -> tuple[int, tuple[int, int]]:
     """Bytes of ``rgb`` as one JPEG at its upload size (see :func:`upload_size`), and that size."""
     w, h = upload_size(rgb.shape[1], rgb.shape[0], cap)
-    img = _to_size(rgb, (w, h))
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding of an upload frame failed")
-    return int(buf.size), (w, h)
+    return len(jpeg_bytes(_to_size(rgb, (w, h)), quality)), (w, h)
 
 
 def _upload_name(cap: tuple[int, int] | None, quality: int) -> str:
     return f"upload-q{int(quality)}-{'nocap' if cap is None else f'{cap[0]}x{cap[1]}'}"
+
+
+def _write_uploads(root: Path, cap: tuple[int, int] | None, quality: int, sizes: np.ndarray, resolution: str) -> None:
+    """Store the upload sizes in a cache entry; the array is renamed into place last (its presence
+    marks the pair complete), so a concurrent run never reads half of it."""
+    name = _upload_name(cap, quality)
+    (root / f"{name}.txt").write_text(resolution)
+    tmp = root / f".{name}.{os.getpid()}.npy"
+    np.save(tmp, sizes)
+    os.replace(tmp, root / f"{name}.npy")
 
 
 def _load_or_measure_uploads(root: Path, clip: "Clip", cap: tuple[int, int] | None, quality: int) -> None:
@@ -185,28 +185,32 @@ def _load_or_measure_uploads(root: Path, clip: "Clip", cap: tuple[int, int] | No
         clip.upload_resolution = (root / f"{name}.txt").read_text().strip()
         return
     sizes, first = [], None
-    want = iter(clip.source_indices)
-    nxt = next(want, None)
-    for k, (_, rgb, _) in enumerate(_source_frames(clip.spec, clip.size)):
-        if nxt is None:
-            break
-        if k == nxt:
-            n, wh = jpeg_upload_bytes(rgb, cap, quality)
-            sizes.append(n)
-            first = first or wh
-            nxt = next(want, None)
+    for _, rgb in _scored_source_frames(clip.spec, clip.size, clip.source_indices):
+        n, wh = jpeg_upload_bytes(rgb, cap, quality)
+        sizes.append(n)
+        first = first or wh
     clip.upload_bytes = np.asarray(sizes, dtype=np.int64)
     clip.upload_resolution = f"{first[0]}x{first[1]}" if first else ""
-    (root / f"{name}.txt").write_text(clip.upload_resolution)
-    tmp = root / f".{name}.{os.getpid()}.npy"  # renamed into place: a concurrent run never reads half of it
-    np.save(tmp, clip.upload_bytes)
-    os.replace(tmp, root / f"{name}.npy")
+    _write_uploads(root, cap, quality, clip.upload_bytes, clip.upload_resolution)
 
 
 def _source_frames(spec: str, size: tuple[int, int]) -> Iterator[tuple[float, np.ndarray, np.ndarray | None]]:
     # synthetic worlds render at the evaluation size; real sources at their own (teacher input)
     src = open_source(spec, size=size if spec.startswith("synthetic") else None)
     return iter(src)
+
+
+def _scored_source_frames(spec: str, size: tuple[int, int], source_indices: Sequence[int]
+                          ) -> Iterator[tuple[int, np.ndarray]]:
+    """(scored index, RGB as the source gives it) of the source frames at ``source_indices``."""
+    want = iter(enumerate(source_indices))
+    nxt = next(want, None)
+    for k, (_, rgb, _) in enumerate(_source_frames(spec, size)):
+        if nxt is None:
+            return
+        if k == nxt[1]:
+            yield nxt[0], rgb
+            nxt = next(want, None)
 
 
 def _cache_key(spec: str, size, eval_fps: float, max_seconds: float, teacher_name: str, lut: np.ndarray | None) -> str:
@@ -330,8 +334,7 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     np.save(part / "has_gt.npy", has_gt)
     upload_arr = np.asarray(uploads, dtype=np.int64)
     upload_res = f"{upload_wh[0]}x{upload_wh[1]}" if upload_wh else ""
-    np.save(part / f"{_upload_name(cap, upload_quality)}.npy", upload_arr)
-    (part / f"{_upload_name(cap, upload_quality)}.txt").write_text(upload_res)
+    _write_uploads(part, cap, upload_quality, upload_arr, upload_res)
     if gt_arr is not None:
         np.save(part / "gt.npy", gt_arr)
     (part / "meta.json").write_text(json.dumps({"spec": spec, "size": list(size), "eval_fps": eval_fps,

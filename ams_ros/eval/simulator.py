@@ -236,17 +236,19 @@ class RunContext:
     def size(self) -> tuple[int, int]:
         return self.clip.size
 
+    @property
+    def _uploads_at_teacher_resolution(self) -> bool:
+        return self.preset.keyframe_upload == "teacher" and self.clip.upload_bytes is not None
+
     def keyframe_upload_bytes(self, i: int, sent_bytes: int) -> int:
         """What key frame ``i`` costs on the uplink (issue #11): the clip's JPEG of the source
         frame at the teacher's resolution, or ``sent_bytes`` (the evaluation-size JPEG) with
         ``keyframe_upload=eval`` or a clip without upload sizes."""
-        if self.preset.keyframe_upload == "teacher" and self.clip.upload_bytes is not None:
-            return int(self.clip.upload_bytes[i])
-        return int(sent_bytes)
+        return int(self.clip.upload_bytes[i]) if self._uploads_at_teacher_resolution else int(sent_bytes)
 
     @property
     def keyframe_upload_resolution(self) -> str:
-        if self.preset.keyframe_upload == "teacher" and self.clip.upload_bytes is not None:
+        if self._uploads_at_teacher_resolution:
             return self.clip.upload_resolution
         return f"{self.clip.size[0]}x{self.clip.size[1]}"
 

@@ -32,7 +32,7 @@ from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.devices import resolve_device
-from ams_ros.core.fault_injection import DROP, DUPLICATE, REORDER, FaultConfig, FaultyLink
+from ams_ros.core.fault_injection import DELIVER, FaultConfig, FaultyLink
 from ams_ros.core.params import fingerprint
 from ams_ros.core.signing import SigningKey, TrustedKeys, new_nonce, verify_update
 from ams_ros.core.update_codec import StaleUpdateError, UpdateError, VersionGapError
@@ -119,7 +119,7 @@ class ModelPatcher(Node):
             self._handle_update(msg)
             return
         fate, deliver = self._link.push(msg)
-        if fate in (DROP, DUPLICATE, REORDER):
+        if fate != DELIVER:
             self.get_logger().info(f"fault injection: {fate} update v{msg.base_version}->v{msg.new_version}")
         for m in deliver:
             self._handle_update(m)
