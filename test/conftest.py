@@ -1,4 +1,6 @@
-"""Test-wide settings: DDS on loopback with a private domain, small torch thread pool."""
+"""Test-wide settings: DDS on loopback with a private domain, small torch thread pool, and a check
+that no test leaves the test process on real-time scheduling (every process it starts would inherit
+it; see frame_codec._scheduling_kept)."""
 
 from __future__ import annotations
 
@@ -48,3 +50,20 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+_SCHEDULING = (os.sched_getscheduler(0), os.sched_getparam(0)) if hasattr(os, "sched_getscheduler") else None
+
+
+@pytest.fixture(autouse=True)
+def scheduling_left_as_it_was():
+    """Fail a test that leaves this process's scheduling changed (and put it back): a test process
+    switched to SCHED_FIFO 99 by an encoder starved every later test's robot and server processes."""
+    yield
+    if _SCHEDULING is None:
+        return
+    now = (os.sched_getscheduler(0), os.sched_getparam(0))
+    if now != _SCHEDULING:
+        os.sched_setscheduler(0, *_SCHEDULING)
+        pytest.fail(f"the test left this process's scheduling at policy {now[0]}, priority {now[1].sched_priority} "
+                    f"(was policy {_SCHEDULING[0]}, priority {_SCHEDULING[1].sched_priority})")

@@ -30,7 +30,7 @@ def demo_run(tmp_path_factory):
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
            "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "150", "--eval-every", "2", "--quiet",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
-    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=600)
+    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     return out, summary, proc.stdout
@@ -51,16 +51,19 @@ def test_edge_applies_several_updates_in_order(demo_run):
 
 def test_inference_never_stalls_during_swaps(demo_run):
     """Swaps never block inference. Structurally: handing inference the active model never waits.
-    In time: the longest gap between two inferences stays under two frame periods in every 1 s
-    status period but at most two. 15 swaps happen in the run, so swaps that stalled inference
-    would mark about as many periods; one freeze of the whole (shared, virtual) machine marks one.
-    The run's longest gap is reported in the summary (docs/results.md: 214-221 ms)."""
+    In time: a period (1 s of robot status) is stalled when inference waited a frame period beyond
+    the source's own timing. A swap that stalled inference would stall (nearly) every period with a
+    swap in it; a freeze of the whole shared 2-core machine (the server training beside the robot)
+    stalls periods whether or not a swap happened in them, so at most a third of the periods with a
+    swap may be stalled, and at most a quarter of all. The run's longest gap is reported in the
+    summary (docs/results.md: 214-221 ms)."""
     _, s, _ = demo_run
     why = _timing(s)
     assert s["updates_applied"] >= 10, why
     assert s["max_inference_wait_ms"] < 50.0, why
-    assert s["inference_gap_windows"] >= 40, why
-    assert s["inference_gap_windows_over_2_periods"] <= 2, why
+    assert s["inference_gap_windows"] >= 40 and s["swap_windows"] >= 8, why
+    assert s["swap_windows_over_2_periods"] <= s["swap_windows"] // 3, why
+    assert s["inference_gap_windows_over_2_periods"] <= s["inference_gap_windows"] // 4, why
     assert s["median_window_inference_gap_ms"] < 1.5 * 1000.0 / FPS, why
 
 
@@ -79,6 +82,7 @@ def test_inference_keeps_pace_with_the_camera(demo_run):
 def _timing(s: dict) -> str:
     """The summary's timing and counting figures, whole (pytest would truncate the full dict)."""
     keys = ("updates_applied", "max_inference_gap_ms", "inference_gap_windows", "inference_gap_windows_over_2_periods",
+            "swap_windows", "swap_windows_over_2_periods",
             "median_window_inference_gap_ms", "max_inference_wait_ms", "max_label_arrival_gap_ms",
             "frames_received", "frames_segmented", "frames_dropped", "source_frames_skipped",
             "label_maps_received", "label_maps_missing", "inference_latency_ms")
@@ -154,7 +158,7 @@ def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
            "--fps", str(FPS), "--update-period", "4", "--iterations", "10", "--batch-size", "4",
            "--gamma", "0.1", "--lr", "0.002", "--pretrain-steps", "40", "--eval-every", "2", "--quiet", "--no-video",
            "--domain-id", str(int(os.environ["ROS_DOMAIN_ID"]) + 1)]
-    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=600)
+    proc = _run_demo_stopping_it_on_timeout(cmd, timeout_s=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["exit_codes"] == {"edge_robot1": 0, "edge_robot2": 0, "server": 0}

@@ -106,3 +106,28 @@ def test_batch_checksum_covers_every_field_it_names():
         batch_checksum("h264", 64, 32, stamps, b"abcdeg"),
     ]
     assert base not in variants and len(set(variants)) == len(variants)
+
+
+def test_an_av1_encode_leaves_the_callers_scheduling_as_it_was():
+    """SVT-AV1, run as root, switches the thread that opens it to SCHED_FIFO 99; encode_frames puts
+    it back, so processes the robot starts later are not real-time either."""
+    import os
+
+    before = (os.sched_getscheduler(0), os.sched_getparam(0))
+    frames = [np.full((48, 96, 3), 60 * i, np.uint8) for i in range(3)]
+    encode_frames(frames, [0.0, 0.2, 0.4], codec="av1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+
+
+def test_the_scheduling_guard_restores_a_policy_changed_inside_it():
+    """The guard itself, without root: a change made inside it (here to SCHED_BATCH, which any user
+    may choose) is undone when it ends."""
+    import os
+
+    from ams_ros.core.frame_codec import _scheduling_kept
+
+    before = os.sched_getscheduler(0)
+    with _scheduling_kept():
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        assert os.sched_getscheduler(0) == os.SCHED_BATCH
+    assert os.sched_getscheduler(0) == before

@@ -49,6 +49,7 @@ def test_the_demo_report_follows_the_sources_timing(tmp_path):
         latest_stream_t=stamps[-1], edge_status=None, cm_streamed=ConfusionMatrix(3), cm_frozen=ConfusionMatrix(3),
         reference=SimpleNamespace(score_from=0.0, needs_images=True), scores=[], uplink=[], downlink=[],
         edge_gap_windows=[1040.0] * 58 + [66040.0], edge_source_gap_windows=[40.0] * 59, edge_wait_max_ms=0.0,
+        edge_swap_windows=[i % 4 == 0 for i in range(59)],
         label_arrivals=[t + 0.05 for t in stamps], label_stamps=list(stamps), image_stamps=list(stamps),
         commands=[], server_status=[],
     )
@@ -56,6 +57,7 @@ def test_the_demo_report_follows_the_sources_timing(tmp_path):
     summary = write_report(obs, tmp_path, args, extra={})
     assert summary["label_maps_missing"] == 0 and summary["frame_period_ms"] == 1000.0
     assert summary["inference_gap_windows_over_2_periods"] == 0
+    assert summary["swap_windows"] == 15 and summary["swap_windows_over_2_periods"] == 0
     assert summary["max_inference_gap_over_source_ms"] == 40.0 and summary["max_inference_gap_ms"] == 66040.0
     assert summary["source_holes"] == [{"t": 29.0, "gap_s": 66.0}]
     assert json.loads((tmp_path / "summary.json").read_text())["frames_delivered_seen"] == len(stamps)
@@ -63,3 +65,26 @@ def test_the_demo_report_follows_the_sources_timing(tmp_path):
     obs.label_stamps = [t for t in stamps if t not in (3.0, 100.0)]
     assert write_report(obs, tmp_path, args, extra={})["label_maps_missing"] == 2
     assert np.isfinite(summary["frame_period_ms"])
+
+
+def test_stalls_are_counted_among_the_periods_with_a_swap():
+    """A period is stalled when inference waited a frame period beyond the source; the report
+    counts them among all periods and among those in which the model was swapped."""
+    from ams_ros.demo.report import _robot_summary
+
+    stamps = [i * 0.2 for i in range(300)]
+    over = [40.0] * 60
+    swapped = [i % 5 == 0 for i in range(60)]  # 12 swap periods
+    for i in (0, 5, 7, 33):  # two stalls in swap periods, two elsewhere
+        over[i] = 450.0
+    obs = SimpleNamespace(
+        latest_stream_t=stamps[-1], edge_status=None, cm_streamed=ConfusionMatrix(3), cm_frozen=ConfusionMatrix(3),
+        reference=SimpleNamespace(score_from=0.0, needs_images=False), scores=[], uplink=[], downlink=[],
+        edge_gap_windows=[g + 200.0 for g in over], edge_source_gap_windows=over, edge_wait_max_ms=0.0,
+        edge_swap_windows=swapped, label_arrivals=list(stamps), label_stamps=list(stamps), image_stamps=list(stamps),
+        commands=[], server_status=[],
+    )
+    args = argparse.Namespace(source="synthetic", teacher="t", student="s", width=64, height=32, fps=5.0)
+    s = _robot_summary(obs, args)
+    assert s["inference_gap_windows_over_2_periods"] == 4
+    assert s["swap_windows"] == 12 and s["swap_windows_over_2_periods"] == 2

@@ -15,12 +15,13 @@ declares.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import av
 import cv2
@@ -196,8 +197,32 @@ def _encoder_options(codec: str, kbps: int, n: int, preset: str, threads: int) -
 
 def _encode_video(codec: str, frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int, preset: str,
                   threads: int) -> bytes:
-    if codec == "av1":
-        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner and settings at every open otherwise
+    if codec != "av1":
+        return _encode_with_pyav(codec, frames, w, h, fps, kbps, n, preset, threads)
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its banner and settings at every open otherwise
+    with _scheduling_kept():
+        return _encode_with_pyav(codec, frames, w, h, fps, kbps, n, preset, threads)
+
+
+@contextlib.contextmanager
+def _scheduling_kept() -> Iterator[None]:
+    """Undo what SVT-AV1 does to the calling thread: run as root, opening its encoder switches the
+    thread to real-time scheduling (SCHED_FIFO, priority 99), which every thread and process started
+    from it afterwards inherits. On a robot's two cores such a process starves everything else,
+    DDS included (a test run that had encoded one AV1 batch took 80 min instead of 25)."""
+    if not hasattr(os, "sched_getscheduler"):  # not Linux: SVT-AV1 leaves it alone there
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+
+
+def _encode_with_pyav(codec: str, frames: list[np.ndarray], w: int, h: int, fps: int, kbps: int, n: int,
+                      preset: str, threads: int) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as out:
         stream = out.add_stream(VIDEO_CODECS[codec][0], rate=fps)

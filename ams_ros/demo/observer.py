@@ -34,6 +34,10 @@ from ams_ros.nodes.conversions import stamp_to_sec
 from ams_ros.nodes.qos import qos
 
 
+# wall seconds without a new label map from the slowest robot, once streaming, before the demo gives up
+STALL_S = 90.0
+
+
 class Observer:
     def __init__(self, args: argparse.Namespace, weights: str, out: Path,
                  robots: list[tuple[str, str]] | None = None) -> None:
@@ -93,6 +97,7 @@ class Observer:
         benchmark's disturbance, which may replace what is in ``processes``)."""
         last_print = 0.0
         t0 = time.monotonic()
+        progress_t, progress_at = 0.0, t0  # the slowest robot's stream time, and when it last moved
         while self.latest_stream_t < until_stream_t:
             self._drain()
             if rss is not None:
@@ -109,6 +114,13 @@ class Observer:
             if self.latest_stream_t == 0.0 and time.monotonic() - t0 > 120:
                 silent = [d for d, r in self.robots.items() if r.latest_stream_t == 0.0]
                 raise RuntimeError(f"no label maps from {', '.join(silent)} after 120 s; see logs in {self.out}")
+            if self.latest_stream_t > progress_t:
+                progress_t, progress_at = self.latest_stream_t, time.monotonic()
+            elif progress_t > 0.0 and time.monotonic() - progress_at > STALL_S:
+                stalled = [f"{d} (at {r.latest_stream_t:.1f} s)" for d, r in self.robots.items()
+                           if r.latest_stream_t <= progress_t]
+                raise RuntimeError(f"no new label map from {', '.join(stalled)} for {STALL_S:g} s of wall time; "
+                                   f"the demo stops instead of waiting for ever: see the logs in {self.out}")
         end = time.monotonic() + 3.0
         while time.monotonic() < end:  # drain what is in flight
             self.executor.spin_once(timeout_sec=0.02)
@@ -182,6 +194,7 @@ class RobotWatch:
         self.edge_status: EdgeStatus | None = None
         self.edge_gap_windows: list[float] = []  # the robot's longest inference gap, per status period
         self.edge_source_gap_windows: list[float] = []  # the same beyond the source's own stamps (issue #13)
+        self.edge_swap_windows: list[bool] = []  # per status period: did the model version change in it
         self.image_stamps: list[float] = []
         self.edge_wait_max_ms = 0.0
         self.server_status: list[ServerStatus] = []
@@ -239,6 +252,7 @@ class RobotWatch:
         if self.edge_status is not None and msg.frames_segmented > 0:  # skip the start-up period
             self.edge_gap_windows.append(float(msg.inference_gap_max_ms))
             self.edge_source_gap_windows.append(float(msg.inference_gap_over_source_max_ms))
+            self.edge_swap_windows.append(msg.model_version != self.edge_status.model_version)
             self.edge_wait_max_ms = max(self.edge_wait_max_ms, float(msg.inference_wait_max_ms))
         if self.edge_status is None or msg.model_version != self.edge_status.model_version:
             self.version_at.append((self.latest_stream_t, int(msg.model_version)))

@@ -77,6 +77,7 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
     # folder playing 1 frame/s with a 65 s hole is not 679 missing maps and a 65 s stall
     period = source_period(obs.image_stamps) or 1.0 / args.fps
     over_source = obs.edge_source_gap_windows
+    swapped = obs.edge_swap_windows
     return {
         "source": getattr(obs, "source", None) or args.source,
         "teacher": args.teacher,
@@ -108,6 +109,10 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         # windows where the robot waited a frame period or more beyond the source's own stamps
         # (a wall gap of two periods on a regular source; a hole in the source does not count)
         "inference_gap_windows_over_2_periods": sum(1 for g in over_source if g >= 1000.0 * period),
+        # the same among the periods in which a swap happened: a swap that stalled inference marks
+        # (nearly) all of them, a stall of the whole machine only its share of them
+        "swap_windows": sum(swapped),
+        "swap_windows_over_2_periods": sum(1 for g, w in zip(over_source, swapped) if w and g >= 1000.0 * period),
         "max_inference_gap_over_source_ms": round(max(over_source, default=0.0), 1),
         "median_window_inference_gap_ms": round(float(np.median(obs.edge_gap_windows)), 1) if obs.edge_gap_windows else None,
         "max_inference_wait_ms": round(obs.edge_wait_max_ms, 2),
