@@ -110,6 +110,23 @@ def _uplink_codecs(codecs=UPLINK_CODECS, kbps_list=UPLINK_KBPS) -> dict | None:
             "bytes_at_reference_agreement": equal}
 
 
+def _uplink_choices(codecs: str, kbps: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The --uplink-codecs and --uplink-kbps lists, checked. The reference (H.264 at 200 Kbps) is what
+    every codec is compared with, so it is always measured."""
+    ref_codec, ref_kbps = UPLINK_REFERENCE
+    names = tuple(dict.fromkeys([ref_codec, *(c.strip() for c in codecs.split(",") if c.strip())]))
+    bad = [c for c in names if c not in UPLINK_CODECS]
+    if bad:
+        raise ValueError(f"--uplink-codecs {','.join(bad)}: choose from {', '.join(UPLINK_CODECS)}")
+    try:
+        rates = sorted({ref_kbps, *(int(k) for k in kbps.split(",") if k.strip())})
+    except ValueError:
+        raise ValueError(f"--uplink-kbps {kbps!r}: give whole Kbps, comma separated (e.g. 100,200,300)") from None
+    if rates[0] <= 0:
+        raise ValueError(f"--uplink-kbps {kbps!r}: bitrates must be positive")
+    return names, tuple(rates)
+
+
 def bytes_at_agreement(rows: list[dict], target: float) -> float | None:
     """The bytes at which a codec's (bytes, agreement) points first reach ``target`` agreement,
     linearly between the two points around it (None if no point reaches it)."""
@@ -533,7 +550,7 @@ def run(args: argparse.Namespace) -> dict:
     log(f"frame batch: 10 frames 512x256 at 200 Kbps -> {len(enc.data):,} bytes in {res['batch_encode_s']} s")
 
     res["inference_beside_batch_encoder"] = _inference_beside_encoder(student, frames, stamps)
-    res["uplink_codecs"] = _uplink_codecs()
+    res["uplink_codecs"] = _uplink_codecs(args.uplink_codecs, args.uplink_kbps)
     res["resync"] = resync_bytes(args, student)
 
     res["targets"] = {
@@ -575,6 +592,10 @@ def main(argv: list[str] | None = None) -> int:
                    "deeplabv3_mobilenet_v3_large, 21 classes, loaded by spec from a state dict written under --out)")
     p.add_argument("--teacher-width", type=int, default=520, help="teacher input width")
     p.add_argument("--teacher-height", type=int, default=520, help="teacher input height")
+    p.add_argument("--uplink-codecs", default=",".join(UPLINK_CODECS),
+                   help=f"video codecs of the uplink figures (comma list of {', '.join(UPLINK_CODECS)})")
+    p.add_argument("--uplink-kbps", default=",".join(str(k) for k in UPLINK_KBPS),
+                   help="target bitrates of the uplink figures (comma list; 200, H.264's reference, is always added)")
     p.add_argument("--channels-last", action="store_true", help="also time inference in channels-last memory format")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on CUDA")
     args = p.parse_args(argv)
@@ -586,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
             ["float32", "bfloat16", "float16"] if device.type == "cuda" else ["float32"])
         for n in names:
             resolve_dtype(n)
+        args.uplink_codecs, args.uplink_kbps = _uplink_choices(args.uplink_codecs, args.uplink_kbps)
     except ValueError as exc:
         print(f"ams-bench: error: {exc}", file=sys.stderr)
         return 2
@@ -604,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         _update_figures(args, build_student("deeplabv3_mobilenet_v2", num_classes=21).eval(), res)
         res["targets"] = _update_targets(res)
     elif args.only == "uplink":
-        res = {"uplink_codecs": _uplink_codecs()}
+        res = {"uplink_codecs": _uplink_codecs(args.uplink_codecs, args.uplink_kbps)}
         res["targets"] = _uplink_targets(res["uplink_codecs"])
     else:
         res = {"resync": resync_bytes(args)}

@@ -19,7 +19,8 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(out), "--repeat", "1", "--iterations",
                            "1", "--update-width", "64", "--update-height", "32", "--device", "cpu",
                            "--precisions", "float32,bfloat16", "--teacher-width", "64", "--teacher-height", "64",
-                           "--fused-k", "1,2", "--fused-width", "32", "--fused-height", "16", "--fused-iterations", "1"],
+                           "--fused-k", "1,2", "--fused-width", "32", "--fused-height", "16", "--fused-iterations", "1",
+                           "--uplink-codecs", "h264", "--uplink-kbps", "200"],  # all codecs: the uplink test below
                           cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -98,3 +99,16 @@ def test_uplink_codecs_are_measured_on_real_frames_against_h264_at_200kbps():
         assert rows[0]["bytes"] < rows[1]["bytes"] and all(0.5 < r["pixel_agreement"] <= 1.0 for r in rows)
     target = _uplink_targets(res)
     assert list(target) == ["an_uplink_codec_halves_h264_bytes_at_equal_agreement_within_1s"]
+
+
+def test_uplink_choices_always_hold_the_h264_reference_and_name_the_fix():
+    from ams_ros.bench import _uplink_choices
+
+    assert _uplink_choices("av1", "100") == (("h264", "av1"), (100, 200))
+    assert _uplink_choices("h264,h265", "300,50") == (("h264", "h265"), (50, 200, 300))
+    with pytest.raises(ValueError, match="--uplink-codecs vp9: choose from h264, h265, av1"):
+        _uplink_choices("vp9", "200")
+    with pytest.raises(ValueError, match="give whole Kbps"):
+        _uplink_choices("h264", "fast")
+    with pytest.raises(ValueError, match="must be positive"):
+        _uplink_choices("h264", "-5")
