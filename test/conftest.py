@@ -17,8 +17,12 @@ if str(_CHECKOUT) not in sys.path:
 
 from ams_ros.local_dds import use_loopback  # noqa: E402
 
+from ams_ros.dds_shm import remove_dead_segments  # noqa: E402
+
 # DDS must never leave this machine during tests: loopback discovery, private domain.
 use_loopback(int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None)
+# segments of processes killed in an earlier run (kill -9 leaves them) can hang this run's processes
+remove_dead_segments()
 
 
 def pytest_configure(config: pytest.Config) -> None:

