@@ -15,9 +15,8 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
-from ams_ros.local_dds import use_loopback  # noqa: E402
-
 from ams_ros.dds_shm import remove_dead_segments  # noqa: E402
+from ams_ros.local_dds import use_loopback  # noqa: E402
 
 # DDS must never leave this machine during tests: loopback discovery, private domain.
 use_loopback(int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None)

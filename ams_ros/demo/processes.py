@@ -86,12 +86,17 @@ class RosProcess:
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                remove_dead_segments()  # a killed process leaves its DDS segments behind
+                self.kill()
         self._pump.join(timeout=5)
         self._log.close()
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL and wait; then remove the DDS shared-memory segments the kill left behind (they
+        would hang processes started later on this machine)."""
+        self.proc.kill()
+        self.proc.wait()
+        remove_dead_segments()
 
     def output(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

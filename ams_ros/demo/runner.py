@@ -195,9 +195,8 @@ class Stage:
     def kill(self, proc: RosProcess) -> None:
         """SIGKILL (a power cut or an OOM kill: nothing is flushed or saved)."""
         self.processes.remove(proc)
-        proc.proc.kill()
+        proc.kill()
         proc.stop()
-        remove_dead_segments()  # what the kill left in /dev/shm would hang processes started later
         self.killed.append(proc)
 
     def restart(self, proc: RosProcess, overrides: dict[str, dict] | None = None) -> RosProcess:
