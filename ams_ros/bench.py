@@ -473,8 +473,8 @@ def _update_figures(args: argparse.Namespace, student, res: dict) -> dict:
         f"decode+apply+swap {res['patch_apply_ms_by_encoding'][n]} ms" for n in ENCODINGS))
     log("patch decode+apply+swap (5%): " + ", ".join(
         f"{n} {ms} ms ({res['update_bytes'][n]['0.05']:,} B)" for n, ms in res["patch_apply_ms_by_encoding"].items()))
-    res["patch_apply_ms"] = res["patch_apply_ms_by_encoding"]["paper_gzip_fp16"]
-    res["patch_apply_encoding"] = "paper_gzip_fp16"
+    res["patch_apply_ms"] = res["patch_apply_ms_by_encoding"][DEFAULT_UPDATE_ENCODING]
+    res["patch_apply_encoding"] = DEFAULT_UPDATE_ENCODING
     within = [n for n, ms in res["patch_apply_ms_by_encoding"].items() if ms < 10.0]
     res["smallest_encoding_within_10ms"] = min(within, key=lambda n: res["update_bytes"][n]["0.05"]) if within else None
     fast = [n for n, ms in res["patch_apply_ms_by_encoding"].items() if ms <= 5.0]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ams_ros.core.update_codec import ENCODINGS
+from ams_ros.core.update_codec import DEFAULT_UPDATE_ENCODING, ENCODINGS
 from ams_ros.paths import SOURCE_ROOT as REPO_ROOT
 
 
@@ -28,7 +28,8 @@ def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     res = json.loads((out / "bench.json").read_text())
     assert set(res["patch_apply_ms_by_encoding"]) == set(ENCODINGS)
     assert all(ms > 0 for ms in res["patch_apply_ms_by_encoding"].values())
-    assert res["patch_apply_ms"] == res["patch_apply_ms_by_encoding"]["paper_gzip_fp16"]
+    assert res["patch_apply_encoding"] == DEFAULT_UPDATE_ENCODING
+    assert res["patch_apply_ms"] == res["patch_apply_ms_by_encoding"][DEFAULT_UPDATE_ENCODING]
     for name, by_gamma in res["update_bytes"].items():
         sizes = [by_gamma[g] for g in ("0.01", "0.05", "0.1", "0.2")]
         assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (name, sizes)  # more parameters, more bytes

@@ -21,6 +21,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from ams_ros.nodes.camera_sampler import CameraSampler  # noqa: E402
 from ams_ros.nodes.edge_state import EdgeState  # noqa: E402
 from ams_ros.nodes.server.ams_trainer import AMSTrainerNode  # noqa: E402
+from ams_ros.core.update_codec import DEFAULT_UPDATE_ENCODING  # noqa: E402
 from ams_ros.nodes.server.asr_controller import ASRController  # noqa: E402
 from ams_ros.nodes.server.state import ServerState  # noqa: E402
 
@@ -98,7 +99,7 @@ def test_an_invalid_training_value_is_refused_with_the_reason_and_changes_nothin
     assert not result.successful and reason in result.reason
     assert trainer.get_parameter(name).value == before
     assert getattr(state.sessions["r1"].trainer.config, name, before) == before or name == "update_encoding"
-    assert state.sessions["r1"].config.update_encoding == "paper_gzip_fp16"
+    assert state.sessions["r1"].config.update_encoding == DEFAULT_UPDATE_ENCODING
 
 
 @pytest.mark.parametrize("name, value", [("student", "deeplabv3_mobilenet_v2"), ("input_width", 64),

@@ -17,6 +17,8 @@ from ams_ros.core.update_codec import (
     ENCODINGS,
     UpdateError,
     VersionGapError,
+    _varint_decode,
+    _varint_encode,
     decode_update,
     encode_snapshot,
     encode_update,
@@ -422,3 +424,23 @@ def test_flat_storage_reads_and_writes_match_per_tensor_ones_and_survive_a_repla
     fa.write(idx2, vals2)
     assert torch.equal(flatten_params(plain), flatten_params(flat_model))
     np.testing.assert_array_equal(fa.read(idx2), vals2)
+
+
+@pytest.mark.parametrize("values", [
+    [0, 1, 127],                                  # one byte each
+    [128, 1, 300, 2, 16383, 16384, 5],            # one- and multi-byte values mixed
+    [2**63 - 1, 0, 2**35 + 7, 1],                 # the longest int64 gaps
+], ids=["one_byte", "mixed", "long"])
+def test_gap_varints_decode_to_what_was_encoded(values):
+    v = np.array(values, dtype=np.uint64)
+    assert np.array_equal(_varint_decode(_varint_encode(v), v.size).view(np.uint64), v)
+    rng = np.random.default_rng(1)  # a 5 % selection's gaps: mostly one byte, a tail of longer ones
+    gaps = np.concatenate([rng.geometric(0.05, 20000), rng.integers(1, 2**40, 50)]).astype(np.uint64)
+    rng.shuffle(gaps)
+    assert np.array_equal(_varint_decode(_varint_encode(gaps), gaps.size).view(np.uint64), gaps)
+
+
+def test_a_gap_varint_longer_than_an_int64_is_refused():
+    blob = bytes([0x05]) + bytes([0xFF] * 9) + bytes([0x01])  # 10 bytes: past int64's 9 groups of 7 bits
+    with pytest.raises(UpdateError, match="over-long varint"):
+        _varint_decode(blob, 2)
