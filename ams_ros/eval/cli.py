@@ -40,7 +40,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", "--selected-classes", dest="classes", default=DEFAULT_CLASSES,
                    help="comma-separated class names evaluated and trained ('' = all of the teacher's)")
     p.add_argument("--student", default="deeplabv3_mobilenet_v2", help="student model name")
-    p.add_argument("--preset", default="cpu-quick", help="paper | cpu-quick")
+    p.add_argument("--preset", default="cpu-quick", help="paper | cpu-quick | cpu-paper-timing (ams_ros/eval/presets.py)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override preset fields, e.g. --set train_speedup=5 --set jit_threshold=0.6")
     p.add_argument("--max-seconds", type=float, default=0.0, help="use only the first N seconds of each source (0 = all)")
