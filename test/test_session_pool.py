@@ -80,8 +80,8 @@ def test_a_moved_robot_keeps_its_whole_state_and_its_chain(tmp_path):
 
 
 def test_a_dead_actors_robots_resume_from_their_last_state_with_the_batches_since(tmp_path):
-    """An actor dies after a phase and two more labelled batches: the next call restores its
-    robots on a replacement from their last kept state and replays those batches (relabelled:
+    """An actor dies after a phase and two more labelled batches: the monitor's ping restores its
+    robot on the surviving actor from its last kept state and replays those batches (relabelled:
     the synthetic oracle's noise follows its own call count, so only the labels' noise may
     differ), and the next update continues the robot's chain."""
     pool, _ = _pool(tmp_path)
@@ -96,8 +96,11 @@ def test_a_dead_actors_robots_resume_from_their_last_state_with_the_batches_sinc
     with pytest.raises(Exception):
         dead.call("ping")
     pool.check()  # the monitor's ping finds it dead
-    assert pool.actors[0] is not dead and pool.generation[0] == 1
-    back = session_state(pool.actors[0].worker.sessions["robot1"])
+    assert pool.assignment == {"robot1": 1, "robot2": 1}  # on the survivor at once
+    assert pool.wait_all_up(60), "the replacement actor did not come up"
+    assert pool.actors[0] is not dead and pool.generation[0] == 1 and pool.robots_on(0) == []
+    assert [e.kind for e in pool.events] == ["recover", "replace"], [e.message for e in pool.events]
+    back = session_state(pool.actors[1].worker.sessions["robot1"])
     diffs = state_differences(gone, back)
     assert diffs and all(d.startswith(("/buffer/labels", "/rate/")) for d in diffs), diffs
     assert back["buffer"]["t"] == gone["buffer"]["t"] and back["new_samples"] == gone["new_samples"] == 6
@@ -108,7 +111,17 @@ def test_a_dead_actors_robots_resume_from_their_last_state_with_the_batches_sinc
     # the robot's own resync request (it runs v3 of the chain) is answered on the new actor
     answer = pool.resync("robot1", chain.version, chain.tag, None)
     assert answer.kind == "snapshot" and "up to date" in answer.reason and answer.update.new_version == 3
-    assert pool.assignment == {"robot1": 0, "robot2": 1}
+    assert pool.move("robot1", 0) is not None  # onto the replacement
+    chain.apply(pool.run_phase("robot1").update)
+
+
+def test_a_pool_of_one_restores_its_robots_on_the_replacement(tmp_path):
+    pool, _ = _pool(tmp_path, robots=("robot1",), actors=1)
+    chain = RobotChain()
+    _stream(pool, "robot1", 0.0, 1, chain)
+    pool.actors[0].kill()
+    _stream(pool, "robot1", 1.0, 1, chain)  # the call finds it dead: waits for the replacement
+    assert pool.generation == [1] and pool.robots_on(0) == ["robot1"] and chain.applied == [(0, 1), (1, 2)]
 
 
 def test_an_overloaded_actor_hands_a_robot_to_a_less_busy_one(tmp_path):
@@ -117,6 +130,8 @@ def test_an_overloaded_actor_hands_a_robot_to_a_less_busy_one(tmp_path):
     chain = RobotChain()
     _stream(pool, "robot3", 0.0, 1, chain)
     with pool._cv:  # actor 0 (robot1, robot3) at 95 % of the window, actor 1 (robot2) at 10 %
+        for q in pool._busy.values():  # only the booked load (not the streamed phase's real time)
+            q.clear()
         pool._record("robot1", 0.55 * 30)
         pool._record("robot3", 0.40 * 30)
         pool._record("robot2", 0.10 * 30)
@@ -174,3 +189,15 @@ def test_replay_is_bounded_and_trimmed_by_each_kept_state(tmp_path):
     pool.run_phase("robot1")
     assert list(pool._replay["robot1"]) == [] and pool.kept_state("robot1")[2] == 3
     assert np.isfinite(pool.student_error("robot1"))
+
+
+def test_the_sizing_table_packs_whole_robots_per_gpu_at_the_stated_costs():
+    from ams_ros.pool_bench import robots_per_gpu, sizing_table
+
+    # 1 frame/s: 10 frames x 0.25 s + 20 steps x 0.1 s = 4.5 GPU-s per 10 s period -> 2 robots per GPU
+    assert robots_per_gpu(10.0, 1.0, 0.25, 0.1, 20) == (4.5, 2)
+    rows = {r["frames_per_s"]: r for r in sizing_table()}
+    assert rows[1.0]["gpus"] == {"10": 5, "50": 25, "200": 100}
+    assert rows[0.1]["robots_per_gpu"] == 4 and rows[0.1]["gpus"]["200"] == 50  # 2.25 GPU-s per period
+    with pytest.raises(ValueError, match="more than one GPU"):
+        sizing_table(rates=(5.0,))

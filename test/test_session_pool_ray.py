@@ -134,8 +134,12 @@ def test_an_actor_killed_mid_stream_is_replaced_and_its_robot_resyncs(pool, ray_
     assert not s.errors, s.errors
     recov = [e for e in pool.events if e.kind == "recover" and e.device_id == "robot2"]
     assert len(recov) == 1, [e.message for e in pool.events]
+    survivor = 1 - victim
+    assert recov[0].target == survivor and pool.assignment == {"robot1": survivor, "robot2": survivor}
+    assert float(recov[0].message.rsplit(" in ", 1)[1].rstrip(" s")) < 5.0, recov[0].message  # warm: no start-up
+    assert pool.wait_all_up(120), "the replacement actor did not come up"
     assert pool.actors[victim].call("ping")["pid"] != old_pid
-    assert pool.actors[victim].call("ping")["robots"] == ["robot2"]
+    assert pool.actors[victim].call("ping")["robots"] == []
     applied = s.chain.applied
     assert all(b == a + 1 for a, b in applied) and all(applied[i + 1][0] == applied[i][1]
                                                        for i in range(len(applied) - 1)), applied
@@ -143,3 +147,14 @@ def test_an_actor_killed_mid_stream_is_replaced_and_its_robot_resyncs(pool, ray_
     answer = pool.resync("robot2", s.chain.version, s.chain.tag, None)
     assert answer.update.chain_tag == s.chain.tag and answer.update.new_version == s.chain.version, answer.reason
     assert time.monotonic() - killed < 60
+
+
+def test_the_pool_benchmark_measures_robot_periods_on_ray_actors(ray_local):
+    from ams_ros.pool_bench import measure
+
+    res = measure((1,), seconds=2.0, width=64, height=32, iterations=1, frames=2, update_period_s=10.0)
+    row = res["rows"][0]
+    assert row["actors"] == 1 and row["robots_driven"] == 2 and row["robot_periods"] >= 1, res
+    assert row["robots_served_at_T_update"] == int(row["robot_periods_per_s"] * 10.0)
+    assert row["phase_s_per_period"] > 0 and row["label_s_per_period"] > 0
+    assert ray_local.is_initialized()  # it left the instance it did not start running

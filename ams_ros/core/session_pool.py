@@ -15,8 +15,9 @@ holding several robots' sessions and its own teacher. The pool:
   :meth:`SessionPool.rebalance` moves one when an actor is busier than ``overload``;
 - **recovers** a dead actor: the state of each robot is kept here after every phase (and in
   ``state_dir`` when set), with the batches labelled since; a call that finds its actor dead, or
-  the monitor's ping (every ``check_period_s``), starts a replacement, restores the robots on it
-  and replays those batches. The robots keep inferring meanwhile and resync through the normal
+  the monitor's ping (every ``check_period_s``), restores its robots on the least-loaded
+  surviving actors (already running: no start-up wait) and replays those batches, while a
+  replacement actor starts in the background (a pool of one actor waits for it). The robots keep inferring meanwhile and resync through the normal
   version chain (a robot ahead of the restored chain is handled by ``DeviceSession.resync``).
 
 The transport is an :class:`ActorRef`: :class:`RayActor` (a Ray actor, Ray imported only here,
@@ -224,7 +225,7 @@ class SessionPool:
 
     Every per-robot call waits while that robot moves or is restored, then goes to its actor;
     one that finds the robot gone (it moved meanwhile) is retried where it went, one that finds
-    the actor dead restores the actor's robots on a replacement first."""
+    the actor dead restores the actor's robots elsewhere first."""
 
     def __init__(self, make_actor: Callable[[str], ActorRef], config: PoolConfig | None = None,
                  store: SessionStore | None = None, log: Callable[[str, str], None] | None = None,
@@ -248,6 +249,8 @@ class SessionPool:
         self._moved_at: dict[str, float] = {}
         self._held: set[str] = set()  # robots being moved or restored: their calls wait
         self._phase_actors: set[int] = set()
+        self._down: set[int] = set()  # dead actors whose replacement is starting (no robots on them)
+        self._replacers: list[threading.Thread] = []
         self._cv = threading.Condition()
         self._recover_lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -302,15 +305,29 @@ class SessionPool:
 
     def set_teachers(self, spec: TeacherSpec) -> str:
         """Give every actor (and every later replacement) its teachers; returns where they run."""
-        self.teacher_spec = spec
+        self.teacher_spec = spec  # read by _new_actor: a replacement starting now gets it too
         where = ""
-        for i in range(len(self.actors)):
+        for i in self.live_actors():
             where = self._on_actor(i, "set_teachers", spec)
         return where
+
+    def live_actors(self) -> list[int]:
+        with self._cv:
+            return [i for i in range(len(self.actors)) if i not in self._down]
+
+    def wait_all_up(self, timeout: float = 120.0) -> bool:
+        """Wait until no actor is being replaced (False after ``timeout`` seconds)."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._down and time.monotonic() < deadline:
+                self._cv.wait(timeout=max(0.01, deadline - time.monotonic()))
+            return not self._down
 
     def _on_actor(self, idx: int, method: str, *args: Any) -> Any:
         for _ in range(3):
             with self._cv:
+                while idx in self._down:  # its replacement is starting
+                    self._cv.wait(timeout=1.0)
                 ref, gen = self.actors[idx], self.generation[idx]
             try:
                 return ref.call(method, *args)
@@ -467,14 +484,16 @@ class SessionPool:
 
     def _least_loaded(self, exclude: Sequence[int] = ()) -> int:
         now = self.clock()
-        candidates = [i for i in range(len(self.actors)) if i not in exclude]
+        candidates = [i for i in self.live_actors() if i not in exclude]
         return min(candidates, key=lambda i: (round(self.actor_load(i, now), 3), len(self.robots_on(i)), i))
 
     def rebalance(self) -> PoolEvent | None:
         """Move one robot off an overloaded actor (busier than ``overload``) to the least-loaded
         one, when that lowers the busier of the two; a robot moves at most once per window."""
         now = self.clock()
-        loads = {i: self.actor_load(i, now) for i in range(len(self.actors))}
+        loads = {i: self.actor_load(i, now) for i in self.live_actors()}
+        if len(loads) < 2:
+            return None
         src = max(loads, key=lambda i: loads[i])
         if loads[src] <= self.config.overload or len(self.robots_on(src)) < 2:
             return None
@@ -499,15 +518,15 @@ class SessionPool:
         restored on the new one while the robot's calls wait (its labelled samples and chain go
         with it). None when it is already there or moving."""
         with self._cv:
-            if dev in self._held or self.assignment[dev] == target:
+            if dev in self._held or self.assignment[dev] == target or target in self._down:
                 return None
             src = self.assignment[dev]
             self._held.add(dev)
         try:
             try:
                 state, seq = self._on_actor(src, "remove_robot", dev)
-            except RobotNotHere:  # the source died and was restored meanwhile, with the robot on it: retry
-                state, seq = self._on_actor(src, "remove_robot", dev)
+            except RobotNotHere:  # the source died meanwhile and the robot was restored elsewhere
+                return None
             reply = self._on_actor(target, "add_robot", dev, state, self.settings[dev])
             with self._cv:
                 self.assignment[dev] = target
@@ -527,50 +546,86 @@ class SessionPool:
 
     # ------------------------------------------------------------------ recovery
     def _recover(self, idx: int, generation: int) -> None:
-        """Replace dead actor ``idx`` (unless someone already did) and restore its robots on the
-        replacement from their kept states, replaying the batches labelled since."""
+        """Handle the death of actor ``idx`` (unless someone already did): restore each of its
+        robots from its kept state, with the batches labelled since replayed, on the least-loaded
+        surviving actor (warm: no start-up wait), and start a replacement actor in the background
+        (rebalancing moves robots onto it when the survivors are overloaded). A pool of one actor
+        restores its robots on the replacement, once it is up."""
         with self._recover_lock:
             with self._cv:
-                if self.generation[idx] != generation:
-                    return  # already replaced
+                if self.generation[idx] != generation or idx in self._down:
+                    return  # already handled
                 robots = sorted(d for d, a in self.assignment.items() if a == idx)
+                survivors = [i for i in range(len(self.actors)) if i != idx and i not in self._down]
                 self._held.update(robots)
+                self.generation[idx] = generation + 1
+                self._down.add(idx)
                 dead = self.actors[idx]
             t0 = time.monotonic()
             try:
                 dead.kill()
-                new = self._new_actor(idx, generation + 1)
+                if not survivors:
+                    self._install(idx, self._new_actor(idx, generation + 1))
                 for dev in robots:
-                    state, version, _ = self._states[dev]
-                    reply = new.call("add_robot", dev, state, self.settings[dev])
-                    with self._cv:
-                        replay = [(s, a) for s, a in self._replay[dev] if s > reply["seq"]]
-                    for seq, args in replay:
-                        try:
-                            reply = new.call("label", dev, seq, *args)
-                        except Exception as exc:  # noqa: BLE001 - a batch that failed before fails again
-                            self.log("warning", f"{dev}: replaying batch {seq} failed: {exc}")
-                    with self._cv:
-                        self.info[dev] = reply
-                    event = PoolEvent("recover", dev, idx, idx, int(reply["version"]),
-                                      f"{dev}: actor {idx} died; restored on its replacement {new.name} at "
-                                      f"v{reply['version']} of chain {reply['chain_tag']} (+{len(replay)} batches "
-                                      f"replayed) in {time.monotonic() - t0:.1f} s")
-                    self.events.append(event)
-                    self.log("warning", event.message)
-                with self._cv:
-                    self.actors[idx] = new
-                    self.generation[idx] = generation + 1
-                    if not robots:
-                        self.events.append(PoolEvent("recover", "", idx, idx, 0, f"actor {idx} died; replaced"))
+                    target = self._least_loaded() if survivors else idx
+                    self._restore(dev, idx, target, t0)
             finally:
                 with self._cv:
                     self._held.difference_update(robots)
                     self._cv.notify_all()
+            if not robots:
+                self.log("warning", f"actor {idx} died (no robots on it)")
+            if survivors:
+                t = threading.Thread(target=self._replace, args=(idx, generation + 1), daemon=True,
+                                     name=f"session_pool_replace{idx}")
+                self._replacers.append(t)
+                t.start()
+
+    def _restore(self, dev: str, dead: int, target: int, t0: float) -> None:
+        with self._cv:
+            ref = self.actors[target]
+        state, _, _ = self._states[dev]
+        reply = ref.call("add_robot", dev, state, self.settings[dev])
+        with self._cv:
+            replay = [(s, a) for s, a in self._replay[dev] if s > reply["seq"]]
+        for seq, args in replay:
+            try:
+                reply = ref.call("label", dev, seq, *args)
+            except Exception as exc:  # noqa: BLE001 - a batch that failed before fails again
+                self.log("warning", f"{dev}: replaying batch {seq} failed: {exc}")
+        with self._cv:
+            self.info[dev] = reply
+            self.assignment[dev] = target
+        event = PoolEvent("recover", dev, dead, target, int(reply["version"]),
+                          f"{dev}: actor {dead} died; restored on actor {target} ({ref.name}) at v{reply['version']} "
+                          f"of chain {reply['chain_tag']} (+{len(replay)} batches replayed) in "
+                          f"{time.monotonic() - t0:.1f} s")
+        self.events.append(event)
+        self.log("warning", event.message)
+
+    def _install(self, idx: int, ref: ActorRef) -> None:
+        with self._cv:
+            self.actors[idx] = ref
+            self._down.discard(idx)
+            self._cv.notify_all()
+
+    def _replace(self, idx: int, generation: int) -> None:
+        """Start actor ``idx``'s replacement (retried every check period until it comes up)."""
+        while not self._stop.is_set():
+            try:
+                ref = self._new_actor(idx, generation)
+            except Exception as exc:  # noqa: BLE001 - e.g. the cluster lost the node: try again
+                self.log("error", f"starting a replacement for actor {idx} failed: {type(exc).__name__}: {exc}")
+                self._stop.wait(self.config.check_period_s)
+                continue
+            self._install(idx, ref)
+            self.events.append(PoolEvent("replace", "", idx, idx, 0, f"actor {idx} replaced by {ref.name}"))
+            self.log("info", f"actor {idx} replaced by {ref.name}")
+            return
 
     def check(self) -> None:
         """Ping every actor (a dead one is replaced, its robots restored); then rebalance."""
-        for idx in range(len(self.actors)):
+        for idx in self.live_actors():
             with self._cv:
                 ref, gen = self.actors[idx], self.generation[idx]
             try:
@@ -607,6 +662,8 @@ class SessionPool:
         self._stop.set()
         if self._monitor is not None:
             self._monitor.join(timeout=30.0)
+        for t in self._replacers:
+            t.join(timeout=60.0)
         saved = 0
         if save:
             for dev in list(self.assignment):
