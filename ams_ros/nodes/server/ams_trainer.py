@@ -209,12 +209,18 @@ class AMSTrainerNode(Node):
                              if pcfg.ray_address == "local" else None))
         wspec = WorkerSpec(student=spec, session=cfg, signing_key_file=p["signing_key_file"], device=p["device"],
                            cudnn_benchmark=bool(p["cudnn_benchmark"]), torch_threads=int(p["torch_threads"]))
-        levels = {"info": log.info, "warning": log.warning, "error": log.error}
-        pool = SessionPool(ray_actor_factory(wspec, pcfg), pcfg, self.store,
-                           log=lambda level, text: levels.get(level, log.info)(text))
+        def pool_log(level: str, text: str) -> None:  # one call site per severity (rclpy requires it)
+            if level == "error":
+                log.error(text)
+            elif level == "warning":
+                log.warning(text)
+            else:
+                log.info(text)
+
+        pool = SessionPool(ray_actor_factory(wspec, pcfg), pcfg, self.store, log=pool_log)
         self.state.pool = pool
         for report in pool.start(self.state.device_ids):
-            (log.warning if report["warning"] else log.info)(report["message"])
+            pool_log("warning" if report["warning"] else "info", report["message"])
         pool.start_monitor()
         return pool
 
