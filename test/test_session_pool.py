@@ -201,3 +201,26 @@ def test_the_sizing_table_packs_whole_robots_per_gpu_at_the_stated_costs():
     assert rows[0.1]["robots_per_gpu"] == 4 and rows[0.1]["gpus"]["200"] == 50  # 2.25 GPU-s per period
     with pytest.raises(ValueError, match="more than one GPU"):
         sizing_table(rates=(5.0,))
+
+
+def test_actors_sign_with_the_key_file_they_are_given(tmp_path):
+    """A live key does not travel to an actor: the spec carries its path, the actor loads it."""
+    from dataclasses import replace
+
+    from ams_ros.core.pool_worker import WorkerSpec
+    from ams_ros.core.signing import SigningKey, SignatureError, TrustedKeys, verify_update
+
+    key = SigningKey.generate()
+    path = key.save(tmp_path / "base.pem")
+    spec = worker_spec(tmp_path)
+    with pytest.raises(ValueError, match="signing_key_file"):
+        WorkerSpec(spec.student, replace(spec.session, signing_key=key))
+    spec = replace(spec, signing_key_file=str(path))
+    pool = SessionPool(in_process_factory(spec), PoolConfig(backend="ray", actors=1))
+    pool.start(["robot1"])
+    pool.set_teachers(teacher_spec(("robot1",)))
+    update = _stream(pool, "robot1", 0.0, 1)[0]
+    trusted = TrustedKeys.parse([key.public_text])
+    verify_update(update, "robot1", trusted)
+    with pytest.raises(SignatureError):
+        verify_update(update, "robot2", trusted)  # signed for its robot only
