@@ -168,7 +168,10 @@ class AMSTrainerNode(Node):
                 state.sessions[dev] = PooledSession(self.pool, dev, cfg)
             elif self.store is not None:
                 loaded = self.store.load(dev, base, cfg)
-                (self.get_logger().warning if loaded.warning else self.get_logger().info)(loaded.message)
+                if loaded.warning:  # one call site per severity: rclpy raises when a call site's severity changes
+                    self.get_logger().warning(loaded.message)
+                else:
+                    self.get_logger().info(loaded.message)
                 state.sessions[dev] = loaded.session
             else:
                 state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
