@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ams_ros import pool_bench
+
 GAMMAS = (0.2, 0.1, 0.05, 0.01)
 PAPER_UPDATE_BYTES_AT_5PCT = 205_000 / 8 * 10  # 205 Kbps at T_update 10 s = 256 KB per update
 
@@ -572,10 +574,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink"], default="all",
+    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool"], default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
                         "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10); "
-                        "'uplink': only the video codecs' bytes and teacher agreement (issue #10)")
+                        "'uplink': only the video codecs' bytes and teacher agreement (issue #10); 'pool': robots "
+                        "served vs Ray actors, and GPUs for 10/50/200 robots (issue #12; not in 'all')")
     p.add_argument("--fused-k", default="1,2,4", help="robots per fused step to measure (comma list)")
     p.add_argument("--fused-full", action="store_true", help="measure k = 1, 2, 4, 9, 18 (the issue-16 list; slow on CPU)")
     p.add_argument("--fused-width", type=int, default=64, help="training width of the fused-training figures")
@@ -598,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="target bitrates of the uplink figures (comma list; 200, H.264's reference, is always added)")
     p.add_argument("--channels-last", action="store_true", help="also time inference in channels-last memory format")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on CUDA")
+    pool_bench.add_arguments(p)
     args = p.parse_args(argv)
     from ams_ros.core.devices import resolve_device, resolve_dtype
 
@@ -625,6 +629,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {}
         _update_figures(args, build_student("deeplabv3_mobilenet_v2", num_classes=21).eval(), res)
         res["targets"] = _update_targets(res)
+    elif args.only == "pool":
+        res = {"pool": pool_bench.pool_figures(args)}
     elif args.only == "uplink":
         res = {"uplink_codecs": _uplink_codecs(args.uplink_codecs, args.uplink_kbps)}
         res["targets"] = _uplink_targets(res["uplink_codecs"])

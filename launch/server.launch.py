@@ -4,6 +4,9 @@
         label_space:=cityscapes
     ros2 launch ams_ros server.launch.py device:=cuda:0 train_precision:=bfloat16 \
         teacher:=torchvision:deeplabv3_mobilenet_v3_large@/models/deeplabv3_mnv3.pth label_space:=voc
+    # issue 12: the sessions and the teacher in a pool of Ray actors, one GPU each, on the cluster
+    # `ray start` runs (README: "A base station on a Ray cluster")
+    ros2 launch ams_ros server.launch.py backend:=ray ray_address:=auto pool_actors:=4 pool_actor_gpus:=1
 """
 
 import os
@@ -18,6 +21,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
 DTYPES = ["float32", "float16", "bfloat16"]
+BACKENDS = ["local", "ray"]
 ENCODINGS = ["paper_gzip_fp16", "delta_lzma_fp16", "delta_lzma_q8", "residual_lzma_q8", "residual_lzma_q6",
              "residual_zlib_q6", "residual_zstd_q4", "residual_zstd_q3", "residual_zstd_q2", "residual_zstd_ternary"]
 
@@ -51,6 +55,16 @@ def generate_launch_description() -> LaunchDescription:
                               choices=["round_robin", "utility", "utility_aging"],
                               description="How robots share the GPU: round_robin (in turn), utility (predicted mIoU gain "
                                           "per GPU-second), utility_aging (utility rising with the wait); all bound the wait"),
+        DeclareLaunchArgument("backend", default_value="local", choices=BACKENDS,
+                              description="Where the robots' sessions and the teacher run: local (in the server "
+                                          "process) | ray (in a pool of Ray actors, e.g. one per GPU; issue #12)"),
+        DeclareLaunchArgument("ray_address", default_value="local",
+                              description="With backend ray: local (a Ray instance in this process, on 127.0.0.1) | "
+                                          "auto (the cluster `ray start` runs on this machine) | HOST:PORT (its head)"),
+        DeclareLaunchArgument("pool_actors", default_value="2",
+                              description="With backend ray: actors in the pool (each serves several robots)"),
+        DeclareLaunchArgument("pool_actor_gpus", default_value="0.0",
+                              description="With backend ray: GPUs each actor reserves (1 = one GPU per actor, 0 = CPU)"),
         DeclareLaunchArgument("signing_key_file", default_value="",
                               description="Base station's private key (PEM, mode 0600, `ams-keys generate`): signs "
                                           "every update, catch-up and snapshot (issue #13; empty = unsigned). The "
@@ -82,6 +96,9 @@ def generate_launch_description() -> LaunchDescription:
              "device": LaunchConfiguration("device"), "train_precision": LaunchConfiguration("train_precision"),
              "scheduler_policy": LaunchConfiguration("scheduler_policy"),
              "signing_key_file": LaunchConfiguration("signing_key_file"),
+             "backend": LaunchConfiguration("backend"), "ray_address": LaunchConfiguration("ray_address"),
+             "pool_actors": ParameterValue(LaunchConfiguration("pool_actors"), value_type=int),
+             "pool_actor_gpus": ParameterValue(LaunchConfiguration("pool_actor_gpus"), value_type=float),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

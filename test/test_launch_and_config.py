@@ -204,6 +204,10 @@ def test_launch_choices_are_the_packages_own():
         from ams_ros.core.devices import DTYPE_CHOICES
 
         assert lists["DTYPES"] == list(DTYPE_CHOICES), name
+        if "BACKENDS" in lists:
+            from ams_ros.core.session_pool import BACKENDS
+
+            assert lists["BACKENDS"] == list(BACKENDS), name
 
 
 @pytest.mark.parametrize("name,args", [("edge.launch.py", ("device", "inference_dtype")),

@@ -226,6 +226,18 @@ class DeviceSession:
     def ready(self) -> bool:
         return self.new_samples >= max(1, self.config.min_samples)
 
+    @property
+    def horizon_s(self) -> float:
+        return float(self.trainer.config.horizon_s)
+
+    def buffered(self, now: float) -> int:
+        """Labelled samples within the horizon at ``now`` (ServerStatus buffer_frames)."""
+        return len(self.trainer.buffer.window(now, self.horizon_s))
+
+    def downlink_kbps(self, now: float) -> float | None:
+        """The downlink budget's running average (None without a budget or before an update)."""
+        return self.budget.average_kbps(now) if self.budget.enabled else None
+
     def run_phase(self, now: float | None = None) -> PhaseOutcome | None:
         """Algorithm 1 lines 10-17: train a phase and encode the update for the edge."""
         now = self.latest_t if now is None else now

@@ -18,6 +18,12 @@ Signatures (issue #13, :mod:`ams_ros.core.signing`): with ``signing_key_file`` e
 catch-up and snapshot is signed for its robot with the base station's Ed25519 key; with
 ``robot_public_keys`` a snapshot request must be signed by its robot's key, fresh (within
 ``snapshot_request_window_s``) and carry an unused nonce, else it is refused with the reason.
+
+``backend`` (issue #12, :mod:`ams_ros.core.session_pool`): ``local`` keeps every session in this
+process; ``ray`` keeps the ROS side here and runs the sessions (and the teacher) in a pool of
+Ray actors, one trainer thread per actor, so phases of robots on different actors (GPUs) run at
+once. The sessions are then :class:`~ams_ros.core.session_pool.PooledSession` handles with the
+same calls; Ray is imported only then.
 """
 
 from __future__ import annotations
@@ -37,8 +43,11 @@ from ams_ros.core.devices import configure_cudnn, describe, resolve_device
 from ams_ros.core.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.params import fingerprint
+from ams_ros.core.pool_worker import WorkerSpec
 from ams_ros.core.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
 from ams_ros.core.server_session import DeviceSession, SessionConfig
+from ams_ros.core.session_pool import (RAY, PoolConfig, PooledSession, SessionPool, connect_ray, disconnect_ray,
+                                       ray_actor_factory)
 from ams_ros.core.session_store import SessionStore
 from ams_ros.core.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.threads import set_torch_threads
@@ -88,7 +97,23 @@ PARAMS = (
     from_field(SchedulerConfig, "policy", name="scheduler_policy", dynamic=True),
     from_field(SchedulerConfig, "max_wait_periods"),
     from_field(SchedulerConfig, "share_window_s"),
+    # issue 12: the sessions in a pool of Ray actors
+    from_field(PoolConfig, "backend"),
+    from_field(PoolConfig, "ray_address"),
+    from_field(PoolConfig, "actors", name="pool_actors"),
+    from_field(PoolConfig, "actor_cpus", name="pool_actor_cpus"),
+    from_field(PoolConfig, "actor_gpus", name="pool_actor_gpus"),
+    from_field(PoolConfig, "overload", name="pool_overload"),
+    from_field(PoolConfig, "load_window_s", name="pool_load_window_s"),
+    from_field(PoolConfig, "check_period_s", name="pool_check_period_s"),
 )
+
+
+def pool_config(p) -> PoolConfig:
+    return PoolConfig(backend=p["backend"], ray_address=p["ray_address"], actors=int(p["pool_actors"]),
+                      actor_cpus=float(p["pool_actor_cpus"]), actor_gpus=float(p["pool_actor_gpus"]),
+                      overload=float(p["pool_overload"]), load_window_s=float(p["pool_load_window_s"]),
+                      check_period_s=float(p["pool_check_period_s"]))
 
 
 def trainer_config(p) -> TrainerConfig:
@@ -104,9 +129,14 @@ class AMSTrainerNode(Node):
     def __init__(self, state: ServerState, **kwargs: Any) -> None:
         super().__init__("ams_trainer", **kwargs)
         p = self.p = NodeParameters(self, PARAMS, on_change=self._apply_change)
-        set_torch_threads(int(p["torch_threads"]))
-        device = resolve_device(p["device"])  # DeviceError (start-up failure) naming what torch sees
-        configure_cudnn(device, bool(p["cudnn_benchmark"]))
+        pcfg = pool_config(p)  # ValueError naming a bad backend setting
+        self.pool: SessionPool | None = None
+        if pcfg.backend == RAY:  # the actors resolve the device: this process may have no GPU
+            device = resolve_device("cpu")
+        else:
+            set_torch_threads(int(p["torch_threads"]))
+            device = resolve_device(p["device"])  # DeviceError (start-up failure) naming what torch sees
+            configure_cudnn(device, bool(p["cudnn_benchmark"]))
         self.state = state
         state.bind_devices(device_ids(p), self.get_name())
         spec = student_spec(p)
@@ -121,20 +151,32 @@ class AMSTrainerNode(Node):
         self.robot_keys = robot_public_keys(p)
         self.replay_guard = ReplayGuard(float(p["snapshot_request_window_s"]))
         group = MutuallyExclusiveCallbackGroup()
+
+        def session_config(key: SigningKey | None) -> SessionConfig:
+            return SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
+                                 snapshot_encoding=p["snapshot_encoding"],
+                                 signing_key=key, min_samples=int(p["min_samples"]),
+                                 catch_up_versions=int(p["catch_up_versions"]),
+                                 downlink=DownlinkBudgetConfig(downlink_budget_kbps=float(p["downlink_budget_kbps"]),
+                                                               min_gamma=float(p["budget_min_gamma"])))
+
+        if pcfg.backend == RAY:
+            self.pool = self._start_pool(pcfg, spec, session_config(None))
         for dev in state.device_ids:
-            cfg = SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
-                                snapshot_encoding=p["snapshot_encoding"],
-                                signing_key=self.signing_key, min_samples=int(p["min_samples"]),
-                                catch_up_versions=int(p["catch_up_versions"]),
-                                downlink=DownlinkBudgetConfig(downlink_budget_kbps=float(p["downlink_budget_kbps"]),
-                                                              min_gamma=float(p["budget_min_gamma"])))
-            if self.store is not None:
+            cfg = session_config(self.signing_key)
+            if self.pool is not None:
+                state.sessions[dev] = PooledSession(self.pool, dev, cfg)
+            elif self.store is not None:
                 loaded = self.store.load(dev, base, cfg)
-                (self.get_logger().warning if loaded.warning else self.get_logger().info)(loaded.message)
+                if loaded.warning:  # one call site per severity: rclpy raises when a call site's severity changes
+                    self.get_logger().warning(loaded.message)
+                else:
+                    self.get_logger().info(loaded.message)
                 state.sessions[dev] = loaded.session
             else:
                 state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
-            state.sessions[dev].trainer.stop_requested = lambda: state.stopping  # stop ends a phase early
+            if self.pool is None:
+                state.sessions[dev].trainer.stop_requested = lambda: state.stopping  # stop ends a phase early
             self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
                                                    qos("reliable", int(p["update_qos_depth"])))
             self.status_pubs[dev] = self.create_publisher(ServerStatus, topics.for_device(dev, topics.SERVER_STATUS),
@@ -148,13 +190,46 @@ class AMSTrainerNode(Node):
             policy=p["scheduler_policy"], max_wait_periods=float(p["max_wait_periods"]),
             share_window_s=float(p["share_window_s"])), period_s=tcfg.update_period_s)
         self._effective: dict[str, float] = {d: tcfg.update_period_s for d in state.device_ids}
-        self._thread = worker_thread(self._work, "ams_trainer", self.get_logger())
-        self._thread.start()
+        # one phase at a time per GPU: one trainer thread here, one per actor with the pool
+        self._threads = [worker_thread(self._work, f"ams_trainer{i or ''}", self.get_logger())
+                         for i in range(pcfg.actors if self.pool is not None else 1)]
+        self._thread = self._threads[0]
+        for t in self._threads:
+            t.start()
+        where = (f"{pcfg.actors} Ray actor(s) ({p['device']}; robots {self._placement()})" if self.pool is not None
+                 else describe(device))
         self.get_logger().info(
-            f"training {spec.name} on {describe(device)} ({tcfg.train_precision}) for {', '.join(state.device_ids)}: "
+            f"training {spec.name} on {where} ({tcfg.train_precision}) for {', '.join(state.device_ids)}: "
             f"K={tcfg.iterations}, batch {tcfg.batch_size}, "
             f"horizon {tcfg.horizon_s:g} s, gamma {tcfg.gamma:g} ({tcfg.strategy}), encoding {p['update_encoding']}"
         )
+
+    def _start_pool(self, pcfg: PoolConfig, spec, cfg: SessionConfig) -> SessionPool:
+        """Start or join Ray, start the actors and place the robots (resumed from state_dir)."""
+        p = self.p
+        log = self.get_logger()
+        log.info(connect_ray(pcfg.ray_address, num_cpus=max(pcfg.actors * pcfg.actor_cpus, 1.0)
+                             if pcfg.ray_address == "local" else None))
+        wspec = WorkerSpec(student=spec, session=cfg, signing_key_file=p["signing_key_file"], device=p["device"],
+                           cudnn_benchmark=bool(p["cudnn_benchmark"]), torch_threads=int(p["torch_threads"]))
+        def pool_log(level: str, text: str) -> None:  # one call site per severity (rclpy requires it)
+            if level == "error":
+                log.error(text)
+            elif level == "warning":
+                log.warning(text)
+            else:
+                log.info(text)
+
+        pool = SessionPool(ray_actor_factory(wspec, pcfg), pcfg, self.store, log=pool_log)
+        self.state.pool = pool
+        for report in pool.start(self.state.device_ids):
+            pool_log("warning" if report["warning"] else "info", report["message"])
+        pool.start_monitor()
+        return pool
+
+    def _placement(self) -> str:
+        pool = self.pool
+        return "; ".join(f"actor {i}: {', '.join(pool.robots_on(i)) or '-'}" for i in range(len(pool.actors)))
 
     def _apply_change(self, changes: dict[str, Any]) -> None:
         """Run-time changes, for every robot: validated (ValueError: refused, nothing changed),
@@ -224,10 +299,17 @@ class AMSTrainerNode(Node):
             self._measure_errors(ready)  # outside the lock: forward passes
             with st.cv:
                 ready = [d for d in ready if st.sessions[d].ready()]
+                if self.pool is not None:  # one phase at a time per actor: robots on a busy one wait
+                    ready = [d for d in ready if self.pool.phase_free(d)]
+                    if not ready:
+                        st.cv.wait(timeout=0.5)
+                        continue
                 sched = st.scheduler
                 sched.period_s = max(float(st.sessions[d].update_period_s) for d in st.device_ids)
                 dev = sched.pick(ready, time.monotonic())
                 if dev is not None and not st.stopping:
+                    if self.pool is not None and not self.pool.begin_phase(dev):
+                        continue
                     return dev
 
     def _measure_errors(self, ready: list[str]) -> None:
@@ -242,9 +324,14 @@ class AMSTrainerNode(Node):
             if latest is None or latest <= self._measured.get(dev, float("-inf")):
                 continue
             t0 = time.monotonic()
-            with session.lock:
-                entries = session.trainer.buffer.window(latest, session.trainer.config.horizon_s)
-                err = student_error(session.model, entries[-sched.config.error_frames:])
+            if isinstance(session, PooledSession):
+                err = session.student_error()
+                if err is None:
+                    continue
+            else:
+                with session.lock:
+                    entries = session.trainer.buffer.window(latest, session.trainer.config.horizon_s)
+                    err = student_error(session.model, entries[-sched.config.error_frames:])
             self._measured[dev] = latest
             with self.state.cv:
                 sched.observe_error(dev, latest, err)
@@ -261,6 +348,7 @@ class AMSTrainerNode(Node):
             self._phase_started[dev] = started
             with self.state.cv:
                 self.state.scheduler.start_phase(dev, started)
+                actor = self.pool.actor_of(dev) if self.pool is not None else -1
             try:
                 outcome = session.run_phase()
             except Exception as exc:
@@ -270,6 +358,9 @@ class AMSTrainerNode(Node):
             finally:
                 with self.state.cv:
                     self.state.scheduler.end_phase(dev, started, time.monotonic())
+                    if self.pool is not None:
+                        self.pool.end_phase(dev, actor)
+                    self.state.cv.notify_all()
             if outcome is None:
                 continue
             requested = float(session.update_period_s)
@@ -292,20 +383,21 @@ class AMSTrainerNode(Node):
                 f"loss {r.loss:.3f}, {r.num_samples} samples, {len(r.indices)} params, "
                 f"{len(msg.indices) + len(msg.values)} bytes, {outcome.wall_s:.1f} s"
                 + (f" (budget {session.config.downlink.downlink_budget_kbps:g} Kbps: gamma {outcome.plan.gamma:.4f}, "
-                   f"{outcome.plan.encoding}, average {session.budget.average_kbps(r.now) or 0.0:.1f} Kbps)"
+                   f"{outcome.plan.encoding}, average {session.downlink_kbps(r.now) or 0.0:.1f} Kbps)"
                    if outcome.plan is not None else "")
             )
 
-    def _publish_status(self, dev: str, session: DeviceSession, outcome, requested: float, stretched: bool) -> None:
+    def _publish_status(self, dev: str, session: DeviceSession | PooledSession, outcome, requested: float,
+                        stretched: bool) -> None:
         st = self.state
         r = outcome.result
-        horizon = session.trainer.config.horizon_s
+        horizon = session.horizon_s
         msg = ServerStatus()
         msg.header.stamp = sec_to_stamp(r.now)
         msg.device_id = dev
         msg.phase = int(r.phase)
         msg.model_version = int(session.version)
-        msg.buffer_frames = int(len(session.trainer.buffer.window(r.now, horizon)))
+        msg.buffer_frames = int(session.buffered(r.now))
         msg.horizon = float(horizon)
         msg.train_seconds = float(outcome.wall_s)
         msg.train_loss = float(r.loss)
@@ -325,7 +417,7 @@ class AMSTrainerNode(Node):
     def _save(self, dev: str) -> None:
         """Write the robot's session to ``state_dir`` (atomically); a failure is logged and
         counted, never stops training."""
-        if self.store is None:
+        if self.store is None or self.pool is not None:  # the pool saves after every phase itself
             return
         try:
             with self._save_lock:
@@ -341,12 +433,22 @@ class AMSTrainerNode(Node):
         never still running while the interpreter shuts down; then save every session. A node
         whose start-up failed (rclpy destroys it with its context) has no thread or state yet."""
         if not hasattr(self, "_thread"):
+            if getattr(self, "pool", None) is not None:
+                self.pool.shutdown(save=False)
             super().destroy_node()
             return
         self.state.stop()
-        self._thread.join(timeout=60.0)
-        if self._thread.is_alive():
+        if self.pool is not None:
+            self.pool.stop_phases()
+        for t in self._threads:
+            t.join(timeout=60.0)
+        if any(t.is_alive() for t in self._threads):
             self.get_logger().warning("training thread still busy after 60 s; exiting without it")
+        elif self.pool is not None:
+            saved = self.pool.shutdown(save=self.store is not None)
+            disconnect_ray()
+            if self.store is not None:
+                self.get_logger().info(f"saved {saved} session(s) to {self.store.state_dir}")
         elif self.store is not None:
             for dev in self.state.device_ids:
                 self._save(dev)

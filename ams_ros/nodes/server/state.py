@@ -1,7 +1,8 @@
 """What the three server nodes of one base station share.
 
 Per robot: its :class:`~ams_ros.core.server_session.DeviceSession` (buffer, trainer, version
-chain, rate control), the frame batches waiting for the teacher and the counters ServerStatus
+chain, rate control; with ``backend: ray`` a :class:`~ams_ros.core.session_pool.PooledSession`
+handle to it in a pool actor), the frame batches waiting for the teacher and the counters ServerStatus
 reports. One condition variable wakes the labeler and the trainer threads; ``stop()`` ends both.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from typing import Any
 
 from ams_ros.core.scheduling import GpuScheduler
 from ams_ros.core.server_session import DeviceSession
@@ -18,7 +20,7 @@ from ams_ros.nodes.reject_log import RejectionCounter
 class ServerState:
     def __init__(self) -> None:
         self.device_ids: list[str] = []
-        self.sessions: dict[str, DeviceSession] = {}
+        self.sessions: dict[str, DeviceSession] = {}  # or PooledSession handles (backend ray)
         self.pending: dict[str, deque] = {}
         self.received: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
@@ -26,6 +28,8 @@ class ServerState:
         self.cv = threading.Condition()
         self.stopping = False
         self.scheduler: GpuScheduler | None = None  # issue 16: set by ams_trainer; used under cv
+        # issue 12: with backend ray, the pool of actors the sessions (PooledSession handles) live in
+        self.pool: Any = None
         # every input a server node rejected (ServerStatus inputs_rejected / last_input_rejection)
         self.rejections = RejectionCounter()
 

@@ -8,6 +8,11 @@ carry a valid Ed25519 signature of its robot's key: an unsigned or forged one is
 logged) on arrival, before it can push a genuine batch out of the queue. ``device_teachers``
 (issue #16) gives a robot its own teacher: robots playing different synthetic worlds each need
 their world's oracle (``make demo ARGS="--robots N"``).
+
+With ``backend: ray`` (issue #12) the teachers are built in the pool's actors instead (from the
+same specs) and a batch is decoded and labelled on its robot's actor; this node keeps the
+subscriptions, the checks on arrival and the queues, with one worker thread per actor (a robot's
+batches still go one at a time, in order).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from ams_ros.core.devices import resolve_device
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
 from ams_ros.core.models.teachers import build_teacher, label_frames, place_teacher, select_classes
+from ams_ros.core.pool_worker import TeacherSpec
 from ams_ros.nodes import topics
 from ams_ros.core.signing import SeenSignatures, SignatureError
 from ams_ros.nodes.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
@@ -83,12 +89,17 @@ class TeacherLabeler(Node):
         self.limits = BatchLimits(int(self.p["max_batch_frames"]), int(self.p["max_frame_pixels"]))
         self._reject = RejectLog(self, counter=state.rejections)
         selected = string_list(self.p["selected_classes"])
-        device = resolve_device(self.p["device"])  # DeviceError naming what torch sees
+        # DeviceError naming what torch sees (with the pool, the actors resolve it: this process may have no GPU)
+        device = resolve_device(self.p["device"]) if state.pool is None else None
         student_space = resolve_label_space(self.p["label_space"], selected)
         specs = {dev: self.p["teacher"] for dev in state.device_ids}
         specs.update(parse_device_teachers(string_list(self.p["device_teachers"]), state.device_ids))
         built: dict[str, Any] = {}  # one teacher per distinct spec (robots sharing a spec share it)
-        for spec in dict.fromkeys(specs.values()):
+        if state.pool is not None:  # the actors build and run them (ValueError from them: classes differ)
+            where = "the pool's actors: " + state.pool.set_teachers(TeacherSpec(
+                specs=specs, selected_classes=tuple(selected), label_space=self.p["label_space"],
+                device=self.p["device"], max_batch=int(self.p["teacher_max_batch"]), limits=self.limits))
+        for spec in (dict.fromkeys(specs.values()) if state.pool is None else ()):
             teacher = select_classes(build_teacher(spec), selected)
             where = place_teacher(teacher, device, explicit=self.p["device"].strip().lower() not in ("", "auto"),
                                   max_batch=int(self.p["teacher_max_batch"]))
@@ -98,7 +109,7 @@ class TeacherLabeler(Node):
                     f"({teacher.label_space.name}) but the student predicts {student_space.num_classes} "
                     f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
             built[spec] = teacher
-        self.teachers = {dev: built[spec] for dev, spec in specs.items()}
+        self.teachers = {dev: built[spec] for dev, spec in specs.items()} if state.pool is None else {}
         self.robot_keys = robot_public_keys(self.p)
         self._seen_batches = SeenSignatures()  # a replayed signed batch is refused (issue #13)
         group = MutuallyExclusiveCallbackGroup()
@@ -107,8 +118,12 @@ class TeacherLabeler(Node):
                                      self._reject.guard(f"{dev} frame batch", self._make_cb(dev)),
                                      qos("reliable", int(self.p["batch_qos_depth"])), callback_group=group)
         self._unchecked_warned: set[str] = set()
-        self._thread = worker_thread(self._work, "teacher_labeler", self.get_logger())
-        self._thread.start()
+        self._labelling: set[str] = set()  # robots whose batch a worker thread has in hand (under state.cv)
+        n = len(state.pool.actors) if state.pool is not None else 1
+        self._threads = [worker_thread(self._work, f"teacher_labeler{i or ''}", self.get_logger()) for i in range(n)]
+        self._thread = self._threads[0]
+        for t in self._threads:
+            t.start()
         self.get_logger().info(f"teacher on {where} labelling batches of "
                                f"{', '.join(f'{d} ({specs[d]})' for d in state.device_ids)}")
 
@@ -153,11 +168,13 @@ class TeacherLabeler(Node):
     def _next(self):
         st = self.state
         with st.cv:
-            while not st.stopping and not any(st.pending.values()):
+            while not st.stopping and not any(st.pending[d] for d in st.device_ids if d not in self._labelling):
                 st.cv.wait(timeout=0.5)
             if st.stopping:
                 return None, None
-            dev = max((d for d in st.device_ids if st.pending[d]), key=lambda d: len(st.pending[d]))
+            dev = max((d for d in st.device_ids if st.pending[d] and d not in self._labelling),
+                      key=lambda d: len(st.pending[d]))
+            self._labelling.add(dev)
             return dev, st.pending[dev].popleft()
 
     def _check_integrity(self, dev: str, msg: FrameBatch) -> None:
@@ -184,8 +201,10 @@ class TeacherLabeler(Node):
                 self._reject(f"batch {msg.batch_seq}", f"{reason} (from {dev})")
             finally:  # issue 16: teacher time is this robot's share of the GPU
                 with self.state.cv:
+                    self._labelling.discard(dev)
                     if self.state.scheduler is not None:
                         self.state.scheduler.record(dev, "label", t0, time.monotonic())
+                    self.state.cv.notify_all()
 
     def _label_batch(self, dev: str, msg: FrameBatch) -> None:
         self._check_integrity(dev, msg)
@@ -201,5 +220,6 @@ class TeacherLabeler(Node):
         when start-up failed: rclpy destroys that node with its context)."""
         if hasattr(self, "_thread"):
             self.state.stop()
-            self._thread.join(timeout=30.0)
+            for t in self._threads:
+                t.join(timeout=30.0)
         super().destroy_node()

@@ -1,0 +1,138 @@
+"""End to end over DDS (issue #12): the server with ``backend: ray`` serves two robots.
+
+The demo's executables as OS processes: a server whose sessions and teachers run in two Ray
+actors of a local Ray instance (bound to 127.0.0.1), and two robots, each playing its own
+synthetic world. Both robots apply consecutive updates of their chains; then one actor's process
+is killed (SIGKILL, as a crashed GPU worker): the pool replaces it, the robot on it resumes from
+its last kept state on the surviving actor while a replacement starts, and every robot's chain
+stays unbroken while the robots go on inferring. The pool's rules without DDS: test_session_pool.py, test_session_pool_ray.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ros_helpers import require_ros
+
+require_ros()
+pytest.importorskip("ray")
+
+import psutil  # noqa: E402
+
+from ams_ros.core.labels import get_label_space  # noqa: E402
+from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
+from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+W, H = 64, 32
+APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
+ROBOTS = {"robot1": "synthetic:0", "robot2": "synthetic:1"}
+
+
+def _wait_for(pred, timeout: float, what: str, logs) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in logs))
+
+
+def _pool_workers(server: RosProcess) -> list[psutil.Process]:
+    procs = psutil.Process(server.pid).children(recursive=True)
+    return [p for p in procs if "PoolWorker" in " ".join(_cmdline(p))]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline() or [p.name()]
+    except psutil.Error:
+        return []
+
+
+def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_stream(tmp_path: Path):
+    torch.manual_seed(0)
+    n_cls = len(get_label_space("synthetic").class_names)
+    weights = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp_path / "w0.pt",
+                                      "deeplabv3_mobilenet_v2", n_cls)
+    student = {"student": "deeplabv3_mobilenet_v2", "student_weights": str(weights), "label_space": "synthetic",
+               "selected_classes": [""]}
+    server_params = write_overrides(tmp_path / "server.yaml", {
+        "/**": {"device_ids": list(ROBOTS), **student},
+        "teacher_labeler": {"teacher": "oracle:0", "device_teachers": ["robot2=oracle:1"]},
+        "ams_trainer": {"input_width": W, "input_height": H, "iterations": 2, "batch_size": 2, "horizon_s": 30.0,
+                        "update_period_s": 2.0, "gamma": 0.05, "torch_threads": 1, "backend": "ray",
+                        "ray_address": "local", "pool_actors": 2, "pool_check_period_s": 0.5},
+    })
+    procs: list[RosProcess] = []
+    try:
+        server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
+                            tmp_path / "server.log")
+        procs.append(server)
+        edges = {}
+        for dev, source in ROBOTS.items():
+            params = write_overrides(tmp_path / f"edge_{dev}.yaml", {
+                "/**": {"device_id": dev, **student},
+                "camera_sampler": {"source": source, "publish_rate": 5.0, "stamp_origin": "stream",
+                                   "source_width": W, "source_height": H, "train_width": W, "train_height": H,
+                                   "update_period": 2.0, "sampling_rate": 2.0},
+                "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
+            })
+            edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], dev,
+                                    tmp_path / f"edge_{dev}.log")
+            procs.append(edges[dev])
+
+        def applied(dev):
+            return APPLIED.findall(edges[dev].output())
+
+        def updates(dev):
+            return sum(k == "update" for k, *_ in applied(dev))
+
+        _wait_for(lambda: all(updates(d) >= 2 for d in ROBOTS), 240, "two updates on each robot", procs)
+        out = server.output()
+        assert "started a local Ray instance on 127.0.0.1" in out, out[-3000:]
+        assert "2 Ray actor(s)" in out and "actor 0: robot1; actor 1: robot2" in out, out[-3000:]
+        workers = _pool_workers(server)
+        assert len(workers) == 2, [_cmdline(p) for p in psutil.Process(server.pid).children(recursive=True)]
+        # every socket the server's Ray processes listen on is on loopback
+        family = {server.pid, *(p.pid for p in psutil.Process(server.pid).children(recursive=True))}
+        outside = [(c.pid, c.laddr) for c in psutil.net_connections(kind="inet")
+                   if c.status == psutil.CONN_LISTEN and c.pid in family
+                   and c.laddr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
+        assert outside == [], outside
+
+        before = {d: updates(d) for d in ROBOTS}
+        workers[0].send_signal(signal.SIGKILL)  # one actor's process dies mid-stream
+        _wait_for(lambda: "died; restored on actor" in server.output(), 120, "the actor's replacement",
+                  procs)
+        _wait_for(lambda: all(updates(d) >= before[d] + 2 for d in ROBOTS), 180,
+                  "two more updates on each robot after the actor died", procs)
+        _wait_for(lambda: re.search(r"actor \d replaced by ams-pool-\d\.1", server.output()), 120,
+                  "the replacement actor", procs)
+        out = server.output()
+        for dev in ROBOTS:
+            chain = [(k, int(a), int(b), tag) for k, a, b, tag in applied(dev)]
+            assert chain[0][1] == 0 and len({tag for *_, tag in chain}) == 1, (dev, chain)  # one chain throughout
+            assert all(chain[i + 1][1] == chain[i][2] for i in range(len(chain) - 1)), (dev, chain)  # no gap
+            log = edges[dev].output()
+            assert "rejected" not in log.lower() or "rejected 0" in log.lower(), log[-3000:]
+            assert re.search(r"Traceback", log) is None, log[-3000:]
+        assert len(re.findall(r"died; restored on actor", out)) == 1, out[-4000:]
+        assert re.search(r"Traceback", out) is None, out[-4000:]
+        assert server.stop(timeout=60) == 0, server.output()[-3000:]
+        assert not [p for p in workers[1:] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        for dev in ROBOTS:
+            assert edges[dev].stop() == 0, edges[dev].output()[-3000:]
+    finally:
+        for p in procs:
+            if p.alive():
+                p.stop()
+        os.environ.get("ROS_DOMAIN_ID")
