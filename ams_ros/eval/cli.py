@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     summ = sub.add_parser("summarize", help="one markdown table over several runs")
     summ.add_argument("runs", nargs="+", help="output folders (or results.json files)")
     summ.add_argument("--out", default="", help="write the markdown here (default: print)")
+    summ.add_argument("--skip-s", type=float, default=0.0,
+                      help="mIoU over the frames after the first SKIP_S seconds of each run (from its series.json; "
+                           "the paper skips 250 s of its long videos)")
     fl = sub.add_parser("fleet", help="N robots sharing one server GPU, per scheduling policy (Figure 6)")
     fl.add_argument("--sources", nargs="+", default=["synthetic:0"],
                     help="robots' clips; robot j replays source j mod len (reused: time-offset, mirrored every other)")
@@ -312,7 +315,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_summarize(args: argparse.Namespace) -> int:
     from ams_ros.eval.report import combine
 
-    text = combine(args.runs)
+    text = combine(args.runs, skip_s=args.skip_s)
     if args.out:
         Path(args.out).write_text(text)
     print(text)

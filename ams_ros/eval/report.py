@@ -355,12 +355,43 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
 # ----------------------------------------------------------------------------- many runs
 
 
-def combine(dirs: list[str | Path]) -> str:
-    """One markdown table per metric over several runs' results.json (clips as rows), plus the mean."""
+def miou_after(run: str | Path, skip_s: float) -> dict[str, dict[str, float | None]]:
+    """Each scheme's mIoU vs the teacher and vs human labels over the frames after the first
+    ``skip_s`` seconds of a finished run, recomputed from its ``series.json`` as ``summarize``
+    computes it (the mean of the windowed mIoU): the paper's warm-up skip applied afterwards,
+    without running the schemes again. Raises ValueError when ``skip_s`` leaves no frame."""
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    if not (folder / "series.json").exists():
+        raise FileNotFoundError(f"{folder}/series.json not found: --skip-s recomputes mIoU from a run folder "
+                                f"written by 'ams-eval run'")
+    clip_times, results = read_series(folder)
+    t0 = float(clip_times[0]) if len(clip_times) else 0.0
+    span = float(clip_times[-1]) - t0 if len(clip_times) else 0.0
+    if skip_s >= span:
+        raise ValueError(f"skip_s={skip_s:g} leaves no scored frame of {folder} (its stream is {span:.1f} s): "
+                         f"use a skip shorter than the stream")
+    out = {}
+    for name, r in results.items():
+        keep = np.asarray(r.times, float) >= t0 + skip_s
+        keep_gt = np.asarray(r.gt_times, float) >= t0 + skip_s
+        out[name] = {"miou_teacher": _r(_nanmean(np.asarray(r.window_miou, float)[keep])) if keep.any() else None,
+                     "miou_gt": _r(_nanmean(np.asarray(r.gt_window_miou, float)[keep_gt])) if keep_gt.any() else None}
+    return out
+
+
+def combine(dirs: list[str | Path], skip_s: float = 0.0) -> str:
+    """One markdown table per metric over several runs' results.json (clips as rows), plus the mean.
+    ``skip_s`` > 0: the mIoU rows count only the frames after the first ``skip_s`` seconds of each
+    run (:func:`miou_after`), as the paper reports its long videos."""
     runs = []
     for d in dirs:
         p = Path(d) / "results.json" if Path(d).is_dir() else Path(d)
-        runs.append((p, json.loads(p.read_text())))
+        r = json.loads(p.read_text())
+        if skip_s > 0:
+            for name, m in miou_after(p.parent, skip_s).items():
+                r["schemes"].setdefault(name, {}).update(m)
+            r["preset"] = f"{r['preset']}, mIoU after {skip_s:g} s"
+        runs.append((p, r))
     if not runs:
         return ""
     names = list(dict.fromkeys(n for _, r in runs for n in r["schemes"]))
