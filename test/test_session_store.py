@@ -23,7 +23,7 @@ from ams_ros.core.server_session import DeviceSession, SessionConfig
 from ams_ros.core.session_store import SessionStore
 from ams_ros.core.synthetic import world_from_spec
 from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import VersionGapError, encoded_size
+from ams_ros.core.update_codec import VersionGapError, encode_snapshot, encoded_size
 
 SIZE = (48, 24)
 
@@ -149,7 +149,8 @@ def test_a_catch_up_for_a_robot_three_versions_behind_applies_and_yields_exactly
     follower.admit(u, edge.version)
     edge.apply_update(u)
     assert edge.version == 5 and np.array_equal(_flat(edge.active), _flat(session.model))
-    snap = session.snapshot()
+    # the snapshot it would have cost (encoded, not served: a served one is the robot's new base)
+    snap = encode_snapshot(session.model, session.version, session.config.snapshot_encoding)
     assert encoded_size(u) < encoded_size(snap) / 3
     # the next regular update applies on top of the catch-up
     nxt = _phase(session, world, 25)

@@ -99,6 +99,19 @@ class PhaseOutcome:
     plan: Optional[PhasePlan] = None  # the downlink budget's choice of gamma and encoding, when one is set
 
 
+@dataclass
+class _PhaseStart:
+    """A phase between :meth:`DeviceSession._begin_phase` and ``_finish_phase``."""
+
+    now: float
+    ckpt: Any
+    configured: TrainerConfig
+    plan: Optional[PhasePlan]
+    encoding: str
+    before: Optional[np.ndarray]
+    phase: int
+
+
 class DeviceSession:
     """Buffer, trainer, version chain and rate control for one device."""
 
@@ -245,49 +258,63 @@ class DeviceSession:
             return None
         t0 = time.perf_counter()
         with self.lock:
-            self._apply_pending()
-            ckpt = self.trainer.checkpoint()
-            configured = self.trainer.config
-            plan = None
-            enc = self.config.update_encoding
-            if self.budget.enabled:
-                self.budget.period_s = self.update_period_s
-                plan = self.budget.plan(now, self.trainer.num_params, configured.gamma, enc)
-                enc = plan.encoding
-            before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
-            phase = self.trainer.phase
+            start = self._begin_phase(now)
             try:
-                if plan is not None:  # this phase only: the configured gamma stays the budget's ceiling
-                    self.trainer.config = replace(configured, gamma=plan.gamma)
                 result = self.trainer.train_phase(now)
             except PhaseInterrupted:  # shutting down: as if the phase never started
-                self.trainer.rollback(ckpt)
-                self.trainer.phase = phase
+                self._abandon_phase(start)
                 return None
             finally:
-                self.trainer.config = configured
-            if result is None:
-                return None
-            self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
-            base = before[result.indices] if before is not None else None
-            try:
-                update = ship_update(self.model, result.indices, result.values, self.version, enc, base_values=base)
-            except UnencodableValues as exc:
-                # Shipping it would make the edge reject this update and every later one (they
-                # build on it), and poison the snapshots too: undo the phase instead.
-                self.trainer.rollback(ckpt)
-                self.diverged_phases += 1
-                raise TrainingDiverged(
-                    f"phase {result.phase} diverged: {exc} (loss {result.loss:.3g}); the phase was undone and "
-                    f"the model stays at v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
-                ) from exc
-            update.chain_tag = self.chain_tag
-            self._sign(update)
-            self.version += 1
-            self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
-            self.budget.shipped(enc, update.num_selected, encoded_size(update))
+                self.trainer.config = start.configured
+            return self._finish_phase(start, result, t0)
+
+    def _begin_phase(self, now: float) -> "_PhaseStart":
+        """What a phase needs before training (the caller holds the lock): queued settings
+        applied, a checkpoint, the downlink budget's plan, the base values of a residual update;
+        the trainer's config carries the plan's gamma until the phase ends."""
+        self._apply_pending()
+        ckpt = self.trainer.checkpoint()
+        configured = self.trainer.config
+        plan = None
+        enc = self.config.update_encoding
+        if self.budget.enabled:
+            self.budget.period_s = self.update_period_s
+            plan = self.budget.plan(now, self.trainer.num_params, configured.gamma, enc)
+            enc = plan.encoding
+            self.trainer.config = replace(configured, gamma=plan.gamma)  # the configured gamma stays the ceiling
+        before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
+        return _PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase)
+
+    def _abandon_phase(self, start: "_PhaseStart") -> None:
+        self.trainer.rollback(start.ckpt)
+        self.trainer.phase = start.phase
+
+    def _finish_phase(self, start: "_PhaseStart", result: PhaseResult | None, t0: float) -> PhaseOutcome | None:
+        """Encode the trained phase as the next version's update (the caller holds the lock and
+        has put the configured trainer settings back); raises TrainingDiverged (phase undone)."""
+        if result is None:
+            return None
+        self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
+        enc = start.encoding
+        base = start.before[result.indices] if start.before is not None else None
+        try:
+            update = ship_update(self.model, result.indices, result.values, self.version, enc, base_values=base)
+        except UnencodableValues as exc:
+            # Shipping it would make the edge reject this update and every later one (they
+            # build on it), and poison the snapshots too: undo the phase instead.
+            self.trainer.rollback(start.ckpt)
+            self.diverged_phases += 1
+            raise TrainingDiverged(
+                f"phase {result.phase} diverged: {exc} (loss {result.loss:.3g}); the phase was undone and "
+                f"the model stays at v{self.version}. Lower the learning rate (lr={self.trainer.config.lr:g})."
+            ) from exc
+        update.chain_tag = self.chain_tag
+        self._sign(update)
+        self.version += 1
+        self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
+        self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
-        return PhaseOutcome(update, result, self.last_phase_wall_s, plan)
+        return PhaseOutcome(update, result, self.last_phase_wall_s, start.plan)
 
     def snapshot(self, encoding: str | None = None) -> EncodedUpdate:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""

@@ -681,8 +681,15 @@ def ship_update(model: nn.Module, indices, values, base_version: int, encoding: 
     ``base_values``, the model's values at ``indices`` before training. Raises
     :class:`UnencodableValues`, with ``model`` untouched, when the encoding cannot carry them.
     """
+    raw = np.asarray(values, dtype=np.float32).reshape(-1)
+    bad = int(np.sum(~np.isfinite(raw)))  # a quantised coder's per-tensor range would be NaN: refuse here
+    if bad:
+        raise UnencodableValues(bad, raw.size, encoding)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is checked just below
-        decoded = quantize_roundtrip(encoding, model, indices, values, base_values=base_values)
+        try:
+            decoded = quantize_roundtrip(encoding, model, indices, values, base_values=base_values)
+        except UpdateError as exc:  # e.g. a change range past float32: the edge could not decode it either
+            raise UnencodableValues(raw.size, raw.size, encoding) from exc
     bad = int(np.sum(~np.isfinite(decoded)))
     if bad:
         raise UnencodableValues(bad, len(decoded), encoding)
