@@ -65,6 +65,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="With backend ray: actors in the pool (each serves several robots)"),
         DeclareLaunchArgument("pool_actor_gpus", default_value="0.0",
                               description="With backend ray: GPUs each actor reserves (1 = one GPU per actor, 0 = CPU)"),
+        DeclareLaunchArgument("pool_fuse", default_value="false", choices=["true", "false"],
+                              description="With backend ray: train the ready robots of one actor in one fused step "
+                                          "(pays on a GPU; slower on a CPU)"),
         DeclareLaunchArgument("signing_key_file", default_value="",
                               description="Base station's private key (PEM, mode 0600, `ams-keys generate`): signs "
                                           "every update, catch-up and snapshot (issue #13; empty = unsigned). The "
@@ -99,6 +102,7 @@ def generate_launch_description() -> LaunchDescription:
              "backend": LaunchConfiguration("backend"), "ray_address": LaunchConfiguration("ray_address"),
              "pool_actors": ParameterValue(LaunchConfiguration("pool_actors"), value_type=int),
              "pool_actor_gpus": ParameterValue(LaunchConfiguration("pool_actor_gpus"), value_type=float),
+             "pool_fuse": ParameterValue(LaunchConfiguration("pool_fuse"), value_type=bool),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,51 @@ def test_unfusable_and_empty_trainers_fall_back_to_their_own_phase() -> None:
     assert results[2].strategy == "gauss_southwell_sgd"
     with pytest.raises(ValueError, match="twice"):
         fused_train_phases([ts[0], ts[0]], [1.0, 1.0])
+
+
+def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_chain():
+    """run_fused_phases over three robots' sessions: each update continues its robot's chain, an
+    edge patched from it holds exactly that server's model, and the trained values (before the
+    update encoding rounds them) and selected coordinates are those of separate phases."""
+    from ams_ros.core.double_buffer import DoubleBufferedModel
+    from ams_ros.core.labels import get_label_space
+    from ams_ros.core.models.weights import load_student
+    from ams_ros.core.server_session import DeviceSession, SessionConfig, run_fused_phases
+    from ams_ros.core.synthetic import world_from_spec
+    from ams_ros.core.trainer import TrainerConfig
+
+    size = (48, 24)
+    torch.manual_seed(1)
+    student = load_student("deeplabv3_mobilenet_v2", num_classes=len(get_label_space("synthetic").class_names))
+
+    def sessions():
+        cfg = TrainerConfig(iterations=2, batch_size=2, gamma=0.05, lr=2e-3, input_size=size, horizon_s=60.0,
+                            update_period_s=5.0)
+        return [DeviceSession(f"r{i}", copy.deepcopy(student), SessionConfig(trainer=copy.deepcopy(cfg)))
+                for i in range(3)]
+
+    fused, alone = sessions(), sessions()
+    worlds = [world_from_spec(f"synthetic:{i}", width=size[0], height=size[1]) for i in range(3)]
+    edges = [DoubleBufferedModel(copy.deepcopy(student)) for _ in range(3)]
+    for edge, s, a in zip(edges, fused, alone):
+        edge.apply_update(s.snapshot())
+        a.snapshot()
+    flat = lambda m: np.concatenate([p.detach().numpy().ravel() for p in m.parameters()])  # noqa: E731
+    for phase in range(2):
+        for world, s, a in zip(worlds, fused, alone):
+            for t in range(5 * phase, 5 * phase + 5):
+                rgb, lab = world.frame_at(float(t))
+                s.add_labeled(float(t), rgb, lab)
+                a.add_labeled(float(t), rgb, lab)
+        outcomes = run_fused_phases(fused)
+        for edge, s, a, out in zip(edges, fused, alone, outcomes):
+            ref = a.run_phase()
+            assert (out.update.base_version, out.update.new_version) == (phase, phase + 1)
+            assert out.update.chain_tag == s.chain_tag
+            edge.apply_update(out.update)
+            assert np.array_equal(flat(edge.active), flat(s.model))
+            i, j = np.argsort(out.result.indices), np.argsort(ref.result.indices)
+            assert np.array_equal(out.result.indices[i], ref.result.indices[j])
+            np.testing.assert_allclose(out.result.values[i], ref.result.values[j], atol=1e-4)
+    with pytest.raises(ValueError, match="appears twice"):
+        run_fused_phases([fused[0], fused[0]])

@@ -58,7 +58,8 @@ def _cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
-def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_stream(tmp_path: Path):
+def _start(tmp_path: Path, pool: dict, procs: list) -> tuple[RosProcess, dict]:
+    """A Ray-backed server (``pool``: its pool settings) and the two robots, as OS processes."""
     torch.manual_seed(0)
     n_cls = len(get_label_space("synthetic").class_names)
     weights = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp_path / "w0.pt",
@@ -70,25 +71,39 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
         "teacher_labeler": {"teacher": "oracle:0", "device_teachers": ["robot2=oracle:1"]},
         "ams_trainer": {"input_width": W, "input_height": H, "iterations": 2, "batch_size": 2, "horizon_s": 30.0,
                         "update_period_s": 2.0, "gamma": 0.05, "torch_threads": 1, "backend": "ray",
-                        "ray_address": "local", "pool_actors": 2, "pool_check_period_s": 0.5},
+                        "ray_address": "local", "pool_check_period_s": 0.5, **pool},
     })
+    server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
+                        tmp_path / "server.log")
+    procs.append(server)
+    edges = {}
+    for dev, source in ROBOTS.items():
+        params = write_overrides(tmp_path / f"edge_{dev}.yaml", {
+            "/**": {"device_id": dev, **student},
+            "camera_sampler": {"source": source, "publish_rate": 5.0, "stamp_origin": "stream",
+                               "source_width": W, "source_height": H, "train_width": W, "train_height": H,
+                               "update_period": 2.0, "sampling_rate": 2.0},
+            "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
+        })
+        edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], dev,
+                                tmp_path / f"edge_{dev}.log")
+        procs.append(edges[dev])
+    return server, edges
+
+
+def _chain_unbroken(dev: str, edge: RosProcess) -> None:
+    chain = [(k, int(a), int(b), tag) for k, a, b, tag in APPLIED.findall(edge.output())]
+    assert chain[0][1] == 0 and len({tag for *_, tag in chain}) == 1, (dev, chain)  # one chain throughout
+    assert all(chain[i + 1][1] == chain[i][2] for i in range(len(chain) - 1)), (dev, chain)  # no gap
+    log = edge.output()
+    assert "rejected" not in log.lower() or "rejected 0" in log.lower(), log[-3000:]
+    assert re.search(r"Traceback", log) is None, log[-3000:]
+
+
+def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_stream(tmp_path: Path):
     procs: list[RosProcess] = []
     try:
-        server = RosProcess("server", "ams_ros.nodes.server", [CONFIG / "server.yaml", server_params], None,
-                            tmp_path / "server.log")
-        procs.append(server)
-        edges = {}
-        for dev, source in ROBOTS.items():
-            params = write_overrides(tmp_path / f"edge_{dev}.yaml", {
-                "/**": {"device_id": dev, **student},
-                "camera_sampler": {"source": source, "publish_rate": 5.0, "stamp_origin": "stream",
-                                   "source_width": W, "source_height": H, "train_width": W, "train_height": H,
-                                   "update_period": 2.0, "sampling_rate": 2.0},
-                "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
-            })
-            edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], dev,
-                                    tmp_path / f"edge_{dev}.log")
-            procs.append(edges[dev])
+        server, edges = _start(tmp_path, {"pool_actors": 2}, procs)
 
         def applied(dev):
             return APPLIED.findall(edges[dev].output())
@@ -119,12 +134,7 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
                   "the replacement actor", procs)
         out = server.output()
         for dev in ROBOTS:
-            chain = [(k, int(a), int(b), tag) for k, a, b, tag in applied(dev)]
-            assert chain[0][1] == 0 and len({tag for *_, tag in chain}) == 1, (dev, chain)  # one chain throughout
-            assert all(chain[i + 1][1] == chain[i][2] for i in range(len(chain) - 1)), (dev, chain)  # no gap
-            log = edges[dev].output()
-            assert "rejected" not in log.lower() or "rejected 0" in log.lower(), log[-3000:]
-            assert re.search(r"Traceback", log) is None, log[-3000:]
+            _chain_unbroken(dev, edges[dev])
         assert len(re.findall(r"died; restored on actor", out)) == 1, out[-4000:]
         assert re.search(r"Traceback", out) is None, out[-4000:]
         assert server.stop(timeout=60) == 0, server.output()[-3000:]
@@ -136,3 +146,29 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
             if p.alive():
                 p.stop()
         os.environ.get("ROS_DOMAIN_ID")
+
+
+def test_robots_on_one_actor_train_in_fused_phases_over_dds(tmp_path: Path):
+    """pool_fuse with one actor: the two robots' phases run as one fused step on it, and both
+    robots apply unbroken chains of the updates (ams_trainer's phase loop with fused groups)."""
+    procs: list[RosProcess] = []
+    try:
+        # phases longer than the 2 s period, so both robots are ready when the actor frees up
+        server, edges = _start(tmp_path, {"pool_actors": 1, "pool_fuse": True, "iterations": 60}, procs)
+
+        def updates(dev):
+            return sum(k == "update" for k, *_ in APPLIED.findall(edges[dev].output()))
+
+        _wait_for(lambda: all(updates(d) >= 3 for d in ROBOTS), 240, "three updates on each robot", procs)
+        out = server.output()
+        assert "fused phase of robot" in out and "on actor 0" in out, out[-3000:]
+        assert re.search(r"Traceback", out) is None, out[-4000:]
+        for dev in ROBOTS:
+            _chain_unbroken(dev, edges[dev])
+        assert server.stop(timeout=60) == 0, server.output()[-3000:]
+        for dev in ROBOTS:
+            assert edges[dev].stop() == 0, edges[dev].output()[-3000:]
+    finally:
+        for p in procs:
+            if p.alive():
+                p.stop()

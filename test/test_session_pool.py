@@ -224,3 +224,28 @@ def test_actors_sign_with_the_key_file_they_are_given(tmp_path):
     verify_update(update, "robot1", trusted)
     with pytest.raises(SignatureError):
         verify_update(update, "robot2", trusted)  # signed for its robot only
+
+
+def test_robots_on_one_actor_train_in_one_fused_phase_and_keep_their_chains(tmp_path):
+    """pool_fuse: two robots on one actor get one fused phase each (one call to the actor), their
+    chains continue, the pool keeps each robot's state after it; robots on two actors, or one
+    robot, fall back to one phase after another."""
+    pool, _ = _pool(tmp_path, actors=1)
+    chains = {dev: RobotChain() for dev in ROBOTS}
+    worker = pool.actors[0].worker
+    calls = []
+    real = worker.run_phases
+    worker.run_phases = lambda devs: calls.append(list(devs)) or real(devs)
+    for k in range(2):
+        for i, dev in enumerate(ROBOTS):
+            pool.label(dev, *batch(i, float(k)))
+        outcomes = pool.run_phases(list(ROBOTS))
+        for dev, outcome in zip(ROBOTS, outcomes):
+            assert outcome is not None and not isinstance(outcome, Exception), (dev, outcome)
+            chains[dev].apply(outcome.update)
+            assert pool.kept_state(dev)[1] == outcome.update.new_version  # kept for a recovery
+    assert calls == [list(ROBOTS)] * 2 and all(c.applied == [(0, 1), (1, 2)] for c in chains.values())
+    two, _ = _pool(tmp_path / "two", actors=2)
+    for i, dev in enumerate(ROBOTS):
+        two.label(dev, *batch(i, 0.0))
+    assert [o.update.new_version for o in two.run_phases(list(ROBOTS))] == [1, 1]  # on two actors: one by one

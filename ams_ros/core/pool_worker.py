@@ -24,13 +24,14 @@ import copy
 import os
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from ams_ros.core.frame_codec import BatchLimits
 from ams_ros.core.params import fingerprint
 from ams_ros.core.scheduling import student_error
-from ams_ros.core.server_session import DeviceSession, Resync, SessionConfig
+from ams_ros.core.server_session import DeviceSession, Resync, SessionConfig, run_fused_phases
 from ams_ros.core.session_store import decode_state, encode_state, restore_session_state, session_state
 
 
@@ -240,6 +241,31 @@ class PoolWorker:
             except RobotNotHere:  # moved right after the phase: its new actor has this phase in its state
                 pass
         return {"outcome": outcome, "busy_s": busy, "state": state, "seq": seq, **self._info(session)}
+
+    def run_phases(self, devs: list[str]) -> list[dict[str, Any]]:
+        """One phase for each of ``devs`` (robots on this actor), their students trained in one
+        fused step (``run_fused_phases``); per robot the reply :meth:`run_phase` gives, with
+        ``error`` set (and no outcome) for a phase that diverged and was undone."""
+        sessions = [self._session(d) for d in devs]
+        t0 = time.perf_counter()
+        with ExitStack() as held:
+            for dev, session in sorted(zip(devs, sessions), key=lambda x: x[0]):
+                held.enter_context(session.lock)
+                self._here(dev, session)
+            outcomes = run_fused_phases(sessions)
+        busy = (time.perf_counter() - t0) / max(1, len(devs))  # each robot's share of the fused step
+        replies = []
+        for dev, session, outcome in zip(devs, sessions, outcomes):
+            error = outcome if isinstance(outcome, Exception) else None
+            state, seq = None, -1
+            if error is None and outcome is not None:
+                try:
+                    state, seq = self.export(dev)
+                except RobotNotHere:
+                    pass
+            replies.append({"outcome": None if error is not None else outcome, "error": error, "busy_s": busy,
+                            "state": state, "seq": seq, **self._info(session)})
+        return replies
 
     def resync(self, dev: str, have_version: int, have_chain_tag: str, encoding: str | None) -> dict[str, Any]:
         session = self._session(dev)

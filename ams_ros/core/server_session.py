@@ -410,3 +410,40 @@ class DeviceSession:
                 period = self.config.trainer.update_period_s
             self.update_period_s = period
             return r, period, float(self.rate.last_phi)
+
+
+def run_fused_phases(sessions: Sequence[DeviceSession]) -> list[PhaseOutcome | TrainingDiverged | None]:
+    """One phase for each of several robots' sessions with their students trained in one fused
+    step (:func:`~ams_ros.core.fused_training.fused_train_phases`: per-robot selection, masks
+    and Adam state; the weights within float tolerance of separate phases), each then encoded
+    and versioned exactly as :meth:`DeviceSession.run_phase` does. Per session: its outcome,
+    None (nothing to train, or shutting down) or the TrainingDiverged that undid its phase.
+    The sessions' locks are taken in device-id order, so two callers cannot deadlock."""
+    from contextlib import ExitStack
+
+    from ams_ros.core.fused_training import fused_train_phases
+
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ValueError("a session appears twice: one phase per robot per fused step")
+    out: list[PhaseOutcome | TrainingDiverged | None] = [None] * len(sessions)
+    live = [i for i, s in enumerate(sessions) if s.latest_t is not None]
+    t0 = time.perf_counter()
+    with ExitStack() as held:
+        for i in sorted(live, key=lambda i: sessions[i].device_id):
+            held.enter_context(sessions[i].lock)
+        starts = {i: sessions[i]._begin_phase(float(sessions[i].latest_t)) for i in live}
+        try:
+            results = fused_train_phases([sessions[i].trainer for i in live], [starts[i].now for i in live])
+        except PhaseInterrupted:  # shutting down: as if no phase had started
+            for i in live:
+                sessions[i]._abandon_phase(starts[i])
+            return out
+        finally:
+            for i in live:
+                sessions[i].trainer.config = starts[i].configured
+        for i, result in zip(live, results):
+            try:
+                out[i] = sessions[i]._finish_phase(starts[i], result, t0)
+            except TrainingDiverged as exc:
+                out[i] = exc
+    return out

@@ -65,6 +65,9 @@ class PoolConfig:
     overload: float = knob(0.9, "With backend ray: an actor busier than this share of wall time (labelling and "
                                 "training over pool_load_window_s) hands a robot to a less-busy actor")
     load_window_s: float = knob(30.0, "With backend ray: the window (s) over which each actor's load is measured")
+    fuse: bool = knob(False, "With backend ray: train the ready robots of one actor in one fused step (vmap over "
+                             "their students; per-robot selection and Adam state). Pays on a GPU; on a CPU it is "
+                             "slower than one phase after another (docs/results.md)")
     check_period_s: float = knob(1.0, "With backend ray: how often the pool pings its actors (a dead one is "
                                       "replaced and its robots restored) and checks their load")
 
@@ -411,6 +414,45 @@ class SessionPool:
         if reply["state"] is not None:
             self._keep(dev, reply["state"], reply["version"], reply["seq"])
         return reply["outcome"]
+
+    def run_phases(self, devs: Sequence[str]) -> list[PhaseOutcome | Exception | None]:
+        """One phase for each of ``devs``, fused in one step on their actor when they are all on
+        the same one (``pool_fuse``); otherwise, or when a move or an actor's death interrupts
+        the call, one phase after another. Per robot: its outcome, None, or the error of its
+        phase (a diverged phase was undone on the actor)."""
+        devs = list(devs)
+        if len(devs) == 1:
+            return [self._phase_or_error(devs[0])]
+        with self._cv:
+            while any(d in self._held for d in devs):
+                self._cv.wait()
+            on = {self.assignment[d] for d in devs}
+            idx = on.pop() if len(on) == 1 else None
+            ref, gen = (self.actors[idx], self.generation[idx]) if idx is not None else (None, None)
+        if ref is None:
+            return [self._phase_or_error(d) for d in devs]
+        try:
+            replies = ref.call("run_phases", devs)
+        except RobotNotHere:  # one moved while the call travelled: none trained there
+            return [self._phase_or_error(d) for d in devs]
+        except ActorGone:
+            self._recover(idx, gen)
+            return [self._phase_or_error(d) for d in devs]
+        out: list[PhaseOutcome | Exception | None] = []
+        for dev, reply in zip(devs, replies):
+            with self._cv:
+                self._record(dev, reply["busy_s"])
+                self.info[dev] = reply
+            if reply["state"] is not None:
+                self._keep(dev, reply["state"], reply["version"], reply["seq"])
+            out.append(reply["error"] if reply["error"] is not None else reply["outcome"])
+        return out
+
+    def _phase_or_error(self, dev: str) -> PhaseOutcome | Exception | None:
+        try:
+            return self.run_phase(dev)
+        except Exception as exc:  # the caller reports it per robot, as for a fused phase
+            return exc
 
     def resync(self, dev: str, have_version: int, have_chain_tag: str, encoding: str | None) -> Resync:
         reply = self.call(dev, "resync", int(have_version), have_chain_tag, encoding)

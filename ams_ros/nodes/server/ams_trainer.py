@@ -106,6 +106,7 @@ PARAMS = (
     from_field(PoolConfig, "overload", name="pool_overload"),
     from_field(PoolConfig, "load_window_s", name="pool_load_window_s"),
     from_field(PoolConfig, "check_period_s", name="pool_check_period_s"),
+    from_field(PoolConfig, "fuse", name="pool_fuse"),
 )
 
 
@@ -113,7 +114,7 @@ def pool_config(p) -> PoolConfig:
     return PoolConfig(backend=p["backend"], ray_address=p["ray_address"], actors=int(p["pool_actors"]),
                       actor_cpus=float(p["pool_actor_cpus"]), actor_gpus=float(p["pool_actor_gpus"]),
                       overload=float(p["pool_overload"]), load_window_s=float(p["pool_load_window_s"]),
-                      check_period_s=float(p["pool_check_period_s"]))
+                      check_period_s=float(p["pool_check_period_s"]), fuse=bool(p["pool_fuse"]))
 
 
 def trainer_config(p) -> TrainerConfig:
@@ -185,6 +186,7 @@ class AMSTrainerNode(Node):
                                 self._reject.guard(f"{dev} snapshot request", self._make_snapshot_cb(dev),
                                                    fallback=self._refuse_snapshot), callback_group=group)
         self._phase_started: dict[str, float] = {}
+        self._trained_upto: dict[str, float] = {}  # stream time of each robot's newest trained-on frame
         self._measured: dict[str, float] = {}
         state.scheduler = GpuScheduler(state.device_ids, SchedulerConfig(
             policy=p["scheduler_policy"], max_wait_periods=float(p["max_wait_periods"]),
@@ -342,50 +344,84 @@ class AMSTrainerNode(Node):
             dev = self._next_device()
             if dev is None:
                 return
-            session = self.state.sessions[dev]
+            group = self._fused_group(dev)
             started = time.monotonic()
-            prev = self._phase_started.get(dev)
-            self._phase_started[dev] = started
+            prev = {}
             with self.state.cv:
-                self.state.scheduler.start_phase(dev, started)
+                for d in group:
+                    prev[d] = self._phase_started.get(d)
+                    self._phase_started[d] = started
+                    self.state.scheduler.start_phase(d, started)
                 actor = self.pool.actor_of(dev) if self.pool is not None else -1
             try:
-                outcome = session.run_phase()
-            except Exception as exc:
-                self.state.count_error(dev, f"training failed: {exc}")
-                self.get_logger().error(f"{dev}: training phase failed: {exc}")
-                continue
+                if len(group) > 1:
+                    self.get_logger().info(f"fused phase of {', '.join(group)} on actor {actor}")
+                    outcomes = self.pool.run_phases(group)  # one fused step on the robots' actor
+                else:
+                    try:
+                        outcomes = [self.state.sessions[dev].run_phase()]
+                    except Exception as exc:
+                        outcomes = [exc]
             finally:
                 with self.state.cv:
-                    self.state.scheduler.end_phase(dev, started, time.monotonic())
+                    for d in group:
+                        self.state.scheduler.end_phase(d, started, time.monotonic())
                     if self.pool is not None:
                         self.pool.end_phase(dev, actor)
                     self.state.cv.notify_all()
-            if outcome is None:
-                continue
-            requested = float(session.update_period_s)
-            stretched = outcome.wall_s > requested
-            self._effective[dev] = max(requested, outcome.wall_s, (started - prev) if prev else 0.0)
-            if stretched:
-                self.get_logger().warning(
-                    f"{dev}: phase took {outcome.wall_s:.1f} s > T_update {requested:.1f} s: stretching the period "
-                    f"(batches that arrive meanwhile are merged into the next phase)"
-                )
-            r = outcome.result
-            msg = update_to_msg(outcome.update, dev, stamp=sec_to_stamp(r.now), phase=r.phase, train_seconds=outcome.wall_s)
-            if not rclpy.ok() or self.state.stopping:
-                return
-            self.pubs[dev].publish(msg)
-            self._save(dev)
-            self._publish_status(dev, session, outcome, requested, stretched)
-            self.get_logger().info(
-                f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
-                f"loss {r.loss:.3f}, {r.num_samples} samples, {len(r.indices)} params, "
-                f"{len(msg.indices) + len(msg.values)} bytes, {outcome.wall_s:.1f} s"
-                + (f" (budget {session.config.downlink.downlink_budget_kbps:g} Kbps: gamma {outcome.plan.gamma:.4f}, "
-                   f"{outcome.plan.encoding}, average {session.downlink_kbps(r.now) or 0.0:.1f} Kbps)"
-                   if outcome.plan is not None else "")
+            for d, outcome in zip(group, outcomes):
+                if isinstance(outcome, Exception):
+                    self.state.count_error(d, f"training failed: {outcome}")
+                    self.get_logger().error(f"{d}: training phase failed: {outcome}")
+                elif outcome is not None and not self._ship(d, outcome, started, prev[d]):
+                    return
+
+    def _fused_group(self, dev: str) -> list[str]:
+        """``dev`` and, with ``pool_fuse``, every other robot on its actor that is ready or holds
+        labelled frames newer than its last phase (the actor is claimed for this phase, so none of
+        them is training): one fused step trains them all. (A robot's count of new samples starts
+        again after its phase, so with phases longer than T_update robots on one actor would
+        otherwise never be ready at the same moment.)"""
+        if self.pool is None or not self.pool.config.fuse:
+            return [dev]
+        actor = self.pool.actor_of(dev)
+        with self.state.cv:
+            others = [d for d in self.state.device_ids if d != dev and self.pool.actor_of(d) == actor
+                      and (self.state.sessions[d].ready() or self._untrained_frames(d))]
+        return [dev, *others]
+
+    def _untrained_frames(self, dev: str) -> bool:
+        latest = self.state.sessions[dev].latest_t
+        return latest is not None and latest > self._trained_upto.get(dev, float("-inf"))
+
+    def _ship(self, dev: str, outcome, started: float, prev: float | None) -> bool:
+        """Publish a phase's update and status, save the session; False when shutting down."""
+        session = self.state.sessions[dev]
+        requested = float(session.update_period_s)
+        stretched = outcome.wall_s > requested
+        self._effective[dev] = max(requested, outcome.wall_s, (started - prev) if prev else 0.0)
+        if stretched:
+            self.get_logger().warning(
+                f"{dev}: phase took {outcome.wall_s:.1f} s > T_update {requested:.1f} s: stretching the period "
+                f"(batches that arrive meanwhile are merged into the next phase)"
             )
+        r = outcome.result
+        self._trained_upto[dev] = float(r.now)
+        msg = update_to_msg(outcome.update, dev, stamp=sec_to_stamp(r.now), phase=r.phase, train_seconds=outcome.wall_s)
+        if not rclpy.ok() or self.state.stopping:
+            return False
+        self.pubs[dev].publish(msg)
+        self._save(dev)
+        self._publish_status(dev, session, outcome, requested, stretched)
+        self.get_logger().info(
+            f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
+            f"loss {r.loss:.3f}, {r.num_samples} samples, {len(r.indices)} params, "
+            f"{len(msg.indices) + len(msg.values)} bytes, {outcome.wall_s:.1f} s"
+            + (f" (budget {session.config.downlink.downlink_budget_kbps:g} Kbps: gamma {outcome.plan.gamma:.4f}, "
+               f"{outcome.plan.encoding}, average {session.downlink_kbps(r.now) or 0.0:.1f} Kbps)"
+               if outcome.plan is not None else "")
+        )
+        return True
 
     def _publish_status(self, dev: str, session: DeviceSession | PooledSession, outcome, requested: float,
                         stretched: bool) -> None:
