@@ -37,6 +37,15 @@ def test_skip_counts_only_the_frames_after_the_warm_up(tmp_path):
     assert row.split("|")[2:4] == [" 50.0 ", " 80.0 "]
     assert "| **mean** | 50.0 | 50.0 |" in table  # (80 + 20) / 2 over the two runs
     assert "| up (p) | 50.0 | 50.0 |" in combine([up, down])  # without a skip: results.json as written
+    results = json.loads((up / "results.json").read_text())
+    (up / "results.json").write_text(json.dumps({**results, "source": "playlist:a.mp4,mirror:b.mp4,c.mp4"}))
+    assert "| playlist of 3 items (p) |" in combine([up])
+    results["source"] = "playlist:a.mp4,mirror:b.mp4,c.mp4"
+    results["schemes"]["b"]["partial"] = True  # interrupted: shown, marked, out of the mean
+    (up / "results.json").write_text(json.dumps(results))
+    table = combine([up, down], skip_s=50.0)  # b: 80 on `up` (partial), 20 on `down`
+    assert "| playlist of 3 items (p, mIoU after 50 s) | 50.0 | 80.0 (partial) |" in table
+    assert "| **mean** | 50.0 | 20.0 |" in table
 
 
 def test_a_skip_past_the_stream_or_a_folder_without_series_is_refused_with_the_fix(tmp_path, capsys):

@@ -355,6 +355,14 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
 # ----------------------------------------------------------------------------- many runs
 
 
+def _source_name(source: str) -> str:
+    """A table row's name for a run's source: a file's or folder's name, a playlist's item count."""
+    if source.startswith("playlist:"):
+        items = [i for i in source[len("playlist:"):].split(",") if i]
+        return f"playlist of {len(items)} items" if len(items) > 1 else f"playlist {Path(items[0]).name}"
+    return Path(source).name
+
+
 def miou_after(run: str | Path, skip_s: float) -> dict[str, dict[str, float | None]]:
     """Each scheme's mIoU vs the teacher and vs human labels over the frames after the first
     ``skip_s`` seconds of a finished run, recomputed from its ``series.json`` as ``summarize``
@@ -380,7 +388,8 @@ def miou_after(run: str | Path, skip_s: float) -> dict[str, dict[str, float | No
 
 
 def combine(dirs: list[str | Path], skip_s: float = 0.0) -> str:
-    """One markdown table per metric over several runs' results.json (clips as rows), plus the mean.
+    """One markdown table per metric over several runs' results.json (clips as rows), plus the mean
+    (of the schemes that ran to the end: an interrupted one is marked and left out of it).
     ``skip_s`` > 0: the mIoU rows count only the frames after the first ``skip_s`` seconds of each
     run (:func:`miou_after`), as the paper reports its long videos."""
     runs = []
@@ -407,12 +416,13 @@ def combine(dirs: list[str | Path], skip_s: float = 0.0) -> str:
         for p, r in runs:
             cells = []
             for n in names:
-                v = r["schemes"].get(n, {}).get(key)
-                if v is not None:
+                entry = r["schemes"].get(n, {})
+                v = entry.get(key)
+                if v is not None and not entry.get("partial"):  # an interrupted scheme stays out of the mean
                     per[n].append(v)
-                cells.append(fmt(v))
+                cells.append(fmt(v) + (" (partial)" if entry.get("partial") and v is not None else ""))
             partial = " PARTIAL" if r.get("partial") else ""
-            lines.append(f"| {Path(str(r['source'])).name} ({r['preset']}{partial}) | " + " | ".join(cells) + " |")
+            lines.append(f"| {_source_name(str(r['source']))} ({r['preset']}{partial}) | " + " | ".join(cells) + " |")
         lines.append("| **mean** | " + " | ".join(fmt(float(np.mean(per[n]))) if per[n] else "-" for n in names) + " |")
         lines.append("")
     return "\n".join(lines)
