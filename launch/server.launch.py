@@ -41,7 +41,7 @@ def generate_launch_description() -> LaunchDescription:
                               description="Initial student weights (the robots' w0): checkpoint path or tflite:PATH"),
         DeclareLaunchArgument("label_space", default_value="synthetic",
                               description="Label space of the teacher and the student (synthetic | cityscapes | voc | camvid)"),
-        DeclareLaunchArgument("update_encoding", default_value="residual_zstd_q3", choices=ENCODINGS,
+        DeclareLaunchArgument("update_encoding", default_value="residual_zstd_q4", choices=ENCODINGS,
                               description="Encoding of the sparse model updates (see docs/results.md for sizes and decode times)"),
         DeclareLaunchArgument("state_dir", default_value="",
                               description="Folder where each robot's session is saved after every phase and resumed "

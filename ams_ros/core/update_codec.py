@@ -519,7 +519,7 @@ ENCODINGS: dict[str, Encoding] = {
                                       values="ternary"),
 }
 
-DEFAULT_UPDATE_ENCODING = "residual_zstd_q3"
+DEFAULT_UPDATE_ENCODING = "residual_zstd_q4"
 """The update encoding of the nodes, the demo and ams-eval (SessionConfig.update_encoding)."""
 
 
