@@ -108,3 +108,18 @@ def stop_and_check(proc: Any, executor: Any, node: Any) -> None:
     rclpy.shutdown()
     assert "Traceback" not in proc.output(), proc.output()[-3000:]
     assert rc == 0
+
+
+def wait_for_processes(pred: Callable[[], bool], timeout: float, what: str, procs) -> None:
+    """Poll ``pred`` (every 0.2 s) until it holds; else fail with the tail of each process's log
+    (``procs``: objects with ``name`` and ``output()``, e.g. the demo's RosProcess)."""
+    import time
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in procs))

@@ -13,13 +13,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from ros_helpers import require_ros
+from ros_helpers import require_ros, wait_for_processes
 
 require_ros()
 pytest.importorskip("ray")
@@ -35,15 +34,6 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 W, H = 64, 32
 APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
 ROBOTS = {"robot1": "synthetic:0", "robot2": "synthetic:1"}
-
-
-def _wait_for(pred, timeout: float, what: str, logs) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in logs))
 
 
 def _pool_workers(server: RosProcess) -> list[psutil.Process]:
@@ -114,7 +104,7 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
         def updates(dev):
             return sum(k == "update" for k, *_ in applied(dev))
 
-        _wait_for(lambda: all(updates(d) >= 2 for d in ROBOTS), 240, "two updates on each robot", procs)
+        wait_for_processes(lambda: all(updates(d) >= 2 for d in ROBOTS), 240, "two updates on each robot", procs)
         out = server.output()
         assert "started a local Ray instance on 127.0.0.1" in out, out[-3000:]
         assert "2 Ray actor(s)" in out and "actor 0: robot1; actor 1: robot2" in out, out[-3000:]
@@ -129,11 +119,11 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
 
         before = {d: updates(d) for d in ROBOTS}
         workers[0].send_signal(signal.SIGKILL)  # one actor's process dies mid-stream
-        _wait_for(lambda: "died; restored on actor" in server.output(), 120, "the actor's replacement",
+        wait_for_processes(lambda: "died; restored on actor" in server.output(), 120, "the actor's replacement",
                   procs)
-        _wait_for(lambda: all(updates(d) >= before[d] + 2 for d in ROBOTS), 180,
+        wait_for_processes(lambda: all(updates(d) >= before[d] + 2 for d in ROBOTS), 180,
                   "two more updates on each robot after the actor died", procs)
-        _wait_for(lambda: re.search(r"actor \d replaced by ams-pool-\d\.1", server.output()), 120,
+        wait_for_processes(lambda: re.search(r"actor \d replaced by ams-pool-\d\.1", server.output()), 120,
                   "the replacement actor", procs)
         out = server.output()
         for dev in ROBOTS:
@@ -162,7 +152,7 @@ def test_robots_on_one_actor_train_in_fused_phases_over_dds(tmp_path: Path):
         def updates(dev):
             return sum(k == "update" for k, *_ in APPLIED.findall(edges[dev].output()))
 
-        _wait_for(lambda: all(updates(d) >= 3 for d in ROBOTS), 240, "three updates on each robot", procs)
+        wait_for_processes(lambda: all(updates(d) >= 3 for d in ROBOTS), 240, "three updates on each robot", procs)
         out = server.output()
         assert "fused phase of robot" in out and "on actor 0" in out, out[-3000:]
         assert re.search(r"Traceback", out) is None, out[-4000:]

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
-import pytest
 import torch
 
-from ros_helpers import require_ros
+from ros_helpers import require_ros, wait_for_processes
 
 require_ros()
 
@@ -27,15 +25,6 @@ from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: 
 
 W, H = 64, 32
 APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
-
-
-def _wait_for(pred, timeout: float, what: str, logs) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}\n" + "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in logs))
 
 
 def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_sparse_updates(tmp_path: Path):
@@ -76,7 +65,7 @@ def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_s
         def applied():
             return APPLIED.findall(edge.output())
 
-        _wait_for(lambda: sum(k == "update" for k, *_ in applied()) >= 2, 90, "two updates before the restart", procs)
+        wait_for_processes(lambda: sum(k == "update" for k, *_ in applied()) >= 2, 90, "two updates before the restart", procs)
         assert first.stop() == 0, first.output()[-3000:]
         assert (state_dir / "robot1.session").exists()
         before = applied()
@@ -85,7 +74,7 @@ def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_s
 
         second = server(2)
         procs.append(second)
-        _wait_for(lambda: len(applied()) > len(before), 90, "an update after the restart", procs)
+        wait_for_processes(lambda: len(applied()) > len(before), 90, "an update after the restart", procs)
         after = applied()[len(before):]
         kind, base, new, tag_after = after[0]
         assert "resumed chain " + tag in second.output(), second.output()[-3000:]

@@ -183,24 +183,14 @@ class PoolWorker:
 
         from ams_ros.core.devices import resolve_device
         from ams_ros.core.labels import resolve_label_space
-        from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
+        from ams_ros.core.models.teachers import build_robot_teachers
 
         device = resolve_device(spec.device) if spec.device.strip().lower() not in ("", "auto") else \
             (self.device if self.device.type == "cuda" else torch.device("cpu"))
         student_space = resolve_label_space(spec.label_space, list(spec.selected_classes))
-        built: dict[str, Any] = {}
-        where = ""
-        for text in dict.fromkeys(spec.specs.values()):
-            teacher = select_classes(build_teacher(text), list(spec.selected_classes))
-            where = place_teacher(teacher, device, explicit=spec.device.strip().lower() not in ("", "auto"),
-                                  max_batch=int(spec.max_batch))
-            if teacher.label_space.num_classes != student_space.num_classes:
-                raise ValueError(
-                    f"teacher '{text}' labels {teacher.label_space.num_classes} classes ({teacher.label_space.name}) "
-                    f"but the student predicts {student_space.num_classes} ({student_space.name}): set label_space "
-                    f"to the teacher's (and selected_classes alike)")
-            built[text] = teacher
-        self.teachers = {dev: built[text] for dev, text in spec.specs.items()}
+        self.teachers, where = build_robot_teachers(
+            dict(spec.specs), spec.selected_classes, student_space, device,
+            explicit=spec.device.strip().lower() not in ("", "auto"), max_batch=int(spec.max_batch))
         self.teacher_spec = spec
         return where
 

@@ -217,6 +217,26 @@ def place_teacher(teacher: Teacher, device: torch.device, explicit: bool = True,
     return "cpu"
 
 
+def build_robot_teachers(specs: dict[str, str], selected: Sequence[str], student_space, device: torch.device,
+                         explicit: bool, max_batch: int = 0) -> tuple[dict[str, Teacher], str]:
+    """Each robot's teacher from its spec (robots sharing a spec share one instance), restricted
+    to the selected classes and placed on ``device``; (robot -> teacher, where they run). A
+    teacher whose classes differ in number from the student's is a ValueError naming the fix.
+    The labeler node and a pool actor both build their teachers here."""
+    built: dict[str, Teacher] = {}
+    where = ""
+    for text in dict.fromkeys(specs.values()):
+        teacher = select_classes(build_teacher(text), list(selected))
+        where = place_teacher(teacher, device, explicit=explicit, max_batch=int(max_batch))
+        if teacher.label_space.num_classes != student_space.num_classes:
+            raise ValueError(
+                f"teacher '{text}' labels {teacher.label_space.num_classes} classes ({teacher.label_space.name}) "
+                f"but the student predicts {student_space.num_classes} ({student_space.name}): set label_space "
+                f"to the teacher's (and selected_classes alike)")
+        built[text] = teacher
+    return {dev: built[text] for dev, text in specs.items()}, where
+
+
 def label_frames(teacher: Teacher, frames: Sequence[np.ndarray], stamps: Sequence[float] | None = None) -> list[np.ndarray]:
     """``teacher.label(frames)``; teachers that render by stream time (the synthetic oracle,
     ``uses_stamps``) are given the frames' stamps too."""

@@ -28,7 +28,7 @@ from ams_ros.core.frame_codec import BatchLimits, FrameCodecError
 from ams_ros.core.devices import resolve_device
 from ams_ros.core.edge_inference import DeviceConfig
 from ams_ros.core.labels import resolve_label_space
-from ams_ros.core.models.teachers import build_teacher, label_frames, place_teacher, select_classes
+from ams_ros.core.models.teachers import build_robot_teachers, label_frames
 from ams_ros.core.pool_worker import TeacherSpec
 from ams_ros.nodes import topics
 from ams_ros.core.signing import SeenSignatures, SignatureError
@@ -94,22 +94,15 @@ class TeacherLabeler(Node):
         student_space = resolve_label_space(self.p["label_space"], selected)
         specs = {dev: self.p["teacher"] for dev in state.device_ids}
         specs.update(parse_device_teachers(string_list(self.p["device_teachers"]), state.device_ids))
-        built: dict[str, Any] = {}  # one teacher per distinct spec (robots sharing a spec share it)
+        self.teachers: dict[str, Any] = {}  # one teacher per distinct spec (robots sharing a spec share it)
         if state.pool is not None:  # the actors build and run them (ValueError from them: classes differ)
             where = "the pool's actors: " + state.pool.set_teachers(TeacherSpec(
                 specs=specs, selected_classes=tuple(selected), label_space=self.p["label_space"],
                 device=self.p["device"], max_batch=int(self.p["teacher_max_batch"]), limits=self.limits))
-        for spec in (dict.fromkeys(specs.values()) if state.pool is None else ()):
-            teacher = select_classes(build_teacher(spec), selected)
-            where = place_teacher(teacher, device, explicit=self.p["device"].strip().lower() not in ("", "auto"),
-                                  max_batch=int(self.p["teacher_max_batch"]))
-            if teacher.label_space.num_classes != student_space.num_classes:
-                raise ValueError(
-                    f"teacher '{spec}' labels {teacher.label_space.num_classes} classes "
-                    f"({teacher.label_space.name}) but the student predicts {student_space.num_classes} "
-                    f"({student_space.name}): set label_space to the teacher's (and selected_classes alike)")
-            built[spec] = teacher
-        self.teachers = {dev: built[spec] for dev, spec in specs.items()} if state.pool is None else {}
+        else:
+            self.teachers, where = build_robot_teachers(
+                specs, selected, student_space, device,
+                explicit=self.p["device"].strip().lower() not in ("", "auto"), max_batch=int(self.p["teacher_max_batch"]))
         self.robot_keys = robot_public_keys(self.p)
         self._seen_batches = SeenSignatures()  # a replayed signed batch is refused (issue #13)
         group = MutuallyExclusiveCallbackGroup()
