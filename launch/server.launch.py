@@ -68,6 +68,10 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("pool_fuse", default_value="false", choices=["true", "false"],
                               description="With backend ray: train the ready robots of one actor in one fused step "
                                           "(pays on a GPU; slower on a CPU)"),
+        DeclareLaunchArgument("pool_placement", default_value="utility", choices=["utility", "load"],
+                              description="With backend ray: the robot an overloaded actor hands over: utility (the "
+                                          "lowest predicted gain per GPU-second; with scheduler_policy utility or "
+                                          "utility_aging, else as load) | load (the move leaving the lowest peak)"),
         DeclareLaunchArgument("signing_key_file", default_value="",
                               description="Base station's private key (PEM, mode 0600, `ams-keys generate`): signs "
                                           "every update, catch-up and snapshot (issue #13; empty = unsigned). The "
@@ -103,6 +107,7 @@ def generate_launch_description() -> LaunchDescription:
              "pool_actors": ParameterValue(LaunchConfiguration("pool_actors"), value_type=int),
              "pool_actor_gpus": ParameterValue(LaunchConfiguration("pool_actor_gpus"), value_type=float),
              "pool_fuse": ParameterValue(LaunchConfiguration("pool_fuse"), value_type=bool),
+             "pool_placement": LaunchConfiguration("pool_placement"),
              "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
         ],
     )

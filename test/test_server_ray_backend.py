@@ -4,8 +4,9 @@ The demo's executables as OS processes: a server whose sessions and teachers run
 actors of a local Ray instance (bound to 127.0.0.1), and two robots, each playing its own
 synthetic world. Both robots apply consecutive updates of their chains; then one actor's process
 is killed (SIGKILL, as a crashed GPU worker): the pool replaces it, the robot on it resumes from
-its last kept state on the surviving actor while a replacement starts, and every robot's chain
-stays unbroken while the robots go on inferring. The pool's rules without DDS: test_session_pool.py, test_session_pool_ray.py.
+its last kept state on the surviving actor while a replacement starts, the pool then moves one
+robot onto the replacement (the survivor holds both robots: over ``pool_overload``, set low), and
+every robot's chain stays unbroken through the death and the move while the robots go on inferring. The pool's rules without DDS: test_session_pool.py, test_session_pool_ray.py.
 """
 
 from __future__ import annotations
@@ -93,10 +94,13 @@ def _chain_unbroken(dev: str, edge: RosProcess) -> None:
     assert re.search(r"Traceback", log) is None, log[-3000:]
 
 
-def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_stream(tmp_path: Path):
+def test_a_ray_backed_server_serves_two_robots_through_an_actor_killed_and_a_move_mid_stream(tmp_path: Path):
     procs: list[RosProcess] = []
     try:
-        server, edges = _start(tmp_path, {"pool_actors": 2}, procs)
+        # utility placement on the scheduler's utilities (the node hands them to the pool); any
+        # actor holding two robots is overloaded, so only the survivor of the death hands one over
+        server, edges = _start(tmp_path, {"pool_actors": 2, "pool_overload": 0.05, "scheduler_policy": "utility",
+                                          "pool_placement": "utility"}, procs)
 
         def applied(dev):
             return APPLIED.findall(edges[dev].output())
@@ -125,7 +129,15 @@ def test_a_ray_backed_server_serves_two_robots_and_survives_an_actor_killed_mid_
                   "two more updates on each robot after the actor died", procs)
         wait_for_processes(lambda: re.search(r"actor \d replaced by ams-pool-\d\.1", server.output()), 120,
                   "the replacement actor", procs)
+        moved = re.compile(r"(robot\d): moved from actor (\d) to actor (\d) at v(\d+)")
+        wait_for_processes(lambda: moved.search(server.output()), 120, "a robot moved onto the replacement", procs)
+        dev, src, dst, _ = moved.search(server.output()).groups()
+        assert src != dst and re.search(rf"actor {dst} replaced by", server.output()), server.output()[-3000:]
+        before = {d: updates(d) for d in ROBOTS}
+        wait_for_processes(lambda: all(updates(d) >= before[d] + 2 for d in ROBOTS), 180,
+                  f"two more updates on each robot after {dev} moved", procs)
         out = server.output()
+        assert len(moved.findall(out)) == 1, out[-4000:]  # and it stays: each actor holds one robot
         for dev in ROBOTS:
             _chain_unbroken(dev, edges[dev])
         assert len(re.findall(r"died; restored on actor", out)) == 1, out[-4000:]

@@ -16,10 +16,10 @@ from ams_ros.core.session_store import SessionStore, session_state
 from pool_helpers import ROBOTS, RobotChain, batch, decoded, state_differences, teacher_spec, worker_spec
 
 
-def _pool(tmp_path, robots=ROBOTS, actors=2, store=None, clock=None):
+def _pool(tmp_path, robots=ROBOTS, actors=2, store=None, clock=None, placement="utility"):
     kw = {"clock": clock} if clock else {}
-    pool = SessionPool(in_process_factory(worker_spec(tmp_path)), PoolConfig(backend="ray", actors=actors),
-                       store=store, **kw)
+    pool = SessionPool(in_process_factory(worker_spec(tmp_path)),
+                       PoolConfig(backend="ray", actors=actors, placement=placement), store=store, **kw)
     reports = pool.start(list(robots))
     pool.set_teachers(teacher_spec(robots))
     return pool, reports
@@ -142,6 +142,73 @@ def test_an_overloaded_actor_hands_a_robot_to_a_less_busy_one(tmp_path):
     assert pool.rebalance() is None  # now 0.55 / 0.50: no actor over 90 %
     _stream(pool, "robot3", 1.0, 1, chain)
     assert chain.applied == [(0, 1), (1, 2)]
+
+
+def _book(pool, loads):
+    """Set each robot's measured load (share of the 30 s window) to ``loads``."""
+    with pool._cv:
+        for q in pool._busy.values():
+            q.clear()
+        for dev, share in loads.items():
+            pool._record(dev, share * 30)
+
+
+@pytest.mark.parametrize("placement, moved", [("utility", "robot3"), ("load", "robot1")])
+def test_an_overloaded_actor_hands_over_its_lowest_utility_robot_under_utility_placement(tmp_path, placement,
+                                                                                          moved):
+    """Actor 0 holds robot1 (45 % of the window, a scene that changes: high utility) and robot3
+    (50 %, a static scene: low utility). Under ``load`` robot1 moves (it leaves the lower peak:
+    50 % vs 60 %); under ``utility`` robot3 does, the robot that loses least by the move, and
+    robot1 keeps training where it is. Either move relieves actor 0."""
+    now = [100.0]
+    pool, _ = _pool(tmp_path, robots=("robot1", "robot2", "robot3"), clock=lambda: now[0], placement=placement)
+    pool.utility = {"robot1": 0.30, "robot2": 0.05, "robot3": 0.002}.__getitem__
+    _book(pool, {"robot1": 0.45, "robot3": 0.50, "robot2": 0.10})
+    event = pool.rebalance()
+    assert event is not None and (event.source, event.target, event.device_id) == (0, 1, moved), event
+    assert ("lowest utility" in event.message) == (placement == "utility"), event.message
+    assert pool.rebalance() is None  # both actors under 90 % now
+
+
+def test_utility_placement_never_picks_a_move_that_does_not_relieve_the_busy_actor(tmp_path):
+    """The lowest-utility robot is not moved when its move would leave a higher peak (it is the
+    busiest robot and the other actor is already half busy): the next-lowest one is."""
+    now = [100.0]
+    pool, _ = _pool(tmp_path, robots=("robot1", "robot2", "robot3"), clock=lambda: now[0])
+    pool.utility = {"robot1": 0.30, "robot2": 0.05, "robot3": 0.002}.__getitem__
+    _book(pool, {"robot1": 0.20, "robot3": 0.75, "robot2": 0.40})  # robot3 to actor 1: 1.15 > 0.95
+    event = pool.rebalance()
+    assert event is not None and event.device_id == "robot1", event
+
+
+def test_robots_without_a_measured_utility_stay_and_a_failing_provider_falls_back_to_load(tmp_path):
+    now = [100.0]
+    pool, _ = _pool(tmp_path, robots=("robot1", "robot2", "robot3"), clock=lambda: now[0])
+    pool.utility = {"robot1": float("inf"), "robot2": 0.05, "robot3": 0.01}.__getitem__  # robot1 never ran
+    _book(pool, {"robot1": 0.45, "robot3": 0.50, "robot2": 0.10})
+    assert pool.rebalance().device_id == "robot3"
+    pool.move("robot3", 0)  # back, then past the once-per-window rule; a provider that fails: the load rule
+    now[0] += 100.0
+    logged = []
+    pool.log = lambda level, text: logged.append((level, text))
+
+    def broken(dev):
+        raise KeyError(dev)
+
+    pool.utility = broken
+    _book(pool, {"robot1": 0.45, "robot3": 0.50, "robot2": 0.10})
+    assert pool.rebalance().device_id == "robot1"
+    assert any(level == "warning" and "placing by load" in text for level, text in logged), logged
+
+
+def test_a_dead_actors_robots_come_back_highest_utility_first(tmp_path):
+    pool, _ = _pool(tmp_path, robots=("robot1", "robot2", "robot3"))
+    assert pool.robots_on(0) == ["robot1", "robot3"]
+    pool.utility = {"robot1": 0.01, "robot2": 0.05, "robot3": 0.40}.__getitem__
+    pool.actors[0].kill()
+    pool.check()
+    assert [e.device_id for e in pool.events if e.kind == "recover"] == ["robot3", "robot1"]
+    assert pool.wait_all_up(60)
 
 
 def test_states_kept_after_each_phase_persist_in_state_dir_and_resume(tmp_path):

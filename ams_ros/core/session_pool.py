@@ -7,12 +7,20 @@ work to a :class:`SessionPool`: a few actors, each a :class:`~ams_ros.core.pool_
 holding several robots' sessions and its own teacher. The pool:
 
 - **assigns** each robot to the least-loaded actor (load = the share of wall time the actor spent
-  labelling and training over ``load_window_s``, ties by robot count: a first rule, simpler than
-  the fleet scheduler's utility, which still orders the phases among ready robots);
+  labelling and training over ``load_window_s``, ties by robot count); nothing else is known of a
+  robot that has not run yet;
 - **moves** a robot between actors: its persisted state (``session_state`` / ``encode_state``, the
   unit a ``state_dir`` keeps) is taken from the old actor and restored on the new one while calls
   for that robot wait, so its version chain continues unbroken and no labelled sample is lost;
-  :meth:`SessionPool.rebalance` moves one when an actor is busier than ``overload``;
+  :meth:`SessionPool.rebalance` moves one when an actor is busier than ``overload``. Which one is
+  the ``placement`` rule's choice among the robots whose move lowers the busier of the two actors:
+  ``utility`` (the default) takes the robot with the lowest utility, the fleet scheduler's
+  predicted mIoU gain per GPU-second (:meth:`~ams_ros.core.scheduling.GpuScheduler.utility`,
+  handed in as :attr:`SessionPool.utility`): a move pauses the moved robot's calls while its state
+  travels and puts it behind the new actor's robots, which costs least for the robot whose phases
+  buy least, while the robots whose scenes are changing keep training where they are; ties (and
+  ``load``, or a scheduler that measures no utility: ``round_robin``) take the move that leaves the
+  lower peak. A dead actor's robots are restored highest utility first;
 - **recovers** a dead actor: the state of each robot is kept here after every phase (and in
   ``state_dir`` when set), with the batches labelled since; a call that finds its actor dead, or
   the monitor's ping (every ``check_period_s``), restores its robots on the least-loaded
@@ -46,6 +54,9 @@ BACKENDS: tuple[str, ...] = (LOCAL, RAY)
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 #: batches kept per robot for replay after an actor's death (those since its last persisted state)
 MAX_REPLAY_BATCHES = 256
+#: how an overloaded actor picks the robot it hands over (see the module doc)
+UTILITY, LOAD = "utility", "load"
+PLACEMENTS: tuple[str, ...] = (UTILITY, LOAD)
 
 
 @dataclass
@@ -68,11 +79,17 @@ class PoolConfig:
     fuse: bool = knob(False, "With backend ray: train the ready robots of one actor in one fused step (vmap over "
                              "their students; per-robot selection and Adam state). Pays on a GPU; on a CPU it is "
                              "slower than one phase after another (docs/results.md)")
+    placement: str = knob(UTILITY, "With backend ray: which robot an overloaded actor hands over (among those whose "
+                                   "move lowers the busier actor): utility (the lowest predicted mIoU gain per "
+                                   "GPU-second, from the scheduler; needs scheduler_policy utility or utility_aging, "
+                                   "else as load) | load (the move that leaves the lowest peak load). A dead actor's "
+                                   "robots are restored highest utility first", choices=PLACEMENTS)
     check_period_s: float = knob(1.0, "With backend ray: how often the pool pings its actors (a dead one is "
                                       "replaced and its robots restored) and checks their load")
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BACKENDS)
+        check_choice("pool_placement", self.placement, PLACEMENTS)
         if not str(self.ray_address).strip():
             raise ValueError("ray_address is empty: use local (a Ray instance in this process), auto (the cluster "
                              "`ray start` runs here) or HOST:PORT of the cluster's head")
@@ -238,6 +255,9 @@ class SessionPool:
         self.store = store
         self.log = log or (lambda level, text: None)
         self.clock = clock
+        #: each robot's utility (predicted mIoU gain per GPU-second; inf = not measured yet), set by
+        #: the server from its scheduler; must not block (it is called from the pool's threads)
+        self.utility: Optional[Callable[[str], float]] = None
         self.actors: list[ActorRef] = []
         self.generation: list[int] = []
         self.assignment: dict[str, int] = {}
@@ -542,17 +562,33 @@ class SessionPool:
         dst = min(loads, key=lambda i: (loads[i], len(self.robots_on(i))))
         if dst == src:
             return None
-        best, best_peak = None, loads[src]
+        candidates = []  # (dev, the busier of the two actors' loads after its move): moves that lower it
         for dev in self.robots_on(src):
             if now - self._moved_at.get(dev, float("-inf")) < self.config.load_window_s:
                 continue
             r = self.robot_load(dev, now)
             peak = max(loads[src] - r, loads[dst] + r)
-            if peak < best_peak:
-                best, best_peak = dev, peak
-        if best is None:
+            if peak < loads[src]:
+                candidates.append((dev, peak))
+        if not candidates:
             return None
-        return self.move(best, dst, reason=f"actor {src} at {loads[src]:.0%} > {self.config.overload:.0%}")
+        utilities = self._utilities([d for d, _ in candidates])
+        best, peak = min(candidates, key=lambda c: (utilities.get(c[0], 0.0), round(c[1], 6), c[0]))
+        why = f"actor {src} at {loads[src]:.0%} > {self.config.overload:.0%}"
+        if utilities and len({round(u, 9) for u in utilities.values()}) > 1:
+            why += f"; lowest utility of those whose move lowers it ({utilities[best]:.3g} mIoU/GPU-s)"
+        return self.move(best, dst, reason=why)
+
+    def _utilities(self, devs: Sequence[str]) -> dict[str, float]:
+        """``placement: utility``: each robot's utility from :attr:`utility` (empty, i.e. all
+        equal, under ``load``, without a provider, or when it fails)."""
+        if self.config.placement != UTILITY or self.utility is None:
+            return {}
+        try:
+            return {d: float(self.utility(d)) for d in devs}
+        except Exception as exc:  # noqa: BLE001 - the load rule still decides
+            self.log("warning", f"robot utilities unavailable ({type(exc).__name__}: {exc}); placing by load")
+            return {}
 
     # ------------------------------------------------------------------ moves
     def move(self, dev: str, target: int, reason: str = "") -> PoolEvent | None:
@@ -604,6 +640,8 @@ class SessionPool:
                 self._down.add(idx)
                 dead = self.actors[idx]
             t0 = time.monotonic()
+            utilities = self._utilities(robots)  # outside the lock: the provider is the server's
+            robots.sort(key=lambda d: -utilities.get(d, 0.0))  # the most to gain back first
             try:
                 dead.kill()
                 if not survivors:

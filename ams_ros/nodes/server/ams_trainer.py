@@ -29,6 +29,7 @@ same calls; Ray is imported only then.
 from __future__ import annotations
 
 import copy
+import math
 import threading
 import time
 from typing import Any
@@ -107,6 +108,7 @@ PARAMS = (
     from_field(PoolConfig, "load_window_s", name="pool_load_window_s"),
     from_field(PoolConfig, "check_period_s", name="pool_check_period_s"),
     from_field(PoolConfig, "fuse", name="pool_fuse"),
+    from_field(PoolConfig, "placement", name="pool_placement"),
 )
 
 
@@ -114,7 +116,8 @@ def pool_config(p) -> PoolConfig:
     return PoolConfig(backend=p["backend"], ray_address=p["ray_address"], actors=int(p["pool_actors"]),
                       actor_cpus=float(p["pool_actor_cpus"]), actor_gpus=float(p["pool_actor_gpus"]),
                       overload=float(p["pool_overload"]), load_window_s=float(p["pool_load_window_s"]),
-                      check_period_s=float(p["pool_check_period_s"]), fuse=bool(p["pool_fuse"]))
+                      check_period_s=float(p["pool_check_period_s"]), fuse=bool(p["pool_fuse"]),
+                      placement=p["pool_placement"])
 
 
 def trainer_config(p) -> TrainerConfig:
@@ -223,6 +226,10 @@ class AMSTrainerNode(Node):
                 log.info(text)
 
         pool = SessionPool(ray_actor_factory(wspec, pcfg), pcfg, self.store, log=pool_log)
+        # pool_placement utility: the scheduler's utilities as of its last choice (a copy the trainer
+        # threads replace under the state lock: the pool's threads read it without taking that lock)
+        self._utilities: dict[str, float] = {}
+        pool.utility = lambda dev: self._utilities.get(dev, math.inf)
         self.state.pool = pool
         for report in pool.start(self.state.device_ids):
             pool_log("warning" if report["warning"] else "info", report["message"])
@@ -308,7 +315,10 @@ class AMSTrainerNode(Node):
                         continue
                 sched = st.scheduler
                 sched.period_s = max(float(st.sessions[d].update_period_s) for d in st.device_ids)
-                dev = sched.pick(ready, time.monotonic())
+                now = time.monotonic()
+                dev = sched.pick(ready, now)
+                if self.pool is not None and sched.policy != ROUND_ROBIN:  # the pool's placement reads these
+                    self._utilities = {d: sched.utility(d, now) for d in st.device_ids}
                 if dev is not None and not st.stopping:
                     if self.pool is not None and not self.pool.begin_phase(dev):
                         continue
