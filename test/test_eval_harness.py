@@ -322,6 +322,29 @@ def test_remote_tracking_sends_one_frame_per_second_and_labels_follow(clip, stud
     assert np.nanmean(np.asarray(res.frame_miou)[late]) > np.nanmean(np.asarray(none.frame_miou)[late])
 
 
+def test_remote_tracking_robots_queue_on_the_shared_teacher_and_saturate_it(clip, student):
+    """N robots at 1 fps, each at its own sampling phase, share a teacher of 0.25 s per frame.
+    Below saturation (N <= 4) a label waits at most for the others' frames of one interval, and
+    the delay does not grow over the stream; at N = 5 the teacher needs 1.25 s per second of
+    stream and the delay grows by 0.25 s a second. One robot alone is the paper's set-up."""
+    preset = TINY.with_overrides({"teacher_s": 0.25, "rt_fps": 1.0})
+    delays = {}
+    for n in (1, 4, 5):
+        res = S.run_scheme(_ctx(clip, student, preset), f"remote_tracking:robots={n}")
+        delays[n] = np.asarray([u.t_arrive - u.t_data for u in res.updates])
+    base = delays[1]
+    extra4 = delays[4] - base  # the wait for the other robots' frames
+    assert extra4.min() >= -1e-9 and extra4.max() <= 3 * 0.25 + 1e-6, extra4
+    assert extra4.max() > 0.0  # with three other robots some frames do wait
+    half = len(extra4) // 2
+    assert abs(extra4[half:].mean() - extra4[:half].mean()) < 0.05  # stable: it does not grow
+    extra5 = delays[5] - base
+    per_s = np.polyfit(np.arange(len(extra5)), extra5, 1)[0]
+    assert per_s == pytest.approx(0.25, abs=0.03), per_s  # 5 x 0.25 s of work per second of stream
+    with pytest.raises(ValueError, match="rt_robots must be >= 1"):
+        S.run_scheme(_ctx(clip, student, preset), "remote_tracking:robots=0")
+
+
 # ----------------------------------------------------------------------------- AMS vs none
 
 

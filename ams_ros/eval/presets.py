@@ -65,6 +65,10 @@ class Preset:
     # ---- Remote+Tracking (1 fps of full-quality frames up, teacher labels down, Farneback on the edge)
     rt_fps: float = 1.0
     jpeg_quality: int = 95
+    # issue #11: robots sharing the base station's teacher, all running Remote+Tracking at rt_fps
+    # (the others sample at their own phases, drawn once from the seed; FIFO, teacher_s a frame):
+    # 1 = this robot alone (the paper's set-up); the teacher saturates at robots x rt_fps x teacher_s = 1
+    rt_robots: int = 1
     # issue #11: the uplink of Remote+Tracking, JIT and ShadowTutor counts full-quality JPEGs at the
     # resolution the teacher labels ("teacher": the source's own, capped at the teacher's input size,
     # as in the paper) or at the evaluation size ("eval": how results before issue #11 were counted)
@@ -92,6 +96,9 @@ class Preset:
         return asdict(self)
 
     def __post_init__(self) -> None:
+        if self.rt_robots < 1:
+            raise ValueError(f"rt_robots must be >= 1 (robots sharing the teacher, this one included), got "
+                             f"{self.rt_robots}")
         if self.keyframe_upload not in KEYFRAME_UPLOADS:
             raise ValueError(f"keyframe_upload '{self.keyframe_upload}' is not one of {', '.join(KEYFRAME_UPLOADS)}")
         if self.uplink_codec not in VIDEO_CODECS:

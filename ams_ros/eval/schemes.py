@@ -5,7 +5,9 @@ in stream time on one clip (see :mod:`ams_ros.eval.simulator` for the time model
 - ``one_time``: frames of the first 60 s go up (H.264, 1 fps); the server fine-tunes the whole
   student on them once (the core trainer, strategy ``full``) and sends it down.
 - ``remote_tracking``: one full-quality frame per second up, the teacher's label map down (PNG),
-  carried to every frame on the edge with Farneback optical flow.
+  carried to every frame on the edge with Farneback optical flow. ``remote_tracking:robots=N``:
+  N robots share the base station's teacher, every one of their sampled frames queued on it
+  (the others at their own sampling phases, drawn once from the seed).
 - ``jit``: Just-In-Time on the newest key frame (SGD momentum 0.9, lr 0.01, threshold, step limit,
   stride 8..64 doubled on success and halved on failure), 5% gradient-guided updates by default.
 - ``shadowtutor``: ShadowTutor's key frames, stride rule and partial distillation (decoder tail,
@@ -215,10 +217,15 @@ def run_remote_tracking(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     p = spec.preset_for(ctx.preset)
     run = SchemeRun(ctx, spec.name, "remote_tracking", {"fps": p.rt_fps, "jpeg_quality": p.jpeg_quality,
                                                          "upload_resolution": ctx.keyframe_upload_resolution,
+                                                         "robots_sharing_teacher": p.rt_robots,
                                                          **dict(spec.params)})
     edge = run.new_edge()  # labels the frames before the first label map arrives
     sched = KeyFrameSchedule(1, p.rt_fps)
     tracker = LabelTracker()
+    # robots=N: the other N-1 robots sample at rt_fps too, each at its own phase (drawn once,
+    # seeded: robots' clocks are not synchronised); their frames reach the teacher that long
+    # before each of this robot's, teacher_s each, in arrival order
+    others = sorted(np.random.default_rng(p.seed).uniform(0.0, 1.0 / p.rt_fps, p.rt_robots - 1), reverse=True)
     pending: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
     run.res.rates.append((float(ctx.clip.times[0]), p.rt_fps))
     for i, t, frame in ctx.clip.frames():
@@ -230,6 +237,8 @@ def run_remote_tracking(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
             run.res.sent_times.append(t)
             dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
             label = ctx.server_labels([i], dec, [t])[0]
+            for phase in others:  # the other robots' frames of the interval before it, oldest first
+                run.server.run(arrive_up - phase, p.teacher_s)
             start, end = run.server.run(arrive_up, p.teacher_s)
             ok, png = cv2.imencode(".png", label)
             arrive = run.down.send(end, int(png.size))
