@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -123,3 +124,23 @@ def wait_for_processes(pred: Callable[[], bool], timeout: float, what: str, proc
             return
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what}\n" + "\n".join(f"--- {p.name}\n{p.output()[-4000:]}" for p in procs))
+
+
+#: a robot's log line for each model it applies (the kind, its versions, its chain)
+APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
+
+
+def demo_student_params(tmp_path) -> dict[str, Any]:
+    """Save a demo-size student's first weights (seed 0) in ``tmp_path`` and return the
+    parameters that make a server and its robots start from them (both sides the same w0)."""
+    import torch
+
+    from ams_ros.core.labels import get_label_space
+    from ams_ros.core.models.weights import load_student, save_student_checkpoint
+
+    torch.manual_seed(0)
+    n_cls = len(get_label_space("synthetic").class_names)
+    weights = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp_path / "w0.pt",
+                                      "deeplabv3_mobilenet_v2", n_cls)
+    return {"student": "deeplabv3_mobilenet_v2", "student_weights": str(weights), "label_space": "synthetic",
+            "selected_classes": [""]}

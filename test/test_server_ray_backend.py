@@ -11,29 +11,24 @@ every robot's chain stays unbroken through the death and the move while the robo
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 from pathlib import Path
 
 import pytest
-import torch
 
-from ros_helpers import require_ros, wait_for_processes
+from ros_helpers import APPLIED, demo_student_params, require_ros, wait_for_processes
 
 require_ros()
 pytest.importorskip("ray")
 
 import psutil  # noqa: E402
 
-from ams_ros.core.labels import get_label_space  # noqa: E402
-from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
 from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 W, H = 64, 32
-APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
 ROBOTS = {"robot1": "synthetic:0", "robot2": "synthetic:1"}
 
 
@@ -51,12 +46,7 @@ def _cmdline(p: psutil.Process) -> list[str]:
 
 def _start(tmp_path: Path, pool: dict, procs: list) -> tuple[RosProcess, dict]:
     """A Ray-backed server (``pool``: its pool settings) and the two robots, as OS processes."""
-    torch.manual_seed(0)
-    n_cls = len(get_label_space("synthetic").class_names)
-    weights = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp_path / "w0.pt",
-                                      "deeplabv3_mobilenet_v2", n_cls)
-    student = {"student": "deeplabv3_mobilenet_v2", "student_weights": str(weights), "label_space": "synthetic",
-               "selected_classes": [""]}
+    student = demo_student_params(tmp_path)
     server_params = write_overrides(tmp_path / "server.yaml", {
         "/**": {"device_ids": list(ROBOTS), **student},
         "teacher_labeler": {"teacher": "oracle:0", "device_teachers": ["robot2=oracle:1"]},
@@ -150,7 +140,6 @@ def test_a_ray_backed_server_serves_two_robots_through_an_actor_killed_and_a_mov
         for p in procs:
             if p.alive():
                 p.stop()
-        os.environ.get("ROS_DOMAIN_ID")
 
 
 def test_robots_on_one_actor_train_in_fused_phases_over_dds(tmp_path: Path):

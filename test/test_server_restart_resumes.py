@@ -10,30 +10,20 @@ test_session_store.py.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
-import torch
 
-from ros_helpers import require_ros, wait_for_processes
+from ros_helpers import APPLIED, demo_student_params, require_ros, wait_for_processes
 
 require_ros()
 
-from ams_ros.core.labels import get_label_space  # noqa: E402
-from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
 from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 
 W, H = 64, 32
-APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
 
 
 def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_sparse_updates(tmp_path: Path):
-    torch.manual_seed(0)
-    n_cls = len(get_label_space("synthetic").class_names)
-    weights = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp_path / "w0.pt",
-                                      "deeplabv3_mobilenet_v2", n_cls)
-    student = {"student": "deeplabv3_mobilenet_v2", "student_weights": str(weights), "label_space": "synthetic",
-               "selected_classes": [""]}
+    student = demo_student_params(tmp_path)
     edge_params = write_overrides(tmp_path / "edge.yaml", {
         "/**": {"device_id": "robot1", **student},
         "camera_sampler": {"source": "synthetic:0", "publish_rate": 5.0, "stamp_origin": "stream",
