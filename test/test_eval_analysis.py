@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from ams_ros.eval.analysis import analyze, binned, label_age_frames, motion_per_frame, per_frame_gain
+from ams_ros.eval.analysis import bin_means, analyze, binned, label_age_frames, motion_per_frame, per_frame_gain
 from ams_ros.eval.cli import main as eval_main
 from ams_ros.eval.report import write_series
 from ams_ros.eval.simulator import SchemeResult, UpdateRecord
@@ -69,3 +69,24 @@ def test_analyze_a_run_folder_end_to_end_with_the_synthetic_source(tmp_path):
     assert (tmp_path / "analysis_gain_vs_label_age.png").exists() and (tmp_path / "analysis_gain_vs_motion.png").exists()
     assert eval_main(["analyze", str(tmp_path), "--no-motion"]) == 0
     assert eval_main(["analyze", str(tmp_path), "--no-motion", "--b", "jit"]) == 2  # not in the run: named
+
+
+def test_analyze_after_a_warm_up_counts_only_the_frames_after_it(tmp_path):
+    ams, rt = _runs()
+    write_series(tmp_path, TIMES, {"ams": ams, "remote_tracking": rt})
+    res = analyze(tmp_path, None, (64, 32), plots=False, skip_s=1.0)
+    assert res["frames"] == 10 and res["skip_s"] == 1.0  # the frames at 1.0 .. 1.9 s
+    assert res["per_frame"]["t"][0] == pytest.approx(1.0)
+    assert res["gain_mean"] == pytest.approx(np.mean([-0.1 + 0.02 * i for i in range(10)]))
+    ages = res["per_frame"]["label_age_frames"]
+    assert ages[:3] == [10, 11, 12] and ages[3:] == list(range(3, 10))  # still counted from the 0.0 s label
+    with pytest.raises(ValueError, match="leaves no frame"):
+        analyze(tmp_path, None, (64, 32), plots=False, skip_s=5.0)
+
+
+def test_the_plots_trend_line_is_the_mean_per_value_or_per_equal_count_bin():
+    x, y = bin_means(np.array([1, 1, 2, 2, 2, np.nan]), np.array([0.0, 1.0, 3.0, 3.0, 3.0, 5.0]))
+    assert x.tolist() == [1, 2] and y.tolist() == [0.5, 3.0]
+    x = np.arange(1000, dtype=float)
+    bx, by = bin_means(x, 2 * x, bins=10)
+    assert bx.size == 10 and np.allclose(by, 2 * bx) and bx[0] == pytest.approx(49.5)

@@ -95,16 +95,26 @@ def binned(x: np.ndarray, y: np.ndarray, edges: list[float]) -> list[dict]:
 
 
 def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams", b: str = "remote_tracking",
-            plots: bool = True) -> dict:
+            plots: bool = True, skip_s: float = 0.0) -> dict:
+    """The analysis of the run in ``out`` (see the module doc); ``skip_s``: only frames from that
+    many seconds after the stream's start (the paper's warm-up, 250 s on its long videos)."""
     clip_times, results = read_series(out)
     for name in (a, b):
         if name not in results:
             raise ValueError(f"scheme '{name}' is not in {out}/series.json (it has {', '.join(results)}); "
                              f"run it with --schemes ...,{name}")
+    if skip_s < 0:
+        raise ValueError(f"skip_s must be >= 0 seconds, got {skip_s}")
     times, gain = per_frame_gain(results[a], results[b])
+    keep = times >= float(np.asarray(clip_times, float)[0]) + skip_s - 1e-9 if len(clip_times) else times == times
+    if skip_s > 0 and not keep.any():
+        raise ValueError(f"skip_s={skip_s:g} s leaves no frame of {out} (its stream is "
+                         f"{float(clip_times[-1] - clip_times[0]):.0f} s): lower it")
+    times, gain = times[keep], gain[keep]
     ages = label_age_frames(times, results[b], clip_times)
     age_edges = [0, 1, 3, 10, 30, 100, 300, 1e9]
-    res = {"a": a, "b": b, "frames": int(times.size), "gain_mean": float(np.nanmean(gain)) if gain.size else None,
+    res = {"a": a, "b": b, "skip_s": float(skip_s), "frames": int(times.size),
+           "gain_mean": float(np.nanmean(gain)) if gain.size else None,
            "gain_vs_label_age_frames": binned(ages, gain, age_edges),
            "per_frame": {"t": times.tolist(), "gain": gain.tolist(), "label_age_frames": ages.tolist()}}
     if source:
@@ -135,7 +145,11 @@ def _plot(out: Path, res: dict) -> None:
             continue
         x, y = np.asarray(pf[key], float), np.asarray(pf["gain"], float)
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.scatter(x + (1 if logx else 0), 100 * y, s=6, alpha=0.5)
+        ax.scatter(x + (1 if logx else 0), 100 * y, s=6, alpha=0.3, label="frames")
+        mx, my = bin_means(x, y)
+        if mx.size:
+            ax.plot(mx + (1 if logx else 0), 100 * my, "o-", color="C3", lw=1.5, ms=4, label="mean per bin")
+            ax.legend(loc="lower right", fontsize=8)
         ax.axhline(0, color="k", lw=0.8)
         if logx:
             ax.set_xscale("log")
@@ -145,3 +159,19 @@ def _plot(out: Path, res: dict) -> None:
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
+
+
+def bin_means(x: np.ndarray, y: np.ndarray, bins: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """(x, mean y) per bin of about equal counts (one bin per value when x takes few values, as
+    label ages do), for the plots' trend line."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if not x.size:
+        return x, y
+    values = np.unique(x)
+    if values.size <= 2 * bins:
+        return values, np.array([y[x == v].mean() for v in values])
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)))
+    idx = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, edges.size - 2)
+    used = np.unique(idx)
+    return (np.array([x[idx == i].mean() for i in used]), np.array([y[idx == i].mean() for i in used]))

@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     an.add_argument("--a", default="ams", help="the scheme whose gain is measured")
     an.add_argument("--b", default="remote_tracking", help="the scheme it is measured against")
     an.add_argument("--no-motion", action="store_true", help="skip the optical flow (no source needed)")
+    an.add_argument("--skip-s", type=float, default=0.0,
+                    help="only frames this many seconds after the stream's start (the paper skips 250 s)")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -346,8 +348,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     params = meta.get("preset_params") or {}
     size = (int(params.get("width", 256)), int(params.get("height", 128)))
     source = None if args.no_motion else (args.source or meta.get("source"))
-    res = analyze(run, source, size, a=args.a, b=args.b)
-    print(f"[ams-eval] {res['a']} - {res['b']} over {res['frames']} frames: mean {100 * (res['gain_mean'] or 0):+.1f} "
+    res = analyze(run, source, size, a=args.a, b=args.b, skip_s=args.skip_s)
+    after = f" after {args.skip_s:g} s" if args.skip_s else ""
+    print(f"[ams-eval] {res['a']} - {res['b']} over {res['frames']} frames{after}: mean {100 * (res['gain_mean'] or 0):+.1f} "
           f"points", flush=True)
     for key, unit in (("gain_vs_label_age_frames", "frames since the tracked label"), ("gain_vs_motion_px", "flow px")):
         for row in res.get(key, []):
