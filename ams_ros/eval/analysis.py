@@ -106,7 +106,8 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
     if skip_s < 0:
         raise ValueError(f"skip_s must be >= 0 seconds, got {skip_s}")
     times, gain = per_frame_gain(results[a], results[b])
-    keep = times >= float(np.asarray(clip_times, float)[0]) + skip_s - 1e-9 if len(clip_times) else times == times
+    start = float(clip_times[0]) if len(clip_times) else 0.0
+    keep = times >= start + skip_s - 1e-9
     if skip_s > 0 and not keep.any():
         raise ValueError(f"skip_s={skip_s:g} s leaves no frame of {out} (its stream is "
                          f"{float(clip_times[-1] - clip_times[0]):.0f} s): lower it")

@@ -317,8 +317,9 @@ class AMSTrainerNode(Node):
                 sched.period_s = max(float(st.sessions[d].update_period_s) for d in st.device_ids)
                 now = time.monotonic()
                 dev = sched.pick(ready, now)
-                if self.pool is not None and sched.policy != ROUND_ROBIN:  # the pool's placement reads these
-                    self._utilities = {d: sched.utility(d, now) for d in st.device_ids}
+                if self.pool is not None:  # the pool's placement reads these (none under round_robin: by load)
+                    self._utilities = ({} if sched.policy == ROUND_ROBIN else
+                                       {d: sched.utility(d, now) for d in st.device_ids})
                 if dev is not None and not st.stopping:
                     if self.pool is not None and not self.pool.begin_phase(dev):
                         continue
