@@ -8,6 +8,7 @@
     make eval ARGS="fleet --sources synthetic:0 synthetic:1 --robots 1,2,4 --policies round_robin,utility \
         --teacher oracle --out out/eval/fleet"      (N robots sharing one server GPU, issue 16)
     make eval ARGS="replot out/eval/A"
+    make eval ARGS="merge out/eval/A-jit out/eval/A-ams --out out/eval/A"   (schemes run in parallel processes)
 
 ``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
 ``checkpoint:PATH``, ``espnetv2:PATH[@DEVICE]``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
@@ -105,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     an.add_argument("--no-motion", action="store_true", help="skip the optical flow (no source needed)")
     an.add_argument("--skip-s", type=float, default=0.0,
                     help="only frames this many seconds after the stream's start (the paper skips 250 s)")
+    mg = sub.add_parser("merge", help="one run folder from runs of the same experiment made in parallel "
+                        "(e.g. --schemes jit in one process, --schemes none,ams in another)")
+    mg.add_argument("runs", nargs="+", help="output folders of earlier 'ams-eval run's: same source, teacher, "
+                    "student, classes and preset")
+    mg.add_argument("--out", required=True, help="the merged run's folder (not one of the runs)")
+    mg.add_argument("--no-plots", action="store_true")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -335,6 +342,15 @@ def cmd_replot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from ams_ros.eval.merge import merge_runs
+
+    merged = merge_runs(args.runs, args.out, plots=not args.no_plots)
+    print((Path(args.out) / "results.md").read_text(), flush=True)
+    print(f"[ams-eval] merged {', '.join(merged['schemes'])} from {len(args.runs)} runs into {args.out}", flush=True)
+    return 0
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     import json
 
@@ -374,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fleet(args)
         if args.cmd == "analyze":
             return cmd_analyze(args)
+        if args.cmd == "merge":
+            return cmd_merge(args)
         return cmd_run(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ams-eval: error: {exc}", file=sys.stderr)
