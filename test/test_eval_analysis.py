@@ -90,3 +90,39 @@ def test_the_plots_trend_line_is_the_mean_per_value_or_per_equal_count_bin():
     x = np.arange(1000, dtype=float)
     bx, by = bin_means(x, 2 * x, bins=10)
     assert bx.size == 10 and np.allclose(by, 2 * bx) and bx[0] == pytest.approx(49.5)
+
+
+def _video(path, n: int, fps: float):
+    import cv2
+
+    out = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (16, 8))
+    for i in range(n):
+        out.write(np.full((8, 16, 3), 20 * i % 255, np.uint8))
+    out.release()
+    return str(path)
+
+
+def test_per_item_figures_follow_the_playlists_items(tmp_path, capsys):
+    a, b = _video(tmp_path / "a.avi", 10, 10.0), _video(tmp_path / "b.avi", 10, 10.0)
+    spec = f"playlist:{a},mirror:{b},{a}"  # 0-1 s, 1-2 s, 2-3 s at 10 fps
+    times = [i / 10 for i in range(30)]
+    # AMS climbs each time a scene comes back; Remote+Tracking is flat
+    ams = SchemeResult("ams", "ams", times=times, frame_miou=[0.2] * 10 + [0.5] * 10 + [0.6] * 10,
+                       window_miou=[0.2] * 10 + [0.5] * 10 + [0.6] * 10)
+    rt = SchemeResult("remote_tracking", "remote_tracking", times=times, frame_miou=[0.4] * 30, window_miou=[0.4] * 30)
+    write_series(tmp_path, times, {"ams": ams, "remote_tracking": rt})
+    (tmp_path / "results.json").write_text(json.dumps({"source": spec, "preset_params": {"width": 16, "height": 8}}))
+    res = analyze(tmp_path, spec, (16, 8), plots=False, skip_s=1.5)
+    items = res["per_item"]
+    assert [r["item"] for r in items] == ["a.avi", "mirror:b.avi", "a.avi"]
+    assert [(r["from"], r["to"]) for r in items] == [pytest.approx((0.0, 1.0)), pytest.approx((1.0, 2.0)),
+                                                     pytest.approx((2.0, 2.9))]
+    assert [r["frames"] for r in items] == [10, 10, 10]  # whole items: the warm-up skip does not cut them
+    assert [r["miou"]["ams"] for r in items] == pytest.approx([0.2, 0.5, 0.6])
+    assert [r["gain_mean"] for r in items] == pytest.approx([-0.2, 0.1, 0.2])
+    assert eval_main(["analyze", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| item (stream s) | AMS | Remote+Tracking | ams - remote_tracking |" in out
+    assert "| mirror:b.avi (1-2) | 50.0 | 40.0 | +10.0 |" in out
+    # a source that is not a playlist has no items
+    assert analyze(tmp_path, None, (16, 8), plots=False)["per_item"] == []

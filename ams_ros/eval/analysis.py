@@ -10,6 +10,9 @@ From a run's ``series.json`` (``ams-eval run``), for every scored frame:
 - the motion at that frame: the mean Farneback optical-flow magnitude (pixels per frame at the
   evaluation size) between the previous scored frame and this one, from the source itself.
 
+On a playlist, each item's span of stream time and every scheme's mean windowed mIoU over it
+(``per_item``): whether a scheme climbs when a scene comes back, and on which scenes it wins.
+
 ``ams-eval analyze OUT --source SPEC`` writes ``analysis.json`` (the per-frame values and the gain
 binned by each) and two plots (``analysis_gain_vs_label_age.png``, ``analysis_gain_vs_motion.png``).
 Nothing here changes a scheme; it explains the numbers ``ams-eval run`` reports.
@@ -81,6 +84,45 @@ def scored_frames(spec: str, clip_times: np.ndarray, size: tuple[int, int]) -> I
             return
 
 
+def playlist_spans(spec: str, end: float) -> list[dict]:
+    """``{"item", "from", "to"}`` in stream time for each item of a playlist (``to``: the next
+    item's start, ``end`` for the last); ``[]`` for any other source. The playlist is played once:
+    its items' start times are known only as it plays."""
+    from ams_ros.core.sources import PLAYLIST, PlaylistSource, open_source
+
+    if not spec.startswith(PLAYLIST):
+        return []
+    src = open_source(spec)
+    assert isinstance(src, PlaylistSource)
+    for _ in src:
+        pass
+    names = [("mirror:" if mirrored else "") + Path(item).name for item, mirrored in src.items]
+    ends = list(src.starts[1:]) + [float(end)]
+    return [{"item": n, "from": float(a), "to": float(b)} for n, a, b in zip(names, src.starts, ends)]
+
+
+def per_item(spans: list[dict], results: dict[str, SchemeResult], gain_times: np.ndarray,
+             gain: np.ndarray) -> list[dict]:
+    """For each span: the scored frames in it, each scheme's mean windowed mIoU over them (the
+    figure the results tables report, here per item) and the mean per-frame gain."""
+    rows = []
+    last = len(spans) - 1
+    for k, sp in enumerate(spans):
+        def inside(t: np.ndarray) -> np.ndarray:
+            return (t >= sp["from"] - 1e-9) & ((t < sp["to"] - 1e-9) if k < last else (t <= sp["to"] + 1e-9))
+
+        miou = {}
+        for name, r in results.items():
+            w = np.asarray(r.window_miou, float)[inside(np.asarray(r.times, float))]
+            w = w[np.isfinite(w)]
+            miou[name] = float(w.mean()) if w.size else None
+        g = gain[inside(gain_times)]
+        g = g[np.isfinite(g)]
+        rows.append({**sp, "frames": int(inside(gain_times).sum()), "miou": miou,
+                     "gain_mean": float(g.mean()) if g.size else None})
+    return rows
+
+
 def binned(x: np.ndarray, y: np.ndarray, edges: list[float]) -> list[dict]:
     """Mean, median and count of ``y`` in each bin ``[edges[i], edges[i+1])`` of ``x`` (NaN-free)."""
     ok = np.isfinite(x) & np.isfinite(y)
@@ -106,6 +148,8 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
     if skip_s < 0:
         raise ValueError(f"skip_s must be >= 0 seconds, got {skip_s}")
     times, gain = per_frame_gain(results[a], results[b])
+    spans = playlist_spans(source, float(clip_times[-1])) if source and len(clip_times) else []
+    items = per_item(spans, results, times, gain)  # whole items, whatever the warm-up skip
     start = float(clip_times[0]) if len(clip_times) else 0.0
     keep = times >= start + skip_s - 1e-9
     if skip_s > 0 and not keep.any():
@@ -117,6 +161,7 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
     res = {"a": a, "b": b, "skip_s": float(skip_s), "frames": int(times.size),
            "gain_mean": float(np.nanmean(gain)) if gain.size else None,
            "gain_vs_label_age_frames": binned(ages, gain, age_edges),
+           "per_item": items,
            "per_frame": {"t": times.tolist(), "gain": gain.tolist(), "label_age_frames": ages.tolist()}}
     if source:
         motion = motion_per_frame(scored_frames(source, clip_times, size))

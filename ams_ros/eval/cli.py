@@ -373,6 +373,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if row["frames"]:
                 print(f"  {unit} [{row['from']:g}, {row['to']:g}): {row['frames']} frames, mean "
                       f"{100 * row['gain_mean']:+.1f} points", flush=True)
+    if res.get("per_item"):
+        from ams_ros.eval.report import PAPER_NAMES
+
+        names = list(res["per_item"][0]["miou"])
+        print("[ams-eval] mean windowed mIoU vs teacher (%) per playlist item:\n| item (stream s) | "
+              + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + f" | {res['a']} - {res['b']} |\n"
+              + "|---" * (len(names) + 2) + "|", flush=True)
+        for row in res["per_item"]:
+            cells = ["-" if row["miou"][n] is None else f"{100 * row['miou'][n]:.1f}" for n in names]
+            gain = "-" if row["gain_mean"] is None else f"{100 * row['gain_mean']:+.1f}"
+            print(f"| {row['item']} ({row['from']:.0f}-{row['to']:.0f}) | " + " | ".join(cells) + f" | {gain} |",
+                  flush=True)
     print(f"[ams-eval] wrote {run}/analysis.json and its plots", flush=True)
     return 0
 
