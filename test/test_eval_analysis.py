@@ -122,7 +122,18 @@ def test_per_item_figures_follow_the_playlists_items(tmp_path, capsys):
     assert [r["gain_mean"] for r in items] == pytest.approx([-0.2, 0.1, 0.2])
     assert eval_main(["analyze", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "| item (stream s) | AMS | Remote+Tracking | ams - remote_tracking |" in out
+    assert "| item (stream s) | AMS | Remote+Tracking | ams - remote_tracking, per frame |" in out
     assert "| mirror:b.avi (1-2) | 50.0 | 40.0 | +10.0 |" in out
     # a source that is not a playlist has no items
     assert analyze(tmp_path, None, (16, 8), plots=False)["per_item"] == []
+
+
+def test_label_age_counts_the_frame_itself_at_times_that_round_down():
+    # 30 fps: 1/30 s rounds to 0.033333, just before the frame; the label of frame 0 arrives at 0.01 s
+    times = [i / 30 for i in range(10)]
+    ams = SchemeResult("ams", "ams", times=times, frame_miou=[0.5] * 10)
+    rt = SchemeResult("remote_tracking", "remote_tracking", times=times, frame_miou=[0.5] * 10)
+    rt.updates = [UpdateRecord(0.0, 0.0, 0.005, 0.01, 100)]
+    t, _ = per_frame_gain(ams, rt)
+    # frame 0: no label yet (counted from the start); from 1/30 s on, frames since frame 0's capture
+    assert label_age_frames(t, rt, np.asarray(times)).tolist() == [1] + list(range(1, 10))

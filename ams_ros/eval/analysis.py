@@ -32,11 +32,16 @@ from ams_ros.eval.simulator import SchemeResult
 
 
 def per_frame_gain(a: SchemeResult, b: SchemeResult) -> tuple[np.ndarray, np.ndarray]:
-    """(times, mIoU of ``a`` minus ``b``) on the frames both scored (NaN where either is)."""
-    fa = dict(zip(np.round(a.times, 6), a.frame_miou))
-    fb = dict(zip(np.round(b.times, 6), b.frame_miou))
-    times = np.array(sorted(set(fa) & set(fb)), dtype=float)
-    gain = np.array([fa[t] - fb[t] for t in times], dtype=float)
+    """(times, mIoU of ``a`` minus ``b``) on the frames both scored (NaN where either is).
+
+    Frames are matched on their times rounded to 1 us, but the times returned are ``a``'s own:
+    a rounded time can fall just before the frame it names (1/30 s -> 0.033333), and counting
+    frames up to it would leave that frame out."""
+    fa = {k: (t, m) for k, t, m in zip(np.round(a.times, 6).tolist(), a.times, a.frame_miou)}
+    fb = dict(zip(np.round(b.times, 6).tolist(), b.frame_miou))
+    keys = sorted(set(fa) & set(fb))
+    times = np.array([fa[k][0] for k in keys], dtype=float)
+    gain = np.array([fa[k][1] - fb[k] for k in keys], dtype=float)
     return times, gain
 
 

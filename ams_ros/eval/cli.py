@@ -378,7 +378,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
         names = list(res["per_item"][0]["miou"])
         print("[ams-eval] mean windowed mIoU vs teacher (%) per playlist item:\n| item (stream s) | "
-              + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + f" | {res['a']} - {res['b']} |\n"
+              + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + f" | {res['a']} - {res['b']}, per frame |\n"
               + "|---" * (len(names) + 2) + "|", flush=True)
         for row in res["per_item"]:
             cells = ["-" if row["miou"][n] is None else f"{100 * row['miou'][n]:.1f}" for n in names]

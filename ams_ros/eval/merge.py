@@ -5,7 +5,8 @@ and the seed are fixed, and ``ams-eval run`` runs them one after another in one 
 torch thread is fastest on a small machine). On a machine with more cores, or to fit a long
 stream into a working day, the schemes can run as separate processes (``--schemes jit`` in one,
 ``--schemes none,remote_tracking,ams`` in another, each with its own ``--out``) and be merged
-afterwards into the folder a single run of all of them would have written: ``results.json``,
+afterwards into the folder a single run of all of them would have written (schemes in the
+paper's order, each variant after its scheme): ``results.json``,
 ``results.md``, ``series.json`` and the plots, with "frames better than none" recomputed against
 the merged ``none``. ``summarize``, ``analyze`` and ``replot`` then read it like any other run.
 
@@ -24,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ams_ros.eval.schemes import SCHEMES
 from ams_ros.eval.report import _r, frac_better, markdown, plot_all, read_series, write_series
 from ams_ros.eval.simulator import SchemeResult
 
@@ -77,6 +79,11 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, plots: bool = True) 
                 continue
             results[name], origin[name] = r, folder
             schemes[name] = dict(summary["schemes"][name])
+    # the paper's order, as one run of the default schemes writes it (variants after their scheme)
+    order = {name: (SCHEMES.index(r.scheme) if r.scheme in SCHEMES else len(SCHEMES), k)
+             for k, (name, r) in enumerate(results.items())}
+    results = dict(sorted(results.items(), key=lambda kv: order[kv[0]]))
+    schemes = {name: schemes[name] for name in results}
     none = results.get("none")
     for name, r in results.items():  # against the merged run's `none` (a run without it had no figure)
         schemes[name]["frac_frames_better_than_none"] = _r(frac_better(r, none))
