@@ -62,7 +62,7 @@ def test_runs_of_another_experiment_are_refused_naming_what_differs(runs, capsys
                       "--cache", "", "--no-plots", "--out", str(other)]) == 0
     assert eval_main(["merge", str(runs / "ams"), str(other), "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert "is not the same experiment" in err and "'preset_params'" in err
+    assert "is not the same experiment" in err and "'preset_params' differ in rt_fps (2.0 there, 1.0 in the first run)" in err
     assert not (tmp_path / "m").exists()
 
 

@@ -49,6 +49,15 @@ def _same_series(a: SchemeResult, b: SchemeResult) -> bool:
             and a.uplink == b.uplink and a.downlink == b.downlink)
 
 
+def _difference(key: str, there: object, first: object) -> str:
+    """What differs, named: for the preset's values only the fields that differ."""
+    if isinstance(there, dict) and isinstance(first, dict):
+        fields = sorted(k for k in set(there) | set(first) if there.get(k) != first.get(k))
+        return f"'{key}' differ in " + ", ".join(f"{k} ({there.get(k)!r} there, {first.get(k)!r} in the first run)"
+                                                 for k in fields)
+    return f"'{key}' is {there!r} there and {first!r} in the first run"
+
+
 def merge_runs(runs: Sequence[str | Path], out: str | Path, plots: bool = True) -> dict:
     """Merge finished ``ams-eval run`` folders of one experiment into ``out``; returns its results.json."""
     folders = [Path(r) for r in runs]
@@ -65,9 +74,9 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, plots: bool = True) 
     for folder, summary, times, res in loaded:
         for key in SAME_EXPERIMENT:
             if summary.get(key) != s0.get(key):
-                raise ValueError(f"{folder} is not the same experiment as {first}: '{key}' is {summary.get(key)!r} "
-                                 f"there and {s0.get(key)!r} in {first}; merge only runs of one source, teacher, "
-                                 f"student and preset")
+                raise ValueError(f"{folder} is not the same experiment as {first}: "
+                                 f"{_difference(key, summary.get(key), s0.get(key))}; merge only runs of one source, "
+                                 f"teacher, student and preset")
         if not np.array_equal(times, times0):
             raise ValueError(f"{folder} scored other frames than {first} (its series.json clip_times differ): "
                              f"merge only runs of the same clip and --max-seconds")
