@@ -75,13 +75,14 @@ def motion_per_frame(frames: Iterable[tuple[float, np.ndarray]]) -> dict[float, 
     return out
 
 
-def scored_frames(spec: str, clip_times: np.ndarray, size: tuple[int, int]) -> Iterable[tuple[float, np.ndarray]]:
-    """The source's frames at the scored times, at the evaluation size (as the clip replays them)."""
-    from ams_ros.eval.clips import _source_frames, _to_size
+def scored_frames(src: Iterable, clip_times: np.ndarray, size: tuple[int, int]) -> Iterable[tuple[float, np.ndarray]]:
+    """The frames of ``src`` (:func:`~ams_ros.eval.clips.open_scored_source`) at the scored times,
+    at the evaluation size (as the clip replays them)."""
+    from ams_ros.eval.clips import _to_size
 
     want = {round(float(t), 6) for t in clip_times}
     last = max(want) if want else 0.0
-    for t, rgb, _ in _source_frames(spec, size):
+    for t, rgb, _ in src:
         key = round(float(t), 6)
         if key in want:
             yield key, _to_size(rgb, size)
@@ -89,18 +90,15 @@ def scored_frames(spec: str, clip_times: np.ndarray, size: tuple[int, int]) -> I
             return
 
 
-def playlist_spans(spec: str, end: float) -> list[dict]:
-    """``{"item", "from", "to"}`` in stream time for each item of a playlist (``to``: the next
-    item's start, ``end`` for the last); ``[]`` for any other source. The playlist is played once:
-    its items' start times are known only as it plays."""
-    from ams_ros.core.sources import PLAYLIST, PlaylistSource, open_source
+def playlist_spans(src: object, end: float) -> list[dict]:
+    """``{"item", "from", "to"}`` in stream time for each item of a playlist that has been played
+    up to its last scored frame (``to``: the next item's start, ``end`` for the last); ``[]`` for
+    any other source. Item start times are known only as a playlist plays, so this reads them from
+    the motion pass's source rather than playing the stream a second time."""
+    from ams_ros.core.sources import PlaylistSource
 
-    if not spec.startswith(PLAYLIST):
+    if not isinstance(src, PlaylistSource):
         return []
-    src = open_source(spec)
-    assert isinstance(src, PlaylistSource)
-    for _ in src:
-        pass
     names = [("mirror:" if mirrored else "") + Path(item).name for item, mirrored in src.items]
     ends = list(src.starts[1:]) + [float(end)]
     return [{"item": n, "from": float(a), "to": float(b)} for n, a, b in zip(names, src.starts, ends)]
@@ -153,7 +151,14 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
     if skip_s < 0:
         raise ValueError(f"skip_s must be >= 0 seconds, got {skip_s}")
     times, gain = per_frame_gain(results[a], results[b])
-    spans = playlist_spans(source, float(clip_times[-1])) if source and len(clip_times) else []
+    motion: dict[float, float] | None = None
+    spans: list[dict] = []
+    if source:  # one pass over the source: the motion, and a playlist's item starts as it plays
+        from ams_ros.eval.clips import open_scored_source
+
+        src = open_scored_source(source, size)
+        motion = motion_per_frame(scored_frames(src, clip_times, size))
+        spans = playlist_spans(src, float(clip_times[-1])) if len(clip_times) else []
     items = per_item(spans, results, times, gain)  # whole items, whatever the warm-up skip
     start = float(clip_times[0]) if len(clip_times) else 0.0
     keep = times >= start + skip_s - 1e-9
@@ -168,8 +173,7 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
            "gain_vs_label_age_frames": binned(ages, gain, age_edges),
            "per_item": items,
            "per_frame": {"t": times.tolist(), "gain": gain.tolist(), "label_age_frames": ages.tolist()}}
-    if source:
-        motion = motion_per_frame(scored_frames(source, clip_times, size))
+    if motion is not None:
         mot = np.array([motion.get(round(float(t), 6), np.nan) for t in times])
         finite = mot[np.isfinite(mot)]
         edges = sorted(set(np.quantile(finite, [0, 0.25, 0.5, 0.75]).round(3).tolist())) + [1e9] if finite.size else []

@@ -194,10 +194,14 @@ def _load_or_measure_uploads(root: Path, clip: "Clip", cap: tuple[int, int] | No
     _write_uploads(root, cap, quality, clip.upload_bytes, clip.upload_resolution)
 
 
+def open_scored_source(spec: str, size: tuple[int, int]) -> FrameSource:
+    """The source as the evaluation reads it: synthetic worlds render at the evaluation size, real
+    sources at their own (the teacher's input)."""
+    return open_source(spec, size=size if spec.startswith("synthetic") else None)
+
+
 def _source_frames(spec: str, size: tuple[int, int]) -> Iterator[tuple[float, np.ndarray, np.ndarray | None]]:
-    # synthetic worlds render at the evaluation size; real sources at their own (teacher input)
-    src = open_source(spec, size=size if spec.startswith("synthetic") else None)
-    return iter(src)
+    return iter(open_scored_source(spec, size))
 
 
 def _scored_source_frames(spec: str, size: tuple[int, int], source_indices: Sequence[int]

@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from ams_ros.eval.schemes import SCHEMES
-from ams_ros.eval.report import _r, frac_better, markdown, plot_all, read_series, write_series
+from ams_ros.eval.report import _r, frac_better, read_series, write_run_folder
 from ams_ros.eval.simulator import SchemeResult
 
 #: results.json fields that must be equal for two runs to be one experiment.
@@ -106,12 +106,5 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, plots: bool = True) 
         merged_from=[{"folder": str(f), "schemes": list(res), "command": s.get("command"),
                       "wall_seconds": s.get("wall_seconds")} for f, s, _, res in loaded],
         schemes=schemes)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(merged, indent=2))
-    tmp.replace(out / "results.json")
-    (out / "results.md").write_text(markdown(merged))
-    write_series(out, times0, results)
-    if plots:
-        plot_all(out, times0, results)
+    write_run_folder(out, merged, times0, results, plots)
     return merged

@@ -104,14 +104,22 @@ def write_results(out: Path, meta: Mapping, clip, results: Mapping[str, SchemeRe
                "classes": list(clip.class_names), "frames_evaluated": len(clip),
                "stream_seconds": _r(clip.duration, 2), "partial": bool(partial or any(s["partial"] for s in schemes.values())),
                "preset_params": preset.to_dict(), "schemes": schemes}
+    write_run_folder(out, summary, clip.times, results, plots)
+    return summary
+
+
+def write_run_folder(out: Path, summary: Mapping, clip_times, results: Mapping[str, SchemeResult],
+                     plots: bool = True) -> None:
+    """A run folder's files: results.json (atomically), results.md, series.json and the plots."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     tmp.replace(out / "results.json")
     (out / "results.md").write_text(markdown(summary))
-    write_series(out, clip.times, results)
+    write_series(out, clip_times, results)
     if plots:
-        plot_all(out, clip.times, results)
-    return summary
+        plot_all(out, clip_times, results)
 
 
 # ----------------------------------------------------------------------------- per-frame series
