@@ -37,17 +37,28 @@ def test_merged_parallel_runs_equal_one_run_of_every_scheme(runs):
     assert eval_main(["merge", str(runs / "rt"), str(runs / "ams"), "--out", str(out)]) == 0
     merged, single = _json(out), _json(runs / "all")
     assert list(merged["schemes"]) == ["none", "remote_tracking", "ams"] == list(single["schemes"])
+    keys = ("miou_teacher", "miou_gt", "uplink_kbps", "downlink_kbps", "updates", "frames", "mean_update_delay_s")
+    # the merge carries each scheme's figures exactly as the run it came from wrote them
+    for name, src in (("none", "rt"), ("remote_tracking", "rt"), ("ams", "ams")):
+        for key in keys:
+            assert merged["schemes"][name][key] == _json(runs / src)["schemes"][name][key], (name, key)
+    # and equals one run of both schemes: exactly for the deterministic none and Remote+Tracking;
+    # AMS on this random student can differ in the last digit between two runs of one process
+    # (a near-tie argmax flipped by float rounding: seen once in six test runs, 0.0364 vs 0.0363)
     for name, s in single["schemes"].items():
         m = merged["schemes"][name]
-        for key in ("miou_teacher", "miou_gt", "uplink_kbps", "downlink_kbps", "updates", "frames",
-                    "frac_frames_better_than_none", "mean_update_delay_s"):
-            assert m[key] == s[key], (name, key)
+        for key in (*keys, "frac_frames_better_than_none"):
+            if name == "ams" and isinstance(s[key], float):
+                assert m[key] == pytest.approx(s[key], abs=2e-3), (name, key)
+            else:
+                assert m[key] == s[key], (name, key)
     # "better than none" exists only against a `none`: each run had its own, the merge recomputes it
     assert merged["schemes"]["ams"]["frac_frames_better_than_none"] is not None
     assert [f["schemes"] for f in merged["merged_from"]] == [["none", "remote_tracking"], ["none", "ams"]]
     times, series = read_series(out)
     times1, series1 = read_series(runs / "all")
-    assert list(times) == list(times1) and series["ams"].window_miou == series1["ams"].window_miou
+    assert list(times) == list(times1)
+    assert series["ams"].window_miou == read_series(runs / "ams")[1]["ams"].window_miou
     assert "| mIoU vs teacher (%) |" in (out / "results.md").read_text()
     assert (out / "miou_over_time.png").stat().st_size > 1000
     # the merged folder is a run folder like any other
