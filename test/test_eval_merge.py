@@ -42,16 +42,13 @@ def test_merged_parallel_runs_equal_one_run_of_every_scheme(runs):
     for name, src in (("none", "rt"), ("remote_tracking", "rt"), ("ams", "ams")):
         for key in keys:
             assert merged["schemes"][name][key] == _json(runs / src)["schemes"][name][key], (name, key)
-    # and equals one run of both schemes: exactly for the deterministic none and Remote+Tracking;
-    # AMS on this random student can differ in the last digit between two runs of one process
-    # (a near-tie argmax flipped by float rounding: seen once in six test runs, 0.0364 vs 0.0363)
-    for name, s in single["schemes"].items():
-        m = merged["schemes"][name]
+    # and equals one run of both schemes for the schemes that are deterministic across runs. AMS is
+    # not compared with another run of itself: on this random student two runs of one process
+    # sometimes differ (mIoU 0.0364 vs 0.0363, uplink 15.32 vs 15.33 Kbps, about one test run in
+    # six), which is AMS's, not the merge's; the merge is checked exactly against the run it came from
+    for name in ("none", "remote_tracking"):
         for key in (*keys, "frac_frames_better_than_none"):
-            if name == "ams" and isinstance(s[key], float):
-                assert m[key] == pytest.approx(s[key], abs=2e-3), (name, key)
-            else:
-                assert m[key] == s[key], (name, key)
+            assert merged["schemes"][name][key] == single["schemes"][name][key], (name, key)
     # "better than none" exists only against a `none`: each run had its own, the merge recomputes it
     assert merged["schemes"]["ams"]["frac_frames_better_than_none"] is not None
     assert [f["schemes"] for f in merged["merged_from"]] == [["none", "remote_tracking"], ["none", "ams"]]
