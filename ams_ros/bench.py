@@ -574,11 +574,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool"], default="all",
+    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool", "launch"], default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
                         "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10); "
                         "'uplink': only the video codecs' bytes and teacher agreement (issue #10); 'pool': robots "
-                        "served vs Ray actors, and GPUs for 10/50/200 robots (issue #12; not in 'all')")
+                        "served vs Ray actors, and GPUs for 10/50/200 robots (issue #12; not in 'all'); 'launch': "
+                        "start, Ctrl-C and respawn times under ros2 launch (issue #27; not in 'all')")
+    p.add_argument("--launch-repeat", type=int, default=3, help="runs of the 'launch' figures")
+    p.add_argument("--launch-configs", default="demo_", choices=["demo_", ""],
+                   help="parameter files of the 'launch' figures: config/demo_*.yaml (demo_) or config/*.yaml (the "
+                        "paper's 512x256: one phase takes about 100 s on a 2-core CPU)")
     p.add_argument("--fused-k", default="1,2,4", help="robots per fused step to measure (comma list)")
     p.add_argument("--fused-full", action="store_true", help="measure k = 1, 2, 4, 9, 18 (the issue-16 list; slow on CPU)")
     p.add_argument("--fused-width", type=int, default=64, help="training width of the fused-training figures")
@@ -631,6 +636,10 @@ def main(argv: list[str] | None = None) -> int:
         res["targets"] = _update_targets(res)
     elif args.only == "pool":
         res = {"pool": pool_bench.pool_figures(args)}
+    elif args.only == "launch":
+        from ams_ros import launch_bench
+
+        res = {"launch": launch_bench.run(args)}
     elif args.only == "uplink":
         res = {"uplink_codecs": _uplink_codecs(args.uplink_codecs, args.uplink_kbps)}
         res["targets"] = _uplink_targets(res["uplink_codecs"])

@@ -3,6 +3,11 @@
     ros2 launch ams_ros edge.launch.py device_id:=robot1 image_topic:=/camera/image_raw
     ros2 launch ams_ros edge.launch.py source:=/data/run1_bag use_sim_time:=true   # a rosbag as the camera
     ros2 launch ams_ros edge.launch.py device:=cuda inference_dtype:=float16        # a Jetson's GPU
+
+Every argument but ``namespace``, ``config_file`` and ``log_level`` is a parameter of
+``config_file``: given, it wins over the file's value in every node section that sets it; not
+given, the file's value stands (``ams_ros/nodes/launch_params.py``). A process that fails is
+restarted after 2 s, one stopped by a configuration error is not (``launch_actions.py``).
 """
 
 import os
@@ -11,68 +16,57 @@ from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
-from launch_ros.parameter_descriptions import ParameterValue
+
+from ams_ros.nodes.launch_actions import supervised_node
+from ams_ros.nodes.launch_params import ParameterOverrides, config_argument
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
 DTYPES = ["float32", "float16", "bfloat16"]
+BOOLS = ["true", "false"]
 
 
 def generate_launch_description() -> LaunchDescription:
     share = get_package_share_directory("ams_ros")
+    params = [
+        config_argument("device_id", "Name of this robot; the server addresses it by this id"),
+        config_argument("source", "'topic' (camera driver publishes image_topic), a video file, an image folder, "
+                                  "a rosbag, device:N or synthetic[:seed]"),
+        config_argument("image_topic", "Camera image topic (sensor_msgs/Image), relative to the namespace unless "
+                                       "absolute"),
+        config_argument("student", "Student model name; must match the server's", STUDENTS),
+        config_argument("student_weights", "Student initial weights: checkpoint path or tflite:PATH (empty = random)"),
+        config_argument("label_space", "Label space of the teacher/student classes (synthetic | cityscapes | voc | "
+                                       "camvid)"),
+        config_argument("device", "Torch device of the student (inference and patching): auto (first CUDA device, "
+                                  "else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
+        config_argument("inference_dtype", "Student inference precision (float16/bfloat16 via autocast; updates "
+                                           "stay float32)", DTYPES),
+        config_argument("robot_key_file", "This robot's private key (PEM, mode 0600, `ams-keys generate`): signs "
+                                          "its frame batches and snapshot requests (empty = unsigned)"),
+        config_argument("server_public_keys", "The base station's public keys, as a list of base64 lines (`ams-keys "
+                                              "public server.key`) or files; when set, unsigned or wrongly signed "
+                                              "updates and snapshots are rejected (empty = accept unsigned)"),
+        config_argument("use_sim_time", "Use /clock (e.g. from `ros2 bag play --clock`) instead of the system "
+                                        "clock", BOOLS, fallback="false"),
+    ]
     args = [
-        DeclareLaunchArgument("device_id", default_value="robot1",
-                              description="Name of this robot; the server addresses it by this id"),
-        DeclareLaunchArgument("namespace", default_value=LaunchConfiguration("device_id"),
-                              description="Namespace of all edge topics (default: the device id)"),
         DeclareLaunchArgument("config_file", default_value=os.path.join(share, "config", "edge.yaml"),
                               description="YAML parameter file for camera_sampler, student_segmenter, model_patcher"),
-        DeclareLaunchArgument("source", default_value="topic",
-                              description="'topic' (camera driver publishes image_topic), a video file, an image folder, a rosbag, device:N or synthetic[:seed]"),
-        DeclareLaunchArgument("image_topic", default_value="image_raw",
-                              description="Camera image topic (sensor_msgs/Image), relative to the namespace unless absolute"),
-        DeclareLaunchArgument("student", default_value="deeplabv3_mobilenet_v2", choices=STUDENTS,
-                              description="Student model name; must match the server's"),
-        DeclareLaunchArgument("student_weights", default_value="",
-                              description="Student initial weights: checkpoint path or tflite:PATH"),
-        DeclareLaunchArgument("label_space", default_value="synthetic",
-                              description="Label space of the teacher/student classes (synthetic | cityscapes | voc | camvid)"),
-        DeclareLaunchArgument("device", default_value="auto",
-                              description="Torch device of the student (inference and patching): auto (first CUDA "
-                                          "device, else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
-        DeclareLaunchArgument("inference_dtype", default_value="float32", choices=DTYPES,
-                              description="Student inference precision (float16/bfloat16 via autocast; updates stay float32)"),
-        DeclareLaunchArgument("robot_key_file", default_value="",
-                              description="This robot's private key (PEM, mode 0600, `ams-keys generate`): signs its "
-                                          "frame batches and snapshot requests (issue #13; empty = unsigned). The "
-                                          "base station's public keys go in config_file (model_patcher: "
-                                          "server_public_keys)"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
-                              description="Use /clock (e.g. from `ros2 bag play --clock`) instead of the system clock"),
+        *params,
+        DeclareLaunchArgument("namespace", default_value=LaunchConfiguration("device_id"),
+                              description="Namespace of all edge topics (default: the device id)"),
         DeclareLaunchArgument("log_level", default_value="info", choices=LOG_LEVELS,
                               description="Log level of the edge nodes"),
     ]
     # No `name=`: a node-name remap would rename all three nodes the process hosts.
-    edge = Node(
+    edge = supervised_node(
         package="ams_ros",
         executable="edge",
         namespace=LaunchConfiguration("namespace"),
         output="screen",
         emulate_tty=True,
-        # issue #13: a process that exits non-zero (a worker thread or callback failed) is restarted
-        respawn=True,
-        respawn_delay=2.0,
         ros_arguments=["--log-level", LaunchConfiguration("log_level")],
-        parameters=[
-            LaunchConfiguration("config_file"),
-            {"device_id": LaunchConfiguration("device_id"), "source": LaunchConfiguration("source"),
-             "image_topic": LaunchConfiguration("image_topic"), "student": LaunchConfiguration("student"),
-             "student_weights": LaunchConfiguration("student_weights"),
-             "label_space": LaunchConfiguration("label_space"),
-             "device": LaunchConfiguration("device"), "inference_dtype": LaunchConfiguration("inference_dtype"),
-             "robot_key_file": LaunchConfiguration("robot_key_file"),
-             "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)},
-        ],
+        parameters=[LaunchConfiguration("config_file"), ParameterOverrides(a.name for a in params)],
     )
-    return LaunchDescription(args + [edge])
+    return LaunchDescription(args + edge)

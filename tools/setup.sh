@@ -81,14 +81,56 @@ else
   log "Python dependencies up to date ($VENV)"
 fi
 
+# 2b. `ros2 launch`, launch_testing and the ROS 2 CLI (issue #27). No wheels exist: on a machine
+# whose venv already imports them (a ROS installation's) they are used as they are; else their
+# upstream Jazzy sources from ../shared/vendor/ros2-jazzy (the only ones there; pure Python, they
+# run on Kilted's rclpy too) are checked against SHA256SUMS and installed into the venv, and
+# composition_interfaces (which launch_ros imports) is built with the workspace below. Where
+# neither is there, one line says so and the launch tests skip.
+VENDOR=${AMS_ROS_VENDOR:-$ROOT/../shared/vendor/ros2-jazzy}
+LAUNCH_REQ="requirements/$DISTRO-launch.txt"
+VENDOR_SRC="$BUILD/vendor"
+COMPOSITION=""
+launch_importable() {  # found, not imported: launch_ros needs composition_interfaces, built with the workspace
+  "$VENV/bin/python" -c 'import importlib.util as u, sys
+sys.exit(not all(u.find_spec(m) for m in ("launch", "launch_ros", "ros2launch", "ros2cli", "launch_testing")))' 2>/dev/null
+}
+if [ -f "$VENDOR/SHA256SUMS" ] && [ -f "$LAUNCH_REQ" ]; then
+  vendor_hash=$(cat "$VENDOR/SHA256SUMS" "$LAUNCH_REQ" | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$VENV/.ros2-launch.sha" 2>/dev/null)" = "$vendor_hash" ] && launch_importable \
+      && [ -d "$VENDOR_SRC/composition_interfaces" ]; then
+    log "ros2 launch and the ROS 2 CLI up to date (from ${VENDOR#"$ROOT"/})"
+  else
+    log "installing ros2 launch, launch_testing and the ROS 2 CLI from ${VENDOR#"$ROOT"/} (upstream sources)"
+    ( cd "$VENDOR" && sha256sum --quiet -c SHA256SUMS ) \
+      || { echo "[setup:$DISTRO] $VENDOR: an archive does not match SHA256SUMS; not installing it" >&2; exit 1; }
+    rm -rf "$VENDOR_SRC" && mkdir -p "$VENDOR_SRC"
+    for archive in "$VENDOR"/*.tar.gz; do tar -xzf "$archive" -C "$VENDOR_SRC"; done
+    "$VENV/bin/python" -m pip install -q -r "$LAUNCH_REQ"
+    s="$VENDOR_SRC"
+    # --no-deps: launch_ros asks for ament_index_python, whose wheel has another name (ros-...)
+    "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation \
+      "$s"/launch-*/{launch,launch_xml,launch_yaml,launch_testing,launch_pytest} \
+      "$s"/launch_ros-*/{launch_ros,launch_testing_ros,ros2launch} "$s"/rosidl_runtime_py-* \
+      "$s"/ros2cli-*/{ros2cli,ros2pkg,ros2node,ros2topic,ros2service,ros2param,ros2run,ros2interface,ros2lifecycle,ros2action}
+    mv "$s"/rcl_interfaces-*/composition_interfaces "$VENDOR_SRC/composition_interfaces"
+    echo "$vendor_hash" > "$VENV/.ros2-launch.sha"
+  fi
+  COMPOSITION="$VENDOR_SRC/composition_interfaces"
+elif launch_importable; then
+  log "ros2 launch and the ROS 2 CLI: the ones this venv already has"
+else
+  log "ros2 launch and the ROS 2 CLI are not installed: no ROS installation and no ${VENDOR#"$ROOT"/} (their sources); the launch tests will skip"
+fi
+
 # 3. colcon build (ams_msgs interfaces + ams_ros python package, symlinked for live edits)
-src_hash=$( { echo "$DISTRO $req_hash"; find ams_msgs -type f | sort | xargs sha256sum; sha256sum package.xml setup.py setup.cfg colcon_defaults.yaml tools/cmake/*.cmake; ls launch config rviz 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
+src_hash=$( { echo "$DISTRO $req_hash ${vendor_hash:-}"; find ams_msgs -type f | sort | xargs sha256sum; sha256sum package.xml setup.py setup.cfg colcon_defaults.yaml tools/cmake/*.cmake; ls launch config rviz 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$BUILD/.colcon.sha" 2>/dev/null)" != "$src_hash" ] || [ ! -f "$INSTALL/setup.bash" ]; then
   log "building the workspace with colcon into ${BUILD#"$ROOT"/}/ and ${INSTALL#"$ROOT"/}/"
   mkdir -p "$LOGDIR"
   export AMENT_PREFIX_PATH="$VENV"
   export PATH="$VENV/bin:$PATH"
-  "$VENV/bin/colcon" --log-base "$LOGDIR" build --symlink-install --base-paths . ams_msgs \
+  "$VENV/bin/colcon" --log-base "$LOGDIR" build --symlink-install --base-paths . ams_msgs ${COMPOSITION:+"$COMPOSITION"} \
       --build-base "$BUILD" --install-base "$INSTALL" \
       --event-handlers console_cohesion- status- summary+ \
       --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" \

@@ -37,7 +37,7 @@ from ams_ros.core.models.student import train_mode_frozen_bn
 from ams_ros.core.params import flatten_params, load_flat
 from ams_ros.core.sample_buffer import batch_to_tensors
 from ams_ros.core.selection import FULL, GAUSS_SOUTHWELL_SGD, mask_from_indices, phase_indices, validate_strategy
-from ams_ros.core.trainer import AMSTrainer, PhaseResult
+from ams_ros.core.trainer import AMSTrainer, PhaseResult, stop_hooks
 
 __all__ = ["fusable", "fused_train_phases"]
 
@@ -126,8 +126,14 @@ def _fused_group(trainers: list[AMSTrainer], nows: list[float]) -> list[PhaseRes
 
     step = vmap(grad(loss_fn, has_aux=True))
     losses: list[list[float]] = [[] for _ in trainers]
+
+    def stop() -> bool:
+        return any(t.stop_requested is not None and t.stop_requested() for t in trainers)
+
     try:
-        for _ in range(first.config.iterations):
+        for it in range(first.config.iterations):
+            for t in trainers:
+                t._check_stop(it)
             xs, ys, valid = [], [], []
             for t, now in zip(trainers, nows):
                 x, y = batch_to_tensors(t._next_batch(now), dev)
@@ -135,7 +141,8 @@ def _fused_group(trainers: list[AMSTrainer], nows: list[float]) -> list[PhaseRes
                 xs.append(x)
                 ys.append(y)
                 valid.append(bool((y != ignore).any()))
-            grads, loss = step(params, buffers, torch.stack(xs), torch.stack(ys))
+            with stop_hooks(base, stop, f"fused phase of {k} robots"):
+                grads, loss = step(params, buffers, torch.stack(xs), torch.stack(ys))
             g = torch.cat([grads[s.name].reshape(k, -1).float() for s in slots], dim=1)
             with torch.no_grad():
                 for j, t in enumerate(trainers):

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from ams_ros.core.labels import parse_class_list
 from ams_ros.dds_shm import remove_dead_segments
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides
+from ams_ros.demo.processes import CONFIG, LaunchedProcess, RosProcess, launch_available, write_overrides
+from ams_ros.nodes.parameter_files import merge_parameter_files, write_parameter_file
 
 
 def prepare_weights(args: argparse.Namespace, out: Path) -> str:
@@ -68,19 +69,19 @@ def robot_plans(robots: int, device_id: str, source: str, teacher: str) -> list[
                       f"_robot{i + 1}") for i in range(robots)]
 
 
-def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
-                           robots: list[RobotPlan] | None = None) -> tuple[list[Path], Path]:
-    """Parameter files layered over config/edge.yaml (one per robot) and config/server.yaml
-    (same layout: the values every node of a process shares in ``/**``, the rest per node)."""
+def demo_sections(args: argparse.Namespace, weights: str, state_dir: str,
+                  robots: list[RobotPlan] | None = None) -> tuple[list[dict[str, dict]], dict[str, dict]]:
+    """The demo's values over config/edge.yaml (one ``{node: {name: value}}`` per robot) and
+    config/server.yaml (the values every node of a process shares in ``/**``, the rest per node)."""
     robots = robots or [RobotPlan(args.device_id, args.source, args.teacher)]
     sel = parse_class_list(args.selected_classes) or [""]
     student = {"student": args.student, "student_weights": weights, "label_space": args.label_space,
                "selected_classes": sel}
-    edges = [write_overrides(out / f"params_edge{r.suffix}.yaml", {
+    edges = [{
         "/**": {"device_id": r.device_id, **student, "device": args.device},
         "camera_sampler": {
             "source": r.source, "publish_rate": float(args.fps),
-            "duration_s": float(args.duration) + 5.0, "stamp_origin": "stream",
+            "duration_s": float(args.duration) + 5.0 if args.duration else 0.0, "stamp_origin": "stream",
             "source_width": args.width, "source_height": args.height,
             "train_width": args.width, "train_height": args.height,
             "update_period": float(args.update_period), "bitrate_bps": int(args.bitrate),
@@ -90,9 +91,9 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
             "inference_dtype": args.inference_dtype,
             "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
-    }) for r in robots]
+    } for r in robots]
     own_teachers = [f"{r.device_id}={r.teacher}" for r in robots if r.teacher != robots[0].teacher]
-    server = write_overrides(out / "params_server.yaml", {
+    server = {
         "/**": {"device_ids": [r.device_id for r in robots], **student},
         "teacher_labeler": {"teacher": robots[0].teacher, "device": args.device,
                             **({"device_teachers": own_teachers} if own_teachers else {})},
@@ -100,12 +101,23 @@ def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
             "input_width": args.width, "input_height": args.height, "iterations": int(args.iterations),
             "batch_size": int(args.batch_size), "horizon_s": float(args.horizon),
             "update_period_s": float(args.update_period), "lr": float(args.lr), "gamma": float(args.gamma),
-            "update_encoding": args.encoding, "torch_threads": 1,
-            # the robot's session survives a server restart (issue #13); cleared per run in run_demo
-            "state_dir": str(out / "server_state"),
+            "update_encoding": args.encoding, "torch_threads": 1, "state_dir": state_dir,
             "device": args.device, "train_precision": args.train_precision,
         },
-    })
+    }
+    return edges, server
+
+
+def edge_and_server_params(args: argparse.Namespace, weights: str, out: Path,
+                           robots: list[RobotPlan] | None = None) -> tuple[list[Path], Path]:
+    """Parameter files layered over config/edge.yaml (one per robot) and config/server.yaml
+    (:func:`demo_sections`), signed unless ``--unsigned``."""
+    robots = robots or [RobotPlan(args.device_id, args.source, args.teacher)]
+    # the robot's session survives a server restart (issue #13); cleared per run in run_demo
+    edge_sections, server_sections = demo_sections(args, weights, str(out / "server_state"), robots)
+    edges = [write_overrides(out / f"params_edge{r.suffix}.yaml", sections)
+             for r, sections in zip(robots, edge_sections)]
+    server = write_overrides(out / "params_server.yaml", server_sections)
     if not getattr(args, "unsigned", False):
         _add_demo_keys(edges, server, [r.device_id for r in robots], out / "keys")
     return edges, server
@@ -172,23 +184,34 @@ class Disturbance:
 class Stage:
     """The demo's running processes, which a disturbance may kill (-9) and start again with the
     same parameter files (plus overrides): the observer checks that ``processes`` are alive, and
-    the report takes their exit codes; a killed process is kept in ``killed`` instead."""
+    the report takes their exit codes; a killed process is kept in ``killed`` instead.
+
+    Each side starts through its launch file (``server.launch.py``, ``edge.launch.py`` with one
+    ``config_file``: the package's YAML with the demo's values merged in) wherever ``ros2 launch`` is
+    installed (issue #27: the main job runs the launch files every time); elsewhere it starts the
+    executables with the same parameter files."""
 
     def __init__(self, out: Path, quiet: bool, server_files: list[Path], edge_files: list[list[Path]],
                  robots: list[RobotPlan]) -> None:
         self.out, self.quiet = out, quiet
+        self.launch = launch_available()
         self._server_files, self._edge_files, self.robots = server_files, edge_files, robots
-        self.server = self._start("server", "ams_ros.nodes.server", server_files, None)
+        self.server = self._start("server", server_files, None)
         self.edges: list[RosProcess] = []
         self.processes: list[RosProcess] = [self.server]
         self.killed: list[RosProcess] = []
         self._starts: dict[str, int] = {}
 
-    def _start(self, name: str, module: str, files: list[Path], namespace: str | None) -> RosProcess:
-        return RosProcess(name, module, files, namespace, self.out / f"{name}.log", echo=not self.quiet)
+    def _start(self, name: str, files: list[Path], namespace: str | None) -> RosProcess:
+        side = "server" if namespace is None else "edge"
+        log = self.out / f"{name}.log"
+        if self.launch:
+            config = write_parameter_file(self.out / f"config_{name}.yaml", merge_parameter_files(files))
+            return LaunchedProcess(name, f"{side}.launch.py", config, log, echo=not self.quiet)
+        return RosProcess(name, f"ams_ros.nodes.{side}", files, namespace, log, echo=not self.quiet)
 
     def start_edges(self) -> None:
-        self.edges = [self._start(f"edge{r.suffix}", "ams_ros.nodes.edge", files, r.device_id)
+        self.edges = [self._start(f"edge{r.suffix}", files, r.device_id)
                       for r, files in zip(self.robots, self._edge_files)]
         self.processes.extend(self.edges)
 
@@ -200,19 +223,19 @@ class Stage:
         self.killed.append(proc)
 
     def restart(self, proc: RosProcess, overrides: dict[str, dict] | None = None) -> RosProcess:
-        """Start ``proc``'s executable again (log ``<name>_restart<k>.log``) with its parameter files
+        """Start ``proc``'s side again (log ``<name>_restart<k>.log``) with its parameter files
         and ``overrides`` ({node: {param: value}}) over them."""
         base = proc.name.split("_restart")[0]
         k = self._starts[base] = self._starts.get(base, 0) + 1
         name = f"{base}_restart{k}"
         if base == "server":
-            files, module, ns = list(self._server_files), "ams_ros.nodes.server", None
+            files, ns = list(self._server_files), None
         else:
             i = [f"edge{r.suffix}" for r in self.robots].index(base)
-            files, module, ns = list(self._edge_files[i]), "ams_ros.nodes.edge", self.robots[i].device_id
+            files, ns = list(self._edge_files[i]), self.robots[i].device_id
         if overrides:
             files.append(write_overrides(self.out / f"params_{name}.yaml", overrides))
-        new = self._start(name, module, files, ns)
+        new = self._start(name, files, ns)
         if base == "server":
             self.server = new
         else:

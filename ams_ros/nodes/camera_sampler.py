@@ -46,7 +46,7 @@ from ams_ros.nodes.qos import RELIABILITIES, qos
 from ams_ros.nodes.reject_log import RejectLog
 from ams_ros.core.signing import SigningKey
 from ams_ros.nodes.shared_params import DEVICE_ID, FAULT_SEED, IMAGE_TOPIC, ROBOT_KEY_FILE, fault_param
-from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future
+from ams_ros.nodes.spinning import ProcessNodes, exit_process, run_process, watch_future
 
 PARAMS = (
     DEVICE_ID, ROBOT_KEY_FILE,
@@ -152,7 +152,10 @@ class CameraSampler(Node):
             self._source = open_source(self.p["source"], size=size, loop=bool(self.p["loop"]),
                                        fps=float(self.p["publish_rate"]) or None)
         except Exception as exc:
-            raise RuntimeError(
+            # a source that is not there or not valid is the parameter's fault (a configuration
+            # error: not restarted); anything else (a camera that failed to open) may pass
+            kind = ValueError if isinstance(exc, (ValueError, OSError)) else RuntimeError
+            raise kind(
                 f"cannot open source '{self.p['source']}': {exc}. Use 'topic', a video file, an image "
                 f"folder, a rosbag, device:N or synthetic[:seed]"
             ) from exc
@@ -313,7 +316,7 @@ class CameraSampler(Node):
 
 def main(args: list[str] | None = None) -> int:
     """The sampler alone, e.g. on a camera computer apart from the one running inference."""
-    return run_process("camera_sampler", lambda: ProcessNodes([CameraSampler()]), args)
+    exit_process(run_process("camera_sampler", lambda: ProcessNodes([CameraSampler()]), args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from ams_ros.nodes.camera_sampler import CameraSampler
 from ams_ros.nodes.edge_state import EdgeState
 from ams_ros.nodes.model_patcher import ModelPatcher
-from ams_ros.nodes.spinning import ProcessNodes, run_process
+from ams_ros.nodes.spinning import ProcessNodes, exit_process, run_process
 from ams_ros.nodes.student_segmenter import StudentSegmenter
 
 
@@ -26,7 +26,7 @@ def build_edge() -> ProcessNodes:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_process("edge", build_edge, args)
+    exit_process(run_process("edge", build_edge, args))
 
 
 if __name__ == "__main__":

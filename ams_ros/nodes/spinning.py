@@ -4,23 +4,29 @@ Every executable's ``main`` is ``run_process(name, build, args)``: ``build()`` c
 process's nodes inside ``with rclpy.init(...)`` (:func:`~ams_ros.nodes.compat.ros_init`) and
 says which share one MultiThreadedExecutor and which get an executor thread of their own; rclpy's own signal handlers turn Ctrl-C and
 SIGTERM into a shutdown of the context, after which every node is destroyed (each node's
-``destroy_node`` stops and joins its own worker threads) and the process exits 0. A failure
-while building the nodes is logged with its traceback and exits 1.
+``destroy_node`` stops and joins its own worker threads) and the process exits 0. A parameter
+the process cannot start with (a ``ValueError`` or a file that cannot be opened, raised while
+building the nodes) is logged as one line naming the value and exits ``CONFIG_ERROR`` (78), which
+the launch files do not restart; any other start-up failure is logged with its traceback and
+exits 1 (restarted). Exit codes: :mod:`ams_ros.nodes.exit_codes`.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
+from ams_ros.nodes import exit_codes
 from ams_ros.nodes.compat import ros_init
 
 _CALLBACK_FAILED = threading.Event()  # set when a callback raised: the process exits 1
@@ -143,14 +149,54 @@ def process_failed() -> bool:
     return _CALLBACK_FAILED.is_set()
 
 
+# Start-up failures that are the parameters' fault: a value the code refuses (every check raises a
+# ValueError subclass naming the value and the choices), a value of the wrong type for its declared
+# parameter (rclpy's ParameterException), or a file named by a parameter that cannot be opened.
+# Restarting would fail the same way.
+CONFIG_ERRORS = (ValueError, ParameterException, FileNotFoundError, PermissionError, IsADirectoryError,
+                 NotADirectoryError)
+
+
+def config_error_message(exc: BaseException) -> str:
+    """One line for a configuration error: its text, with the file for an OSError."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or type(exc).__name__}: '{exc.filename}'"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def die_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent dies (Linux; elsewhere nothing).
+
+    Why (issue #27): upstream ``ros2 launch`` ends at once on SIGTERM without stopping what it
+    started ("using SIGTERM can result in orphaned processes"), so a robot whose launch was
+    terminated kept running, unsupervised, and a second launch started a duplicate node of the
+    same name. With this, the node stops as on Ctrl-C (exit 0) when its launch (or any parent)
+    goes away."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | None = None) -> int:
     """``main`` of an executable: init, build the nodes, spin, shut down. Returns the exit code:
-    0 after Ctrl-C / SIGTERM, 1 when building a node failed or a callback raised.
+    0 after Ctrl-C / SIGTERM, ``CONFIG_ERROR`` (78) when the parameters cannot work
+    (:data:`CONFIG_ERRORS`), 1 when building a node failed otherwise or a callback raised.
 
     Once the nodes spin, Ctrl-C is handled as SIGTERM is: rclpy's handler shuts the context down
     and the spin ends by itself. Python's default handler would also raise KeyboardInterrupt at
     whatever bytecode the main thread is on; on Kilted that once landed inside rclpy's
     ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit."""
+    die_with_parent()
     spinning = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
 
@@ -164,13 +210,37 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
         with ros_init(args=args if args is not None else sys.argv):
             try:
                 nodes = build()
+            except CONFIG_ERRORS as exc:
+                logger = rclpy.logging.get_logger(name)
+                logger.debug(f"start-up failed:\n{traceback.format_exc()}")
+                logger.fatal(f"configuration error, not starting: {config_error_message(exc)}")
+                return exit_codes.CONFIG_ERROR
             except Exception:
                 rclpy.logging.get_logger(name).fatal(f"start-up failed:\n{traceback.format_exc()}")
-                return 1
+                return exit_codes.FAILED
             spinning.set()
             spin_nodes(nodes)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         signal.signal(signal.SIGINT, previous)
-    return 1 if _CALLBACK_FAILED.is_set() else 0
+    return exit_codes.FAILED if _CALLBACK_FAILED.is_set() else exit_codes.OK
+
+
+def exit_process(code: int) -> NoReturn:
+    """End an executable with ``code`` once :func:`run_process` has shut everything down, without
+    Python's and C++'s exit-time destructors.
+
+    Why (issue #27): a server stopped in the middle of a backward pass ends the pass by raising
+    from a gradient hook on the trainer's thread (:func:`~ams_ros.core.trainer.stop_hooks`); the
+    phase is rolled back and the thread joined, but on this deeplabv3 student PyTorch's autograd
+    engine then aborted the process at exit ("terminate called without an active exception", exit
+    -6; a minimal reproduction in docs/results.md, "Stopping under launch"). By the time this runs
+    the nodes are destroyed, rclpy is shut down (DDS participants deleted), the sessions saved and
+    Ray shut down, so only buffered output is left to flush."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
