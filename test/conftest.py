@@ -4,6 +4,7 @@ it; see frame_codec._scheduling_kept)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -25,6 +26,14 @@ remove_dead_segments()
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # launch_testing's pytest plugin (installed with ros2 launch, issue #27) imports `launch`, whose
+    # logging module makes every logger created afterwards a LaunchLogger that does not propagate:
+    # the package's warnings would never reach pytest's log capture. Loggers made from here on are
+    # plain ones again (launch's own, made while the plugin loaded, keep their class).
+    logging.setLoggerClass(logging.Logger)
+    for name, logger in logging.Logger.manager.loggerDict.items():
+        if name.startswith("ams_ros") and isinstance(logger, logging.Logger):
+            logger.propagate = True
     try:
         import torch
 

@@ -1,8 +1,8 @@
 """A tiny process for test_spinning.py: ``run_process`` with one shared and one dedicated node.
 
-    python spinning_peer.py ok|raise|startup|worker|guarded|pool
+    python spinning_peer.py ok|raise|startup|startup_crash|worker|guarded|pool
 ``ok`` spins until a signal; ``raise`` has the dedicated node's timer raise; ``startup`` fails
-while building the nodes; ``worker`` has a node's worker thread die; ``guarded`` has a timer
+while building the nodes on a bad value, ``startup_crash`` for another reason; ``worker`` has a node's worker thread die; ``guarded`` has a timer
 wrapped by RejectLog.guard raise on every tick (counted, the process keeps running); ``pool``
 has a watched thread-pool job raise (as the sampler's encoder might). Every node
 prints when ``destroy_node`` runs.
@@ -103,6 +103,8 @@ class GuardedPeer(Node):
 def build(mode: str) -> ProcessNodes:
     if mode == "startup":
         raise ValueError("parameter x=3 is not valid; choose one of: 1, 2")
+    if mode == "startup_crash":
+        raise RuntimeError("the driver crashed")
     if mode == "worker":
         return ProcessNodes(shared=[Peer("shared_peer"), WorkerPeer()])
     if mode == "pool":

@@ -1,6 +1,7 @@
 """How an executable ends: 0 after Ctrl-C or SIGTERM with every node destroyed (rclpy's own
-signal handlers, no handler of ours), 1 with the traceback when start-up fails, 1 when a node on
-its own executor thread raises (before, that thread died and the process went on silently)."""
+signal handlers, no handler of ours), 78 with one line when start-up fails on a parameter's value
+(not restarted), 1 with the traceback when start-up fails otherwise, 1 when a node on its own
+executor thread raises (before, that thread died and the process went on silently)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import signal
 import time
 
 import pytest
+
+from ams_ros.nodes.exit_codes import CONFIG_ERROR
 
 from ros_helpers import require_ros, start_python
 
@@ -46,11 +49,21 @@ def test_a_signal_destroys_every_node_and_exits_0(sig):
     assert "Traceback" not in out
 
 
-def test_a_start_up_failure_is_logged_with_its_traceback_and_exits_1():
+def test_a_configuration_error_at_start_up_is_one_line_and_exits_78():
+    """A parameter the process cannot start with (a ValueError while building the nodes): one line
+    naming the value and the choices, exit code 78, which the launch files do not restart (issue #27)."""
     proc = start_python([PEER, "startup"])
     out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == CONFIG_ERROR
+    assert "configuration error, not starting: parameter x=3 is not valid; choose one of: 1, 2" in out
+    assert "Traceback" not in out
+
+
+def test_any_other_start_up_failure_is_logged_with_its_traceback_and_exits_1():
+    proc = start_python([PEER, "startup_crash"])
+    out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1
-    assert "start-up failed" in out and "Traceback" in out and "choose one of: 1, 2" in out
+    assert "start-up failed" in out and "Traceback" in out and "the driver crashed" in out
 
 
 def test_a_raising_callback_on_a_dedicated_executor_ends_the_process_with_1():

@@ -253,13 +253,15 @@ class RosLaunch:
         return rc, time.monotonic() - t0
 
     def close(self) -> None:
-        """Whatever is left of the group is killed; DDS segments left by a kill are removed."""
-        if self.alive() or self.node_processes():
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
+        """Whatever is left of the group is killed (also nodes that outlived a ``ros2 launch`` gone
+        before them: they are no longer its children); DDS segments left by a kill are removed."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            killed = True
+        except ProcessLookupError:  # nothing of the group is left
+            killed = False
+        self.proc.wait()
+        if killed:
             remove_dead_segments()
         self._log.close()
 
