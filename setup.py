@@ -9,19 +9,19 @@ PACKAGE = "ams_ros"
 CONSOLE_SCRIPTS = [
     # edge (robot)
     # edge (robot): camera_sampler + student_segmenter + model_patcher in one process (shared model)
-    "edge = ams_ros.nodes.edge:main",
+    "edge = ams_ros.nodes.edge.main:main",
     # the sampler alone, e.g. on a camera computer separate from the inference computer
-    "camera_sampler = ams_ros.nodes.camera_sampler:main",
+    "camera_sampler = ams_ros.nodes.edge.camera_sampler:main",
     # server (base station): teacher_labeler + ams_trainer + asr_controller in one process
     "server = ams_ros.nodes.server.main:main",
     # tools
     "ams_demo = ams_ros.demo.cli:main",
-    "ams_bench = ams_ros.bench:main",
-    "ams-bench = ams_ros.bench:main",
+    "ams_bench = ams_ros.bench.cli:main",
+    "ams-bench = ams_ros.bench.cli:main",
     "ams_eval = ams_ros.eval.cli:main",
     "ams-eval = ams_ros.eval.cli:main",
     # (issue #13) Ed25519 keys for signed updates, batches and snapshot requests
-    "ams-keys = ams_ros.keys:main",
+    "ams-keys = ams_ros.keys.cli:main",
 ]
 
 setup(

@@ -6,7 +6,7 @@
 
 Every argument but ``namespace``, ``config_file`` and ``log_level`` is a parameter of
 ``config_file``: given, it wins over the file's value in every node section that sets it; not
-given, the file's value stands (``ams_ros/nodes/launch_params.py``). A process that fails is
+given, the file's value stands (``ams_ros/nodes/common/launch_params.py``). A process that fails is
 restarted after 2 s, one stopped by a configuration error is not (``launch_actions.py``).
 """
 
@@ -17,8 +17,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 
-from ams_ros.nodes.launch_actions import supervised_node
-from ams_ros.nodes.launch_params import ParameterOverrides, config_argument
+from ams_ros.nodes.common.launch_actions import supervised_node
+from ams_ros.nodes.common.launch_params import ParameterOverrides, config_argument
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]

@@ -10,7 +10,7 @@
 
 Every argument but ``config_file`` and ``log_level`` is a parameter of ``config_file``: given, it
 wins over the file's value in every node section that sets it (``device`` in the teacher
-labeler's and the trainer's); not given, the file's values stand (``ams_ros/nodes/launch_params.py``).
+labeler's and the trainer's); not given, the file's values stand (``ams_ros/nodes/common/launch_params.py``).
 A process that fails is restarted after 2 s, one stopped by a configuration error is not.
 """
 
@@ -21,8 +21,8 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 
-from ams_ros.nodes.launch_actions import supervised_node
-from ams_ros.nodes.launch_params import ParameterOverrides, config_argument
+from ams_ros.nodes.common.launch_actions import supervised_node
+from ams_ros.nodes.common.launch_params import ParameterOverrides, config_argument
 
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]

@@ -16,8 +16,8 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 if str(_CHECKOUT) not in sys.path:
     sys.path.insert(0, str(_CHECKOUT))
 
-from ams_ros.dds_shm import remove_dead_segments  # noqa: E402
-from ams_ros.local_dds import use_loopback  # noqa: E402
+from ams_ros.nodes.common.dds_shm import remove_dead_segments  # noqa: E402
+from ams_ros.nodes.common.local_dds import use_loopback  # noqa: E402
 
 # DDS must never leave this machine during tests: loopback discovery, private domain.
 use_loopback(int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None)
@@ -45,7 +45,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def assets():
     """The shared assets folder; skips the test when it is absent."""
-    from ams_ros.core.assets import assets_dir
+    from ams_ros.core.common.assets import assets_dir
 
     root = assets_dir()
     if root is None:

@@ -17,8 +17,8 @@ from typing import Any, Callable
 
 import pytest
 
-from ams_ros.demo.processes import RosLaunch  # noqa: F401 (re-exported for the tests)
-from ams_ros.demo.processes import cli_environment
+from ams_ros.nodes.common.processes import RosLaunch  # noqa: F401 (re-exported for the tests)
+from ams_ros.nodes.common.processes import cli_environment
 from ros_helpers import REPO_ROOT
 
 

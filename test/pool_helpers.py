@@ -6,13 +6,13 @@ from pathlib import Path
 
 import torch
 
-from ams_ros.core.frame_codec import encode_frames
-from ams_ros.core.labels import get_label_space
+from ams_ros.core.wire.frame_codec import encode_frames
+from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
-from ams_ros.core.pool_worker import TeacherSpec, WorkerSpec
-from ams_ros.core.server_session import SessionConfig
-from ams_ros.core.synthetic import SyntheticWorld
-from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
+from ams_ros.core.server.session import SessionConfig
+from ams_ros.core.sources.synthetic import SyntheticWorld
+from ams_ros.core.server.trainer import TrainerConfig
 
 W, H = 64, 32
 ROBOTS = ("robot1", "robot2")
@@ -80,8 +80,8 @@ def state_differences(a, b, path: str = "") -> list[str]:
 
 def decoded(pool, dev: str) -> dict:
     """The state the pool keeps for ``dev``, decoded."""
-    from ams_ros.core.session_store import decode_state
+    from ams_ros.core.server.session_store import decode_state
 
     data = pool.kept_state(dev)[0]
-    header = __import__("ams_ros.core.session_pool", fromlist=["x"]).decode_state_header(data)
+    header = __import__("ams_ros.core.fleet.session_pool", fromlist=["x"]).decode_state_header(data)
     return decode_state(data, dev, header["fingerprint"])

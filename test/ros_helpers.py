@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import pytest
 
-from ams_ros import local_dds
-from ams_ros.paths import SOURCE_ROOT
+from ams_ros.nodes.common import local_dds
+from ams_ros.core.common.paths import SOURCE_ROOT
 
 REPO_ROOT = SOURCE_ROOT
 
@@ -135,7 +135,7 @@ def demo_student_params(tmp_path) -> dict[str, Any]:
     parameters that make a server and its robots start from them (both sides the same w0)."""
     import torch
 
-    from ams_ros.core.labels import get_label_space
+    from ams_ros.core.models.labels import get_label_space
     from ams_ros.core.models.weights import load_student, save_student_checkpoint
 
     torch.manual_seed(0)

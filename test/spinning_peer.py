@@ -14,8 +14,8 @@ import sys
 
 from rclpy.node import Node
 
-from ams_ros.nodes.reject_log import RejectLog
-from ams_ros.nodes.spinning import ProcessNodes, run_process, watch_future, worker_thread
+from ams_ros.nodes.common.reject_log import RejectLog
+from ams_ros.nodes.common.spinning import ProcessNodes, run_process, watch_future, worker_thread
 
 
 class Peer(Node):

@@ -11,9 +11,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from ams_ros.core.frame_codec import BatchLimits, FrameCodecError, decode_frames, encode_frames
-from ams_ros.core.server_session import DeviceSession
-from ams_ros.fuzz import solid_h264
+from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError, decode_frames, encode_frames
+from ams_ros.core.server.session import DeviceSession
+from ams_ros.fuzz.cli import solid_h264
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ require_ros()
 
 import rclpy  # noqa: E402
 
-from ams_ros.nodes.camera_sampler import CameraSampler  # noqa: E402
-from ams_ros.nodes.edge_state import EdgeState  # noqa: E402
+from ams_ros.nodes.edge.camera_sampler import CameraSampler  # noqa: E402
+from ams_ros.nodes.edge.state import EdgeState  # noqa: E402
 
 FPS = 5.0
 

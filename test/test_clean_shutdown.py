@@ -19,14 +19,14 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch, ModelUpdate  # noqa: E402
-from ams_ros.core.frame_codec import encode_frames  # noqa: E402
+from ams_ros.core.wire.frame_codec import encode_frames  # noqa: E402
 from ams_ros.core.models.weights import load_student  # noqa: E402
-from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
-from ams_ros.core.update_codec import encode_snapshot  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.core.sources.synthetic import SyntheticWorld  # noqa: E402
+from ams_ros.core.wire.update_codec import encode_snapshot  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 from ams_ros.demo.runner import exit_problems  # noqa: E402
-from ams_ros.nodes.conversions import frame_batch_checksum, sec_to_stamp, update_to_msg  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.nodes.common.conversions import frame_batch_checksum, sec_to_stamp, update_to_msg  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 SIGNALS = [signal.SIGINT, signal.SIGTERM]
 
@@ -119,7 +119,7 @@ def test_edge_stopped_while_encoding_a_batch_and_patching_exits_0(ros, tmp_path,
         "model_patcher": {"request_snapshot_on_start": False},
     })
     pub = node.create_publisher(ModelUpdate, f"/{dev}/ams/model_update", qos("reliable", 10))
-    proc = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], dev, tmp_path / "edge.log")
+    proc = RosProcess("edge", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", params], dev, tmp_path / "edge.log")
     try:
         assert _wait_text(proc, "batch 0:", 90), proc.output()[-3000:]  # batch 1 is being encoded now
         assert spin_until(ex, lambda: pub.get_subscription_count() > 0, 30)

@@ -1,4 +1,4 @@
-"""ams_ros.nodes.compat: `with ros_init(args=...)` works on Jazzy (rclpy 7.x) and Kilted (9.x)."""
+"""ams_ros.nodes.common.compat: `with ros_init(args=...)` works on Jazzy (rclpy 7.x) and Kilted (9.x)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ require_ros()
 import rclpy  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 
-from ams_ros.nodes.compat import init_returns_context_manager, ros_init  # noqa: E402
+from ams_ros.nodes.common.compat import init_returns_context_manager, ros_init  # noqa: E402
 
 
 def _distro_major() -> tuple[str, int]:

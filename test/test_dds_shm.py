@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ams_ros.dds_shm import remove_dead_segments
+from ams_ros.nodes.common.dds_shm import remove_dead_segments
 
 HOLDER = """
 import fcntl, os, sys, time

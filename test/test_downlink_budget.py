@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.downlink_budget import (
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.server.downlink_budget import (
     LADDER,
     PRIOR_BYTES_PER_SELECTED,
     DownlinkBudget,
     DownlinkBudgetConfig,
 )
-from ams_ros.core.labels import get_label_space
+from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server_session import DeviceSession, SessionConfig
-from ams_ros.core.synthetic import world_from_spec
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import ENCODINGS, encoded_size
+from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.sources.synthetic import world_from_spec
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.wire.update_codec import ENCODINGS, encoded_size
 
 
 def test_every_encoding_has_a_prior_size_and_the_ladder_gets_cheaper():

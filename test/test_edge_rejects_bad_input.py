@@ -20,11 +20,11 @@ from sensor_msgs.msg import Image  # noqa: E402
 from ams_msgs.msg import EdgeStatus, ModelUpdate  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
 from ams_ros.core.models.weights import load_student  # noqa: E402
-from ams_ros.core.params import flatten_params  # noqa: E402
-from ams_ros.core.update_codec import encode_snapshot, encode_update  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
-from ams_ros.nodes.conversions import update_to_msg  # noqa: E402
+from ams_ros.core.models.params import flatten_params  # noqa: E402
+from ams_ros.core.wire.update_codec import encode_snapshot, encode_update  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
+from ams_ros.nodes.common.conversions import update_to_msg  # noqa: E402
 
 NS = "/robot_bad"
 STUDENT = "deeplabv3_mobilenet_v2"
@@ -36,7 +36,7 @@ def edge(tmp_path_factory):
     out = tmp_path_factory.mktemp("edge_bad")
     ckpt = out / "student.pt"
     from ams_ros.core.models.weights import save_student_checkpoint
-    from ams_ros.core.labels import get_label_space
+    from ams_ros.core.models.labels import get_label_space
 
     torch_model = load_student(STUDENT, num_classes=NUM_CLASSES, weights=None)
     save_student_checkpoint(torch_model, ckpt, STUDENT, NUM_CLASSES, get_label_space("synthetic"))
@@ -68,7 +68,7 @@ def edge(tmp_path_factory):
     node.create_subscription(EdgeStatus, f"{NS}/ams/edge_status", statuses.append, qos("reliable", 50))
     labels: list[Image] = []
     node.create_subscription(Image, f"{NS}/segmentation/labels", labels.append, qos("reliable", 50))
-    proc = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], "robot_bad", out / "edge.log")
+    proc = RosProcess("edge", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", params], "robot_bad", out / "edge.log")
     ctx = dict(node=node, ex=ex, proc=proc, statuses=statuses, labels=labels, state=state,
                server_model=server_model, base=base,
                update_pub=node.create_publisher(ModelUpdate, f"{NS}/ams/model_update", qos("reliable", 10)),
@@ -196,7 +196,7 @@ def test_forged_version_steps_and_wrapping_indices_are_rejected_and_counted(edge
     every one counted in inputs_rejected."""
     import lzma
 
-    from ams_ros.core.update_codec import _varint_encode
+    from ams_ros.core.wire.update_codec import _varint_encode
 
     before = _latest(edge)
     assert before.model_version == 10

@@ -23,14 +23,14 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import EdgeStatus, ModelUpdate, SamplingCommand  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
-from ams_ros.core.labels import get_label_space  # noqa: E402
+from ams_ros.core.models.labels import get_label_space  # noqa: E402
 from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
-from ams_ros.core.server_session import DeviceSession, SessionConfig  # noqa: E402
-from ams_ros.core.synthetic import world_from_spec  # noqa: E402
-from ams_ros.core.trainer import TrainerConfig  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.conversions import update_to_msg  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.core.server.session import DeviceSession, SessionConfig  # noqa: E402
+from ams_ros.core.sources.synthetic import world_from_spec  # noqa: E402
+from ams_ros.core.server.trainer import TrainerConfig  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.conversions import update_to_msg  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 DEV = "robot_sync"
 NS = f"/{DEV}"
@@ -77,7 +77,7 @@ def robot_and_test_server(tmp_path, patcher: dict | None = None):
     node.create_subscription(EdgeStatus, f"{NS}/ams/edge_status", statuses.append, qos("reliable", 50))
     updates = node.create_publisher(ModelUpdate, f"{NS}/ams/model_update", qos("reliable", 10))
     commands = node.create_publisher(SamplingCommand, f"{NS}/ams/sampling_command", qos("reliable", 10))
-    proc = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], DEV, tmp_path / "edge.log")
+    proc = RosProcess("edge", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", params], DEV, tmp_path / "edge.log")
 
     def version_is(v):
         return lambda: bool(statuses) and statuses[-1].model_version == v

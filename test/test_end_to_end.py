@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from ams_ros.dds_shm import remove_dead_segments
+from ams_ros.nodes.common.dds_shm import remove_dead_segments
 from ros_helpers import REPO_ROOT, loopback_env, require_ros
 
 require_ros()

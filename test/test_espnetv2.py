@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.labels import (CAMVID_VOID, CITYSCAPES, camvid_to_cityscapes, cityscapes_to_camvid,
+from ams_ros.core.models.labels import (CAMVID_VOID, CITYSCAPES, camvid_to_cityscapes, cityscapes_to_camvid,
                                  labels_from_colors)
-from ams_ros.core.metrics import ConfusionMatrix
+from ams_ros.core.common.metrics import ConfusionMatrix
 from ams_ros.core.models import espnetv2 as E
 from ams_ros.core.models import teachers as T
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.pretraining import distill
+from ams_ros.core.models.pretraining import distill
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.teachers import build_teacher
-from ams_ros.core.params import flatten_params
+from ams_ros.core.models.params import flatten_params
 from ams_ros.eval import schemes as S
 from ams_ros.eval import simulator as sim
 from ams_ros.eval.baselines import (
@@ -248,7 +248,7 @@ def test_diverging_key_frame_training_is_undone_and_nothing_is_shipped(clip, stu
 
 
 def test_an_update_the_edge_rejects_is_reported_and_the_edge_keeps_its_model(clip, student):
-    from ams_ros.core.update_codec import encode_update
+    from ams_ros.core.wire.update_codec import encode_update
 
     run = sim.SchemeRun(_ctx(clip, student), "x", "none")
     edge = run.new_edge()
@@ -524,7 +524,7 @@ def test_pretrain_refuses_the_evaluated_clip_and_writes_a_checkpoint(tmp_path, c
 
 
 def test_camvid_folder_gives_human_labels_in_the_selected_classes(assets):
-    from ams_ros.core.labels import CITYSCAPES
+    from ams_ros.core.models.labels import CITYSCAPES
 
     teacher = build_teacher(f"tflite:{assets}/models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite")
     space, lut = CITYSCAPES.restrict(["road", "sidewalk", "building", "vegetation", "sky", "person", "car"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ams_ros.core.fault_injection import DELIVER, DROP, DUPLICATE, REORDER, FaultConfig, FaultyLink
+from ams_ros.core.sources.fault_injection import DELIVER, DROP, DUPLICATE, REORDER, FaultConfig, FaultyLink
 
 
 def _run(config: FaultConfig, n: int) -> tuple[list[int], FaultyLink]:
@@ -74,7 +74,7 @@ def test_the_nodes_declare_the_fault_parameters_off_by_default():
     from ros_helpers import require_ros
 
     require_ros()
-    from ams_ros.nodes import camera_sampler, model_patcher
+    from ams_ros.nodes.edge import camera_sampler, model_patcher
 
     patcher = {p.name: p.default for p in model_patcher.PARAMS}
     sampler = {p.name: p.default for p in camera_sampler.PARAMS}

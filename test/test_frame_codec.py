@@ -4,8 +4,8 @@ timestamps kept, garbage and a stream of another codec rejected."""
 import numpy as np
 import pytest
 
-from ams_ros.core.frame_codec import FrameCodecError, batch_checksum, decode_frames, encode_frames
-from ams_ros.core.synthetic import SyntheticWorld
+from ams_ros.core.wire.frame_codec import FrameCodecError, batch_checksum, decode_frames, encode_frames
+from ams_ros.core.sources.synthetic import SyntheticWorld
 
 
 def psnr(a, b):
@@ -124,7 +124,7 @@ def test_the_scheduling_guard_restores_a_policy_changed_inside_it():
     may choose) is undone when it ends."""
     import os
 
-    from ams_ros.core.frame_codec import _scheduling_kept
+    from ams_ros.core.wire.frame_codec import _scheduling_kept
 
     before = os.sched_getscheduler(0)
     with _scheduling_kept():

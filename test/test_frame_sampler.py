@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ams_ros.core.frame_sampler import FrameSampler
+from ams_ros.core.edge.frame_sampler import FrameSampler
 
 
 def frames(n, fps, h=32, w=64):

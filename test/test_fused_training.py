@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.fused_training import fusable, fused_train_phases
+from ams_ros.core.fleet.fused_training import fusable, fused_train_phases
 from ams_ros.core.models.student import build_student
-from ams_ros.core.params import flatten_params
-from ams_ros.core.trainer import AMSTrainer, TrainerConfig
+from ams_ros.core.models.params import flatten_params
+from ams_ros.core.server.trainer import AMSTrainer, TrainerConfig
 
 W, H = 32, 16
 COLORS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
@@ -121,12 +121,12 @@ def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_
     """run_fused_phases over three robots' sessions: each update continues its robot's chain, an
     edge patched from it holds exactly that server's model, and the trained values (before the
     update encoding rounds them) and selected coordinates are those of separate phases."""
-    from ams_ros.core.double_buffer import DoubleBufferedModel
-    from ams_ros.core.labels import get_label_space
+    from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+    from ams_ros.core.models.labels import get_label_space
     from ams_ros.core.models.weights import load_student
-    from ams_ros.core.server_session import DeviceSession, SessionConfig, run_fused_phases
-    from ams_ros.core.synthetic import world_from_spec
-    from ams_ros.core.trainer import TrainerConfig
+    from ams_ros.core.server.session import DeviceSession, SessionConfig, run_fused_phases
+    from ams_ros.core.sources.synthetic import world_from_spec
+    from ams_ros.core.server.trainer import TrainerConfig
 
     size = (48, 24)
     torch.manual_seed(1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ams_ros import fuzz
+from ams_ros.fuzz import cli as fuzz
 
 
 def test_a_thousand_fuzzed_inputs_give_no_crash_no_hang_and_no_change_after_rejection():
@@ -23,7 +23,7 @@ def test_a_thousand_fuzzed_inputs_give_no_crash_no_hang_and_no_change_after_reje
 
 def test_the_fuzzer_finds_a_decoder_that_crashes(monkeypatch):
     """The harness counts what it should: a decoder raising IndexError is a crash, not a rejection."""
-    from ams_ros.core import double_buffer
+    from ams_ros.core.edge import double_buffer
 
     target = fuzz.UpdateTarget(np.random.default_rng(0))
     real = double_buffer.decode_update

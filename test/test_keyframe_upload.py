@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ams_ros.core.labels import get_label_space
+from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.student import build_student
 from ams_ros.eval import schemes as S
 from ams_ros.eval import simulator as sim

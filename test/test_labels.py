@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ams_ros.core.labels import (
+from ams_ros.core.models.labels import (
     CAMVID, CAMVID_TO_CITYSCAPES, CITYSCAPES, LABEL_SPACES, VOC, LabelSpace, camvid_to_cityscapes,
     cityscapes_to_camvid, colorize, get_label_space, labels_from_colors, overlay, register_label_space,
     remap, remap_to_selected,

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ams_ros.core.metrics import BandwidthMeter, ConfusionMatrix, WindowedMIoU, miou
-from ams_ros.core.rate_control import AdaptiveTrainingPeriod, SamplingRateController, phi_iou, phi_loss
+from ams_ros.core.common.metrics import BandwidthMeter, ConfusionMatrix, WindowedMIoU, miou
+from ams_ros.core.server.rate_control import AdaptiveTrainingPeriod, SamplingRateController, phi_iou, phi_loss
 
 
 def test_miou_by_hand():

@@ -18,10 +18,10 @@ require_ros()
 import rclpy  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 
-from ams_ros.nodes.camera_sampler import CameraSampler  # noqa: E402
-from ams_ros.nodes.edge_state import EdgeState  # noqa: E402
+from ams_ros.nodes.edge.camera_sampler import CameraSampler  # noqa: E402
+from ams_ros.nodes.edge.state import EdgeState  # noqa: E402
 from ams_ros.nodes.server.ams_trainer import AMSTrainerNode  # noqa: E402
-from ams_ros.core.update_codec import DEFAULT_UPDATE_ENCODING  # noqa: E402
+from ams_ros.core.wire.update_codec import DEFAULT_UPDATE_ENCODING  # noqa: E402
 from ams_ros.nodes.server.asr_controller import ASRController  # noqa: E402
 from ams_ros.nodes.server.state import ServerState  # noqa: E402
 
@@ -197,8 +197,8 @@ EDGE_SMALL = [Parameter("input_width", value=32), Parameter("input_height", valu
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_asking_for_cuda_where_there_is_none_fails_at_start_up_naming_what_torch_sees(ros):
-    from ams_ros.core.devices import DeviceError
-    from ams_ros.nodes.student_segmenter import StudentSegmenter
+    from ams_ros.core.common.devices import DeviceError
+    from ams_ros.nodes.edge.student_segmenter import StudentSegmenter
 
     with pytest.raises(DeviceError, match=r"device 'cuda'.*CUDA devices visible: 0.*fix:"):
         StudentSegmenter(EdgeState(), parameter_overrides=[*EDGE_SMALL, Parameter("device", value="cuda")])
@@ -209,9 +209,9 @@ def test_asking_for_cuda_where_there_is_none_fails_at_start_up_naming_what_torch
 def test_auto_device_puts_the_edge_student_and_the_servers_copies_on_what_torch_sees(ros):
     import torch
 
-    from ams_ros.core.devices import resolve_device
-    from ams_ros.nodes.model_patcher import ModelPatcher
-    from ams_ros.nodes.student_segmenter import StudentSegmenter
+    from ams_ros.core.common.devices import resolve_device
+    from ams_ros.nodes.edge.model_patcher import ModelPatcher
+    from ams_ros.nodes.edge.student_segmenter import StudentSegmenter
 
     expected = resolve_device("auto")
     state = EdgeState()
@@ -227,8 +227,8 @@ def test_auto_device_puts_the_edge_student_and_the_servers_copies_on_what_torch_
 
 
 def test_a_patcher_on_another_device_than_the_student_is_refused(ros):
-    from ams_ros.nodes.model_patcher import ModelPatcher
-    from ams_ros.nodes.student_segmenter import StudentSegmenter
+    from ams_ros.nodes.edge.model_patcher import ModelPatcher
+    from ams_ros.nodes.edge.student_segmenter import StudentSegmenter
 
     state = EdgeState()
     ros.append(StudentSegmenter(state, parameter_overrides=[*EDGE_SMALL, Parameter("device", value="cpu")]))
@@ -251,9 +251,9 @@ def test_segmenter_computes_mask_and_overlay_only_for_topics_with_subscribers(ro
     import numpy as np
     from sensor_msgs.msg import Image
 
-    from ams_ros.nodes import topics
-    from ams_ros.nodes.conversions import numpy_to_imgmsg
-    from ams_ros.nodes.student_segmenter import StudentSegmenter
+    from ams_ros.nodes.common import topics
+    from ams_ros.nodes.common.conversions import numpy_to_imgmsg
+    from ams_ros.nodes.edge.student_segmenter import StudentSegmenter
 
     seg = StudentSegmenter(EdgeState(), parameter_overrides=EDGE_SMALL)
     ros.append(seg)

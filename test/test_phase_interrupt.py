@@ -9,11 +9,11 @@ import copy
 import numpy as np
 import torch
 
-from ams_ros.core.labels import get_label_space
+from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server_session import DeviceSession, SessionConfig
-from ams_ros.core.synthetic import world_from_spec
-from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.sources.synthetic import world_from_spec
+from ams_ros.core.server.trainer import TrainerConfig
 
 
 def test_a_stop_request_mid_phase_rolls_the_phase_back_and_ships_nothing():

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ams_ros.core.pixel_formats import ImageConversionError, image_to_rgb
+from ams_ros.core.sources.pixel_formats import ImageConversionError, image_to_rgb
 
 RGB = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
 
@@ -78,7 +78,7 @@ def test_every_encodings_size_rules_are_checked_before_conversion(m, reason):
 
 
 def test_an_opencv_error_during_conversion_becomes_an_image_conversion_error(monkeypatch):
-    import ams_ros.core.pixel_formats as pf
+    import ams_ros.core.sources.pixel_formats as pf
 
     def boom(*a, **k):
         raise cv2.error("simulated OpenCV failure")

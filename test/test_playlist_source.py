@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ams_ros.core.sources import PlaylistSource, open_source, playlist_items
+from ams_ros.core.sources.frame_sources import PlaylistSource, open_source, playlist_items
 
 
 def _folder(root, name: str, frames: list[int], colour: int, labels: bool = False):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ams_ros.paths import SOURCE_ROOT
+from ams_ros.core.common.paths import SOURCE_ROOT
 
 pytest.importorskip("vermin", reason="vermin is not installed: run `make setup` (requirements/common.txt)")
 

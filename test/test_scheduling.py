@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.sample_buffer import BufferEntry
-from ams_ros.core.scheduling import (
+from ams_ros.core.server.sample_buffer import BufferEntry
+from ams_ros.core.fleet.scheduling import (
     POLICIES,
     ROUND_ROBIN,
     UTILITY,

@@ -24,7 +24,7 @@ pytest.importorskip("ray")
 
 import psutil  # noqa: E402
 
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -66,7 +66,7 @@ def _start(tmp_path: Path, pool: dict, procs: list) -> tuple[RosProcess, dict]:
                                "update_period": 2.0, "sampling_rate": 2.0},
             "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
         })
-        edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", params], dev,
+        edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", params], dev,
                                 tmp_path / f"edge_{dev}.log")
         procs.append(edges[dev])
     return server, edges

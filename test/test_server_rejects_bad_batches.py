@@ -14,11 +14,11 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
-from ams_ros.core.frame_codec import encode_frames  # noqa: E402
-from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.conversions import frame_batch_checksum, sec_to_stamp  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.core.wire.frame_codec import encode_frames  # noqa: E402
+from ams_ros.core.sources.synthetic import SyntheticWorld  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.conversions import frame_batch_checksum, sec_to_stamp  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 DEV = "robot_srv"
 
@@ -94,7 +94,7 @@ def test_batches_declaring_too_many_or_too_large_frames_and_a_bomb_are_counted_a
     rejected; each rejection is counted in ServerStatus and reported on /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    from ams_ros.fuzz import solid_h264
+    from ams_ros.fuzz.cli import solid_h264
 
     diags: list[DiagnosticArray] = []
     server["node"].create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos("reliable", 50))

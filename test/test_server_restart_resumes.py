@@ -17,7 +17,7 @@ from ros_helpers import APPLIED, demo_student_params, require_ros, wait_for_proc
 
 require_ros()
 
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 
 W, H = 64, 32
 
@@ -48,7 +48,7 @@ def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_s
     try:
         first = server(1)
         procs.append(first)
-        edge = RosProcess("edge", "ams_ros.nodes.edge", [CONFIG / "edge.yaml", edge_params], "robot1",
+        edge = RosProcess("edge", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", edge_params], "robot1",
                           tmp_path / "edge.log")
         procs.append(edge)
 

@@ -11,11 +11,11 @@ import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch, ModelUpdate, ServerStatus  # noqa: E402
-from ams_ros.core.frame_codec import encode_frames  # noqa: E402
-from ams_ros.core.synthetic import SyntheticWorld  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.conversions import frame_batch_checksum, sec_to_stamp  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.core.wire.frame_codec import encode_frames  # noqa: E402
+from ams_ros.core.sources.synthetic import SyntheticWorld  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.conversions import frame_batch_checksum, sec_to_stamp  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 DEVS = ("fleet_a", "fleet_b")
 

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from ams_ros.core.session_pool import PoolConfig, SessionPool, in_process_factory
-from ams_ros.core.session_store import SessionStore, session_state
+from ams_ros.core.fleet.session_pool import PoolConfig, SessionPool, in_process_factory
+from ams_ros.core.server.session_store import SessionStore, session_state
 from pool_helpers import ROBOTS, RobotChain, batch, decoded, state_differences, teacher_spec, worker_spec
 
 
@@ -239,7 +239,7 @@ def test_bad_pool_settings_name_the_value_and_the_fix(kw, text):
 
 
 def test_backend_local_never_imports_ray():
-    code = ("import sys; import ams_ros.core.session_pool, ams_ros.core.pool_worker; "
+    code = ("import sys; import ams_ros.core.fleet.session_pool, ams_ros.core.fleet.worker; "
             "import ams_ros.nodes.server.main; assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]),
@@ -259,7 +259,7 @@ def test_replay_is_bounded_and_trimmed_by_each_kept_state(tmp_path):
 
 
 def test_the_sizing_table_packs_whole_robots_per_gpu_at_the_stated_costs():
-    from ams_ros.pool_bench import robots_per_gpu, sizing_table
+    from ams_ros.bench.pool import robots_per_gpu, sizing_table
 
     # 1 frame/s: 10 frames x 0.25 s + 20 steps x 0.1 s = 4.5 GPU-s per 10 s period -> 2 robots per GPU
     assert robots_per_gpu(10.0, 1.0, 0.25, 0.1, 20) == (4.5, 2)
@@ -274,8 +274,8 @@ def test_actors_sign_with_the_key_file_they_are_given(tmp_path):
     """A live key does not travel to an actor: the spec carries its path, the actor loads it."""
     from dataclasses import replace
 
-    from ams_ros.core.pool_worker import WorkerSpec
-    from ams_ros.core.signing import SigningKey, SignatureError, TrustedKeys, verify_update
+    from ams_ros.core.fleet.worker import WorkerSpec
+    from ams_ros.core.security.signing import SigningKey, SignatureError, TrustedKeys, verify_update
 
     key = SigningKey.generate()
     path = key.save(tmp_path / "base.pem")

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ams_ros.core.session_pool import PoolConfig, SessionPool, connect_ray, ray_actor_factory  # noqa: E402
+from ams_ros.core.fleet.session_pool import PoolConfig, SessionPool, connect_ray, ray_actor_factory  # noqa: E402
 from pool_helpers import ROBOTS, RobotChain, batch, teacher_spec, worker_spec  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
@@ -152,7 +152,7 @@ def test_an_actor_killed_mid_stream_is_replaced_and_its_robot_resyncs(pool, ray_
 
 
 def test_the_pool_benchmark_measures_robot_periods_on_ray_actors(ray_local):
-    from ams_ros.pool_bench import measure
+    from ams_ros.bench.pool import measure
 
     res = measure((1,), seconds=2.0, width=64, height=32, iterations=1, frames=2, update_period_s=10.0)
     row = res["rows"][0]

@@ -15,15 +15,15 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.labels import get_label_space
+from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server_session import DeviceSession, SessionConfig
-from ams_ros.core.session_store import SessionStore
-from ams_ros.core.synthetic import world_from_spec
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import VersionGapError, encode_snapshot, encoded_size
+from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.server.session_store import SessionStore
+from ams_ros.core.sources.synthetic import world_from_spec
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.wire.update_codec import VersionGapError, encode_snapshot, encoded_size
 
 SIZE = (48, 24)
 

@@ -17,11 +17,11 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 from ams_msgs.msg import FrameBatch  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
-from ams_ros.core.signing import SignatureError, SigningKey, TrustedKeys, new_nonce, verify_update  # noqa: E402
-from ams_ros.demo.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
-from ams_ros.nodes.conversions import (frame_batch_signing_input, msg_to_update, sec_to_stamp,  # noqa: E402
+from ams_ros.core.security.signing import SignatureError, SigningKey, TrustedKeys, new_nonce, verify_update  # noqa: E402
+from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
+from ams_ros.nodes.common.conversions import (frame_batch_signing_input, msg_to_update, sec_to_stamp,  # noqa: E402
                                        snapshot_request_input)
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 DEV = "robot_sig"
 

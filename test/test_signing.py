@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.chain_sync import ChainFollower, ResyncNeeded
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.params import flatten_params
-from ams_ros.core.signing import (KeyFileError, ReplayGuard, SeenSignatures, SignatureError, SigningKey, TrustedKeys,
+from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.models.params import flatten_params
+from ams_ros.core.security.signing import (KeyFileError, ReplayGuard, SeenSignatures, SignatureError, SigningKey, TrustedKeys,
                                   batch_signing_input, parse_robot_keys, sign_update,
                                   snapshot_request_signing_input, update_signing_input, verify_update)
-from ams_ros.core.update_codec import encode_snapshot, encode_update
-from ams_ros.keys import main as keys_main
+from ams_ros.core.wire.update_codec import encode_snapshot, encode_update
+from ams_ros.keys.cli import main as keys_main
 
 
 def small_net() -> nn.Module:
@@ -225,6 +225,6 @@ def test_ams_keys_generate_and_public(tmp_path, capsys):
     assert keys_main(["public", str(path)]) == 0
     assert capsys.readouterr().out.strip() == printed
     assert keys_main(["generate", "--out", str(tmp_path), "--name", "robot1"]) == 2  # never overwrites
-    out = subprocess.run([sys.executable, "-m", "ams_ros.keys", "public", str(path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "ams_ros.keys.cli", "public", str(path)], capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == printed

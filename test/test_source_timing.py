@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ams_ros.core.metrics import ConfusionMatrix
-from ams_ros.core.source_timing import GapTracker, missing_label_maps, source_holes, source_period
+from ams_ros.core.common.metrics import ConfusionMatrix
+from ams_ros.core.edge.source_timing import GapTracker, missing_label_maps, source_holes, source_period
 
 
 def _holey_stamps() -> list[float]:

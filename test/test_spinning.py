@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ams_ros.nodes.exit_codes import CONFIG_ERROR
+from ams_ros.nodes.common.exit_codes import CONFIG_ERROR
 
 from ros_helpers import require_ros, start_python
 

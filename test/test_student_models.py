@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ams_ros.core.labels import CITYSCAPES
+from ams_ros.core.models.labels import CITYSCAPES
 from ams_ros.core.models.student import DEFAULT_INPUT_SIZE, build_student, predict, train_mode_frozen_bn, to_input
 from ams_ros.core.models.weights import load_student, read_checkpoint, save_student_checkpoint
-from ams_ros.core.params import fingerprint, num_params
+from ams_ros.core.models.params import fingerprint, num_params
 
 DEEPLAB, LRASPP = "deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"
 
@@ -207,7 +207,7 @@ def _precisions():
 
 @pytest.mark.parametrize("dtype", _precisions())
 def test_reduced_precision_inference_agrees_with_float32_on_a_synthetic_street(dtype):
-    from ams_ros.core.synthetic import SyntheticWorld
+    from ams_ros.core.sources.synthetic import SyntheticWorld
 
     frame, _ = SyntheticWorld(seed=0, width=512, height=256).frame_at(3.0)
     torch.manual_seed(0)
@@ -222,7 +222,7 @@ def test_reduced_precision_inference_agrees_with_float32_on_a_synthetic_street(d
 def test_reduced_precision_inference_agrees_with_float32_on_a_real_frame(dtype):
     import cv2
 
-    from ams_ros.core.assets import asset_path
+    from ams_ros.core.common.assets import asset_path
     from ams_ros.core.models.weights import load_student
 
     tfl = asset_path("models/student/deeplabv3_mnv2_pascal_quant.tflite")
@@ -236,8 +236,8 @@ def test_reduced_precision_inference_agrees_with_float32_on_a_real_frame(dtype):
 
 
 def test_edge_inference_matches_predict_colorize_and_overlay():
-    from ams_ros.core.edge_inference import EdgeInference
-    from ams_ros.core.labels import colorize, get_label_space, overlay
+    from ams_ros.core.edge.inference import EdgeInference
+    from ams_ros.core.models.labels import colorize, get_label_space, overlay
 
     space = get_label_space("synthetic")
     torch.manual_seed(0)

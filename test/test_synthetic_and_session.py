@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from ams_ros.core.pretraining import distill
-from ams_ros.core.labels import get_label_space
-from ams_ros.core.metrics import ConfusionMatrix
+from ams_ros.core.models.pretraining import distill
+from ams_ros.core.models.labels import get_label_space
+from ams_ros.core.common.metrics import ConfusionMatrix
 from ams_ros.core.models.student import predict
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.teachers import build_teacher
-from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
-from ams_ros.core.sources import open_source
-from ams_ros.core.synthetic import SYNTHETIC_CLASSES, SyntheticWorld, world_from_spec
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.double_buffer import DoubleBufferedModel
+from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.sources.frame_sources import open_source
+from ams_ros.core.sources.synthetic import SYNTHETIC_CLASSES, SyntheticWorld, world_from_spec
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 
 
 def test_world_is_deterministic_and_resolution_agnostic():
@@ -170,7 +170,7 @@ def test_the_demo_pretrains_the_same_student_on_every_run(tmp_path):
     seeded); unseeded, two fresh runs gave frozen mIoU 0.26 and 0.13."""
     import argparse
 
-    from ams_ros.demo.pretrain import pretrained_synthetic_student
+    from ams_ros.demo.synthetic_student import pretrained_synthetic_student
 
     torch.manual_seed(123)  # whatever state the process is in
     states = []

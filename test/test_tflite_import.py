@@ -9,7 +9,7 @@ import torch
 
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.tflite_import import TFLiteSegmenter, dequantize, import_tflite_student, run_tflite_segmenter
-from ams_ros.core.params import num_params
+from ams_ros.core.models.params import num_params
 
 STUDENT = "models/student/deeplabv3_mnv2_pascal_quant.tflite"
 IMAGES = ("images/cityscapes/frankfurt_000001_058914_leftImg8bit.png",
@@ -29,7 +29,7 @@ def test_dequantize_per_tensor_and_per_channel():
 
 @pytest.fixture(scope="module")
 def imported():
-    from ams_ros.core.assets import asset_path
+    from ams_ros.core.common.assets import asset_path
 
     path = asset_path(STUDENT)
     if path is None:

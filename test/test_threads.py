@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ams_ros.core import threads
+from ams_ros.core.common import threads
 
 
 @pytest.fixture(autouse=True)

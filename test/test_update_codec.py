@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.params import FlatAccessor, flatten_params, fingerprint, param_layout
-from ams_ros.core.update_codec import (
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.models.params import FlatAccessor, flatten_params, fingerprint, param_layout
+from ams_ros.core.wire.update_codec import (
     ENCODINGS,
     UpdateError,
     VersionGapError,
@@ -205,7 +205,7 @@ def test_both_copies_stay_identical_over_many_updates():
         idx, vals = sparse(m, 0.1, seed=v)
         upd = encode_update(m, idx, vals, v, v + 1, "delta_lzma_q8")
         holder.apply_update(upd)
-        from ams_ros.core.params import write_flat
+        from ams_ros.core.models.params import write_flat
 
         write_flat(ref, idx, quantize_roundtrip("delta_lzma_q8", m, idx, vals))
         assert torch.equal(flatten_params(holder.active), flatten_params(ref))
@@ -271,7 +271,7 @@ def test_better_encoding_smaller_than_paper_on_trained_like_values():
 def test_six_bit_packing_keeps_the_wire_format(count):
     """The shift-based 6-bit packer writes exactly the MSB-first bit stream of the generic one
     (what residual_lzma_q6 updates always carried), and reads it back."""
-    from ams_ros.core.update_codec import _pack_bits, _unpack_bits
+    from ams_ros.core.wire.update_codec import _pack_bits, _unpack_bits
 
     q = np.random.default_rng(count).integers(0, 64, count).astype(np.uint8)
     generic = np.packbits(np.unpackbits(q[:, None], axis=1)[:, 2:].reshape(-1)).tobytes()
@@ -281,7 +281,7 @@ def test_six_bit_packing_keeps_the_wire_format(count):
 
 @pytest.mark.parametrize("encoding", ["residual_lzma_q8", "residual_lzma_q6", "residual_zlib_q6"])
 def test_residual_updates_keep_edge_and_server_identical(encoding):
-    from ams_ros.core.params import write_flat
+    from ams_ros.core.models.params import write_flat
 
     server = small_net()
     edge = DoubleBufferedModel(copy.deepcopy(server))
@@ -298,7 +298,7 @@ def test_residual_updates_keep_edge_and_server_identical(encoding):
 
 
 def test_update_fingerprint_matches_model():
-    # signing moved to ams_ros.core.signing (Ed25519, test/test_signing.py); the shared HMAC is gone
+    # signing moved to ams_ros.core.security.signing (Ed25519, test/test_signing.py); the shared HMAC is gone
     m = small_net()
     idx, vals = sparse(m)
     upd = encode_update(m, idx, vals, 0, 1)
@@ -310,7 +310,7 @@ def test_inference_is_handed_the_active_model_while_a_patch_is_half_done(monkeyp
     """The structural half of "swaps never stall inference": while the patcher is stopped in the
     middle of an update (decoding it, or writing the inactive copy), inference still gets the
     active model at once, at the old version; the swap happens after."""
-    import ams_ros.core.double_buffer as db
+    import ams_ros.core.edge.double_buffer as db
 
     m = small_net()
     holder = DoubleBufferedModel(copy.deepcopy(m))

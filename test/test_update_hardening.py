@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.params import FlatAccessor, flatten_params
-from ams_ros.core.update_codec import (
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.models.params import FlatAccessor, flatten_params
+from ams_ros.core.wire.update_codec import (
     ENCODINGS,
     StaleUpdateError,
     UpdateError,
@@ -168,7 +168,7 @@ def test_catch_up_update_may_span_several_versions_when_allowed(setup):
 def test_a_catch_up_applies_on_a_version_it_covers_and_lands_on_its_end(setup):
     """At v4 (an update v3->v4 came in while the robot asked): the catch-up v3->v6 the server
     answered with still applies and gives exactly v6's weights; a plain update v3->v6 does not."""
-    from ams_ros.core.update_codec import encode_catch_up
+    from ams_ros.core.wire.update_codec import encode_catch_up
 
     m, holder, n = setup
     target = copy.deepcopy(m)
@@ -223,7 +223,7 @@ def test_a_failing_write_restores_the_inactive_copy(setup, monkeypatch):
 
 
 def test_only_an_update_marked_catch_up_may_span_several_versions(setup):
-    from ams_ros.core.update_codec import encode_catch_up
+    from ams_ros.core.wire.update_codec import encode_catch_up
 
     m, holder, n = setup
     target = copy.deepcopy(holder.active)

@@ -54,7 +54,7 @@ fi
 "$PY" - "$DEVICE" > "$OUT/torch.json" <<'EOF' || { cat "$OUT/torch.json"; log "device check failed"; exit 2; }
 import json, sys
 import torch
-from ams_ros.core.devices import describe, resolve_device, torch_sees
+from ams_ros.core.common.devices import describe, resolve_device, torch_sees
 info = {"torch": torch.__version__, "cuda": torch.version.cuda, "torch_sees": torch_sees(), "asked": sys.argv[1]}
 try:
     info["device"] = describe(resolve_device(sys.argv[1]))
@@ -77,7 +77,7 @@ fi
 [ -n "${GPU_CHECK_TEACHER:-}" ] && BENCH_ARGS+=(--teacher "$GPU_CHECK_TEACHER")
 log "ams-bench --device $DEVICE ${BENCH_ARGS[*]} (timeout ${BENCH_TIMEOUT}s)"
 t=$(date +%s)
-timeout "$BENCH_TIMEOUT" "$PY" -m ams_ros.bench --device "$DEVICE" --out "$OUT/bench" "${BENCH_ARGS[@]}" \
+timeout "$BENCH_TIMEOUT" "$PY" -m ams_ros.bench.cli --device "$DEVICE" --out "$OUT/bench" "${BENCH_ARGS[@]}" \
   > "$OUT/bench.log" 2>&1
 BENCH_RC=$?; BENCH_S=$(( $(date +%s) - t ))
 grep '^\[bench\]' "$OUT/bench.log" || tail -20 "$OUT/bench.log"

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ams_ros.core.devices import DTYPE_CHOICES
-from ams_ros.core.edge_inference import DeviceConfig
-from ams_ros.core.frame_codec import BatchEncoderConfig
+from ams_ros.core.common.devices import DTYPE_CHOICES
+from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.wire.frame_codec import BatchEncoderConfig
 from ams_ros.core.models.weights import StudentSpec
-from ams_ros.core.server_session import SessionConfig
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import ENCODINGS
-from ams_ros.local_dds import private_domain_id, use_loopback
+from ams_ros.core.server.session import SessionConfig
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.wire.update_codec import ENCODINGS
+from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 
 _T = TrainerConfig  # the paper's defaults, written once in the core configs
 
@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ams_ros.core.devices import resolve_device
+    from ams_ros.core.common.devices import resolve_device
 
     try:
         resolve_device(args.device)  # fail here, not in two child processes

@@ -47,7 +47,7 @@ _FAULT = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*model_patcher\]: fault injection: (
 
 # ----------------------------------------------------------------------------- disturbances
 class EdgeFaults(Disturbance):
-    """The robot's own test-only ``fault_*`` parameters (:mod:`ams_ros.core.fault_injection`)."""
+    """The robot's own test-only ``fault_*`` parameters (:mod:`ams_ros.core.sources.fault_injection`)."""
 
     def __init__(self, params: dict[str, dict]) -> None:
         self.params = params
@@ -104,9 +104,9 @@ class Forger(Disturbance):
         from sensor_msgs.msg import Image
 
         from ams_msgs.msg import FrameBatch, ModelUpdate
-        from ams_ros.core.signing import SigningKey
-        from ams_ros.nodes import topics as T
-        from ams_ros.nodes.qos import qos
+        from ams_ros.core.security.signing import SigningKey
+        from ams_ros.nodes.common import topics as T
+        from ams_ros.nodes.common.qos import qos
 
         self.observer = observer
         self.dev, self.watch = next(iter(observer.robots.items()))
@@ -136,8 +136,8 @@ class Forger(Disturbance):
         return int(st.model_version) if st is not None else 0
 
     def _update_wrong_key(self) -> bool:
-        from ams_ros.core.signing import sign_update
-        from ams_ros.nodes.conversions import msg_to_update, update_to_msg
+        from ams_ros.core.security.signing import sign_update
+        from ams_ros.nodes.common.conversions import msg_to_update, update_to_msg
 
         genuine = [u for u in self.updates if not u.full_snapshot]
         if not genuine:
@@ -152,8 +152,8 @@ class Forger(Disturbance):
     def _unsigned_zero_snapshot(self) -> bool:
         import torch
 
-        from ams_ros.core.update_codec import encode_snapshot
-        from ams_ros.nodes.conversions import update_to_msg
+        from ams_ros.core.wire.update_codec import encode_snapshot
+        from ams_ros.nodes.common.conversions import update_to_msg
 
         zero = copy.deepcopy(self.observer.frozen)
         with torch.no_grad():
@@ -174,7 +174,7 @@ class Forger(Disturbance):
             return False
         msg = copy.deepcopy(self.batches[-1])
         msg.batch_seq += 1000
-        from ams_ros.nodes.conversions import frame_batch_signing_input
+        from ams_ros.nodes.common.conversions import frame_batch_signing_input
 
         msg.signature = self.key.sign(frame_batch_signing_input(msg, self.dev))  # a well-formed signature, wrong key
         msg.signer_key_id = self.key.key_id
@@ -364,7 +364,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ams_ros.local_dds import private_domain_id, use_loopback
+    from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 
     use_loopback(private_domain_id(60, 40))
     return run(args)

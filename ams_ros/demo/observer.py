@@ -23,15 +23,15 @@ from sensor_msgs.msg import Image
 
 from ams_msgs.msg import EdgeStatus, FrameBatch, ModelUpdate, SamplingCommand, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.metrics import ConfusionMatrix, miou
+from ams_ros.core.common.metrics import ConfusionMatrix, miou
 from ams_ros.core.models.student import predict
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.threads import set_torch_threads
-from ams_ros.core.labels import parse_class_list, resolve_label_space
-from ams_ros.core.pixel_formats import image_to_rgb
-from ams_ros.nodes import topics as T
-from ams_ros.nodes.conversions import stamp_to_sec
-from ams_ros.nodes.qos import qos
+from ams_ros.core.common.threads import set_torch_threads
+from ams_ros.core.models.labels import parse_class_list, resolve_label_space
+from ams_ros.core.sources.pixel_formats import image_to_rgb
+from ams_ros.nodes.common import topics as T
+from ams_ros.nodes.common.conversions import stamp_to_sec
+from ams_ros.nodes.common.qos import qos
 
 
 # wall seconds without a new label map from the slowest robot, once streaming, before the demo gives up
@@ -293,7 +293,7 @@ class _SyntheticReference(_Reference):
     """Ground truth regenerated from the deterministic synthetic world at the frame's stamp."""
 
     def __init__(self, spec: str, size: tuple[int, int], duration: float) -> None:
-        from ams_ros.core.synthetic import SyntheticWorld, world_from_spec
+        from ams_ros.core.sources.synthetic import SyntheticWorld, world_from_spec
 
         self.world: SyntheticWorld = world_from_spec(spec, width=size[0], height=size[1])
         shifts = [s.t for s in self.world.shifts]

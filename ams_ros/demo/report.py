@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ams_ros.core.source_timing import missing_label_maps, source_holes, source_period
+from ams_ros.core.edge.source_timing import missing_label_maps, source_holes, source_period
 
 
 def _kbps(events: list[tuple[float, int]], duration: float) -> float:

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ams_ros.core.labels import parse_class_list
-from ams_ros.dds_shm import remove_dead_segments
-from ams_ros.demo.processes import CONFIG, LaunchedProcess, RosProcess, launch_available, write_overrides
-from ams_ros.nodes.parameter_files import merge_parameter_files, write_parameter_file
+from ams_ros.core.models.labels import parse_class_list
+from ams_ros.nodes.common.dds_shm import remove_dead_segments
+from ams_ros.nodes.common.processes import CONFIG, LaunchedProcess, RosProcess, launch_available, write_overrides
+from ams_ros.nodes.common.parameter_files import merge_parameter_files, write_parameter_file
 
 
 def prepare_weights(args: argparse.Namespace, out: Path) -> str:
@@ -22,7 +22,7 @@ def prepare_weights(args: argparse.Namespace, out: Path) -> str:
         return args.student_weights
     if not args.source.startswith("synthetic"):
         raise SystemExit("--student-weights is required with a real source (a checkpoint or tflite:PATH)")
-    from ams_ros.demo.pretrain import pretrained_synthetic_student
+    from ams_ros.demo.synthetic_student import pretrained_synthetic_student
 
     return str(pretrained_synthetic_student(args, cache_dir=Path(args.cache_dir)))
 
@@ -130,7 +130,7 @@ def _add_demo_keys(edges: list[Path], server: Path, devs: list[str], key_dir: Pa
 
     import yaml
 
-    from ams_ros.keys import generate
+    from ams_ros.keys.cli import generate
 
     shutil.rmtree(key_dir, ignore_errors=True)
     server_key_path, server_key = generate(key_dir, "server")

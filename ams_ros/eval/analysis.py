@@ -95,7 +95,7 @@ def playlist_spans(src: object, end: float) -> list[dict]:
     up to its last scored frame (``to``: the next item's start, ``end`` for the last); ``[]`` for
     any other source. Item start times are known only as a playlist plays, so this reads them from
     the motion pass's source rather than playing the stream a second time."""
-    from ams_ros.core.sources import PlaylistSource
+    from ams_ros.core.sources.frame_sources import PlaylistSource
 
     if not isinstance(src, PlaylistSource):
         return []

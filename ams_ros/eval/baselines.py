@@ -11,7 +11,7 @@
 
 Everything AMS itself does (Algorithm 2, selection strategies, codecs, metrics) comes from
 ``ams_ros.core``; the gradient-guided choice of coordinates here is the core's
-:func:`~ams_ros.core.selection.phase_indices`.
+:func:`~ams_ros.core.server.selection.phase_indices`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ams_ros.core.losses import logits_of, mask_unknown_classes, segmentation_loss
-from ams_ros.core.metrics import ConfusionMatrix
-from ams_ros.core.params import flatten_tensors, load_flat
-from ams_ros.core.selection import GRADIENT_GUIDED, phase_indices
+from ams_ros.core.models.losses import logits_of, mask_unknown_classes, segmentation_loss
+from ams_ros.core.common.metrics import ConfusionMatrix
+from ams_ros.core.models.params import flatten_tensors, load_flat
+from ams_ros.core.server.selection import GRADIENT_GUIDED, phase_indices
 from ams_ros.core.models.student import train_mode_frozen_bn
 
 FP16_MAX = float(np.finfo(np.float16).max)  # the largest weight a float16 update carries

@@ -128,10 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _setup(args):
     """Device, threads, preset, teacher (on the device when it is a PyTorch model), selected label
     space and its LUT."""
-    from ams_ros.core.devices import resolve_device
-    from ams_ros.core.labels import parse_class_list
+    from ams_ros.core.common.devices import resolve_device
+    from ams_ros.core.models.labels import parse_class_list
     from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
-    from ams_ros.core.threads import set_torch_threads
+    from ams_ros.core.common.threads import set_torch_threads
     from ams_ros.eval.presets import get_preset, parse_overrides
 
     args.torch_device = resolve_device(args.device)  # DeviceError (exit 2) naming what torch sees
@@ -151,7 +151,7 @@ def _setup(args):
 def _machine(args=None) -> dict:
     import torch
 
-    from ams_ros.core.devices import describe, torch_sees
+    from ams_ros.core.common.devices import describe, torch_sees
 
     device = getattr(args, "torch_device", None)
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -252,7 +252,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ams_ros.core.models.weights import load_student
-    from ams_ros.core.scheduling import POLICIES
+    from ams_ros.core.fleet.scheduling import POLICIES
     from ams_ros.eval.clips import load_clip
     from ams_ros.eval.fleet import StudyInterrupted, fleet_study, write_study
 
@@ -306,7 +306,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ams_ros.eval.pretrain import pretrain
+    from ams_ros.eval.leave_one_out import pretrain
 
     preset, _, teacher, space, lut = _setup(args)
     try:

@@ -1,6 +1,6 @@
 """The labelled clip every scheme of the evaluation is replayed on, built from a frame source.
 
-The sources themselves live in :mod:`ams_ros.core.sources` (the ROS camera sampler uses the same
+The sources themselves live in :mod:`ams_ros.core.sources.frame_sources` (the ROS camera sampler uses the same
 module): ``open_source(spec, size=None, ...)`` with ``spec`` a video file, an image folder whose
 file names are frame numbers at 30 fps (human labels in a sibling ``labels/`` folder), a
 rosbag2 (first ``sensor_msgs/Image`` topic), ``device:N`` or ``synthetic[:SEED][?shifts=...]``;
@@ -33,9 +33,9 @@ from typing import Callable, Iterator, Sequence
 import cv2
 import numpy as np
 
-from ams_ros.core.frame_codec import jpeg_bytes
+from ams_ros.core.wire.frame_codec import jpeg_bytes
 from ams_ros.core.models.teachers import label_frames
-from ams_ros.core.sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
+from ams_ros.core.sources.frame_sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
 
 __all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper"]
 
@@ -74,7 +74,7 @@ def gt_mapper(spec: str, teacher_space_name: str) -> Callable[[np.ndarray], np.n
     Synthetic ground truth is already in the oracle's space; CamVid label folders (11 classes +
     void) map to Cityscapes train ids.
     """
-    from ams_ros.core.labels import camvid_to_cityscapes
+    from ams_ros.core.models.labels import camvid_to_cityscapes
 
     base = teacher_space_name.split("[", 1)[0].lower()
     if spec.startswith("synthetic"):
@@ -218,7 +218,7 @@ def _scored_source_frames(spec: str, size: tuple[int, int], source_indices: Sequ
 
 
 def _cache_key(spec: str, size, eval_fps: float, max_seconds: float, teacher_name: str, lut: np.ndarray | None) -> str:
-    from ams_ros.core.sources import PLAYLIST, playlist_items
+    from ams_ros.core.sources.frame_sources import PLAYLIST, playlist_items
 
     p = Path(spec)
     paths = [Path(item) for item, _ in playlist_items(spec)] if spec.startswith(PLAYLIST) else [p]

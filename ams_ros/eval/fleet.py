@@ -7,7 +7,7 @@ chain, rate control), downlink and edge. What they share is the server's GPU, on
 time on one stream-time clock: teacher labelling jobs (``teacher_s`` per frame) and training
 phases run in the order they became due (a phase is due when its robot's batch is labelled);
 among the robots whose phases are due, the
-:class:`~ams_ros.core.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
+:class:`~ams_ros.core.fleet.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
 
 The GPU cost model is the preset's: ``teacher_s`` per labelled frame and a training phase of
 ``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``). With
@@ -36,12 +36,12 @@ from typing import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from ams_ros.core.frame_codec import encode_frames
-from ams_ros.core.frame_sampler import FrameSampler
-from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
-from ams_ros.core.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
-from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
-from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.wire.frame_codec import encode_frames
+from ams_ros.core.edge.frame_sampler import FrameSampler
+from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
+from ams_ros.core.fleet.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
+from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.server.trainer import TrainerConfig
 from ams_ros.eval.clips import Clip
 from ams_ros.eval.presets import Preset
 from ams_ros.eval.schemes import COMMAND_BYTES

@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 
-from ams_ros.core.frame_codec import VIDEO_CODECS, BatchEncoderConfig
-from ams_ros.core.rate_control import RateControlConfig
-from ams_ros.core.server_session import SessionConfig
-from ams_ros.core.trainer import TrainerConfig
+from ams_ros.core.wire.frame_codec import VIDEO_CODECS, BatchEncoderConfig
+from ams_ros.core.server.rate_control import RateControlConfig
+from ams_ros.core.server.session import SessionConfig
+from ams_ros.core.server.trainer import TrainerConfig
 
 # The paper's values are the core configs' defaults (one place holds each); the preset refers to them.
 _T, _R = TrainerConfig, RateControlConfig

@@ -29,15 +29,15 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from ams_ros.core.downlink_budget import DownlinkBudgetConfig
-from ams_ros.core.frame_codec import decode_frames, encode_frames
-from ams_ros.core.frame_sampler import FrameSampler
-from ams_ros.core.params import read_flat
-from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
-from ams_ros.core.selection import STRATEGIES
-from ams_ros.core.server_session import DeviceSession, SessionConfig, TrainingDiverged
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.core.update_codec import ship_update
+from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
+from ams_ros.core.wire.frame_codec import decode_frames, encode_frames
+from ams_ros.core.edge.frame_sampler import FrameSampler
+from ams_ros.core.models.params import read_flat
+from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
+from ams_ros.core.server.selection import STRATEGIES
+from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.wire.update_codec import ship_update
 from ams_ros.eval.baselines import (
     KeyFrameDistiller,
     KeyFrameOutcome,

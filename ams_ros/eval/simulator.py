@@ -10,7 +10,7 @@ the server time is the teacher's modelled labelling time plus the training time 
 this machine divided by ``train_speedup`` (a stated speed-up of the server over this CPU),
 and each link is a FIFO queue of the preset's capacity. Frames go up the same way. The edge
 applies what reached it before it infers on the next frame, through the same
-:class:`~ams_ros.core.double_buffer.DoubleBufferedModel` the edge node uses, so an update is
+:class:`~ams_ros.core.edge.double_buffer.DoubleBufferedModel` the edge node uses, so an update is
 decoded from its wire bytes exactly as on a robot.
 """
 
@@ -27,10 +27,10 @@ from typing import Callable, Iterator
 import numpy as np
 from torch import nn
 
-from ams_ros.core.metrics import ConfusionMatrix, WindowedMIoU
+from ams_ros.core.common.metrics import ConfusionMatrix, WindowedMIoU
 from ams_ros.core.models.student import predict
-from ams_ros.core.double_buffer import DoubleBufferedModel
-from ams_ros.core.update_codec import EncodedUpdate, UpdateError
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.wire.update_codec import EncodedUpdate, UpdateError
 from ams_ros.eval.presets import Preset
 from ams_ros.core.models.teachers import label_frames
 from ams_ros.eval.clips import Clip

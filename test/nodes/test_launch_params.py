@@ -1,5 +1,5 @@
 """Launch arguments win over the parameter file in every section that sets them, only when given,
-typed like the file's value (issue #27; ``ams_ros/nodes/launch_params.py``). Without processes:
+typed like the file's value (issue #27; ``ams_ros/nodes/common/launch_params.py``). Without processes:
 the launch actions are performed in a LaunchContext as ``ros2 launch`` would perform them."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ if launch_missing():
 from launch import LaunchContext  # noqa: E402
 from launch.actions import DeclareLaunchArgument  # noqa: E402
 
-from ams_ros.nodes.launch_params import (  # noqa: E402
+from ams_ros.nodes.common.launch_params import (  # noqa: E402
     LaunchParameterError, ParameterOverrides, config_argument, typed)
-from ams_ros.nodes.parameter_files import read_parameter_file, write_parameter_file  # noqa: E402
+from ams_ros.nodes.common.parameter_files import read_parameter_file, write_parameter_file  # noqa: E402
 
 CONFIG = {
     "/**": {"device_id": "robot1", "device_ids": ["robot1"], "selected_classes": [""]},

@@ -29,9 +29,9 @@ require_launch()
 from ams_msgs.msg import EdgeStatus, ServerStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ams_ros.nodes.exit_codes import CONFIG_ERROR  # noqa: E402
-from ams_ros.nodes.parameter_files import merge_parameter_files, write_parameter_file  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.nodes.common.exit_codes import CONFIG_ERROR  # noqa: E402
+from ams_ros.nodes.common.parameter_files import merge_parameter_files, write_parameter_file  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -148,7 +148,7 @@ def test_a_robot_killed_with_9_under_launch_comes_back_and_resyncs(tmp_path):
 
 
 def _unreadable_key(tmp_path) -> str:
-    from ams_ros.core.signing import SigningKey
+    from ams_ros.core.security.signing import SigningKey
 
     path = tmp_path / "robot.key"
     SigningKey.generate().save(path)

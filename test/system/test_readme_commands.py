@@ -29,8 +29,8 @@ require_launch()
 from ams_msgs.msg import EdgeStatus, ModelUpdate  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ams_ros.nodes.parameter_files import merge_parameter_files, write_parameter_file  # noqa: E402
-from ams_ros.nodes.qos import qos  # noqa: E402
+from ams_ros.nodes.common.parameter_files import merge_parameter_files, write_parameter_file  # noqa: E402
+from ams_ros.nodes.common.qos import qos  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 README = REPO_ROOT / "README.md"

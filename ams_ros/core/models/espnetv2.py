@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ams_ros.core.labels import CITYSCAPES, LabelSpace, get_label_space
+from ams_ros.core.models.labels import CITYSCAPES, LabelSpace, get_label_space
 from ams_ros.core.models.student import as_image_list
 
 NUM_OUTPUTS = 20

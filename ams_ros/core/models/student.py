@@ -278,8 +278,8 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
     Runs on the model's device (``dtype`` float16/bfloat16: under autocast, weights untouched),
     in eval mode, and restores every module's previous mode afterwards.
     """
-    from ams_ros.core.devices import resolve_dtype
-    from ams_ros.core.edge_inference import autocast_for, class_map
+    from ams_ros.core.common.devices import resolve_dtype
+    from ams_ros.core.edge.inference import autocast_for, class_map
 
     imgs = as_image_list(images)
     modes = [(m, m.training) for m in model.modules()]

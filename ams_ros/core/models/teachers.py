@@ -16,7 +16,7 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from ams_ros.core.labels import CITYSCAPES, VOC, LabelSpace, get_label_space, import_provider
+from ams_ros.core.models.labels import CITYSCAPES, VOC, LabelSpace, get_label_space, import_provider
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ TEACHER_FACTORIES: dict[str, TeacherFactory] = {
     "tflite": _tflite, "torchvision": _torchvision, "checkpoint": _checkpoint,
 }
 # prefixes provided by other modules, imported on first use
-_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.synthetic", "espnetv2": "ams_ros.core.models.espnetv2"}
+_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.sources.synthetic", "espnetv2": "ams_ros.core.models.espnetv2"}
 _FORMS = {"tflite": "tflite:PATH", "torchvision": "torchvision:NAME[@WEIGHTS.pth]",
           "checkpoint": "checkpoint:PATH", "oracle": "oracle[:ARGS]", "espnetv2": "espnetv2:PATH[@DEVICE]"}
 

@@ -20,8 +20,8 @@ import torch
 import torchvision
 from torch import nn
 
-from ams_ros.core.config import knob
-from ams_ros.core.labels import LabelSpace, resolve_label_space
+from ams_ros.core.common.config import knob
+from ams_ros.core.models.labels import LabelSpace, resolve_label_space
 from ams_ros.core.models.student import IMAGENET_MEAN, IMAGENET_STD, STUDENTS, build_student
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """ams_trainer: trains each robot's student in phases (Algorithms 1 and 2), publishes updates.
 
-Builds one :class:`~ams_ros.core.server_session.DeviceSession` per robot from its parameters.
+Builds one :class:`~ams_ros.core.server.session.DeviceSession` per robot from its parameters.
 A worker thread runs one phase at a time, the robot chosen by the GPU scheduler
 (``scheduler_policy``, core/scheduling.py: in turn by default, or by predicted mIoU gain per
 GPU-second; a bounded wait for every robot either way), never an unbounded queue: a slow
@@ -9,20 +9,20 @@ served while a phase runs. Training settings (lr, gamma, K, batch size, horizon,
 encodings) can change at run time and apply from the next phase.
 
 With ``state_dir`` set, each robot's session is resumed from its file at start-up and written
-(atomically) after every phase and at shutdown (:mod:`ams_ros.core.session_store`), so a
+(atomically) after every phase and at shutdown (:mod:`ams_ros.core.server.session_store`), so a
 restarted server continues each robot's chain. The snapshot service answers a robot a few
 versions behind on its chain with one catch-up update, and a robot ahead of the chain by the
-rule of :meth:`~ams_ros.core.server_session.DeviceSession.resync` (with a warning).
+rule of :meth:`~ams_ros.core.server.session.DeviceSession.resync` (with a warning).
 
-Signatures (issue #13, :mod:`ams_ros.core.signing`): with ``signing_key_file`` every update,
+Signatures (issue #13, :mod:`ams_ros.core.security.signing`): with ``signing_key_file`` every update,
 catch-up and snapshot is signed for its robot with the base station's Ed25519 key; with
 ``robot_public_keys`` a snapshot request must be signed by its robot's key, fresh (within
 ``snapshot_request_window_s``) and carry an unused nonce, else it is refused with the reason.
 
-``backend`` (issue #12, :mod:`ams_ros.core.session_pool`): ``local`` keeps every session in this
+``backend`` (issue #12, :mod:`ams_ros.core.fleet.session_pool`): ``local`` keeps every session in this
 process; ``ray`` keeps the ROS side here and runs the sessions (and the teacher) in a pool of
 Ray actors, one trainer thread per actor, so phases of robots on different actors (GPUs) run at
-once. The sessions are then :class:`~ams_ros.core.session_pool.PooledSession` handles with the
+once. The sessions are then :class:`~ams_ros.core.fleet.session_pool.PooledSession` handles with the
 same calls; Ray is imported only then.
 """
 
@@ -40,28 +40,28 @@ from rclpy.node import Node
 
 from ams_msgs.msg import ModelUpdate, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.devices import configure_cudnn, describe, resolve_device
-from ams_ros.core.downlink_budget import DownlinkBudgetConfig
-from ams_ros.core.edge_inference import DeviceConfig
-from ams_ros.core.params import fingerprint
-from ams_ros.core.pool_worker import WorkerSpec
-from ams_ros.core.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
-from ams_ros.core.server_session import DeviceSession, SessionConfig
-from ams_ros.core.session_pool import (RAY, PoolConfig, PooledSession, SessionPool, connect_ray, disconnect_ray,
+from ams_ros.core.common.devices import configure_cudnn, describe, resolve_device
+from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
+from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.models.params import fingerprint
+from ams_ros.core.fleet.worker import WorkerSpec
+from ams_ros.core.fleet.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
+from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.fleet.session_pool import (RAY, PoolConfig, PooledSession, SessionPool, connect_ray, disconnect_ray,
                                        ray_actor_factory)
-from ams_ros.core.session_store import SessionStore
-from ams_ros.core.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
-from ams_ros.core.threads import set_torch_threads
-from ams_ros.core.trainer import TrainerConfig
-from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import sec_to_stamp, snapshot_request_input, update_to_msg
-from ams_ros.nodes.parameters import NodeParameters, Param, from_field
-from ams_ros.nodes.qos import qos
-from ams_ros.nodes.reject_log import RejectLog
+from ams_ros.core.server.session_store import SessionStore
+from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
+from ams_ros.core.common.threads import set_torch_threads
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.nodes.common import topics
+from ams_ros.nodes.common.conversions import sec_to_stamp, snapshot_request_input, update_to_msg
+from ams_ros.nodes.common.parameters import NodeParameters, Param, from_field
+from ams_ros.nodes.common.qos import qos
+from ams_ros.nodes.common.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
-from ams_ros.nodes.shared_params import (DEVICE_IDS, ROBOT_PUBLIC_KEYS, STUDENT_PARAMS, device_ids,
+from ams_ros.nodes.common.shared_params import (DEVICE_IDS, ROBOT_PUBLIC_KEYS, STUDENT_PARAMS, device_ids,
                                          robot_public_keys, student_spec)
-from ams_ros.nodes.spinning import worker_thread
+from ams_ros.nodes.common.spinning import worker_thread
 
 # trainer settings that may change between phases, and the session's
 TRAINER_DYNAMIC = ("iterations", "batch_size", "horizon_s", "update_period_s", "lr", "gamma", "strategy",

@@ -6,8 +6,8 @@ with the server's current model version and chain tag (a lost update is noticed 
 When the version or chain changes between two rate periods (a phase shipped an update), the last
 command goes out again at once with the new version, so a robot that lost that update notices
 within about a second instead of a rate period (``make faults``: 9.8 s before).
-Its settings are the core's :class:`~ams_ros.core.rate_control.RateControlConfig` and
-:class:`~ams_ros.core.rate_control.AdaptivePeriodConfig`; they can change at run time, and the
+Its settings are the core's :class:`~ams_ros.core.server.rate_control.RateControlConfig` and
+:class:`~ams_ros.core.server.rate_control.AdaptivePeriodConfig`; they can change at run time, and the
 controllers keep their current rate when they do.
 """
 
@@ -19,14 +19,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import SamplingCommand
-from ams_ros.core.rate_control import AdaptivePeriodConfig, RateControlConfig
-from ams_ros.nodes import topics
-from ams_ros.nodes.conversions import sec_to_stamp
-from ams_ros.nodes.parameters import NodeParameters, from_field
-from ams_ros.nodes.qos import qos
-from ams_ros.nodes.reject_log import RejectLog
+from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
+from ams_ros.nodes.common import topics
+from ams_ros.nodes.common.conversions import sec_to_stamp
+from ams_ros.nodes.common.parameters import NodeParameters, from_field
+from ams_ros.nodes.common.qos import qos
+from ams_ros.nodes.common.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
-from ams_ros.nodes.shared_params import DEVICE_IDS, device_ids
+from ams_ros.nodes.common.shared_params import DEVICE_IDS, device_ids
 
 RATE_FIELDS = ("r_min", "r_max", "r_init", "phi_form", "eta_r", "phi_target", "period_s")
 # parameter name -> AdaptivePeriodConfig field

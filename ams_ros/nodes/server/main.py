@@ -8,7 +8,7 @@ from ams_ros.nodes.server.ams_trainer import AMSTrainerNode
 from ams_ros.nodes.server.asr_controller import ASRController
 from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.server.teacher_labeler import TeacherLabeler
-from ams_ros.nodes.spinning import ProcessNodes, exit_process, run_process
+from ams_ros.nodes.common.spinning import ProcessNodes, exit_process, run_process
 
 
 def build_server() -> ProcessNodes:

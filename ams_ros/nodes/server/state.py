@@ -1,7 +1,7 @@
 """What the three server nodes of one base station share.
 
-Per robot: its :class:`~ams_ros.core.server_session.DeviceSession` (buffer, trainer, version
-chain, rate control; with ``backend: ray`` a :class:`~ams_ros.core.session_pool.PooledSession`
+Per robot: its :class:`~ams_ros.core.server.session.DeviceSession` (buffer, trainer, version
+chain, rate control; with ``backend: ray`` a :class:`~ams_ros.core.fleet.session_pool.PooledSession`
 handle to it in a pool actor), the frame batches waiting for the teacher and the counters ServerStatus
 reports. One condition variable wakes the labeler and the trainer threads; ``stop()`` ends both.
 """
@@ -12,9 +12,9 @@ import threading
 from collections import deque
 from typing import Any
 
-from ams_ros.core.scheduling import GpuScheduler
-from ams_ros.core.server_session import DeviceSession
-from ams_ros.nodes.reject_log import RejectionCounter
+from ams_ros.core.fleet.scheduling import GpuScheduler
+from ams_ros.core.server.session import DeviceSession
+from ams_ros.nodes.common.reject_log import RejectionCounter
 
 
 class ServerState:

@@ -24,22 +24,22 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch
-from ams_ros.core.frame_codec import BatchLimits, FrameCodecError
-from ams_ros.core.devices import resolve_device
-from ams_ros.core.edge_inference import DeviceConfig
-from ams_ros.core.labels import resolve_label_space
+from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError
+from ams_ros.core.common.devices import resolve_device
+from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.models.labels import resolve_label_space
 from ams_ros.core.models.teachers import build_robot_teachers, label_frames
-from ams_ros.core.pool_worker import TeacherSpec
-from ams_ros.nodes import topics
-from ams_ros.core.signing import SeenSignatures, SignatureError
-from ams_ros.nodes.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
-from ams_ros.nodes.parameters import NodeParameters, Param, from_field, string_list
-from ams_ros.nodes.qos import qos
-from ams_ros.nodes.reject_log import RejectLog
+from ams_ros.core.fleet.worker import TeacherSpec
+from ams_ros.nodes.common import topics
+from ams_ros.core.security.signing import SeenSignatures, SignatureError
+from ams_ros.nodes.common.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
+from ams_ros.nodes.common.parameters import NodeParameters, Param, from_field, string_list
+from ams_ros.nodes.common.qos import qos
+from ams_ros.nodes.common.reject_log import RejectLog
 from ams_ros.nodes.server.state import ServerState
-from ams_ros.nodes.shared_params import (DEVICE_IDS, LABEL_SPACE, ROBOT_PUBLIC_KEYS, SELECTED_CLASSES, device_ids,
+from ams_ros.nodes.common.shared_params import (DEVICE_IDS, LABEL_SPACE, ROBOT_PUBLIC_KEYS, SELECTED_CLASSES, device_ids,
                                          robot_public_keys)
-from ams_ros.nodes.spinning import worker_thread
+from ams_ros.nodes.common.spinning import worker_thread
 
 PARAMS = (
     DEVICE_IDS,

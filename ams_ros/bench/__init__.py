@@ -1,0 +1,1 @@
+"""ams-bench: speed and size figures, one module per group (make bench)."""

@@ -1,0 +1,130 @@
+"""The edge's running model and an inactive copy, so an update never stalls inference.
+
+Updates are verified and decoded by :mod:`ams_ros.core.wire.update_codec` (the wire format), then
+written into the inactive copy, which is swapped in with one reference assignment. The model
+patcher node, the evaluation harness's emulated edge and ``ams-bench`` all use this class.
+
+Both copies live on the model's device (a Jetson's GPU, or the CPU): an update's indices and
+values cross to the device once and are written with one ``index_copy_`` into each copy, whose
+parameters live in one flat buffer (the same device buffers serve the catch-up write of the other
+copy), and a swap is a
+reference assignment, so the model never travels between host and device after start-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ams_ros.core.models.params import FlatAccessor, SortedWrite
+from ams_ros.core.wire.update_codec import EncodedUpdate, ModelLayout, UpdateError, check_version_step, decode_update
+
+
+class DoubleBufferedModel:
+    """The edge's running model and an inactive copy.
+
+    Updates are written into the inactive copy, which is then swapped in with one reference
+    assignment: inference never blocks on a patch and never sees a half-written model. The
+    copy that was swapped out is brought up to date lazily, before the next update, and only
+    once no inference still runs on it (readers hold it through :meth:`use`).
+    """
+
+    def __init__(self, model: nn.Module, version: int = 0) -> None:
+        """``model`` is already on its device (``model.to(device)``); the copy is made there."""
+        model.eval()
+        self._state: tuple[nn.Module, int] = (model, int(version))
+        self._inactive = copy.deepcopy(model)
+        # both copies in flat storage: an update is one read and one write per copy (issue #10)
+        self._writers = {id(model): FlatAccessor(model, flatten=True),
+                         id(self._inactive): FlatAccessor(self._inactive, flatten=True)}
+        self._readers = {id(model): 0, id(self._inactive): 0}
+        self._readers_cv = threading.Condition()
+        self._catch_up: list[SortedWrite] = []  # on the device
+        self._lock = threading.Lock()
+        self.layout = ModelLayout.of(model)
+        self.synced = False  # True once an update or snapshot was applied (see check_version_step)
+        # versions one catch-up update (the server's union of several phases' changes, marked
+        # ``catch_up``, which the checksum and signature cover) may skip; every other sparse update: 1
+        self.max_catch_up_span = 64
+
+    @property
+    def active(self) -> nn.Module:
+        """The model inference should use now (a plain reference read)."""
+        return self._state[0]
+
+    @property
+    def device(self):
+        """Where both copies live."""
+        return self._writers[id(self._state[0])].device
+
+    @property
+    def version(self) -> int:
+        """Version of :attr:`active` (both change in one assignment)."""
+        return self._state[1]
+
+    @property
+    def _active(self) -> nn.Module:
+        return self._state[0]
+
+    @contextmanager
+    def use(self) -> Iterator[nn.Module]:
+        """Hold the active model for one inference; the patcher will not write into it meanwhile."""
+        with self._readers_cv:
+            model = self._active
+            self._readers[id(model)] += 1
+        try:
+            yield model
+        finally:
+            with self._readers_cv:
+                self._readers[id(model)] -= 1
+                self._readers_cv.notify_all()
+
+    def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0, max_span: int = 1) -> int:
+        """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched).
+
+        Order (issue #13): the version rule (:func:`check_version_step`; a catch-up update may
+        span up to ``max_catch_up_span`` versions, others ``max_span``), then the whole update decoded to arrays and checked, and only then a
+        write into the inactive copy; a failure while writing (never expected after the checks)
+        restores that copy from the active model before the error propagates, so a half-written
+        copy can never be swapped in by the next update."""
+        with self._lock:
+            span = max(max_span, self.max_catch_up_span) if update.catch_up else max_span
+            check_version_step(update, self.version, max_span=span, synced=self.synced)
+            active = self._state[0]
+            idx, vals = decode_update(update, self.layout, base_reader=self._writers[id(active)].read)
+            target = self._inactive
+            with self._readers_cv:  # an inference that started before the last swap may still run on it
+                if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
+                    raise UpdateError("inactive model still in use by inference; try again")
+            writer = self._writers[id(target)]
+            try:
+                for prepared in self._catch_up:  # the previous update(s), not yet in this copy
+                    writer.write(prepared)
+                prepared = writer.prepare(idx, vals)  # one host-to-device copy of indices and values
+                writer.write(prepared)
+            except Exception as exc:
+                self._resync_inactive()
+                raise UpdateError(f"writing the update failed ({type(exc).__name__}: {exc}); model unchanged") from exc
+            self._catch_up = [prepared]
+            old = self._state[0]
+            self._state = (target, int(update.new_version))  # the swap readers see: one assignment
+            self._inactive = old
+            self.synced = True
+            return self.version
+
+    def _resync_inactive(self) -> None:
+        """Make the inactive copy equal to the active model again (after a failed write)."""
+        target, active = self._inactive, self._state[0]
+        with torch.no_grad():
+            for dst, src in zip(target.parameters(), active.parameters()):
+                dst.copy_(src)
+        self._catch_up = []
+
+    def copies(self) -> tuple[nn.Module, nn.Module]:
+        """(active, inactive): for checks that both copies are untouched (tests, the fuzzer)."""
+        return self._state[0], self._inactive

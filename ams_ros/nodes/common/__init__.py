@@ -1,0 +1,1 @@
+"""What every node and executable shares: parameters, topics, QoS, conversions, spinning, launch helpers."""
