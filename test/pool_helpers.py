@@ -83,5 +83,5 @@ def decoded(pool, dev: str) -> dict:
     from ams_ros.core.server.session_store import decode_state
 
     data = pool.kept_state(dev)[0]
-    header = __import__("ams_ros.core.fleet.session_pool", fromlist=["x"]).decode_state_header(data)
+    header = __import__("ams_ros.core.fleet.pool", fromlist=["x"]).decode_state_header(data)
     return decode_state(data, dev, header["fingerprint"])

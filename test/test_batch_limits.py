@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError, decode_frames, encode_frames
-from ams_ros.core.server.session import DeviceSession
+from ams_ros.core.server.session import RobotSession
 from ams_ros.fuzz.cli import solid_h264
 
 
@@ -70,7 +70,7 @@ def test_session_rejects_a_bomb_and_labels_nothing(bomb):
     import torch
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
-    session = DeviceSession("r", net)
+    session = RobotSession("r", net)
     labelled = []
     with pytest.raises(FrameCodecError):
         session.add_encoded_batch(bomb, "h264", 256, 128, [float(t) for t in range(10)],

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ams_ros.core.wire.update_codec import DEFAULT_UPDATE_ENCODING, ENCODINGS
+from ams_ros.core.wire.encodings import DEFAULT_UPDATE_ENCODING, ENCODINGS
 from ams_ros.core.common.paths import SOURCE_ROOT as REPO_ROOT
 
 

@@ -22,7 +22,7 @@ from ams_msgs.msg import FrameBatch, ModelUpdate  # noqa: E402
 from ams_ros.core.wire.frame_codec import encode_frames  # noqa: E402
 from ams_ros.core.models.weights import load_student  # noqa: E402
 from ams_ros.core.sources.synthetic import SyntheticWorld  # noqa: E402
-from ams_ros.core.wire.update_codec import encode_snapshot  # noqa: E402
+from ams_ros.core.wire.encodings import encode_snapshot  # noqa: E402
 from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 from ams_ros.demo.runner import exit_problems  # noqa: E402
 from ams_ros.nodes.common.conversions import frame_batch_checksum, sec_to_stamp, update_to_msg  # noqa: E402

@@ -14,7 +14,7 @@ from ams_ros.core.common.devices import DeviceError, resolve_device, resolve_dty
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.models.student import build_student
 from ams_ros.core.models.params import flatten_params
-from ams_ros.core.wire.update_codec import encode_update
+from ams_ros.core.wire.encodings import encode_update
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -19,10 +19,11 @@ from ams_ros.core.server.downlink_budget import (
 from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.sources.synthetic import world_from_spec
 from ams_ros.core.server.trainer import TrainerConfig
-from ams_ros.core.wire.update_codec import ENCODINGS, encoded_size
+from ams_ros.core.wire.encodings import ENCODINGS
+from ams_ros.core.wire.update import encoded_size
 
 
 def test_every_encoding_has_a_prior_size_and_the_ladder_gets_cheaper():
@@ -82,7 +83,7 @@ def test_the_budget_holds_on_the_synthetic_world_and_the_edge_follows_the_chain(
                                               horizon_s=60.0, update_period_s=10.0),
                         update_encoding="paper_gzip_fp16",
                         downlink=DownlinkBudgetConfig(downlink_budget_kbps=budget_kbps))
-    session = DeviceSession("r", copy.deepcopy(student), cfg)
+    session = RobotSession("r", copy.deepcopy(student), cfg)
     edge = DoubleBufferedModel(copy.deepcopy(student))
     snap = session.snapshot()
     edge.apply_update(snap)

@@ -21,7 +21,7 @@ from ams_msgs.msg import EdgeStatus, ModelUpdate  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
 from ams_ros.core.models.weights import load_student  # noqa: E402
 from ams_ros.core.models.params import flatten_params  # noqa: E402
-from ams_ros.core.wire.update_codec import encode_snapshot, encode_update  # noqa: E402
+from ams_ros.core.wire.encodings import encode_snapshot, encode_update  # noqa: E402
 from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 from ams_ros.nodes.common.qos import qos  # noqa: E402
 from ams_ros.nodes.common.conversions import update_to_msg  # noqa: E402
@@ -196,14 +196,14 @@ def test_forged_version_steps_and_wrapping_indices_are_rejected_and_counted(edge
     every one counted in inputs_rejected."""
     import lzma
 
-    from ams_ros.core.wire.update_codec import _varint_encode
+    from ams_ros.core.wire.index_coding import varint_encode
 
     before = _latest(edge)
     assert before.model_version == 10
     _send_update(edge, update_to_msg(_valid_update(edge, 10, 10), "robot_bad"), True, "must move the version to v11")
     _send_update(edge, update_to_msg(_valid_update(edge, 10, 12), "robot_bad"), True, "must move the version to v11")
     upd = encode_update(edge["server_model"], np.arange(4), np.zeros(4, np.float32), 10, 11, "delta_lzma_fp16")
-    upd.indices_blob = lzma.compress(_varint_encode(np.array([0, 2**62, 2**62, 2**62], np.uint64)))
+    upd.indices_blob = lzma.compress(varint_encode(np.array([0, 2**62, 2**62, 2**62], np.uint64)))
     upd.checksum = upd.compute_checksum()
     st = _send_update(edge, update_to_msg(upd, "robot_bad"), True, "index deltas")
     assert st.model_version == 10 and st.inputs_rejected >= before.inputs_rejected + 3

@@ -2,7 +2,7 @@
 makes the robot ask at once for ONE catch-up update (not a snapshot), and a server that lost its
 state (a new chain behind the robot) gets the robot resynced with its versions still going up.
 
-The server side here is the core DeviceSession driven by this test (the server node's service
+The server side here is the core RobotSession driven by this test (the server node's service
 calls the same ``resync``); the robot is the real ``edge`` executable.
 """
 
@@ -25,7 +25,7 @@ from ams_msgs.msg import EdgeStatus, ModelUpdate, SamplingCommand  # noqa: E402
 from ams_msgs.srv import GetModelSnapshot  # noqa: E402
 from ams_ros.core.models.labels import get_label_space  # noqa: E402
 from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
-from ams_ros.core.server.session import DeviceSession, SessionConfig  # noqa: E402
+from ams_ros.core.server.session import RobotSession, SessionConfig  # noqa: E402
 from ams_ros.core.sources.synthetic import world_from_spec  # noqa: E402
 from ams_ros.core.server.trainer import TrainerConfig  # noqa: E402
 from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
@@ -40,7 +40,7 @@ SIZE = (48, 24)
 
 @contextmanager
 def robot_and_test_server(tmp_path, patcher: dict | None = None):
-    """The real ``edge`` executable and this test as its server (a DeviceSession behind the
+    """The real ``edge`` executable and this test as its server (a RobotSession behind the
     snapshot service); ``patcher``: extra model_patcher parameters."""
     n_cls = len(get_label_space("synthetic").class_names)
     base = load_student(STUDENT, num_classes=n_cls, weights=None)
@@ -53,7 +53,7 @@ def robot_and_test_server(tmp_path, patcher: dict | None = None):
     })
     world = world_from_spec("synthetic:1", width=SIZE[0], height=SIZE[1])
     cfg = SessionConfig(trainer=TrainerConfig(iterations=2, batch_size=2, gamma=0.01, input_size=SIZE, horizon_s=60.0))
-    server = {"session": DeviceSession(DEV, copy.deepcopy(base), cfg), "answers": []}
+    server = {"session": RobotSession(DEV, copy.deepcopy(base), cfg), "answers": []}
 
     def phase(session, t0):
         for t in range(t0, t0 + 3):
@@ -117,7 +117,7 @@ def test_a_lost_update_is_caught_up_from_the_command_and_a_robot_ahead_of_a_new_
         assert re.search(r"applied catch-up v1->v3 of chain " + session.chain_tag, proc.output())
 
         # the server loses its state: a new chain, behind the robot
-        lost = DeviceSession(DEV, copy.deepcopy(r.base), r.cfg)
+        lost = RobotSession(DEV, copy.deepcopy(r.base), r.cfg)
         r.phase(lost, 20)
         server["session"] = lost
         r.command(lost)  # chain Y at v1; the robot runs v3 of chain X

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the oracle teacher)
 from ams_ros.core.models.pretraining import distill
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.teachers import build_teacher
@@ -248,7 +249,7 @@ def test_diverging_key_frame_training_is_undone_and_nothing_is_shipped(clip, stu
 
 
 def test_an_update_the_edge_rejects_is_reported_and_the_edge_keeps_its_model(clip, student):
-    from ams_ros.core.wire.update_codec import encode_update
+    from ams_ros.core.wire.encodings import encode_update
 
     run = sim.SchemeRun(_ctx(clip, student), "x", "none")
     edge = run.new_edge()

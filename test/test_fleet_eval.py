@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the oracle teacher)
 from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.models.weights import load_student
 from ams_ros.eval import fleet

@@ -124,7 +124,8 @@ def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_
     from ams_ros.core.edge.double_buffer import DoubleBufferedModel
     from ams_ros.core.models.labels import get_label_space
     from ams_ros.core.models.weights import load_student
-    from ams_ros.core.server.session import DeviceSession, SessionConfig, run_fused_phases
+    from ams_ros.core.fleet.fused_training import run_fused_phases
+    from ams_ros.core.server.session import RobotSession, SessionConfig
     from ams_ros.core.sources.synthetic import world_from_spec
     from ams_ros.core.server.trainer import TrainerConfig
 
@@ -135,7 +136,7 @@ def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_
     def sessions():
         cfg = TrainerConfig(iterations=2, batch_size=2, gamma=0.05, lr=2e-3, input_size=size, horizon_s=60.0,
                             update_period_s=5.0)
-        return [DeviceSession(f"r{i}", copy.deepcopy(student), SessionConfig(trainer=copy.deepcopy(cfg)))
+        return [RobotSession(f"r{i}", copy.deepcopy(student), SessionConfig(trainer=copy.deepcopy(cfg)))
                 for i in range(3)]
 
     fused, alone = sessions(), sessions()

@@ -45,7 +45,7 @@ def test_the_fuzzer_finds_a_decoder_that_crashes(monkeypatch):
 def test_a_registered_signer_is_fuzzed_and_a_wrong_signature_is_rejected(monkeypatch):
     class Rejecting:
         def sign(self, update, device_id):
-            update.auth_tag = b"x"
+            update.signature = b"x"
 
         def verify(self, update, device_id):
             return False

@@ -97,7 +97,7 @@ def param_tables():
     """{config file stem: {node: {name: (default, Param)}}}: what each process's nodes declare."""
     pytest.importorskip("rclpy")
     pytest.importorskip("ams_msgs.msg")
-    from ams_ros.nodes.common.config_files import process_nodes
+    from ams_ros.nodes.config_files import process_nodes
 
     return {stem: {node: {p.name: (p.default, p) for p in specs} for node, specs in nodes.items()}
             for stem, nodes in process_nodes().items()}
@@ -140,12 +140,12 @@ def test_every_node_has_a_yaml_section(param_tables):
 
 def test_config_files_are_generated_from_the_declared_parameters(param_tables):
     """One place holds each default: the YAML is what the parameter specs render, byte for byte
-    (after a default changes in ams_ros/core, `python -m ams_ros.nodes.common.config_files` rewrites it)."""
-    from ams_ros.nodes.common.config_files import render
+    (after a default changes in ams_ros/core, `python -m ams_ros.nodes.config_files` rewrites it)."""
+    from ams_ros.nodes.config_files import render
 
     for stem in param_tables:
         assert (ROOT / "config" / f"{stem}.yaml").read_text() == render(stem), (
-            f"config/{stem}.yaml is stale: run python -m ams_ros.nodes.common.config_files")
+            f"config/{stem}.yaml is stale: run python -m ams_ros.nodes.config_files")
 
 
 def test_demo_launch_configs_are_the_base_files_with_make_demos_defaults(param_tables):
@@ -202,7 +202,7 @@ def test_launch_choices_are_the_packages_own():
     """The launch files cannot import torch-heavy modules to list the students and encodings, so
     they spell them out; this keeps them equal to the core's."""
     from ams_ros.core.models.student import STUDENTS
-    from ams_ros.core.wire.update_codec import ENCODINGS
+    from ams_ros.core.wire.encodings import ENCODINGS
 
     for name in ("edge.launch.py", "server.launch.py"):
         lists = _module_lists(ROOT / "launch" / name)
@@ -214,7 +214,7 @@ def test_launch_choices_are_the_packages_own():
         assert lists["DTYPES"] == list(DTYPE_CHOICES), name
         if "BACKENDS" in lists:
             from ams_ros.core.fleet.scheduling import POLICIES
-            from ams_ros.core.fleet.session_pool import BACKENDS, PLACEMENTS
+            from ams_ros.core.fleet.pool_config import BACKENDS, PLACEMENTS
 
             assert lists["BACKENDS"] == list(BACKENDS), name
             assert lists["POLICIES"] == list(POLICIES), name

@@ -21,7 +21,7 @@ from rclpy.parameter import Parameter  # noqa: E402
 from ams_ros.nodes.edge.camera_sampler import CameraSampler  # noqa: E402
 from ams_ros.nodes.edge.state import EdgeState  # noqa: E402
 from ams_ros.nodes.server.ams_trainer import AMSTrainerNode  # noqa: E402
-from ams_ros.core.wire.update_codec import DEFAULT_UPDATE_ENCODING  # noqa: E402
+from ams_ros.core.wire.encodings import DEFAULT_UPDATE_ENCODING  # noqa: E402
 from ams_ros.nodes.server.asr_controller import ASRController  # noqa: E402
 from ams_ros.nodes.server.state import ServerState  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch
 
 from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.sources.synthetic import world_from_spec
 from ams_ros.core.server.trainer import TrainerConfig
 
@@ -24,7 +24,7 @@ def test_a_stop_request_mid_phase_rolls_the_phase_back_and_ships_nothing():
                            weights=None)
     cfg = SessionConfig(trainer=TrainerConfig(iterations=50, batch_size=2, gamma=0.05, input_size=size,
                                               horizon_s=60.0, update_period_s=5.0))
-    session = DeviceSession("r", copy.deepcopy(student), cfg)
+    session = RobotSession("r", copy.deepcopy(student), cfg)
     for t in range(5):
         rgb, lab = world.frame_at(float(t))
         session.add_labeled(float(t), rgb, lab)

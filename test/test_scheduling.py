@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from ams_ros.core.server.sample_buffer import BufferEntry
+from ams_ros.core.models.samples import BufferEntry
 from ams_ros.core.fleet.scheduling import (
     POLICIES,
     ROUND_ROBIN,

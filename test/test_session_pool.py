@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from ams_ros.core.fleet.session_pool import PoolConfig, SessionPool, in_process_factory
+from ams_ros.core.fleet.pool_config import PoolConfig
+from ams_ros.core.fleet.pool import SessionPool
+from ams_ros.core.fleet.transports import in_process_factory
 from ams_ros.core.server.session_store import SessionStore, session_state
 from pool_helpers import ROBOTS, RobotChain, batch, decoded, state_differences, teacher_spec, worker_spec
 
@@ -68,9 +70,9 @@ def test_a_moved_robot_keeps_its_whole_state_and_its_chain(tmp_path):
     kept = decoded(pool, "robot1")  # what a later recovery would restore
     assert kept.pop("pool_seq") == 3 and state_differences(left, kept) == []
     after = pool.info["robot1"]
-    assert (after["version"], after["chain_tag"], after["buffered"], after["new_samples"]) == \
-        (before["version"], before["chain_tag"], before["buffered"], before["new_samples"])
-    assert before["buffered"] == 9 and before["new_samples"] == 3
+    assert (after.version, after.chain_tag, after.buffered, after.new_samples) == \
+        (before.version, before.chain_tag, before.buffered, before.new_samples)
+    assert before.buffered == 9 and before.new_samples == 3
     assert pool.robots_on(0) == [] and pool.robots_on(1) == ["robot1", "robot2"]
     assert pool.move("robot1", 1) is None  # already there
     _stream(pool, "robot1", 3.0, 2, chain)
@@ -215,14 +217,14 @@ def test_states_kept_after_each_phase_persist_in_state_dir_and_resume(tmp_path):
     store = SessionStore(str(tmp_path / "state"))
     pool, _ = _pool(tmp_path, store=store)
     _stream(pool, "robot2", 0.0, 2)
-    tag = pool.info["robot2"]["chain_tag"]
+    tag = pool.info["robot2"].chain_tag
     assert os.path.exists(store.path("robot2")) and not os.path.exists(store.path("robot1"))
     with open(store.path("robot1"), "wb") as f:
         f.write(b"AMS-SESSION\n{torn")
     again, reports = _pool(tmp_path, store=store)
-    assert again.info["robot2"]["version"] == 2 and again.info["robot2"]["chain_tag"] == tag
+    assert again.info["robot2"].version == 2 and again.info["robot2"].chain_tag == tag
     assert "resumed chain " + tag in reports[1]["message"]
-    assert reports[0]["warning"] and "corrupt" in reports[0]["message"] and again.info["robot1"]["version"] == 0
+    assert reports[0]["warning"] and "corrupt" in reports[0]["message"] and again.info["robot1"].version == 0
     assert any(n.startswith("robot1.session.corrupt-") for n in os.listdir(store.state_dir))
 
 
@@ -239,7 +241,7 @@ def test_bad_pool_settings_name_the_value_and_the_fix(kw, text):
 
 
 def test_backend_local_never_imports_ray():
-    code = ("import sys; import ams_ros.core.fleet.session_pool, ams_ros.core.fleet.worker; "
+    code = ("import sys; import ams_ros.core.fleet.pool, ams_ros.core.fleet.pooled_session, ams_ros.core.fleet.worker; "
             "import ams_ros.nodes.server.main; assert 'ray' not in sys.modules, 'ray imported'; print('ok')")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(__import__("pathlib").Path(__file__).resolve().parents[1]),

@@ -16,7 +16,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ams_ros.core.fleet.session_pool import PoolConfig, SessionPool, connect_ray, ray_actor_factory  # noqa: E402
+from ams_ros.core.fleet.pool_config import PoolConfig  # noqa: E402
+from ams_ros.core.fleet.pool import SessionPool  # noqa: E402
+from ams_ros.core.fleet.transports import connect_ray, ray_actor_factory  # noqa: E402
 from pool_helpers import ROBOTS, RobotChain, batch, teacher_spec, worker_spec  # noqa: E402
 
 LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
@@ -81,7 +83,7 @@ class Stream:
 
     def _train(self) -> None:
         while not self.stop.is_set():
-            outcome = self.pool.run_phase(self.dev) if self.pool.info[self.dev]["new_samples"] else None
+            outcome = self.pool.run_phase(self.dev) if self.pool.info[self.dev].new_samples else None
             if outcome is not None:
                 self.chain.apply(outcome.update)
             else:

@@ -19,11 +19,12 @@ from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.sources.synthetic import world_from_spec
 from ams_ros.core.server.trainer import TrainerConfig
-from ams_ros.core.wire.update_codec import VersionGapError, encode_snapshot, encoded_size
+from ams_ros.core.wire.update import VersionGapError, encoded_size
+from ams_ros.core.wire.encodings import encode_snapshot
 
 SIZE = (48, 24)
 
@@ -49,15 +50,15 @@ def _flat(model) -> np.ndarray:
     return np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
 
 
-def _phase(session: DeviceSession, world, t0: int):
+def _phase(session: RobotSession, world, t0: int):
     for t in range(t0, t0 + 5):
         rgb, lab = world.frame_at(float(t))
         session.add_labeled(float(t), rgb, lab)
     return session.run_phase(float(t0 + 4))
 
 
-def _trained(student, world, phases: int, **kw) -> tuple[DeviceSession, list]:
-    session = DeviceSession("robot1", copy.deepcopy(student), _config(**kw))
+def _trained(student, world, phases: int, **kw) -> tuple[RobotSession, list]:
+    session = RobotSession("robot1", copy.deepcopy(student), _config(**kw))
     outs = [_phase(session, world, 5 * i) for i in range(phases)]
     return session, outs
 
@@ -129,7 +130,7 @@ def test_a_foreign_state_file_is_set_aside_never_loaded(tmp_path, student, world
 
 
 def test_a_catch_up_for_a_robot_three_versions_behind_applies_and_yields_exactly_the_servers_weights(student, world):
-    session = DeviceSession("robot1", copy.deepcopy(student), _config())
+    session = RobotSession("robot1", copy.deepcopy(student), _config())
     edge = DoubleBufferedModel(copy.deepcopy(student))
     edge.apply_update(session.snapshot())
     follower = ChainFollower()

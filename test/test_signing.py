@@ -21,7 +21,7 @@ from ams_ros.core.models.params import flatten_params
 from ams_ros.core.security.signing import (KeyFileError, ReplayGuard, SeenSignatures, SignatureError, SigningKey, TrustedKeys,
                                   batch_signing_input, parse_robot_keys, sign_update,
                                   snapshot_request_signing_input, update_signing_input, verify_update)
-from ams_ros.core.wire.update_codec import encode_snapshot, encode_update
+from ams_ros.core.wire.encodings import encode_snapshot, encode_update
 from ams_ros.keys.cli import main as keys_main
 
 
@@ -48,7 +48,7 @@ def test_signed_update_verifies_for_its_robot_only(server_key):
     sign_update(upd, "robotA", server_key)
     trusted = TrustedKeys.parse([server_key.public_text])
     verify_update(upd, "robotA", trusted)
-    assert len(upd.auth_tag) == 64 and upd.signer_key_id == server_key.key_id
+    assert len(upd.signature) == 64 and upd.signer_key_id == server_key.key_id
     with pytest.raises(SignatureError, match="does not match"):
         verify_update(upd, "robotB", trusted)
 
@@ -83,7 +83,7 @@ def test_signature_bit_flip_and_unknown_key_are_rejected(server_key):
     upd = _update(small_net())
     sign_update(upd, "robotA", server_key)
     trusted = TrustedKeys.parse([server_key.public_text])
-    forged = dataclasses.replace(upd, auth_tag=_flip(upd.auth_tag))
+    forged = dataclasses.replace(upd, signature=_flip(upd.signature))
     with pytest.raises(SignatureError, match="does not match"):
         verify_update(forged, "robotA", trusted)
     rogue = SigningKey.generate()

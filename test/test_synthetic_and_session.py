@@ -15,7 +15,7 @@ from ams_ros.core.common.metrics import ConfusionMatrix
 from ams_ros.core.models.student import predict
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.models.teachers import build_teacher
-from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
 from ams_ros.core.sources.frame_sources import open_source
 from ams_ros.core.sources.synthetic import SYNTHETIC_CLASSES, SyntheticWorld, world_from_spec
 from ams_ros.core.server.trainer import TrainerConfig
@@ -107,7 +107,7 @@ def test_ams_session_beats_frozen_student_after_a_shift():
     edge = DoubleBufferedModel(copy.deepcopy(student))
     cfg = SessionConfig(trainer=TrainerConfig(iterations=10, batch_size=4, gamma=0.1, lr=2e-3, input_size=size,
                                               horizon_s=240.0, update_period_s=10.0))
-    session = DeviceSession("r", copy.deepcopy(student), cfg)
+    session = RobotSession("r", copy.deepcopy(student), cfg)
     edge.apply_update(session.snapshot())  # start-up resync, as the model patcher does
     for t in range(0, 160):  # 1 frame/s sampled, a phase every 10 s
         rgb, _ = world.frame_at(float(t))
@@ -137,7 +137,7 @@ def test_a_diverged_phase_is_undone_and_the_next_one_ships():
     edge = DoubleBufferedModel(copy.deepcopy(student))
     cfg = SessionConfig(trainer=TrainerConfig(iterations=3, batch_size=2, gamma=0.05, lr=1e6, input_size=size,
                                               horizon_s=60.0, update_period_s=5.0))
-    session = DeviceSession("r", copy.deepcopy(student), cfg)
+    session = RobotSession("r", copy.deepcopy(student), cfg)
     edge.apply_update(session.snapshot())
 
     def feed(t0: int) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the oracle teacher)
 from ams_ros.core.models.labels import CITYSCAPES, get_label_space, labels_from_colors
 from ams_ros.core.models import teachers as T
 from ams_ros.core.models.student import build_student

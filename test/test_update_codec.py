@@ -13,17 +13,9 @@ from torch import nn
 
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.models.params import FlatAccessor, flatten_params, fingerprint, param_layout
-from ams_ros.core.wire.update_codec import (
-    ENCODINGS,
-    UpdateError,
-    VersionGapError,
-    _varint_decode,
-    _varint_encode,
-    decode_update,
-    encode_snapshot,
-    encode_update,
-    quantize_roundtrip,
-)
+from ams_ros.core.wire.encodings import ENCODINGS, decode_update, encode_snapshot, encode_update, quantize_roundtrip
+from ams_ros.core.wire.update import UpdateError, VersionGapError
+from ams_ros.core.wire.index_coding import varint_decode, varint_encode
 
 
 def param_offsets(model: nn.Module) -> list[int]:
@@ -271,12 +263,12 @@ def test_better_encoding_smaller_than_paper_on_trained_like_values():
 def test_six_bit_packing_keeps_the_wire_format(count):
     """The shift-based 6-bit packer writes exactly the MSB-first bit stream of the generic one
     (what residual_lzma_q6 updates always carried), and reads it back."""
-    from ams_ros.core.wire.update_codec import _pack_bits, _unpack_bits
+    from ams_ros.core.wire.quantize import pack_bits, unpack_bits
 
     q = np.random.default_rng(count).integers(0, 64, count).astype(np.uint8)
     generic = np.packbits(np.unpackbits(q[:, None], axis=1)[:, 2:].reshape(-1)).tobytes()
-    assert _pack_bits(q, 6) == generic
-    np.testing.assert_array_equal(_unpack_bits(generic, count, 6), q)
+    assert pack_bits(q, 6) == generic
+    np.testing.assert_array_equal(unpack_bits(generic, count, 6), q)
 
 
 @pytest.mark.parametrize("encoding", ["residual_lzma_q8", "residual_lzma_q6", "residual_zlib_q6"])
@@ -302,7 +294,7 @@ def test_update_fingerprint_matches_model():
     m = small_net()
     idx, vals = sparse(m)
     upd = encode_update(m, idx, vals, 0, 1)
-    assert fingerprint(m) == upd.fingerprint and upd.auth_tag == b"" and upd.signer_key_id == ""
+    assert fingerprint(m) == upd.fingerprint and upd.signature == b"" and upd.signer_key_id == ""
 
 
 @pytest.mark.parametrize("stage", ["decode_update", "write"])
@@ -433,14 +425,14 @@ def test_flat_storage_reads_and_writes_match_per_tensor_ones_and_survive_a_repla
 ], ids=["one_byte", "mixed", "long"])
 def test_gap_varints_decode_to_what_was_encoded(values):
     v = np.array(values, dtype=np.uint64)
-    assert np.array_equal(_varint_decode(_varint_encode(v), v.size).view(np.uint64), v)
+    assert np.array_equal(varint_decode(varint_encode(v), v.size).view(np.uint64), v)
     rng = np.random.default_rng(1)  # a 5 % selection's gaps: mostly one byte, a tail of longer ones
     gaps = np.concatenate([rng.geometric(0.05, 20000), rng.integers(1, 2**40, 50)]).astype(np.uint64)
     rng.shuffle(gaps)
-    assert np.array_equal(_varint_decode(_varint_encode(gaps), gaps.size).view(np.uint64), gaps)
+    assert np.array_equal(varint_decode(varint_encode(gaps), gaps.size).view(np.uint64), gaps)
 
 
 def test_a_gap_varint_longer_than_an_int64_is_refused():
     blob = bytes([0x05]) + bytes([0xFF] * 9) + bytes([0x01])  # 10 bytes: past int64's 9 groups of 7 bits
     with pytest.raises(UpdateError, match="over-long varint"):
-        _varint_decode(blob, 2)
+        varint_decode(blob, 2)

@@ -16,16 +16,10 @@ from torch import nn
 
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.models.params import FlatAccessor, flatten_params
-from ams_ros.core.wire.update_codec import (
-    ENCODINGS,
-    StaleUpdateError,
-    UpdateError,
-    VersionGapError,
-    _varint_encode,
-    check_version_step,
-    encode_snapshot,
-    encode_update,
-)
+from ams_ros.core.wire.encodings import ENCODINGS, encode_snapshot, encode_update
+from ams_ros.core.wire.update import StaleUpdateError, UpdateError, VersionGapError
+from ams_ros.core.wire.index_coding import varint_encode
+from ams_ros.core.edge.chain_sync import check_version_step
 
 
 def net() -> nn.Module:
@@ -58,7 +52,7 @@ def crafted(m, n, encoding, deltas=None, idx_raw=None, vals_raw=None, num_select
     pack = zlib.compress if ENCODINGS[encoding].compressor == "zlib" else lzma.compress
     u.encoding = encoding
     if deltas is not None:
-        u.indices_blob = pack(_varint_encode(np.asarray(deltas, dtype=np.uint64)))
+        u.indices_blob = pack(varint_encode(np.asarray(deltas, dtype=np.uint64)))
     if idx_raw is not None:
         u.indices_blob = idx_raw
     u.values_blob = vals_raw if vals_raw is not None else pack(np.zeros(k, np.float16).tobytes())
@@ -89,7 +83,7 @@ def test_duplicate_or_out_of_range_delta_indices_are_rejected(setup, deltas, why
 def test_index_count_other_than_num_selected_is_rejected(setup):
     m, holder, n = setup
     u = crafted(m, n, "delta_lzma_fp16", deltas=[1, 1, 1], num_selected=3)
-    u.indices_blob = lzma.compress(_varint_encode(np.array([1, 1, 1, 1], np.uint64)))
+    u.indices_blob = lzma.compress(varint_encode(np.array([1, 1, 1, 1], np.uint64)))
     u.checksum = u.compute_checksum()
     assert_rejected_untouched(holder, u, "indices")
 
@@ -127,7 +121,7 @@ def test_raw_streams_with_extra_bytes_are_rejected(setup):
     u = crafted(m, n, "delta_lzma_fp16", deltas=[1, 1, 1, 1], vals_raw=lzma.compress(np.zeros(5, np.float16).tobytes()))
     assert_rejected_untouched(holder, u, "inflates past")  # the header bounds the value stream exactly
     u = crafted(m, n, "delta_lzma_fp16", deltas=[1, 1, 1, 1])
-    u.indices_blob = lzma.compress(_varint_encode(np.array([1, 1, 1, 1], np.uint64)) + b"\x80")  # a dangling byte
+    u.indices_blob = lzma.compress(varint_encode(np.array([1, 1, 1, 1], np.uint64)) + b"\x80")  # a dangling byte
     u.checksum = u.compute_checksum()
     assert_rejected_untouched(holder, u, "index stream")
 
@@ -168,7 +162,7 @@ def test_catch_up_update_may_span_several_versions_when_allowed(setup):
 def test_a_catch_up_applies_on_a_version_it_covers_and_lands_on_its_end(setup):
     """At v4 (an update v3->v4 came in while the robot asked): the catch-up v3->v6 the server
     answered with still applies and gives exactly v6's weights; a plain update v3->v6 does not."""
-    from ams_ros.core.wire.update_codec import encode_catch_up
+    from ams_ros.core.wire.encodings import encode_catch_up
 
     m, holder, n = setup
     target = copy.deepcopy(m)
@@ -223,7 +217,7 @@ def test_a_failing_write_restores_the_inactive_copy(setup, monkeypatch):
 
 
 def test_only_an_update_marked_catch_up_may_span_several_versions(setup):
-    from ams_ros.core.wire.update_codec import encode_catch_up
+    from ams_ros.core.wire.encodings import encode_catch_up
 
     m, holder, n = setup
     target = copy.deepcopy(holder.active)

@@ -202,9 +202,9 @@ def resync_bytes(args: argparse.Namespace, student=None) -> dict:
     """Bytes a robot 1, 2, 4 versions behind is sent: one catch-up update (the union of the
     phases' changes, issue #13) vs a full snapshot, after real phases on the synthetic world."""
     from ams_ros.core.models.student import build_student
-    from ams_ros.core.server.session import DeviceSession, SessionConfig
+    from ams_ros.core.server.session import RobotSession, SessionConfig
     from ams_ros.core.server.trainer import TrainerConfig
-    from ams_ros.core.wire.update_codec import encoded_size
+    from ams_ros.core.wire.update import encoded_size
 
     if student is None:
         torch.manual_seed(0)
@@ -212,7 +212,7 @@ def resync_bytes(args: argparse.Namespace, student=None) -> dict:
     size = (args.update_width, args.update_height)
     cfg = SessionConfig(trainer=TrainerConfig(iterations=args.iterations, batch_size=8, gamma=0.05, input_size=size,
                                               horizon_s=600.0, update_period_s=10.0, lr=1e-3))
-    session = DeviceSession("bench", copy.deepcopy(student), cfg)
+    session = RobotSession("bench", copy.deepcopy(student), cfg)
     samples = _synthetic_samples(40, size)
     out: dict = {"setup": f"gamma 0.05, K={args.iterations}, batch 8, {size[0]}x{size[1]}, synthetic world, "
                           f"update encoding {cfg.update_encoding}, catch-up/snapshot encoding {cfg.snapshot_encoding}"}
@@ -360,7 +360,7 @@ def _device_figures(args: argparse.Namespace, student, samples, updates_5pct: di
     """Per precision on ``device``: inference, a training phase, the teacher, patch apply."""
     from ams_ros.core.common.devices import describe, resolve_dtype
     from ams_ros.core.edge.double_buffer import DoubleBufferedModel
-    from ams_ros.core.edge.inference import autocast_for
+    from ams_ros.core.common.devices import autocast_for
 
     out: dict = {"device": describe(device), "phase_steps": args.phase_steps, "phase_batch": 8,
                  "phase_size": "512x256", "precisions": {}}
@@ -417,7 +417,8 @@ def _update_figures(args: argparse.Namespace, student, res: dict) -> dict:
     buffer, per encoding (issue #10). Fills ``res``; returns the 5 % updates by encoding."""
     from ams_ros.core.edge.double_buffer import DoubleBufferedModel
     from ams_ros.core.models.params import flatten_params
-    from ams_ros.core.wire.update_codec import DEFAULT_UPDATE_ENCODING, ENCODINGS, ModelLayout, decode_update, encode_update
+    from ams_ros.core.wire.encodings import DEFAULT_UPDATE_ENCODING, ENCODINGS, decode_update, encode_update
+    from ams_ros.core.wire.update import ModelLayout
 
     size_small = (args.update_width, args.update_height)
     small = _synthetic_samples(24, size_small)

@@ -52,7 +52,9 @@ def measure(actors_list: tuple[int, ...], seconds: float, width: int, height: in
     from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
     from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
     from ams_ros.core.server.session import SessionConfig
-    from ams_ros.core.fleet.session_pool import PoolConfig, SessionPool, connect_ray, disconnect_ray, ray_actor_factory
+    from ams_ros.core.fleet.pool_config import PoolConfig
+    from ams_ros.core.fleet.pool import SessionPool
+    from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
     from ams_ros.core.sources.synthetic import SyntheticWorld
     from ams_ros.core.server.trainer import TrainerConfig
 

@@ -15,12 +15,12 @@ import argparse
 import sys
 
 from ams_ros.core.common.devices import DTYPE_CHOICES
-from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.wire.frame_codec import BatchEncoderConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.server.session import SessionConfig
 from ams_ros.core.server.trainer import TrainerConfig
-from ams_ros.core.wire.update_codec import ENCODINGS
+from ams_ros.core.wire.encodings import ENCODINGS
 from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 
 _T = TrainerConfig  # the paper's defaults, written once in the core configs

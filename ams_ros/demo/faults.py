@@ -152,7 +152,7 @@ class Forger(Disturbance):
     def _unsigned_zero_snapshot(self) -> bool:
         import torch
 
-        from ams_ros.core.wire.update_codec import encode_snapshot
+        from ams_ros.core.wire.encodings import encode_snapshot
         from ams_ros.nodes.common.conversions import update_to_msg
 
         zero = copy.deepcopy(self.observer.frozen)

@@ -130,7 +130,7 @@ def _add_demo_keys(edges: list[Path], server: Path, devs: list[str], key_dir: Pa
 
     import yaml
 
-    from ams_ros.keys.cli import generate
+    from ams_ros.core.security.signing import generate_key_file as generate
 
     shutil.rmtree(key_dir, ignore_errors=True)
     server_key_path, server_key = generate(key_dir, "server")

@@ -29,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
+
 DEFAULT_CLASSES = "road,sidewalk,building,vegetation,sky,person,car"
 DEFAULT_SCHEMES = "none,one_time,remote_tracking,jit,shadowtutor,ams"
 DEFAULT_CACHE = "out/eval/cache"

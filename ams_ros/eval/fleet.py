@@ -40,7 +40,7 @@ from ams_ros.core.wire.frame_codec import encode_frames
 from ams_ros.core.edge.frame_sampler import FrameSampler
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.fleet.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
-from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
 from ams_ros.core.server.trainer import TrainerConfig
 from ams_ros.eval.clips import Clip
 from ams_ros.eval.presets import Preset
@@ -74,13 +74,13 @@ def robot_clip(clip: Clip, variant: int) -> Clip:
 class _Robot:
     name: str
     run: SchemeRun
-    session: DeviceSession
+    session: RobotSession
     sampler: FrameSampler
     pending: deque          # (arrival time at the server, encoded batch)
     index: dict
 
 
-def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> DeviceSession:
+def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> RobotSession:
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
                               update_period_s=p.update_period_s, gamma=p.gamma, strategy=p.strategy, lr=p.lr,
@@ -88,7 +88,7 @@ def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) ->
         update_encoding=p.encoding,
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
-    return DeviceSession("fleet", copy.deepcopy(student), cfg)
+    return RobotSession("fleet", copy.deepcopy(student), cfg)
 
 
 def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy: str, fused: bool = False,

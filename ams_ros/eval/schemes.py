@@ -12,7 +12,7 @@ in stream time on one clip (see :mod:`ams_ros.eval.simulator` for the time model
   stride 8..64 doubled on success and halved on failure), 5% gradient-guided updates by default.
 - ``shadowtutor``: ShadowTutor's key frames, stride rule and partial distillation (decoder tail,
   up to 8 Adam steps lr 0.01 until 0.8, best model kept).
-- ``ams``: the full system (the core's DeviceSession: ASR sampling, Algorithm 1 + 2, update codec),
+- ``ams``: the full system (the core's RobotSession: ASR sampling, Algorithm 1 + 2, update codec),
   with any selection strategy and fraction of Table 3 (``ams:strategy=random,gamma=0.1``).
 
 A scheme spec is ``NAME[:KEY=VALUE,...]``; keys are preset fields, looked up with the scheme's
@@ -35,9 +35,9 @@ from ams_ros.core.edge.frame_sampler import FrameSampler
 from ams_ros.core.models.params import read_flat
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.server.selection import STRATEGIES
-from ams_ros.core.server.session import DeviceSession, SessionConfig, TrainingDiverged
+from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
 from ams_ros.core.server.trainer import TrainerConfig
-from ams_ros.core.wire.update_codec import ship_update
+from ams_ros.core.server.shipping import ship_update
 from ams_ros.eval.baselines import (
     KeyFrameDistiller,
     KeyFrameOutcome,
@@ -117,7 +117,7 @@ def _index_of(clip) -> dict[float, int]:
 
 
 def _server_labeler(ctx: RunContext, index: dict[float, int]) -> Callable:
-    """``label(frames, stamps)`` for :meth:`DeviceSession.add_encoded_batch`: the server's
+    """``label(frames, stamps)`` for :meth:`RobotSession.add_encoded_batch`: the server's
     teacher labels of the decoded frames (or the clip's reference labels, per the preset)."""
     return lambda frames, stamps: ctx.server_labels([index[s] for s in stamps], frames, stamps)
 
@@ -133,7 +133,7 @@ def run_none(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     return run.finish()
 
 
-def _phase(session: DeviceSession, t_data: float):
+def _phase(session: RobotSession, t_data: float):
     """``session.run_phase``, with a diverged phase (undone by the session) as None."""
     try:
         return session.run_phase(t_data)
@@ -141,7 +141,7 @@ def _phase(session: DeviceSession, t_data: float):
         return None
 
 
-def _diverged_note(session: DeviceSession) -> list[str]:
+def _diverged_note(session: RobotSession) -> list[str]:
     n = session.diverged_phases
     return [f"training diverged in {n} phase(s): weights past what '{session.config.update_encoding}' carries; "
             f"each was undone and nothing was shipped (lower lr)"] if n else []
@@ -161,7 +161,7 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
                               gamma=1.0, strategy="full", lr=p.lr, input_size=(w, h), seed=p.seed,
                               train_precision=p.train_precision),
         update_encoding=p.encoding, adaptive_period=AdaptivePeriodConfig(enabled=False))
-    session = DeviceSession("one_time", copy.deepcopy(ctx.student), cfg)
+    session = RobotSession("one_time", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
     index = _index_of(ctx.clip)
@@ -371,7 +371,7 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         update_encoding=p.encoding, downlink=DownlinkBudgetConfig(downlink_budget_kbps=p.downlink_budget_kbps),
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
-    session = DeviceSession("eval", copy.deepcopy(ctx.student), cfg)
+    session = RobotSession("eval", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
     index = _index_of(ctx.clip)

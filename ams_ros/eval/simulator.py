@@ -30,7 +30,7 @@ from torch import nn
 from ams_ros.core.common.metrics import ConfusionMatrix, WindowedMIoU
 from ams_ros.core.models.student import predict
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
-from ams_ros.core.wire.update_codec import EncodedUpdate, UpdateError
+from ams_ros.core.wire.update import EncodedUpdate, UpdateError
 from ams_ros.eval.presets import Preset
 from ams_ros.core.models.teachers import label_frames
 from ams_ros.eval.clips import Clip

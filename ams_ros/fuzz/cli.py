@@ -2,11 +2,11 @@
 
 Issue #13 found updates that crashed the edge, partial writes into the inactive copy and frame
 batches that inflated to gigabytes. This replays that hunt on every run, deterministically from
-``--seed``: it mutates valid inputs (every update encoding of ``update_codec.ENCODINGS`` and
+``--seed``: it mutates valid inputs (every update encoding of ``wire.encodings.ENCODINGS`` and
 snapshots, unsigned or signed by each registered signer; H.264 and JPEG frame batches, with a
 small "bomb" among the seeds; ``sensor_msgs/Image``-shaped messages in every encoding) and feeds
 them to the same code the nodes run: the patcher's verify + :meth:`DoubleBufferedModel.apply_update`,
-:meth:`DeviceSession.add_encoded_batch` with :class:`BatchLimits`, and
+:meth:`RobotSession.add_encoded_batch` with :class:`BatchLimits`, and
 :func:`~ams_ros.core.sources.pixel_formats.image_to_rgb`. For each kind it counts
 
 - ``rejected``: raised the documented error (UpdateError, FrameCodecError, ImageConversionError),
@@ -177,13 +177,13 @@ def _mutate_stream(rng: np.random.Generator, blob: bytes) -> bytes:
 def _mutate_deltas(rng: np.random.Generator, blob: bytes, count: int) -> bytes:
     """Valid LEB128 structure, hostile values: deltas of 0 (duplicates), past the model, near 2**63
     (sums that wrap int64), so the index checks after decoding are what stands in the way."""
-    from ams_ros.core.wire.update_codec import _varint_decode, _varint_encode
+    from ams_ros.core.wire.index_coding import varint_decode, varint_encode
 
     codec = _codec_of(blob)
     if codec is None:
         return _mutate_bytes(rng, blob)
     try:
-        deltas = _varint_decode(codec[0](blob), count).view(np.uint64).copy()
+        deltas = varint_decode(codec[0](blob), count).view(np.uint64).copy()
     except Exception:
         return _mutate_bytes(rng, blob)
     if deltas.size == 0:
@@ -194,7 +194,7 @@ def _mutate_deltas(rng: np.random.Generator, blob: bytes, count: int) -> bytes:
     if rng.random() < 0.2:  # a swap: unsorted once summed
         i, j = rng.integers(0, deltas.size, 2)
         deltas[[i, j]] = deltas[[j, i]]
-    return codec[1](_varint_encode(deltas.astype(np.uint64)))
+    return codec[1](varint_encode(deltas.astype(np.uint64)))
 
 
 # ---------------------------------------------------------------------------- updates
@@ -221,7 +221,7 @@ class UpdateTarget:
     def __init__(self, rng: np.random.Generator) -> None:
         from ams_ros.core.edge.double_buffer import DoubleBufferedModel
         from ams_ros.core.models.params import FlatAccessor, flatten_params
-        from ams_ros.core.wire.update_codec import ENCODINGS, encode_snapshot, encode_update
+        from ams_ros.core.wire.encodings import ENCODINGS, encode_snapshot, encode_update
 
         self.model = _fuzz_net()
         self.version = 7
@@ -250,7 +250,8 @@ class UpdateTarget:
         return robot
 
     def case(self, rng: np.random.Generator, tally: Tally) -> None:
-        from ams_ros.core.wire.update_codec import ENCODINGS, UpdateError
+        from ams_ros.core.wire.encodings import ENCODINGS
+        from ams_ros.core.wire.update import UpdateError
 
         signer_name = list(SIGNERS)[int(rng.integers(0, len(SIGNERS)))]
         signer = SIGNERS[signer_name]
@@ -330,11 +331,11 @@ def solid_h264(n: int, w: int, h: int, value: int = 77) -> bytes:
 
 class BatchTarget:
     """Valid H.264 and JPEG batches and two bombs, with mutated bytes, declared counts and sizes,
-    through ``DeviceSession.add_encoded_batch`` with the server's default limits."""
+    through ``RobotSession.add_encoded_batch`` with the server's default limits."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         from ams_ros.core.wire.frame_codec import BatchLimits, encode_frames
-        from ams_ros.core.server.session import DeviceSession
+        from ams_ros.core.server.session import RobotSession
         from ams_ros.core.sources.synthetic import SyntheticWorld
 
         world = SyntheticWorld(seed=3, width=64, height=32)
@@ -347,7 +348,7 @@ class BatchTarget:
             ("h264", 64, 32, [float(t) for t in range(10)], solid_h264(300, 64, 32)),     # more frames than declared
         ]
         self.limits = BatchLimits()
-        self._new_session = lambda: DeviceSession("fuzz", _fuzz_net())
+        self._new_session = lambda: RobotSession("fuzz", _fuzz_net())
         self.session = self._new_session()
         self.labelled = 0
 

@@ -10,19 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from ams_ros.core.security.signing import KeyFileError, SigningKey
-
-
-def generate(out: str | Path, name: str) -> tuple[Path, SigningKey]:
-    """Create ``out/name.key``; refuses to overwrite an existing key."""
-    path = Path(out) / f"{name}.key"
-    if path.exists():
-        raise KeyFileError(f"{path} exists: choose another --name or remove it first (keys are never overwritten)")
-    key = SigningKey.generate()
-    key.save(path)
-    return path, key
+from ams_ros.core.security.signing import KeyFileError, SigningKey, generate_key_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "generate":
-            path, key = generate(args.out, args.name)
+            path, key = generate_key_file(args.out, args.name)
             print(f"# wrote {path} (mode 0600, key id {key.key_id}); public key:", file=sys.stderr)
         else:
             key = SigningKey.load(args.file)

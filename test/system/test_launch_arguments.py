@@ -20,7 +20,7 @@ from ams_msgs.msg import EdgeStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from ams_ros.core.security.signing import SigningKey  # noqa: E402
-from ams_ros.nodes.common.config_files import process_nodes  # noqa: E402
+from ams_ros.nodes.config_files import process_nodes  # noqa: E402
 from ams_ros.nodes.common.launch_params import typed  # noqa: E402
 from ams_ros.nodes.common.parameter_files import merge_parameter_files, write_parameter_file  # noqa: E402
 from ams_ros.nodes.common.qos import qos  # noqa: E402

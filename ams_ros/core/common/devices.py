@@ -15,8 +15,12 @@ legal (slow for float16 on most CPUs) so it can be tested here.
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
+
+from ams_ros.core.common.config import knob
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 """The forms a device spec takes (``cuda:N``: a CUDA device index, e.g. ``cuda:1``)."""
@@ -98,3 +102,23 @@ def configure_cudnn(device: torch.device, benchmark: bool) -> None:
     """``torch.backends.cudnn.benchmark`` for fixed-shape inference/training on CUDA (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(benchmark)
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """``torch.autocast`` for a reduced precision, a no-op context for float32."""
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Where and how a side runs its model. ``device``: auto | cpu | cuda | cuda:N."""
+
+    device: str = knob("auto", "Torch device: auto (first CUDA device, else the CPU) | cpu | cuda | cuda:N; "
+                       "CUDA where torch sees none is a start-up error")
+    inference_dtype: str = knob("float32", "Student inference precision (float16/bfloat16 via autocast; the weights "
+                                "and updates stay float32)", choices=DTYPE_CHOICES)
+    cudnn_benchmark: bool = knob(False, "CUDA only: let cuDNN pick the fastest kernels for the fixed input size")
+    channels_last: bool = knob(False, "Run convolutions in channels-last memory format (can help CUDA tensor "
+                               "cores; off by default, no gain measured on the CPU)")

@@ -10,7 +10,7 @@ of the weights it runs and:
 - refuses a snapshot that would take its version backwards (a stale or replayed one); when
   that snapshot is of another chain, the robot is *ahead* of the server's chain (the server
   lost its state), and it asks again naming its version: the server then raises its chain's
-  version above the robot's (the rule in :meth:`DeviceSession.resync`), so versions a robot
+  version above the robot's (the rule in :meth:`RobotSession.resync`), so versions a robot
   runs never go backwards while the server stays the authority on the weights;
 - compares each sampling command's ``server_version`` / ``chain_tag`` with what it runs, so a
   lost update is noticed within one command (after ``grace_s``, to let an update in flight
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ams_ros.core.wire.update_codec import EncodedUpdate, UpdateError
+from ams_ros.core.wire.encodings import is_residual
+from ams_ros.core.wire.update import EncodedUpdate, StaleUpdateError, UpdateError, VersionGapError
 
 
 class ResyncNeeded(UpdateError):
@@ -103,3 +104,42 @@ class ChainFollower:
         self._behind_since = None
         return (f"server is at v{self._behind_target} of chain {self.tag}, this robot at v{have_version}: "
                 f"update(s) lost")
+
+
+def check_version_step(update: "EncodedUpdate", current_version: int, max_span: int = 1, synced: bool = True) -> None:
+    """The one version rule every robot applies before touching its model.
+
+    - a sparse update applies on top of the version the robot runs (``base_version ==
+      current_version``, else :class:`VersionGapError`: ask for a snapshot) and moves it forward
+      by 1 to ``max_span`` versions (``max_span`` > 1 only for a catch-up update that carries the
+      union of several versions' changes);
+    - a full snapshot must be newer than the version the robot runs; a robot that has not yet
+      applied anything (``synced=False``: its version is a local start value, not a place in the
+      server's chain) also takes a snapshot of that same version, so a fresh robot and a fresh
+      server (both v0) end up on exactly the weights the server trains.
+
+    Anything else (``new_version <= base_version``, a jump past ``max_span``, an old snapshot
+    replayed) raises :class:`StaleUpdateError`, as does a sparse update that ends at or below the
+    version the robot runs (a duplicate, a replay of a genuine old update, or one overtaken by a
+    catch-up): the robot has it already, so it is not a gap and costs no resync. A catch-up
+    (absolute values of every coordinate changed since its base) also applies on a version
+    between its base and its end: the robot got one of the versions it covers meanwhile.
+    """
+    base, new, cur = int(update.base_version), int(update.new_version), int(current_version)
+    if max_span < 1:
+        raise ValueError(f"max_span must be >= 1, got {max_span}")
+    if update.full_snapshot:
+        if new < cur or (new == cur and synced):
+            raise StaleUpdateError(f"snapshot v{new} is not newer than this model's v{cur} (replayed or out of order)")
+        return
+    if base != cur:
+        if update.catch_up and base < cur < new and new - base <= max_span and not is_residual(update.encoding):
+            return  # a catch-up carries absolute values of every coordinate changed since its base: from a
+            # version between its base and its end (an update that came in meanwhile) it lands on the same weights
+        if base < new <= cur:
+            raise StaleUpdateError(f"update v{base}->v{new} is not newer than this model's v{cur} (a duplicate, a "
+                                   f"replayed or a late update: already applied)")
+        raise VersionGapError(base, cur)
+    if not 1 <= new - base <= max_span:
+        allowed = f"v{base + 1}" if max_span == 1 else f"v{base + 1}..v{base + max_span}"
+        raise StaleUpdateError(f"update v{base}->v{new} must move the version to {allowed}")

@@ -1,6 +1,6 @@
 """The edge's running model and an inactive copy, so an update never stalls inference.
 
-Updates are verified and decoded by :mod:`ams_ros.core.wire.update_codec` (the wire format), then
+Updates are verified and decoded by :mod:`ams_ros.core.wire.encodings` (the wire format), then
 written into the inactive copy, which is swapped in with one reference assignment. The model
 patcher node, the evaluation harness's emulated edge and ``ams-bench`` all use this class.
 
@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from ams_ros.core.models.params import FlatAccessor, SortedWrite
-from ams_ros.core.wire.update_codec import EncodedUpdate, ModelLayout, UpdateError, check_version_step, decode_update
+from ams_ros.core.wire.update import EncodedUpdate, ModelLayout, UpdateError
+from ams_ros.core.edge.chain_sync import check_version_step
+from ams_ros.core.wire.encodings import decode_update
 
 
 class DoubleBufferedModel:

@@ -18,8 +18,6 @@ another fingerprint and round every update twice).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -27,38 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ams_ros.core.common.config import knob
-from ams_ros.core.common.devices import DTYPE_CHOICES, resolve_device, resolve_dtype
+from ams_ros.core.common.devices import autocast_for, resolve_device, resolve_dtype
+from ams_ros.core.models.student import class_map
 from ams_ros.core.models.labels import LabelSpace, _palette_lut
-
-
-@dataclass(frozen=True)
-class DeviceConfig:
-    """Where and how a side runs its model. ``device``: auto | cpu | cuda | cuda:N."""
-
-    device: str = knob("auto", "Torch device: auto (first CUDA device, else the CPU) | cpu | cuda | cuda:N; "
-                       "CUDA where torch sees none is a start-up error")
-    inference_dtype: str = knob("float32", "Student inference precision (float16/bfloat16 via autocast; the weights "
-                                "and updates stay float32)", choices=DTYPE_CHOICES)
-    cudnn_benchmark: bool = knob(False, "CUDA only: let cuDNN pick the fastest kernels for the fixed input size")
-    channels_last: bool = knob(False, "Run convolutions in channels-last memory format (can help CUDA tensor "
-                               "cores; off by default, no gain measured on the CPU)")
-
-
-def class_map(logits: torch.Tensor) -> torch.Tensor:
-    """Per-pixel argmax over classes (B x C x H x W -> B x H x W uint8), first maximum on ties.
-
-    ``torch.max(dim=1).indices`` rather than ``argmax(dim=1)``: the same indices, but on the CPU
-    ``argmax`` over the channel dimension of an NCHW tensor took 4.4 ms at 21 x 256 x 128 against
-    0.7 ms (one thread), a sixth of the student's own time."""
-    return logits.max(dim=1).indices.to(torch.uint8)
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype):
-    """``torch.autocast`` for a reduced precision, a no-op context for float32."""
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class EdgeInference:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from contextlib import ExitStack
 from typing import Optional, Sequence
 
 import numpy as np
@@ -35,9 +36,10 @@ from torch.func import functional_call, grad, vmap
 from ams_ros.core.models.losses import logits_of, mask_unknown_classes
 from ams_ros.core.models.student import train_mode_frozen_bn
 from ams_ros.core.models.params import flatten_params, load_flat
-from ams_ros.core.server.sample_buffer import batch_to_tensors
+from ams_ros.core.models.samples import batch_to_tensors
 from ams_ros.core.server.selection import FULL, GAUSS_SOUTHWELL_SGD, mask_from_indices, phase_indices, validate_strategy
-from ams_ros.core.server.trainer import AMSTrainer, PhaseResult, stop_hooks
+from ams_ros.core.server.session import PhaseOutcome, RobotSession, TrainingDiverged
+from ams_ros.core.server.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, stop_hooks
 
 __all__ = ["fusable", "fused_train_phases"]
 
@@ -190,3 +192,36 @@ def _num_classes(t: AMSTrainer) -> int:
             t.model.train(was)
         t._fused_num_classes = cached  # type: ignore[attr-defined]
     return cached
+
+
+def run_fused_phases(sessions: Sequence[RobotSession]) -> list[PhaseOutcome | TrainingDiverged | None]:
+    """One phase for each of several robots' sessions with their students trained in one fused
+    step (:func:`~ams_ros.core.fleet.fused_training.fused_train_phases`: per-robot selection, masks
+    and Adam state; the weights within float tolerance of separate phases), each then encoded
+    and versioned exactly as :meth:`RobotSession.run_phase` does. Per session: its outcome,
+    None (nothing to train, or shutting down) or the TrainingDiverged that undid its phase.
+    The sessions' locks are taken in device-id order, so two callers cannot deadlock."""
+    if len({id(s) for s in sessions}) != len(sessions):
+        raise ValueError("a session appears twice: one phase per robot per fused step")
+    out: list[PhaseOutcome | TrainingDiverged | None] = [None] * len(sessions)
+    live = [i for i, s in enumerate(sessions) if s.latest_t is not None]
+    t0 = time.perf_counter()
+    with ExitStack() as held:
+        for i in sorted(live, key=lambda i: sessions[i].device_id):
+            held.enter_context(sessions[i].lock)
+        starts = {i: sessions[i].begin_phase(float(sessions[i].latest_t)) for i in live}
+        try:
+            results = fused_train_phases([sessions[i].trainer for i in live], [starts[i].now for i in live])
+        except PhaseInterrupted:  # shutting down: as if no phase had started
+            for i in live:
+                sessions[i].abandon_phase(starts[i])
+            return out
+        finally:
+            for i in live:
+                sessions[i].trainer.config = starts[i].configured
+        for i, result in zip(live, results):
+            try:
+                out[i] = sessions[i].finish_phase(starts[i], result, t0)
+            except TrainingDiverged as exc:
+                out[i] = exc
+    return out

@@ -53,7 +53,7 @@ from torch import nn
 from ams_ros.core.common.config import check_choice, knob
 from ams_ros.core.models.losses import logits_of
 from ams_ros.core.common.metrics import ConfusionMatrix
-from ams_ros.core.server.sample_buffer import BufferEntry, batch_to_tensors
+from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
 
 ROUND_ROBIN = "round_robin"
 UTILITY = "utility"

@@ -1,8 +1,8 @@
 """What one actor of the base station's session pool runs (issue #12): several robots' sessions and a teacher.
 
 With ``backend: ray`` the server process keeps the ROS side and the per-robot work moves out of
-it: each actor of the pool (:mod:`ams_ros.core.fleet.session_pool`) holds a :class:`PoolWorker`, which
-owns the :class:`~ams_ros.core.server.session.DeviceSession` of each robot assigned to it
+it: each actor of the pool (:mod:`ams_ros.core.fleet.pool`) holds a :class:`PoolWorker`, which
+owns the :class:`~ams_ros.core.server.session.RobotSession` of each robot assigned to it
 (student, Adam state, buffer, version chain, rate control) and the teachers that label their
 frames. It is built from plain, picklable settings (:class:`WorkerSpec`, :class:`TeacherSpec`:
 spec strings and file paths, never live models or keys), so the same class runs in-process
@@ -28,10 +28,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
 from ams_ros.core.wire.frame_codec import BatchLimits
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.fleet.scheduling import student_error
-from ams_ros.core.server.session import DeviceSession, Resync, SessionConfig, run_fused_phases
+from ams_ros.core.fleet.fused_training import run_fused_phases
+from ams_ros.core.fleet.replies import AddReply, CommandReply, LabelReply, PhaseReply, Ping, ResyncReply, RobotInfo
+from ams_ros.core.server.session import RobotSession, Resync, SessionConfig
 from ams_ros.core.server.session_store import decode_state, encode_state, restore_session_state, session_state
 
 
@@ -94,7 +97,7 @@ class PoolWorker:
 
             key = SigningKey.load(spec.signing_key_file)
         self.config = replace(spec.session, signing_key=key)
-        self.sessions: dict[str, DeviceSession] = {}
+        self.sessions: dict[str, RobotSession] = {}
         self._batch_locks: dict[str, threading.Lock] = {}
         self._applied_seq: dict[str, int] = {}
         self._lock = threading.Lock()  # guards the dicts above
@@ -107,30 +110,30 @@ class PoolWorker:
         return replace(self.config, trainer=copy.deepcopy(self.config.trainer))
 
     # ------------------------------------------------------------------ membership
-    def ping(self) -> dict[str, Any]:
+    def ping(self) -> Ping:
         with self._lock:
-            robots = sorted(self.sessions)
-        return {"name": self.name, "pid": os.getpid(), "robots": robots, "device": str(self.device)}
+            robots = tuple(sorted(self.sessions))
+        return Ping(self.name, os.getpid(), robots, str(self.device))
 
-    def _session(self, dev: str) -> DeviceSession:
+    def _session(self, dev: str) -> RobotSession:
         with self._lock:
             s = self.sessions.get(dev)
         if s is None:
             raise RobotNotHere(f"robot '{dev}' is not on actor {self.name} (robots here: {sorted(self.sessions)})")
         return s
 
-    def _here(self, dev: str, session: DeviceSession) -> None:
+    def _here(self, dev: str, session: RobotSession) -> None:
         with self._lock:
             if self.sessions.get(dev) is not session:
                 raise RobotNotHere(f"robot '{dev}' left actor {self.name}")
 
-    def add_robot(self, dev: str, state: bytes | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    def add_robot(self, dev: str, state: bytes | None = None, config: dict[str, Any] | None = None) -> AddReply:
         """Serve ``dev`` here: from its persisted ``state`` (exported by another actor, or read
         from ``state_dir``) or, without one, a fresh chain. A state that does not restore is
         reported (``resumed`` False, ``error`` the reason) and the robot starts fresh: a session
         is restored whole or not at all. ``config``: run-time settings to apply (rate control,
         changed training settings) as :meth:`configure_robot` takes them."""
-        session = DeviceSession(dev, copy.deepcopy(self.base), self._session_config())
+        session = RobotSession(dev, copy.deepcopy(self.base), self._session_config())
         resumed, error, kind, seq = False, "", "", -1
         if state is not None:
             try:
@@ -141,7 +144,7 @@ class PoolWorker:
             except Exception as exc:  # noqa: BLE001 - never half-load: start fresh and say why
                 kind = getattr(exc, "kind", "corrupt")
                 error = f"{type(exc).__name__}: {exc}"
-                session = DeviceSession(dev, copy.deepcopy(self.base), self._session_config())
+                session = RobotSession(dev, copy.deepcopy(self.base), self._session_config())
         session.trainer.stop_requested = lambda: self.stopping
         if config:
             _configure(session, config)
@@ -149,7 +152,7 @@ class PoolWorker:
             self.sessions[dev] = session
             self._batch_locks[dev] = threading.Lock()
             self._applied_seq[dev] = seq
-        return {"resumed": resumed, "error": error, "kind": kind, "seq": seq, **self._info(session)}
+        return AddReply(self._info(session), resumed, error, kind, seq)
 
     def export(self, dev: str) -> tuple[bytes, int]:
         """The robot's persisted state (bytes of :func:`encode_state`) and the last batch it holds."""
@@ -157,7 +160,7 @@ class PoolWorker:
         with self._batch_locks[dev]:
             return self._export(dev, session)
 
-    def _export(self, dev: str, session: DeviceSession) -> tuple[bytes, int]:
+    def _export(self, dev: str, session: RobotSession) -> tuple[bytes, int]:
         state = session_state(session)
         seq = self._applied_seq.get(dev, -1)
         state["pool_seq"] = int(seq)
@@ -196,7 +199,7 @@ class PoolWorker:
 
     # ------------------------------------------------------------------ per-robot work
     def label(self, dev: str, seq: int, data: bytes, codec: str, width: int, height: int,
-              stamps: list[float]) -> dict[str, Any]:
+              stamps: list[float]) -> LabelReply:
         """Decode a robot's frame batch, label it with the robot's teacher and add it to its
         buffer; ``seq`` is the pool's number of this batch. Raises FrameCodecError for a batch
         that does not decode, RobotNotHere when the robot is not here."""
@@ -213,9 +216,9 @@ class PoolWorker:
                                           lambda frames, st: label_frames(teacher, frames, st),
                                           limits=self.teacher_spec.limits)
             self._applied_seq[dev] = max(self._applied_seq.get(dev, -1), int(seq))
-        return {"frames": n, "busy_s": time.perf_counter() - t0, **self._info(session)}
+        return LabelReply(self._info(session), n, time.perf_counter() - t0)
 
-    def run_phase(self, dev: str) -> dict[str, Any]:
+    def run_phase(self, dev: str) -> PhaseReply:
         """A training phase (None outcome when there was nothing to train) and, after it, the
         robot's persisted state (the pool keeps the latest, to restore the robot elsewhere)."""
         session = self._session(dev)
@@ -230,9 +233,9 @@ class PoolWorker:
                 state, seq = self.export(dev)
             except RobotNotHere:  # moved right after the phase: its new actor has this phase in its state
                 pass
-        return {"outcome": outcome, "busy_s": busy, "state": state, "seq": seq, **self._info(session)}
+        return PhaseReply(self._info(session), outcome, None, busy, state, seq)
 
-    def run_phases(self, devs: list[str]) -> list[dict[str, Any]]:
+    def run_phases(self, devs: list[str]) -> list[PhaseReply]:
         """One phase for each of ``devs`` (robots on this actor), their students trained in one
         fused step (``run_fused_phases``); per robot the reply :meth:`run_phase` gives, with
         ``error`` set (and no outcome) for a phase that diverged and was undone."""
@@ -253,23 +256,23 @@ class PoolWorker:
                     state, seq = self.export(dev)
                 except RobotNotHere:
                     pass
-            replies.append({"outcome": None if error is not None else outcome, "error": error, "busy_s": busy,
-                            "state": state, "seq": seq, **self._info(session)})
+            replies.append(PhaseReply(self._info(session), None if error is not None else outcome, error, busy,
+                                      state, seq))
         return replies
 
-    def resync(self, dev: str, have_version: int, have_chain_tag: str, encoding: str | None) -> dict[str, Any]:
+    def resync(self, dev: str, have_version: int, have_chain_tag: str, encoding: str | None) -> ResyncReply:
         session = self._session(dev)
         with session.lock:
             self._here(dev, session)
             answer: Resync = session.resync(int(have_version), have_chain_tag, encoding)
             state = self._export(dev, session)[0] if answer.warning else None  # a raised floor must persist
-        return {"resync": answer, "state": state, **self._info(session)}
+        return ResyncReply(self._info(session), answer, state)
 
-    def sampling_command(self, dev: str, now: float) -> dict[str, Any]:
+    def sampling_command(self, dev: str, now: float) -> CommandReply:
         session = self._session(dev)
-        return {"command": session.sampling_command(float(now)), **self._info(session)}
+        return CommandReply(self._info(session), session.sampling_command(float(now)))
 
-    def configure_robot(self, dev: str, changes: dict[str, Any]) -> dict[str, Any]:
+    def configure_robot(self, dev: str, changes: dict[str, Any]) -> RobotInfo:
         """Run-time settings (see :func:`_configure`); ValueError, nothing changed, for a bad value."""
         session = self._session(dev)
         _configure(session, changes)
@@ -291,27 +294,25 @@ class PoolWorker:
         """End a running phase early (it is undone, as in the server process) and refuse new ones."""
         self.stopping = True
 
-    def info(self, dev: str) -> dict[str, Any]:
+    def info(self, dev: str) -> RobotInfo:
         return self._info(self._session(dev))
 
     @staticmethod
-    def _info(session: DeviceSession) -> dict[str, Any]:
+    def _info(session: RobotSession) -> RobotInfo:
         """What the server process mirrors of a robot (no round trip to read it)."""
         latest = session.latest_t
         horizon = float(session.trainer.config.horizon_s)
-        return {
-            "device_id": session.device_id, "version": int(session.version), "chain_tag": session.chain_tag,
-            "latest_t": latest, "new_samples": int(session.new_samples),
-            "min_samples": int(session.config.min_samples), "update_period_s": float(session.update_period_s),
-            "horizon_s": horizon, "phase": int(session.trainer.phase),
-            "buffered": len(session.trainer.buffer.window(latest, horizon)) if latest is not None else 0,
-            "downlink_kbps": session.budget.average_kbps(latest) if latest is not None and session.budget.enabled
+        return RobotInfo(
+            device_id=session.device_id, version=int(session.version), chain_tag=session.chain_tag,
+            latest_t=latest, new_samples=int(session.new_samples), min_samples=int(session.config.min_samples),
+            update_period_s=float(session.update_period_s), horizon_s=horizon, phase=int(session.trainer.phase),
+            buffered=len(session.trainer.buffer.window(latest, horizon)) if latest is not None else 0,
+            downlink_kbps=session.budget.average_kbps(latest) if latest is not None and session.budget.enabled
             else None,
-            "downlink_budget_kbps": float(session.config.downlink.downlink_budget_kbps),
-        }
+            downlink_budget_kbps=float(session.config.downlink.downlink_budget_kbps))
 
 
-def _configure(session: DeviceSession, changes: dict[str, Any]) -> None:
+def _configure(session: RobotSession, changes: dict[str, Any]) -> None:
     """Apply run-time settings to a session: ``rate`` / ``adaptive_period`` (with ``reset``),
     ``update_encoding`` and the trainer's dynamic settings, ``snapshot_encoding``, ``min_samples``."""
     changes = dict(changes)

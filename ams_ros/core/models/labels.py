@@ -5,13 +5,14 @@ ignore); a :class:`LabelSpace` says what the ids mean. AMS restricts training an
 video's selected classes (reference notes), so :meth:`LabelSpace.restrict` returns both the
 smaller space and the lookup table that remaps full-space ids into it.
 
-Other modules add spaces with :func:`register_label_space` (the synthetic world registers
-``synthetic``); :func:`get_label_space` also accepts ``"base[a,b,c]"`` for a restricted space.
+Built in: ``cityscapes``, ``voc``, ``camvid`` and ``synthetic`` (the classes of the synthetic world
+in :mod:`ams_ros.core.sources.synthetic`, defined here so that a student of that world needs no
+import of the world). Other modules add spaces with :func:`register_label_space`;
+:func:`get_label_space` also accepts ``"base[a,b,c]"`` for a restricted space.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -181,21 +182,12 @@ def cityscapes_to_camvid(labels: np.ndarray) -> np.ndarray:
 # Registry
 # --------------------------------------------------------------------------------------------
 
-LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (CITYSCAPES, VOC, CAMVID)}
+SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "person", "car")
+SYNTHETIC = LabelSpace("synthetic", SYNTHETIC_CLASSES, np.array(
+    [[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180], [220, 20, 60], [0, 0, 142]],
+    dtype=np.uint8))
 
-# Spaces defined by other modules, imported on first use so that get_label_space("synthetic")
-# works without the caller importing the synthetic world first.
-_PROVIDERS: dict[str, str] = {"synthetic": "ams_ros.core.sources.synthetic"}
-
-
-def import_provider(module: str, what: str) -> None:
-    """Import the module that registers ``what``; a missing module becomes a ValueError."""
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and module.startswith(exc.name):
-            raise ValueError(f"{what} is provided by {module}, which is not available") from exc
-        raise
+LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (CITYSCAPES, VOC, CAMVID, SYNTHETIC)}
 
 
 def register_label_space(space: LabelSpace, replace: bool = False) -> LabelSpace:
@@ -219,10 +211,8 @@ def get_label_space(name: str | LabelSpace) -> LabelSpace:
         base, _, sel = key[:-1].partition("[")
         return get_label_space(base).restrict([s for s in sel.split(",") if s.strip()])[0]
     key = key.lower()
-    if key not in LABEL_SPACES and key in _PROVIDERS:
-        import_provider(_PROVIDERS[key], f"label space '{key}'")
     if key not in LABEL_SPACES:
-        known = sorted(set(LABEL_SPACES) | set(_PROVIDERS))
+        known = sorted(LABEL_SPACES)
         raise ValueError(f"unknown label space '{name}' (known: {', '.join(known)})")
     return LABEL_SPACES[key]
 
@@ -319,4 +309,4 @@ def class_histogram(labels: np.ndarray, space: LabelSpace) -> dict[str, int]:
 
 
 def known_label_spaces() -> Iterable[str]:
-    return sorted(set(LABEL_SPACES) | set(_PROVIDERS))
+    return sorted(LABEL_SPACES)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ams_ros.core.models.losses import logits_of, segmentation_loss
 from ams_ros.core.models.student import train_mode_frozen_bn
-from ams_ros.core.server.sample_buffer import BufferEntry, batch_to_tensors
+from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
 
 
 def distill(

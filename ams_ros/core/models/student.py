@@ -23,7 +23,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-DEFAULT_INPUT_SIZE: tuple[int, int] = (512, 256)
+from ams_ros.core.common.devices import autocast_for, resolve_dtype
+from ams_ros.core.common.stream_defaults import DEFAULT_INPUT_SIZE
+
 """(width, height) of student inputs, as in the authors' code."""
 
 TF_MEAN = (0.5, 0.5, 0.5)  # (x * 255 - 127.5) / 127.5, the TensorFlow DeepLab convention
@@ -270,6 +272,15 @@ def to_input(images: Any, size: tuple[int, int] | None = None) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255.0)
 
 
+def class_map(logits: torch.Tensor) -> torch.Tensor:
+    """Per-pixel argmax over classes (B x C x H x W -> B x H x W uint8), first maximum on ties.
+
+    ``torch.max(dim=1).indices`` rather than ``argmax(dim=1)``: the same indices, but on the CPU
+    ``argmax`` over the channel dimension of an NCHW tensor took 4.4 ms at 21 x 256 x 128 against
+    0.7 ms (one thread), a sixth of the student's own time."""
+    return logits.max(dim=1).indices.to(torch.uint8)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
             batch_size: int = 8, dtype: torch.dtype | str = torch.float32) -> list[np.ndarray]:
@@ -278,9 +289,6 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
     Runs on the model's device (``dtype`` float16/bfloat16: under autocast, weights untouched),
     in eval mode, and restores every module's previous mode afterwards.
     """
-    from ams_ros.core.common.devices import resolve_dtype
-    from ams_ros.core.edge.inference import autocast_for, class_map
-
     imgs = as_image_list(images)
     modes = [(m, m.training) for m in model.modules()]
     model.eval()

@@ -9,6 +9,8 @@ by another module with :func:`register_teacher_factory` (the synthetic world add
 
 from __future__ import annotations
 
+import importlib
+
 import logging
 import os
 from typing import Callable, Protocol, Sequence, runtime_checkable
@@ -16,7 +18,8 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from ams_ros.core.models.labels import CITYSCAPES, VOC, LabelSpace, get_label_space, import_provider
+from ams_ros.core.common.stream_defaults import DEFAULT_INPUT_SIZE
+from ams_ros.core.models.labels import CITYSCAPES, VOC, LabelSpace, get_label_space
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +140,6 @@ class CheckpointTeacher(_TorchTeacher):
 
     def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
                  input_size: tuple[int, int] | None = None) -> None:
-        from ams_ros.core.models.student import DEFAULT_INPUT_SIZE
         from ams_ros.core.models.weights import checkpoint_label_space, load_student, read_checkpoint
 
         meta = read_checkpoint(path)
@@ -269,8 +271,10 @@ def _checkpoint(arg: str, space: LabelSpace | None) -> Teacher:
 TEACHER_FACTORIES: dict[str, TeacherFactory] = {
     "tflite": _tflite, "torchvision": _torchvision, "checkpoint": _checkpoint,
 }
-# prefixes provided by other modules, imported on first use
-_PROVIDERS: dict[str, str] = {"oracle": "ams_ros.core.sources.synthetic", "espnetv2": "ams_ros.core.models.espnetv2"}
+# prefixes provided by modules of this package imported on first use (lazy on purpose: ESPNetv2's
+# module is only needed by the base stations that run it). ``oracle`` is registered by the synthetic
+# world (ams_ros.core.sources, a layer above): whoever builds teachers from users' specs imports it.
+_PROVIDERS: dict[str, str] = {"espnetv2": "ams_ros.core.models.espnetv2"}
 _FORMS = {"tflite": "tflite:PATH", "torchvision": "torchvision:NAME[@WEIGHTS.pth]",
           "checkpoint": "checkpoint:PATH", "oracle": "oracle[:ARGS]", "espnetv2": "espnetv2:PATH[@DEVICE]"}
 
@@ -281,7 +285,7 @@ def register_teacher_factory(prefix: str, factory: TeacherFactory) -> None:
 
 
 def accepted_teacher_specs() -> list[str]:
-    prefixes = sorted(set(TEACHER_FACTORIES) | set(_PROVIDERS))
+    prefixes = sorted(set(TEACHER_FACTORIES) | set(_PROVIDERS) | {"oracle"})
     return [_FORMS.get(p, f"{p}[:ARG]") for p in prefixes]
 
 
@@ -291,7 +295,10 @@ def build_teacher(spec: str, label_space: LabelSpace | str | None = None) -> Tea
     prefix, _, arg = text.partition(":")
     prefix = prefix.strip().lower()
     if prefix not in TEACHER_FACTORIES and prefix in _PROVIDERS:
-        import_provider(_PROVIDERS[prefix], f"teacher '{prefix}'")
+        importlib.import_module(_PROVIDERS[prefix])
+    if prefix == "oracle" and prefix not in TEACHER_FACTORIES:
+        raise ValueError(f"teacher spec '{spec}': the oracle is the synthetic world's; import ams_ros.core.sources "
+                         f"(which registers it) before building teachers from specs")
     factory = TEACHER_FACTORIES.get(prefix)
     needs_arg = prefix in ("tflite", "torchvision", "checkpoint", "espnetv2")
     if factory is None or (needs_arg and not arg.strip()):

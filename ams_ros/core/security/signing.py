@@ -47,7 +47,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ams_ros.core.wire.update_codec import EncodedUpdate, UpdateError
+from ams_ros.core.wire.update import EncodedUpdate, UpdateError
 
 DOMAIN_UPDATE = b"ams_ros/model-update/v1"
 DOMAIN_FRAME_BATCH = b"ams_ros/frame-batch/v1"
@@ -280,8 +280,8 @@ def parse_robot_keys(entries: Iterable[str]) -> dict[str, TrustedKeys]:
 
 # ---------------------------------------------------------------------------- updates
 def sign_update(update: EncodedUpdate, device_id: str, key: SigningKey) -> None:
-    """Sign ``update`` for robot ``device_id``: sets ``auth_tag`` and ``signer_key_id``."""
-    update.auth_tag = key.sign(update_signing_input(update, device_id))
+    """Sign ``update`` for robot ``device_id``: sets ``signature`` and ``signer_key_id``."""
+    update.signature = key.sign(update_signing_input(update, device_id))
     update.signer_key_id = key.key_id
 
 
@@ -291,7 +291,7 @@ def verify_update(update: EncodedUpdate, device_id: str, trusted: TrustedKeys) -
     if not trusted:
         return
     what = f"update v{update.base_version}->v{update.new_version}{' (snapshot)' if update.full_snapshot else ''}"
-    trusted.verify(update_signing_input(update, device_id), update.auth_tag, update.signer_key_id, what)
+    trusted.verify(update_signing_input(update, device_id), update.signature, update.signer_key_id, what)
 
 
 # ---------------------------------------------------------------------------- snapshot requests
@@ -355,3 +355,13 @@ class SeenSignatures:
             seen.add(sig)
             while len(order) > self.capacity:
                 seen.discard(order.popleft())
+
+
+def generate_key_file(out: str | Path, name: str) -> tuple[Path, SigningKey]:
+    """Create ``out/name.key``; refuses to overwrite an existing key."""
+    path = Path(out) / f"{name}.key"
+    if path.exists():
+        raise KeyFileError(f"{path} exists: choose another --name or remove it first (keys are never overwritten)")
+    key = SigningKey.generate()
+    key.save(path)
+    return path, key

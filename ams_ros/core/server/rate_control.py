@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ams_ros.core.common.config import check_choice, knob
+from ams_ros.core.common.stream_defaults import StreamDefaults
 from ams_ros.core.common.metrics import ConfusionMatrix
 
 
@@ -45,7 +46,7 @@ class RateControlConfig:
 
     r_min: float = knob(0.1, "Minimum sampling rate (frames/s)")
     r_max: float = knob(1.0, "Maximum sampling rate (frames/s)")
-    r_init: float = knob(1.0, "Initial sampling rate (frames/s)")
+    r_init: float = knob(StreamDefaults.sampling_rate, "Initial sampling rate (frames/s)")
     phi_form: str = knob("loss", "phi-score: loss (paper Eq. 1) | iou (authors' code)", choices=PHI_FORMS)
     eta_r: float = knob(2.0, "Step size of Eq. 1")
     phi_target: float = knob(0.1, "Target phi-score of Eq. 1")

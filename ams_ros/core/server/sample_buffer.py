@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import bisect
 import threading
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
-import torch
 
-__all__ = ["BufferEntry", "SampleBuffer", "batch_to_tensors"]
-
-
-
-
-class BufferEntry(NamedTuple):
-    """One training sample: stream time, RGB frame (H x W x 3 uint8), teacher label (H x W uint8)."""
-
-    t: float
-    frame: np.ndarray
-    label: np.ndarray
-
+from ams_ros.core.models.samples import BufferEntry
 
 class SampleBuffer:
     """Time-stamped (frame, teacher label) store of Algorithm 1, kept in time order.
@@ -132,13 +120,3 @@ class SampleBuffer:
                 return []
             picks = rng.integers(lo, hi, size=batch_size)
             return [self._entries[int(i)] for i in picks]
-
-
-def batch_to_tensors(
-    entries: Sequence[BufferEntry], device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float B x 3 x H x W images in [0, 1] and int64 B x H x W labels for the student."""
-    frames = torch.from_numpy(np.stack([e.frame for e in entries])).to(device)
-    labels = torch.from_numpy(np.stack([e.label for e in entries])).to(device)
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
-    return x, labels.long()

@@ -29,17 +29,10 @@ from ams_ros.core.server.rate_control import (
 from ams_ros.core.server.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, TrainerConfig
 from ams_ros.core.models.params import write_flat
 from ams_ros.core.security.signing import SigningKey, sign_update
-from ams_ros.core.wire.update_codec import (
-    DEFAULT_UPDATE_ENCODING,
-    ENCODINGS,
-    EncodedUpdate,
-    UnencodableValues,
-    decode_update,
-    encoded_size,
-    encode_snapshot,
-    encode_catch_up,
-    ship_update,
-)
+from ams_ros.core.wire.encodings import (
+    DEFAULT_UPDATE_ENCODING, ENCODINGS, decode_update, encode_snapshot, encode_catch_up)
+from ams_ros.core.wire.update import EncodedUpdate, encoded_size
+from ams_ros.core.server.shipping import UnencodableValues, ship_update
 
 
 def new_chain_tag() -> str:
@@ -100,8 +93,8 @@ class PhaseOutcome:
 
 
 @dataclass
-class _PhaseStart:
-    """A phase between :meth:`DeviceSession._begin_phase` and ``_finish_phase``."""
+class PhaseStart:
+    """A phase between :meth:`RobotSession.begin_phase` and :meth:`RobotSession.finish_phase`."""
 
     now: float
     ckpt: Any
@@ -112,7 +105,7 @@ class _PhaseStart:
     phase: int
 
 
-class DeviceSession:
+class RobotSession:
     """Buffer, trainer, version chain and rate control for one device."""
 
     def __init__(self, device_id: str, model: nn.Module, config: SessionConfig | None = None) -> None:
@@ -258,17 +251,17 @@ class DeviceSession:
             return None
         t0 = time.perf_counter()
         with self.lock:
-            start = self._begin_phase(now)
+            start = self.begin_phase(now)
             try:
                 result = self.trainer.train_phase(now)
             except PhaseInterrupted:  # shutting down: as if the phase never started
-                self._abandon_phase(start)
+                self.abandon_phase(start)
                 return None
             finally:
                 self.trainer.config = start.configured
-            return self._finish_phase(start, result, t0)
+            return self.finish_phase(start, result, t0)
 
-    def _begin_phase(self, now: float) -> "_PhaseStart":
+    def begin_phase(self, now: float) -> "PhaseStart":
         """What a phase needs before training (the caller holds the lock): queued settings
         applied, a checkpoint, the downlink budget's plan, the base values of a residual update;
         the trainer's config carries the plan's gamma until the phase ends."""
@@ -283,13 +276,13 @@ class DeviceSession:
             enc = plan.encoding
             self.trainer.config = replace(configured, gamma=plan.gamma)  # the configured gamma stays the ceiling
         before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
-        return _PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase)
+        return PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase)
 
-    def _abandon_phase(self, start: "_PhaseStart") -> None:
+    def abandon_phase(self, start: "PhaseStart") -> None:
         self.trainer.rollback(start.ckpt)
         self.trainer.phase = start.phase
 
-    def _finish_phase(self, start: "_PhaseStart", result: PhaseResult | None, t0: float) -> PhaseOutcome | None:
+    def finish_phase(self, start: "PhaseStart", result: PhaseResult | None, t0: float) -> PhaseOutcome | None:
         """Encode the trained phase as the next version's update (the caller holds the lock and
         has put the configured trainer settings back); raises TrainingDiverged (phase undone)."""
         if result is None:
@@ -410,40 +403,3 @@ class DeviceSession:
                 period = self.config.trainer.update_period_s
             self.update_period_s = period
             return r, period, float(self.rate.last_phi)
-
-
-def run_fused_phases(sessions: Sequence[DeviceSession]) -> list[PhaseOutcome | TrainingDiverged | None]:
-    """One phase for each of several robots' sessions with their students trained in one fused
-    step (:func:`~ams_ros.core.fleet.fused_training.fused_train_phases`: per-robot selection, masks
-    and Adam state; the weights within float tolerance of separate phases), each then encoded
-    and versioned exactly as :meth:`DeviceSession.run_phase` does. Per session: its outcome,
-    None (nothing to train, or shutting down) or the TrainingDiverged that undid its phase.
-    The sessions' locks are taken in device-id order, so two callers cannot deadlock."""
-    from contextlib import ExitStack
-
-    from ams_ros.core.fleet.fused_training import fused_train_phases
-
-    if len({id(s) for s in sessions}) != len(sessions):
-        raise ValueError("a session appears twice: one phase per robot per fused step")
-    out: list[PhaseOutcome | TrainingDiverged | None] = [None] * len(sessions)
-    live = [i for i, s in enumerate(sessions) if s.latest_t is not None]
-    t0 = time.perf_counter()
-    with ExitStack() as held:
-        for i in sorted(live, key=lambda i: sessions[i].device_id):
-            held.enter_context(sessions[i].lock)
-        starts = {i: sessions[i]._begin_phase(float(sessions[i].latest_t)) for i in live}
-        try:
-            results = fused_train_phases([sessions[i].trainer for i in live], [starts[i].now for i in live])
-        except PhaseInterrupted:  # shutting down: as if no phase had started
-            for i in live:
-                sessions[i]._abandon_phase(starts[i])
-            return out
-        finally:
-            for i in live:
-                sessions[i].trainer.config = starts[i].configured
-        for i, result in zip(live, results):
-            try:
-                out[i] = sessions[i]._finish_phase(starts[i], result, t0)
-            except TrainingDiverged as exc:
-                out[i] = exc
-    return out

@@ -2,7 +2,7 @@
 
 Without this, a restarted base station starts every robot over from the initial weights on a
 new chain (issue #13: v13 vs v28 undisturbed, mIoU 0.401 vs 0.478). With a ``state_dir`` the
-server writes each :class:`~ams_ros.core.server.session.DeviceSession` after every phase and at
+server writes each :class:`~ams_ros.core.server.session.RobotSession` after every phase and at
 shutdown, and resumes it at start-up: the student's weights, Adam state, selection guide
 (last phase's update), phase count and random streams, version, chain tag, the changed
 coordinates of the last phases (for catch-up updates), rate-control state and the labelled
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ams_ros.core.models.params import fingerprint
-from ams_ros.core.server.session import DeviceSession, SessionConfig
+from ams_ros.core.server.session import RobotSession, SessionConfig
 
 MAGIC = b"AMS-SESSION\n"
 FORMAT = 1
@@ -61,7 +61,7 @@ def _t(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).clone()
 
 
-def session_state(session: DeviceSession) -> dict[str, Any]:
+def session_state(session: RobotSession) -> dict[str, Any]:
     """Everything a resumed session needs, as tensors and plain Python values (a consistent
     picture: taken under the phase lock, so never half a phase)."""
     with session.lock:
@@ -95,7 +95,7 @@ def session_state(session: DeviceSession) -> dict[str, Any]:
         }
 
 
-def restore_session_state(session: DeviceSession, state: dict[str, Any]) -> None:
+def restore_session_state(session: RobotSession, state: dict[str, Any]) -> None:
     """Load :func:`session_state`'s dict into a freshly built ``session`` (raises on anything
     that does not fit; the caller then throws that session away)."""
     if state.get("format") != FORMAT:
@@ -206,7 +206,7 @@ def atomic_write(path: str, data: bytes) -> None:
 
 @dataclass
 class LoadResult:
-    session: DeviceSession
+    session: RobotSession
     resumed: bool
     message: str  # what happened, for the log
     warning: bool = False  # the message is a warning (a file was set aside)
@@ -226,7 +226,7 @@ class SessionStore:
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device_id.strip("/")) or "_"
         return os.path.join(self.state_dir, safe + SUFFIX)
 
-    def save(self, session: DeviceSession) -> int:
+    def save(self, session: RobotSession) -> int:
         """Write ``session`` atomically; returns the file's size in bytes."""
         data = encode_state(session_state(session))
         atomic_write(self.path(session.device_id), data)
@@ -246,18 +246,18 @@ class SessionStore:
         (a copy of ``model``; an unusable file is set aside, with a warning)."""
         path = self.path(device_id)
         if not os.path.exists(path):
-            return LoadResult(DeviceSession(device_id, copy.deepcopy(model), config), False,
+            return LoadResult(RobotSession(device_id, copy.deepcopy(model), config), False,
                               f"{device_id}: no saved session in {self.state_dir}; starting a new chain")
         try:
             with open(path, "rb") as f:
                 data = f.read()
             state = decode_state(data, device_id, fingerprint(model))
-            session = DeviceSession(device_id, copy.deepcopy(model), config)
+            session = RobotSession(device_id, copy.deepcopy(model), config)
             restore_session_state(session, state)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, never half-load: start fresh
             kind = exc.kind if isinstance(exc, SessionFileError) else "corrupt"
             dest = self.set_aside(path, kind)
-            fresh = DeviceSession(device_id, copy.deepcopy(model), config)
+            fresh = RobotSession(device_id, copy.deepcopy(model), config)
             return LoadResult(fresh, False, f"{device_id}: saved session {path} is {kind} ({exc}); set it aside as "
                                             f"{dest} and started a new chain {fresh.chain_tag} at v0", True, dest)
         return LoadResult(session, True, f"{device_id}: resumed chain {session.chain_tag} at v{session.version} "

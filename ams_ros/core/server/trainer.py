@@ -49,9 +49,11 @@ from torch import nn
 from ams_ros.core.common.config import knob
 from ams_ros.core.common.devices import DTYPE_CHOICES, resolve_dtype
 from ams_ros.core.models.losses import logits_of, segmentation_loss
-from ams_ros.core.models.student import DEFAULT_INPUT_SIZE, train_mode_frozen_bn
+from ams_ros.core.common.stream_defaults import StreamDefaults
+from ams_ros.core.models.student import train_mode_frozen_bn
 from ams_ros.core.models.params import fingerprint, flatten_params, load_flat, param_layout
-from ams_ros.core.server.sample_buffer import BufferEntry, SampleBuffer, batch_to_tensors
+from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
+from ams_ros.core.server.sample_buffer import SampleBuffer
 from ams_ros.core.server.selection import (
     FULL,
     GAUSS_SOUTHWELL_SGD,
@@ -92,14 +94,14 @@ class TrainerConfig:
     iterations: int = knob(20, "K: Adam iterations per training phase")
     batch_size: int = knob(8, "Mini-batch size")
     horizon_s: float = knob(240.0, "T_horizon: train on samples from the last this many seconds")
-    update_period_s: float = knob(10.0, "T_update: requested seconds between updates")
+    update_period_s: float = knob(StreamDefaults.update_period_s, "T_update: requested seconds between updates")
     lr: float = knob(1e-3, "Adam learning rate")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     eps_inside_sqrt: bool = False
     gamma: float = knob(0.05, "Fraction of parameters trained and sent per update")
     strategy: str = knob(GRADIENT_GUIDED, "Coordinate selection", choices=STRATEGIES)
-    input_size: tuple[int, int] = knob(DEFAULT_INPUT_SIZE, "Training input (width, height)")
+    input_size: tuple[int, int] = knob(StreamDefaults.input_size, "Training input (width, height)")
     seed: int = knob(0, "Seed of coordinate selection and batch sampling")
     ignore_index: int = 255
     class_weights: Optional[Sequence[float]] = None

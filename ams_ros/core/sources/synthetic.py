@@ -18,11 +18,11 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "vegetation", "sky", "person", "car")
+from ams_ros.core.models.labels import SYNTHETIC, SYNTHETIC_CLASSES
+from ams_ros.core.models.teachers import register_teacher_factory
+
 ROAD, SIDEWALK, BUILDING, VEGETATION, SKY, PERSON, CAR = range(7)
 SYNTHETIC_TO_CITYSCAPES = {ROAD: 0, SIDEWALK: 1, BUILDING: 2, VEGETATION: 8, SKY: 10, PERSON: 11, CAR: 13}
-_PALETTE = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70], [107, 142, 35], [70, 130, 180],
-                     [220, 20, 60], [0, 0, 142]], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -247,12 +247,10 @@ class OracleTeacher:
     uses_stamps = True
 
     def __init__(self, spec: str = "synthetic:0", noise: float = 0.04, seed: int = 0) -> None:
-        from ams_ros.core.models.labels import get_label_space
-
         self.spec = spec
         self.noise = float(noise)
         self.seed = seed
-        self.label_space = get_label_space("synthetic")
+        self.label_space = SYNTHETIC
         self._worlds: dict[tuple[int, int], SyntheticWorld] = {}
         self._calls = 0
 
@@ -299,12 +297,6 @@ def _oracle_factory(arg: str, label_space=None) -> OracleTeacher:
     return OracleTeacher(spec="synthetic" + (f":{arg}" if arg and not arg.startswith(("?", ":")) else arg))
 
 
-def _register() -> None:
-    from ams_ros.core.models.labels import LabelSpace, register_label_space
-    from ams_ros.core.models.teachers import register_teacher_factory
-
-    register_label_space(LabelSpace("synthetic", SYNTHETIC_CLASSES, _PALETTE), replace=True)
-    register_teacher_factory("oracle", _oracle_factory)
-
-
-_register()
+# the world's oracle is a teacher spec (``oracle[:SEED]``) as soon as the world is imported
+# (importing anything of ams_ros.core.sources does: its __init__ imports this module)
+register_teacher_factory("oracle", _oracle_factory)

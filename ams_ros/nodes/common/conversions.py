@@ -17,7 +17,7 @@ from ams_msgs.msg import FrameBatch, ModelUpdate
 from ams_ros.core.wire.frame_codec import batch_checksum
 from ams_ros.core.sources.pixel_formats import SUPPORTED_ENCODINGS, ImageConversionError, image_to_rgb
 from ams_ros.core.security.signing import batch_signing_input, snapshot_request_signing_input
-from ams_ros.core.wire.update_codec import EncodedUpdate
+from ams_ros.core.wire.update import EncodedUpdate
 
 __all__ = [
     "SUPPORTED_ENCODINGS", "ImageConversionError", "frame_batch_checksum", "image_to_rgb", "msg_to_update",
@@ -121,7 +121,7 @@ def update_to_msg(update: EncodedUpdate, device_id: str, stamp: Time | None = No
     msg.indices = bytes(update.indices_blob)
     msg.values = bytes(update.values_blob)
     msg.checksum = update.checksum
-    msg.auth_tag = bytes(update.auth_tag)
+    msg.signature = bytes(update.signature)
     msg.chain_tag = update.chain_tag
     msg.catch_up = bool(update.catch_up)
     msg.signer_key_id = update.signer_key_id
@@ -142,7 +142,7 @@ def msg_to_update(msg: ModelUpdate) -> EncodedUpdate:
         values_blob=bytes(msg.values),
         num_selected=int(msg.num_selected),
         checksum=msg.checksum,
-        auth_tag=bytes(msg.auth_tag),
+        signature=bytes(msg.signature),
         chain_tag=msg.chain_tag,
         catch_up=bool(msg.catch_up),
         signer_key_id=msg.signer_key_id,

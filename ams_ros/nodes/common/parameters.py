@@ -13,7 +13,7 @@ the node. :class:`NodeParameters` declares them all and then:
   the next phase, a new bitrate for the next batch) or raises ValueError, whose text is the
   reason ``ros2 param set`` prints.
 
-``config/*.yaml`` is generated from the same specs (``python -m ams_ros.nodes.common.config_files``).
+``config/*.yaml`` is generated from the same specs (``python -m ams_ros.nodes.config_files``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and the robots a base station serves."""
 
 from __future__ import annotations
 
-from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.sources.fault_injection import FaultConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes.common import topics

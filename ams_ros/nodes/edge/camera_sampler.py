@@ -27,9 +27,8 @@ from sensor_msgs.msg import Image
 from ams_msgs.msg import FrameBatch, SamplingCommand
 from ams_ros.core.sources.fault_injection import DROP, FaultConfig, FaultyLink
 from ams_ros.core.wire.frame_codec import BatchEncoderConfig, encode_frames
+from ams_ros.core.common.stream_defaults import StreamDefaults
 from ams_ros.core.edge.frame_sampler import FrameSampler, SampledBatch
-from ams_ros.core.server.rate_control import RateControlConfig
-from ams_ros.core.server.trainer import TrainerConfig
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import (
     ImageConversionError,
@@ -63,13 +62,13 @@ PARAMS = (
           choices=("now", "stream")),
     Param("source_width", 512, "Width of synthetic frames / resize of file sources (0 = native)"),
     Param("source_height", 256, "Height of synthetic frames / resize of file sources (0 = native)"),
-    from_field(RateControlConfig, "r_init", name="sampling_rate",
+    from_field(StreamDefaults, "sampling_rate",
                description="Initial training-sample rate in frames/s (the server commands it later)"),
-    from_field(TrainerConfig, "update_period_s", name="update_period",
+    from_field(StreamDefaults, "update_period_s", name="update_period",
                description="Initial seconds of samples per frame batch (the server commands it later)"),
-    from_field(TrainerConfig, "input_size", name="train_width", index=0,
+    from_field(StreamDefaults, "input_size", name="train_width", index=0,
                description="Width of uplinked frames (the training resolution)"),
-    from_field(TrainerConfig, "input_size", name="train_height", index=1,
+    from_field(StreamDefaults, "input_size", name="train_height", index=1,
                description="Height of uplinked frames (the training resolution)"),
     from_field(BatchEncoderConfig, "codec", name="batch_codec", dynamic=True),
     from_field(BatchEncoderConfig, "bitrate_bps", dynamic=True),

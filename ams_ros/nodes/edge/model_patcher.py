@@ -35,7 +35,7 @@ from ams_ros.core.common.devices import resolve_device
 from ams_ros.core.sources.fault_injection import DELIVER, FaultConfig, FaultyLink
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.security.signing import SigningKey, TrustedKeys, new_nonce, verify_update
-from ams_ros.core.wire.update_codec import StaleUpdateError, UpdateError, VersionGapError
+from ams_ros.core.wire.update import StaleUpdateError, UpdateError, VersionGapError
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import msg_to_update, snapshot_request_input
 from ams_ros.nodes.edge.state import EdgeState

@@ -22,11 +22,12 @@ from sensor_msgs.msg import Image
 
 from ams_msgs.msg import EdgeStatus, LabelInfo
 from ams_ros.core.common.devices import configure_cudnn, describe, resolve_device
-from ams_ros.core.edge.inference import DeviceConfig, EdgeInference
+from ams_ros.core.common.devices import DeviceConfig
+from ams_ros.core.common.stream_defaults import StreamDefaults
+from ams_ros.core.edge.inference import EdgeInference
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.edge.source_timing import GapTracker
 from ams_ros.core.common.threads import set_torch_threads
-from ams_ros.core.server.trainer import TrainerConfig
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import ImageConversionError, numpy_to_imgmsg, stamp_to_sec, to_rgb
 from ams_ros.nodes.edge.state import EdgeModel, EdgeState
@@ -40,8 +41,8 @@ PARAMS = (
     from_field(DeviceConfig, "inference_dtype"),
     from_field(DeviceConfig, "channels_last"),
     from_field(DeviceConfig, "cudnn_benchmark"),
-    from_field(TrainerConfig, "input_size", name="input_width", index=0, description="Student input width"),
-    from_field(TrainerConfig, "input_size", name="input_height", index=1, description="Student input height"),
+    from_field(StreamDefaults, "input_size", name="input_width", index=0, description="Student input width"),
+    from_field(StreamDefaults, "input_size", name="input_height", index=1, description="Student input height"),
     Param("overlay_alpha", 0.5, "Opacity of the colour mask in the overlay image (0..1)", dynamic=True),
     Param("publish_mask_color", True, "Publish the colourised mask (rgb8)"),
     Param("publish_overlay", True, "Publish the image blended with the mask (rgb8)"),

@@ -1,6 +1,6 @@
 """ams_trainer: trains each robot's student in phases (Algorithms 1 and 2), publishes updates.
 
-Builds one :class:`~ams_ros.core.server.session.DeviceSession` per robot from its parameters.
+Builds one :class:`~ams_ros.core.server.session.RobotSession` per robot from its parameters.
 A worker thread runs one phase at a time, the robot chosen by the GPU scheduler
 (``scheduler_policy``, core/scheduling.py: in turn by default, or by predicted mIoU gain per
 GPU-second; a bounded wait for every robot either way), never an unbounded queue: a slow
@@ -12,17 +12,17 @@ With ``state_dir`` set, each robot's session is resumed from its file at start-u
 (atomically) after every phase and at shutdown (:mod:`ams_ros.core.server.session_store`), so a
 restarted server continues each robot's chain. The snapshot service answers a robot a few
 versions behind on its chain with one catch-up update, and a robot ahead of the chain by the
-rule of :meth:`~ams_ros.core.server.session.DeviceSession.resync` (with a warning).
+rule of :meth:`~ams_ros.core.server.session.RobotSession.resync` (with a warning).
 
 Signatures (issue #13, :mod:`ams_ros.core.security.signing`): with ``signing_key_file`` every update,
 catch-up and snapshot is signed for its robot with the base station's Ed25519 key; with
 ``robot_public_keys`` a snapshot request must be signed by its robot's key, fresh (within
 ``snapshot_request_window_s``) and carry an unused nonce, else it is refused with the reason.
 
-``backend`` (issue #12, :mod:`ams_ros.core.fleet.session_pool`): ``local`` keeps every session in this
+``backend`` (issue #12, :mod:`ams_ros.core.fleet.pool`): ``local`` keeps every session in this
 process; ``ray`` keeps the ROS side here and runs the sessions (and the teacher) in a pool of
 Ray actors, one trainer thread per actor, so phases of robots on different actors (GPUs) run at
-once. The sessions are then :class:`~ams_ros.core.fleet.session_pool.PooledSession` handles with the
+once. The sessions are then :class:`~ams_ros.core.fleet.pooled_session.PooledSession` handles with the
 same calls; Ray is imported only then.
 """
 
@@ -42,13 +42,15 @@ from ams_msgs.msg import ModelUpdate, ServerStatus
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.common.devices import configure_cudnn, describe, resolve_device
 from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
-from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.fleet.worker import WorkerSpec
 from ams_ros.core.fleet.scheduling import LABEL, ROUND_ROBIN, GpuScheduler, SchedulerConfig, student_error
-from ams_ros.core.server.session import DeviceSession, SessionConfig
-from ams_ros.core.fleet.session_pool import (RAY, PoolConfig, PooledSession, SessionPool, connect_ray, disconnect_ray,
-                                       ray_actor_factory)
+from ams_ros.core.server.session import RobotSession, SessionConfig
+from ams_ros.core.fleet.pool_config import RAY, PoolConfig
+from ams_ros.core.fleet.pooled_session import PooledSession
+from ams_ros.core.fleet.pool import SessionPool
+from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.common.threads import set_torch_threads
@@ -178,7 +180,7 @@ class AMSTrainerNode(Node):
                     self.get_logger().info(loaded.message)
                 state.sessions[dev] = loaded.session
             else:
-                state.sessions[dev] = DeviceSession(dev, copy.deepcopy(base), cfg)
+                state.sessions[dev] = RobotSession(dev, copy.deepcopy(base), cfg)
             if self.pool is None:
                 state.sessions[dev].trainer.stop_requested = lambda: state.stopping  # stop ends a phase early
             self.pubs[dev] = self.create_publisher(ModelUpdate, topics.for_device(dev, topics.MODEL_UPDATE),
@@ -434,7 +436,7 @@ class AMSTrainerNode(Node):
         )
         return True
 
-    def _publish_status(self, dev: str, session: DeviceSession | PooledSession, outcome, requested: float,
+    def _publish_status(self, dev: str, session: RobotSession | PooledSession, outcome, requested: float,
                         stretched: bool) -> None:
         st = self.state
         r = outcome.result

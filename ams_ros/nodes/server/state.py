@@ -1,7 +1,7 @@
 """What the three server nodes of one base station share.
 
-Per robot: its :class:`~ams_ros.core.server.session.DeviceSession` (buffer, trainer, version
-chain, rate control; with ``backend: ray`` a :class:`~ams_ros.core.fleet.session_pool.PooledSession`
+Per robot: its :class:`~ams_ros.core.server.session.RobotSession` (buffer, trainer, version
+chain, rate control; with ``backend: ray`` a :class:`~ams_ros.core.fleet.pooled_session.PooledSession`
 handle to it in a pool actor), the frame batches waiting for the teacher and the counters ServerStatus
 reports. One condition variable wakes the labeler and the trainer threads; ``stop()`` ends both.
 """
@@ -13,14 +13,14 @@ from collections import deque
 from typing import Any
 
 from ams_ros.core.fleet.scheduling import GpuScheduler
-from ams_ros.core.server.session import DeviceSession
+from ams_ros.core.server.session import RobotSession
 from ams_ros.nodes.common.reject_log import RejectionCounter
 
 
 class ServerState:
     def __init__(self) -> None:
         self.device_ids: list[str] = []
-        self.sessions: dict[str, DeviceSession] = {}  # or PooledSession handles (backend ray)
+        self.sessions: dict[str, RobotSession] = {}  # or PooledSession handles (backend ray)
         self.pending: dict[str, deque] = {}
         self.received: dict[str, int] = {}
         self.dropped: dict[str, int] = {}

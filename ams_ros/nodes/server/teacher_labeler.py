@@ -24,9 +24,10 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch
+from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
 from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError
 from ams_ros.core.common.devices import resolve_device
-from ams_ros.core.edge.inference import DeviceConfig
+from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.models.labels import resolve_label_space
 from ams_ros.core.models.teachers import build_robot_teachers, label_frames
 from ams_ros.core.fleet.worker import TeacherSpec
