@@ -55,8 +55,9 @@ def import_ray(local: bool = False) -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage telemetry
     if local:
         if "ray" in sys.modules and os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0":
-            raise RuntimeError("Ray was imported in this process before a local instance was asked for: its node "
-                               "address would leave loopback. Start the local instance before anything imports ray")
+            raise RuntimeError("Ray was imported in this process before a local instance was asked for, so it reads "
+                               "its node address as the machine's network address: start the local instance "
+                               "(connect_ray) before anything else imports ray")
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
