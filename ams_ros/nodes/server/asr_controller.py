@@ -53,15 +53,13 @@ class ASRController(Node):
         super().__init__("asr_controller", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._apply_change)
         self.state = state
-        state.bind_devices(device_ids(self.p), self.get_name())
-        if set(state.sessions) != set(state.device_ids):
-            raise RuntimeError("asr_controller needs the robots' sessions: build the ams_trainer of this process first")
+        state.bind(device_ids(self.p), self.get_name())  # (RuntimeError below when no session is built yet)
         rate, period = rate_configs(self.p)
         for session in state.sessions.values():
             session.configure_rate_control(rate, period, reset=True)
         self.pubs = {d: self.create_publisher(SamplingCommand, topics.for_device(d, topics.SAMPLING_COMMAND),
                                               qos("reliable", 10))
-                     for d in state.device_ids}
+                     for d in state.robots}
         self._reject = RejectLog(self, counter=state.rejections)
         self._last: dict[str, tuple[float, float, float, int, str]] = {}  # per robot: rate, period, phi, version, tag
         self.create_timer(1.0, self._reject.guard("rate tick", self._tick), callback_group=MutuallyExclusiveCallbackGroup())

@@ -9,10 +9,10 @@ logged) on arrival, before it can push a genuine batch out of the queue. ``devic
 (issue #16) gives a robot its own teacher: robots playing different synthetic worlds each need
 their world's oracle (``make demo ARGS="--robots N"``).
 
-With ``backend: ray`` (issue #12) the teachers are built in the pool's actors instead (from the
-same specs) and a batch is decoded and labelled on its robot's actor; this node keeps the
-subscriptions, the checks on arrival and the queues, with one worker thread per actor (a robot's
-batches still go one at a time, in order).
+Where the teachers run and label is the backend's business (:mod:`~ams_ros.core.fleet.backend`:
+in this process, or with ``backend: ray`` on each robot's pool actor, built there from the same
+specs); this node keeps the subscriptions, the checks on arrival and the queues, with one worker
+thread per backend lane (a robot's batches still go one at a time, in order).
 """
 
 from __future__ import annotations
@@ -25,22 +25,20 @@ from rclpy.node import Node
 
 from ams_msgs.msg import FrameBatch
 from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
-from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError
-from ams_ros.core.common.devices import resolve_device
-from ams_ros.core.common.devices import DeviceConfig
-from ams_ros.core.models.labels import resolve_label_space
-from ams_ros.core.models.teachers import build_robot_teachers, label_frames
+from ams_ros.core.common.devices import DeviceConfig, resolve_device
+from ams_ros.core.fleet.backend import LocalBackend
 from ams_ros.core.fleet.worker import TeacherSpec
-from ams_ros.nodes.common import topics
 from ams_ros.core.security.signing import SeenSignatures, SignatureError
+from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError
+from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import frame_batch_checksum, frame_batch_signing_input, stamp_to_sec
 from ams_ros.nodes.common.parameters import NodeParameters, Param, from_field, string_list
 from ams_ros.nodes.common.qos import qos
 from ams_ros.nodes.common.reject_log import RejectLog
-from ams_ros.nodes.server.state import ServerState
 from ams_ros.nodes.common.shared_params import (DEVICE_IDS, LABEL_SPACE, ROBOT_PUBLIC_KEYS, SELECTED_CLASSES, device_ids,
-                                         robot_public_keys)
+                                                robot_public_keys)
 from ams_ros.nodes.common.spinning import worker_thread
+from ams_ros.nodes.server.state import ServerState
 
 PARAMS = (
     DEVICE_IDS,
@@ -80,46 +78,41 @@ def parse_device_teachers(entries: list[str], device_ids: list[str]) -> dict[str
 
 
 class TeacherLabeler(Node):
-    """Decodes frame batches and labels them with the teacher; hands samples to the sessions."""
+    """Checks frame batches on arrival, queues them; its threads have them labelled by the backend."""
 
     def __init__(self, state: ServerState, **kwargs: Any) -> None:
         super().__init__("teacher_labeler", **kwargs)
         self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self.state = state
-        state.bind_devices(device_ids(self.p), self.get_name())
+        state.bind(device_ids(self.p), self.get_name())
+        backend = state.backend
+        if backend is None:
+            raise RuntimeError("teacher_labeler needs the robots' sessions: build the ams_trainer of this process first")
         self.limits = BatchLimits(int(self.p["max_batch_frames"]), int(self.p["max_frame_pixels"]))
         self._reject = RejectLog(self, counter=state.rejections)
         selected = string_list(self.p["selected_classes"])
-        # DeviceError naming what torch sees (with the pool, the actors resolve it: this process may have no GPU)
-        device = resolve_device(self.p["device"]) if state.pool is None else None
-        student_space = resolve_label_space(self.p["label_space"], selected)
-        specs = {dev: self.p["teacher"] for dev in state.device_ids}
-        specs.update(parse_device_teachers(string_list(self.p["device_teachers"]), state.device_ids))
-        self.teachers: dict[str, Any] = {}  # one teacher per distinct spec (robots sharing a spec share it)
-        if state.pool is not None:  # the actors build and run them (ValueError from them: classes differ)
-            where = "the pool's actors: " + state.pool.set_teachers(TeacherSpec(
-                specs=specs, selected_classes=tuple(selected), label_space=self.p["label_space"],
-                device=self.p["device"], max_batch=int(self.p["teacher_max_batch"]), limits=self.limits))
-        else:
-            self.teachers, where = build_robot_teachers(
-                specs, selected, student_space, device,
-                explicit=self.p["device"].strip().lower() not in ("", "auto"), max_batch=int(self.p["teacher_max_batch"]))
+        specs = {dev: self.p["teacher"] for dev in state.robots}
+        specs.update(parse_device_teachers(string_list(self.p["device_teachers"]), state.robots))
+        # DeviceError naming what torch sees (a pool's actors resolve it: this process may have no GPU)
+        device = resolve_device(self.p["device"]) if isinstance(backend, LocalBackend) else None
+        where = backend.set_teachers(TeacherSpec(
+            specs=specs, selected_classes=tuple(selected), label_space=self.p["label_space"], device=self.p["device"],
+            max_batch=int(self.p["teacher_max_batch"]), limits=self.limits), device)
         self.robot_keys = robot_public_keys(self.p)
         self._seen_batches = SeenSignatures()  # a replayed signed batch is refused (issue #13)
         group = MutuallyExclusiveCallbackGroup()
-        for dev in state.device_ids:
+        for dev in state.robots:
             self.create_subscription(FrameBatch, topics.for_device(dev, topics.FRAME_BATCH),
                                      self._reject.guard(f"{dev} frame batch", self._make_cb(dev)),
                                      qos("reliable", int(self.p["batch_qos_depth"])), callback_group=group)
         self._unchecked_warned: set[str] = set()
-        self._labelling: set[str] = set()  # robots whose batch a worker thread has in hand (under state.cv)
-        n = len(state.pool.actors) if state.pool is not None else 1
-        self._threads = [worker_thread(self._work, f"teacher_labeler{i or ''}", self.get_logger()) for i in range(n)]
+        self._threads = [worker_thread(self._work, f"teacher_labeler{i or ''}", self.get_logger())
+                         for i in range(backend.lanes)]
         self._thread = self._threads[0]
         for t in self._threads:
             t.start()
         self.get_logger().info(f"teacher on {where} labelling batches of "
-                               f"{', '.join(f'{d} ({specs[d]})' for d in state.device_ids)}")
+                               f"{', '.join(f'{d} ({specs[d]})' for d in state.robots)}")
 
     @staticmethod
     def _check_change(changes: dict[str, Any]) -> None:
@@ -130,46 +123,25 @@ class TeacherLabeler(Node):
     def _make_cb(self, dev: str):
         def cb(msg: FrameBatch) -> None:
             st = self.state
+            st.count_received(dev)
             try:  # before queueing or decoding anything: what the batch declares must be within the limits
                 self.limits.check(len(msg.frame_stamps), int(msg.width), int(msg.height))
             except FrameCodecError as exc:
-                with st.cv:
-                    st.received[dev] += 1
-                self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
+                st.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                 self._reject(f"batch {msg.batch_seq}", f"{exc} (from {dev})")
                 return
-            with st.cv:
-                st.received[dev] += 1
             if self.robot_keys:
                 try:
                     self.robot_keys[dev].verify(frame_batch_signing_input(msg, dev), bytes(msg.signature),
                                                 msg.signer_key_id, f"batch {msg.batch_seq} of {dev}")
                     self._seen_batches.check(dev, bytes(msg.signature), f"batch {msg.batch_seq} of {dev}")
                 except SignatureError as exc:
-                    self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
+                    st.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                     self._reject(f"batch {msg.batch_seq}", str(exc))
                     return
-            with st.cv:
-                q = st.pending[dev]
-                q.append(msg)
-                while len(q) > int(self.p["max_pending_batches"]):
-                    old = q.popleft()
-                    st.dropped[dev] += 1
-                    self.get_logger().warning(f"{dev}: teacher busy, dropped batch {old.batch_seq}")
-                st.cv.notify_all()
+            for old in st.enqueue(dev, msg, int(self.p["max_pending_batches"])):
+                self.get_logger().warning(f"{dev}: teacher busy, dropped batch {old.batch_seq}")
         return cb
-
-    def _next(self):
-        st = self.state
-        with st.cv:
-            while not st.stopping and not any(st.pending[d] for d in st.device_ids if d not in self._labelling):
-                st.cv.wait(timeout=0.5)
-            if st.stopping:
-                return None, None
-            dev = max((d for d in st.device_ids if st.pending[d] and d not in self._labelling),
-                      key=lambda d: len(st.pending[d]))
-            self._labelling.add(dev)
-            return dev, st.pending[dev].popleft()
 
     def _check_integrity(self, dev: str, msg: FrameBatch) -> None:
         """Raises FrameCodecError on a checksum mismatch; warns once per device when there is none."""
@@ -183,37 +155,25 @@ class TeacherLabeler(Node):
 
     def _work(self) -> None:
         while True:
-            dev, msg = self._next()
+            dev, msg = self.state.next_batch()
             if dev is None:
                 return
             t0 = time.monotonic()
             try:
-                self._label_batch(dev, msg)
+                self._check_integrity(dev, msg)
+                n = self.state.backend.label(dev, bytes(msg.data), msg.codec, int(msg.width), int(msg.height),
+                                             [stamp_to_sec(s) for s in msg.frame_stamps])
+                self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
             except Exception as exc:  # a bad batch must never stop the server
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                 reason = str(exc) if isinstance(exc, FrameCodecError) else f"{type(exc).__name__}: {exc}"
                 self._reject(f"batch {msg.batch_seq}", f"{reason} (from {dev})")
             finally:  # issue 16: teacher time is this robot's share of the GPU
-                with self.state.cv:
-                    self._labelling.discard(dev)
-                    if self.state.scheduler is not None:
-                        self.state.scheduler.record(dev, "label", t0, time.monotonic())
-                    self.state.cv.notify_all()
-
-    def _label_batch(self, dev: str, msg: FrameBatch) -> None:
-        self._check_integrity(dev, msg)
-        n = self.state.sessions[dev].add_encoded_batch(
-            bytes(msg.data), msg.codec, int(msg.width), int(msg.height), [stamp_to_sec(s) for s in msg.frame_stamps],
-            lambda frames, stamps: label_frames(self.teachers[dev], frames, stamps), limits=self.limits)
-        with self.state.cv:
-            self.state.cv.notify_all()
-        self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
+                self.state.labelled(dev, t0)
 
     def destroy_node(self) -> None:
-        """Stop the labelling thread (it finishes the batch in hand) before the node goes (none
-        when start-up failed: rclpy destroys that node with its context)."""
-        if hasattr(self, "_thread"):
-            self.state.stop()
-            for t in self._threads:
-                t.join(timeout=30.0)
+        """Stop and join the labelling threads (a batch in hand is finished first)."""
+        self.state.stop()
+        for t in getattr(self, "_threads", []):
+            t.join(timeout=60.0)
         super().destroy_node()
