@@ -43,12 +43,13 @@ def test_the_fuzzer_finds_a_decoder_that_crashes(monkeypatch):
 
 
 def test_a_registered_signer_is_fuzzed_and_a_wrong_signature_is_rejected(monkeypatch):
-    class Rejecting:
+    from ams_ros.core.security.signing import SigningKey, TrustedKeys
+
+    class Rejecting:  # signs with garbage; the robot trusts a key nobody signs with
+        trusted = TrustedKeys.parse([SigningKey.generate().public_text])
+
         def sign(self, update, device_id):
             update.signature = b"x"
-
-        def verify(self, update, device_id):
-            return False
 
     monkeypatch.setattr(fuzz, "SIGNERS", {"never": Rejecting()})
     t = fuzz.run_target("updates", fuzz.UpdateTarget(np.random.default_rng(0)), 40, np.random.default_rng(2), 5.0)

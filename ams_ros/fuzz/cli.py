@@ -5,7 +5,8 @@ batches that inflated to gigabytes. This replays that hunt on every run, determi
 ``--seed``: it mutates valid inputs (every update encoding of ``wire.encodings.ENCODINGS`` and
 snapshots, unsigned or signed by each registered signer; H.264 and JPEG frame batches, with a
 small "bomb" among the seeds; ``sensor_msgs/Image``-shaped messages in every encoding) and feeds
-them to the same code the nodes run: the patcher's verify + :meth:`DoubleBufferedModel.apply_update`,
+them to the same code the nodes run: the robot's :class:`~ams_ros.core.edge.receiver.UpdateReceiver`
+(signature, chain admission, version rule, the double buffer's write),
 :meth:`RobotSession.add_encoded_batch` with :class:`BatchLimits`, and
 :func:`~ams_ros.core.sources.pixel_formats.image_to_rgb`. For each kind it counts
 
@@ -17,9 +18,9 @@ them to the same code the nodes run: the patcher's verify + :meth:`DoubleBuffere
   or the version differ (hashed before and after), or a rejected batch that still added samples;
 
 and prints the peak memory of the process. The exit code is 1 when any crash, hang or change
-was found. Signers are pluggable (:func:`register_signer`): the HMAC one is built in; another
-scheme (e.g. Ed25519) registers an object with ``sign(update, device_id)`` and
-``verify(update, device_id) -> bool``.
+was found. Signers are pluggable (:func:`register_signer`): unsigned (the robot trusts no key) and
+Ed25519 (the base station's signature, the robot trusting its key) are built in; another registers
+an object with ``sign(update, device_id)`` and ``trusted`` (the keys a robot would trust).
 
     make fuzz ARGS="--cases 10000"          # 10,000 updates, 2,000 batches, 2,000 images
 """
@@ -40,7 +41,7 @@ import traceback
 import zlib
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -48,11 +49,11 @@ DEVICE = "robot_fuzz"
 
 
 class Signer(Protocol):
-    """What the robot checks an update's authenticity with (and the server signs it with)."""
+    """How the server signs an update, and the keys a robot trusts to check it."""
+
+    trusted: Any  # ams_ros.core.security.signing.TrustedKeys
 
     def sign(self, update, device_id: str) -> None: ...
-
-    def verify(self, update, device_id: str) -> bool: ...
 
 
 class Ed25519Signer:
@@ -68,15 +69,6 @@ class Ed25519Signer:
         from ams_ros.core.security.signing import sign_update
 
         sign_update(update, device_id, self.key)
-
-    def verify(self, update, device_id: str) -> bool:
-        from ams_ros.core.security.signing import SignatureError, verify_update
-
-        try:
-            verify_update(update, device_id, self.trusted)
-        except SignatureError:
-            return False
-        return True
 
 
 SIGNERS: dict[str, Signer | None] = {"unsigned": None, "ed25519": Ed25519Signer()}
@@ -216,7 +208,8 @@ def _digest(holder) -> tuple[str, str, int]:
 
 class UpdateTarget:
     """Valid updates of every encoding (and snapshots), each unsigned and signed by every signer,
-    mutated and applied as the patcher does: verify the signature, then ``apply_update``."""
+    mutated and received as the robot receives them (:class:`~ams_ros.core.edge.receiver.UpdateReceiver`:
+    signature, chain admission, version rule, write)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
         from ams_ros.core.edge.double_buffer import DoubleBufferedModel
@@ -250,8 +243,8 @@ class UpdateTarget:
         return robot
 
     def case(self, rng: np.random.Generator, tally: Tally) -> None:
+        from ams_ros.core.edge.receiver import APPLIED, UPDATE, UpdateReceiver
         from ams_ros.core.wire.encodings import ENCODINGS
-        from ams_ros.core.wire.update import UpdateError
 
         signer_name = list(SIGNERS)[int(rng.integers(0, len(SIGNERS)))]
         signer = SIGNERS[signer_name]
@@ -284,24 +277,21 @@ class UpdateTarget:
         if signer is not None and rng.random() < 0.9:
             signer.sign(u, DEVICE)
         robot = self.robot  # unchanged by every rejection (checked), rebuilt after an acceptance
+        trusted = signer.trusted if signer is not None else None
+        receiver = UpdateReceiver(robot, DEVICE, trusted)
         before = _digest(robot)
-        try:
-            if signer is not None and not signer.verify(u, DEVICE):
-                raise UpdateError(f"{signer_name} signature does not verify")
-            robot.apply_update(u)
-        except UpdateError:
-            tally.rejected += 1
+        verdict = receiver.receive(u, UPDATE)
+        if verdict.kind != APPLIED:
+            if verdict.unexpected:  # not a documented rejection: a crash the receiver contained
+                tally.crashes += 1
+                tally.note(f"update raised an undocumented error: {verdict.reason}")
+            else:
+                tally.rejected += 1
             if _digest(robot) != before:
                 tally.changed += 1
                 tally.note(f"update changed the model after rejection: {u.encoding} {u.base_version}->{u.new_version}")
                 self.robot = self.fresh_robot()
             return
-        except BaseException:  # a crash: also say whether it left a half-written copy behind
-            if _digest(robot) != before:
-                tally.changed += 1
-                tally.note(f"update changed the model and then crashed: {u.encoding} {u.base_version}->{u.new_version}")
-            self.robot = self.fresh_robot()
-            raise
         tally.accepted += 1
         if robot.version != int(u.new_version):
             tally.crashes += 1

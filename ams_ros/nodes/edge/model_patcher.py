@@ -30,12 +30,12 @@ from rclpy.node import Node
 
 from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
-from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
+from ams_ros.core.edge.chain_sync import ChainFollower
+from ams_ros.core.edge.receiver import ALREADY, REJECTED, UpdateReceiver
 from ams_ros.core.common.devices import resolve_device
 from ams_ros.core.sources.fault_injection import DELIVER, FaultConfig, FaultyLink
 from ams_ros.core.models.params import fingerprint
-from ams_ros.core.security.signing import SigningKey, TrustedKeys, new_nonce, verify_update
-from ams_ros.core.wire.update import StaleUpdateError, UpdateError, VersionGapError
+from ams_ros.core.security.signing import SigningKey, TrustedKeys, new_nonce
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import msg_to_update, snapshot_request_input
 from ams_ros.nodes.edge.state import EdgeState
@@ -85,6 +85,7 @@ class ModelPatcher(Node):
                                  self._reject_log.guard("sampling command", self._on_command), qos("reliable", 10),
                                  callback_group=group)
         self.chain = ChainFollower()
+        self.receiver = UpdateReceiver(self.model.holder, self.p["device_id"], self._trusted, self.chain)
         self.snapshot_client = self.create_client(GetModelSnapshot, topics.SNAPSHOT_SERVICE, callback_group=group)
         self._snapshot_lock = threading.Lock()
         self._snapshot_future = None
@@ -130,43 +131,29 @@ class ModelPatcher(Node):
         self._apply(msg, source="update")
 
     def _apply(self, msg: ModelUpdate, source: str) -> bool:
-        holder = self.model.holder
+        """Through the robot's one receiver (:mod:`ams_ros.core.edge.receiver`): True when the model
+        now has it (applied, or already there), False when it was rejected (counted, logged)."""
         try:
             update = msg_to_update(msg)
-            verify_update(update, self.p["device_id"], self._trusted)  # SignatureError is an UpdateError
-            before = holder.version
-            warning = self.chain.admit(update, before)
-            version = holder.apply_update(update)
-            self.chain.accepted(update)
-        except ResyncNeeded as exc:
-            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}", warn=True)
-            self._need_snapshot = True
-            return False
-        except VersionGapError as exc:
-            if source == "resync" and msg.new_version <= holder.version:
-                return True  # an update in flight got here first: already there
-
-            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}; requesting a full snapshot")
-            self._need_snapshot = True
-            return False
-        except StaleUpdateError as exc:
-            if source != "update" and msg.full_snapshot and msg.new_version == holder.version:
-                return True  # a resync answered with the version an update in flight already brought
-            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
-            return False
-        except UpdateError as exc:
-            self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: {exc}")
-            return False
-        except Exception as exc:  # issue #13: no input may end the patcher; the decoders leave the model as it was
+        except Exception as exc:  # a message that does not even convert: rejected like any malformed update
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: malformed ({type(exc).__name__}: {exc})")
             return False
+        verdict = self.receiver.receive(update, source)
+        if verdict.kind == REJECTED:
+            self._reject(verdict.reason, warn=verdict.loud)
+            if verdict.resync:
+                self._need_snapshot = True
+            return False
+        if verdict.kind == ALREADY:
+            return True
         self.stats.applied += 1
-        if warning:
-            self.get_logger().warning(warning)
+        if verdict.warning:
+            self.get_logger().warning(verdict.warning)
         kind = "catch-up" if update.catch_up else source
         self.get_logger().info(
-            f"applied {kind} v{before}->v{version} of chain {self.chain.tag or '(untagged)'} ({msg.num_selected} of {msg.num_params} parameters, "
-            f"{len(msg.indices) + len(msg.values)} bytes, {msg.encoding})"
+            f"applied {kind} v{verdict.before}->v{verdict.version} of chain {self.chain.tag or '(untagged)'} "
+            f"({msg.num_selected} of {msg.num_params} parameters, {len(msg.indices) + len(msg.values)} bytes, "
+            f"{msg.encoding})"
         )
         return True
 

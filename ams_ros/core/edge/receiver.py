@@ -1,0 +1,78 @@
+"""The robot's one way in for a model: an update, a catch-up or a snapshot, taken through signature
+verification, the chain's admission and the double buffer's version rule and write, with one
+:class:`Verdict` out.
+
+The model patcher node and the fuzzer (``make fuzz``) both call :meth:`UpdateReceiver.receive`, so
+the fuzzer tests exactly what a robot runs. Nothing that arrives can end the robot: every failure is
+a rejection that leaves the running model, the inactive copy and the version as they were; the
+verdict says whether to ask the server to resync, and whether the failure was one no check
+anticipated (``unexpected``: a malformed input that raised something other than an
+:class:`~ams_ros.core.wire.update.UpdateError`, which the fuzzer counts as a crash).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.security.signing import TrustedKeys, verify_update
+from ams_ros.core.wire.update import EncodedUpdate, StaleUpdateError, UpdateError, VersionGapError
+
+APPLIED, ALREADY, REJECTED = "applied", "already", "rejected"
+#: where an update came from: the update topic, or the answer to a resync request
+UPDATE, SNAPSHOT, RESYNC = "update", "snapshot", "resync"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # APPLIED | ALREADY (the robot has it: an update in flight got here first) | REJECTED
+    before: int  # the model's version before
+    version: int  # and after
+    reason: str = ""  # why it was rejected
+    warning: str = ""  # of an accepted one (e.g. the robot switched to the server's new chain)
+    resync: bool = False  # ask the server for a snapshot (a gap, another chain, a robot ahead)
+    loud: bool = False  # a rejection worth a warning of its own (the chain moved on)
+    unexpected: bool = False  # a failure no check anticipated (counted as a crash by the fuzzer)
+
+    @property
+    def applied(self) -> bool:
+        return self.kind == APPLIED
+
+
+class UpdateReceiver:
+    """Verifies and applies what the server sends one robot (``device_id``) to its double buffer."""
+
+    def __init__(self, holder: DoubleBufferedModel, device_id: str, trusted: TrustedKeys | None = None,
+                 chain: ChainFollower | None = None) -> None:
+        self.holder = holder
+        self.device_id = device_id
+        self.trusted = trusted if trusted is not None else TrustedKeys.parse([])
+        self.chain = chain if chain is not None else ChainFollower()
+
+    def receive(self, update: EncodedUpdate, source: str = UPDATE) -> Verdict:
+        """``update`` applied, already there, or rejected with the model untouched (see :class:`Verdict`)."""
+        holder = self.holder
+        before = holder.version
+        head = f"{source} v{update.base_version}->v{update.new_version}"
+        try:
+            verify_update(update, self.device_id, self.trusted)  # SignatureError is an UpdateError
+            warning = self.chain.admit(update, before)
+            version = holder.apply_update(update)
+            self.chain.accepted(update)
+        except ResyncNeeded as exc:
+            return Verdict(REJECTED, before, holder.version, f"{head}: {exc}", resync=True, loud=True)
+        except VersionGapError as exc:
+            if source == RESYNC and update.new_version <= holder.version:
+                return Verdict(ALREADY, before, holder.version)  # an update in flight got here first
+            return Verdict(REJECTED, before, holder.version, f"{head}: {exc}; requesting a full snapshot", resync=True)
+        except StaleUpdateError as exc:
+            if source != UPDATE and update.full_snapshot and update.new_version == holder.version:
+                return Verdict(ALREADY, before, holder.version)  # a resync answered with the version we have
+            return Verdict(REJECTED, before, holder.version, f"{head}: {exc}")
+        except UpdateError as exc:
+            return Verdict(REJECTED, before, holder.version, f"{head}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - no input may end the robot; the decoders leave the model as it was
+            return Verdict(REJECTED, before, holder.version, f"{head}: malformed ({type(exc).__name__}: {exc})",
+                           unexpected=True)
+        return Verdict(APPLIED, before, version, warning=warning)
