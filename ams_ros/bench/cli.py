@@ -25,7 +25,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ams_ros.bench import pool as pool_bench
+from ams_ros.bench import pool as pool_bench, launch as launch_bench
+from ams_ros.core.common.assets import asset_path
+from ams_ros.core.common.devices import (
+    synchronize, describe, resolve_dtype, autocast_for, configure_cudnn, resolve_device, torch_sees)
+from ams_ros.core.common.threads import set_torch_threads, usable_cores
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.edge.inference import EdgeInference
+from ams_ros.core.fleet.fused_training import fused_train_phases
+from ams_ros.core.models.labels import colorize, get_label_space, overlay
+from ams_ros.core.models.params import flatten_params, num_params
+from ams_ros.core.models.student import build_student, to_input
+from ams_ros.core.models.teachers import build_teacher, place_teacher
+from ams_ros.core.server.session import RobotSession, SessionConfig
+from ams_ros.core.server.trainer import AMSTrainer, TrainerConfig
+from ams_ros.core.sources.synthetic import SyntheticWorld
+from ams_ros.core.wire.encodings import DEFAULT_UPDATE_ENCODING, ENCODINGS, decode_update, encode_update
+from ams_ros.core.wire.frame_codec import decode_frames, encode_frames
+from ams_ros.core.wire.update import encoded_size, ModelLayout
 
 GAMMAS = (0.2, 0.1, 0.05, 0.01)
 PAPER_UPDATE_BYTES_AT_5PCT = 205_000 / 8 * 10  # 205 Kbps at T_update 10 s = 256 KB per update
@@ -47,15 +64,11 @@ def _median_ms(fn, repeat: int, warmup: int = 2) -> float:
 
 
 def _synthetic_samples(n: int, size: tuple[int, int], seed: int = 0):
-    from ams_ros.core.sources.synthetic import SyntheticWorld
-
     world = SyntheticWorld(seed=seed, width=size[0], height=size[1])
     return [(float(t), *world.frame_at(float(t))) for t in np.linspace(0.0, 60.0, n)]
 
 
 def _trainer(model, size, gamma, iterations=20, batch=8, seed=0):
-    from ams_ros.core.server.trainer import AMSTrainer, TrainerConfig
-
     cfg = TrainerConfig(iterations=iterations, batch_size=batch, gamma=gamma, input_size=size, seed=seed)
     return AMSTrainer(model, cfg)
 
@@ -70,8 +83,6 @@ def _uplink_codecs(codecs=UPLINK_CODECS, kbps_list=UPLINK_KBPS) -> dict | None:
     a 10 s period, one encoder thread): bytes, encode seconds and the teacher's label agreement on
     the decoded vs the original frames. Each codec's bytes at the agreement H.264 reaches at
     200 Kbps are interpolated on its (bytes, agreement) curve."""
-    from ams_ros.core.common.assets import asset_path
-    from ams_ros.core.wire.frame_codec import decode_frames, encode_frames
 
     teacher_path = asset_path("models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite")
     frames_dir = asset_path("video/camvid-0016E5/frames")
@@ -79,8 +90,6 @@ def _uplink_codecs(codecs=UPLINK_CODECS, kbps_list=UPLINK_KBPS) -> dict | None:
         log("shared assets absent: skipping the uplink codecs' teacher agreement on decoded frames")
         return None
     import cv2
-
-    from ams_ros.core.models.teachers import build_teacher
 
     files = sorted(frames_dir.glob("*.jpg"))[:10]
     frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(f)), cv2.COLOR_BGR2RGB), (512, 256)) for f in files]
@@ -158,8 +167,6 @@ def _inference_beside_encoder(student, frames: list, stamps: list[float]) -> dic
     """Inference latency (512x256) while the camera sampler H.264-encodes one batch on another
     thread, per torch thread count and x264 thread count: torch's spinning workers and a busy
     encoder must not want more cores than there are. The edge's defaults are marked."""
-    from ams_ros.core.wire.frame_codec import encode_frames
-    from ams_ros.core.common.threads import set_torch_threads, usable_cores
 
     old = torch.get_num_threads()
     cores = usable_cores()
@@ -201,10 +208,6 @@ def _inference_beside_encoder(student, frames: list, stamps: list[float]) -> dic
 def resync_bytes(args: argparse.Namespace, student=None) -> dict:
     """Bytes a robot 1, 2, 4 versions behind is sent: one catch-up update (the union of the
     phases' changes, issue #13) vs a full snapshot, after real phases on the synthetic world."""
-    from ams_ros.core.models.student import build_student
-    from ams_ros.core.server.session import RobotSession, SessionConfig
-    from ams_ros.core.server.trainer import TrainerConfig
-    from ams_ros.core.wire.update import encoded_size
 
     if student is None:
         torch.manual_seed(0)
@@ -238,8 +241,6 @@ FUSED_KS_FULL = (1, 2, 4, 9, 18)
 def _fused_throughput(args: argparse.Namespace) -> dict:
     """Student-phases per second, k robots' phases fused in one vmapped step vs one after another
     (issue #16). Same students, buffers and settings both ways; the first round is warm-up."""
-    from ams_ros.core.fleet.fused_training import fused_train_phases
-    from ams_ros.core.models.student import build_student
 
     ks = FUSED_KS_FULL if args.fused_full else tuple(int(k) for k in args.fused_k.split(","))
     size = (args.fused_width, args.fused_height)
@@ -285,8 +286,6 @@ def _fused_throughput(args: argparse.Namespace) -> dict:
 
 
 def _timed_ms(fn, device, repeat: int, warmup: int = 2) -> float:
-    from ams_ros.core.common.devices import synchronize
-
     def once():
         fn()
         synchronize(device)
@@ -300,9 +299,6 @@ def _segmenter_pipeline(student, repeat: int) -> dict:
     labels only (nobody subscribes to mask/overlay), all outputs on the device path, and the
     pipeline before issue #14 (predict + NumPy colorize + overlay). ROS message conversion is
     not included (this runs without ROS)."""
-    from ams_ros.core.edge.inference import EdgeInference
-    from ams_ros.core.models.labels import colorize, get_label_space, overlay
-    from ams_ros.core.models.student import to_input
 
     space = get_label_space("voc")
     old = torch.get_num_threads()
@@ -338,7 +334,6 @@ def _segmenter_pipeline(student, repeat: int) -> dict:
 def _bench_teacher(spec: str, device, size: tuple[int, int], repeat: int, tmp: Path):
     """A teacher for timing: ``spec``, or a randomly initialised torchvision DeepLabV3-MobileNetV3
     loaded by spec from a state dict written to ``tmp`` (timing does not depend on the weights)."""
-    from ams_ros.core.models.teachers import build_teacher, place_teacher
 
     if not spec:
         import torchvision.models.segmentation as seg
@@ -358,9 +353,6 @@ def _bench_teacher(spec: str, device, size: tuple[int, int], repeat: int, tmp: P
 
 def _device_figures(args: argparse.Namespace, student, samples, updates_5pct: dict, device) -> dict:
     """Per precision on ``device``: inference, a training phase, the teacher, patch apply."""
-    from ams_ros.core.common.devices import describe, resolve_dtype
-    from ams_ros.core.edge.double_buffer import DoubleBufferedModel
-    from ams_ros.core.common.devices import autocast_for
 
     out: dict = {"device": describe(device), "phase_steps": args.phase_steps, "phase_batch": 8,
                  "phase_size": "512x256", "precisions": {}}
@@ -415,10 +407,6 @@ def _update_figures(args: argparse.Namespace, student, res: dict) -> dict:
     """Update sizes after real training phases, per encoding and gamma; bytes per selected
     parameter, decode time and decode + apply + swap time of the 5 % update on the edge's double
     buffer, per encoding (issue #10). Fills ``res``; returns the 5 % updates by encoding."""
-    from ams_ros.core.edge.double_buffer import DoubleBufferedModel
-    from ams_ros.core.models.params import flatten_params
-    from ams_ros.core.wire.encodings import DEFAULT_UPDATE_ENCODING, ENCODINGS, decode_update, encode_update
-    from ams_ros.core.wire.update import ModelLayout
 
     size_small = (args.update_width, args.update_height)
     small = _synthetic_samples(24, size_small)
@@ -459,7 +447,6 @@ def _update_figures(args: argparse.Namespace, student, res: dict) -> dict:
 
     # with the edge's torch threads (one core left to the camera sampler's encoder): two
     # threads on two busy cores made one index_copy_ spin for 20 ms
-    from ams_ros.core.common.threads import set_torch_threads
 
     old_threads = torch.get_num_threads()
     res["patch_torch_threads"] = set_torch_threads(0, reserve=1)
@@ -502,11 +489,6 @@ def _update_targets(res: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ams_ros.core.wire.frame_codec import encode_frames
-    from ams_ros.core.models.student import build_student
-    from ams_ros.core.models.params import flatten_params, num_params
-    from ams_ros.core.common.devices import configure_cudnn, describe, resolve_device, torch_sees
-
     configure_cudnn(resolve_device(args.device), args.cudnn_benchmark)  # DeviceError at once, before any work
 
     torch.manual_seed(0)
@@ -609,7 +591,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on CUDA")
     pool_bench.add_arguments(p)
     args = p.parse_args(argv)
-    from ams_ros.core.common.devices import resolve_device, resolve_dtype
 
     try:
         device = resolve_device(args.device)
@@ -629,8 +610,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.only == "fused":
         res = {"fused_training": _fused_throughput(args)}
     elif args.only == "updates":
-        from ams_ros.core.models.student import build_student
-
         torch.manual_seed(0)
         res = {}
         _update_figures(args, build_student("deeplabv3_mobilenet_v2", num_classes=21).eval(), res)
@@ -638,8 +617,6 @@ def main(argv: list[str] | None = None) -> int:
     elif args.only == "pool":
         res = {"pool": pool_bench.pool_figures(args)}
     elif args.only == "launch":
-        from ams_ros.bench import launch as launch_bench
-
         res = {"launch": launch_bench.run(args)}
     elif args.only == "uplink":
         res = {"uplink_codecs": _uplink_codecs(args.uplink_codecs, args.uplink_kbps)}

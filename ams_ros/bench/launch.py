@@ -35,7 +35,7 @@ class Watcher:
         from sensor_msgs.msg import Image
 
         from ams_msgs.msg import EdgeStatus, ServerStatus
-        from ams_ros.nodes.common.qos import qos
+        from ams_ros.nodes.common.qos import qos  # lazy: ROS only when the launch figures run
 
         self.context = rclpy.Context()
         rclpy.init(context=self.context)

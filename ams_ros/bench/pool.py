@@ -18,6 +18,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from ams_ros.core.fleet.pool import SessionPool
+from ams_ros.core.fleet.pool_config import PoolConfig
+from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
+from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
+from ams_ros.core.models.labels import get_label_space
+from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
+from ams_ros.core.server.session import SessionConfig
+from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.sources.synthetic import SyntheticWorld
+from ams_ros.core.wire.frame_codec import encode_frames
 
 
 def robots_per_gpu(update_period_s: float, frames_per_s: float, teacher_s: float, step_s: float,
@@ -46,17 +56,6 @@ def measure(actors_list: tuple[int, ...], seconds: float, width: int, height: in
             frames: int, update_period_s: float, robots_per_actor: int = 2) -> dict:
     """Robot-periods per second a pool of A CPU actors sustains (see the module doc)."""
     import torch
-
-    from ams_ros.core.wire.frame_codec import encode_frames
-    from ams_ros.core.models.labels import get_label_space
-    from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
-    from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
-    from ams_ros.core.server.session import SessionConfig
-    from ams_ros.core.fleet.pool_config import PoolConfig
-    from ams_ros.core.fleet.pool import SessionPool
-    from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
-    from ams_ros.core.sources.synthetic import SyntheticWorld
-    from ams_ros.core.server.trainer import TrainerConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="ams-pool-bench-"))
     torch.manual_seed(0)

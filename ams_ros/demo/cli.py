@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ams_ros.core.common.devices import DTYPE_CHOICES
+from ams_ros.core.common.devices import DTYPE_CHOICES, resolve_device
 from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.wire.frame_codec import BatchEncoderConfig
 from ams_ros.core.models.weights import StudentSpec
@@ -86,7 +86,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ams_ros.core.common.devices import resolve_device
 
     try:
         resolve_device(args.device)  # fail here, not in two child processes
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # DDS on loopback in a private domain, before rclpy is imported anywhere in this process.
     use_loopback(args.domain_id if args.domain_id is not None else private_domain_id(60, 40))
-    from ams_ros.demo.runner import run_demo
+    from ams_ros.demo.runner import run_demo  # lazy: ROS is imported only once DDS is set to loopback
 
     return run_demo(args)
 

@@ -34,7 +34,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ams_ros.demo.runner import Disturbance, Stage
+from ams_ros.demo.runner import Disturbance, Stage, run_demo
+from ams_ros.core.security.signing import SigningKey, sign_update
+from ams_ros.core.wire.encodings import encode_snapshot
+from ams_ros.demo.cli import parse_args as demo_args
+from ams_ros.nodes.common import topics as T
+from ams_ros.nodes.common.conversions import msg_to_update, update_to_msg, frame_batch_signing_input
+from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
+from ams_ros.nodes.common.qos import qos
 
 SCENARIOS = ("undisturbed", "drop_updates", "drop_batches", "dup_reorder_updates", "forged", "server_kill",
              "robot_restart")
@@ -104,9 +111,6 @@ class Forger(Disturbance):
         from sensor_msgs.msg import Image
 
         from ams_msgs.msg import FrameBatch, ModelUpdate
-        from ams_ros.core.security.signing import SigningKey
-        from ams_ros.nodes.common import topics as T
-        from ams_ros.nodes.common.qos import qos
 
         self.observer = observer
         self.dev, self.watch = next(iter(observer.robots.items()))
@@ -136,9 +140,6 @@ class Forger(Disturbance):
         return int(st.model_version) if st is not None else 0
 
     def _update_wrong_key(self) -> bool:
-        from ams_ros.core.security.signing import sign_update
-        from ams_ros.nodes.common.conversions import msg_to_update, update_to_msg
-
         genuine = [u for u in self.updates if not u.full_snapshot]
         if not genuine:
             return False
@@ -151,9 +152,6 @@ class Forger(Disturbance):
 
     def _unsigned_zero_snapshot(self) -> bool:
         import torch
-
-        from ams_ros.core.wire.encodings import encode_snapshot
-        from ams_ros.nodes.common.conversions import update_to_msg
 
         zero = copy.deepcopy(self.observer.frozen)
         with torch.no_grad():
@@ -174,7 +172,6 @@ class Forger(Disturbance):
             return False
         msg = copy.deepcopy(self.batches[-1])
         msg.batch_seq += 1000
-        from ams_ros.nodes.common.conversions import frame_batch_signing_input
 
         msg.signature = self.key.sign(frame_batch_signing_input(msg, self.dev))  # a well-formed signature, wrong key
         msg.signer_key_id = self.key.key_id
@@ -313,9 +310,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ams_ros.demo.cli import parse_args as demo_args
-    from ams_ros.demo.runner import run_demo
-
     names = list(SCENARIOS) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for name in names:
         disturbance_for(name, args)  # unknown names fail before the first run
@@ -364,7 +358,6 @@ def markdown_table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 
     use_loopback(private_domain_id(60, 40))
     return run(args)

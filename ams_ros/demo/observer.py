@@ -32,6 +32,8 @@ from ams_ros.core.sources.pixel_formats import image_to_rgb
 from ams_ros.nodes.common import topics as T
 from ams_ros.nodes.common.conversions import stamp_to_sec
 from ams_ros.nodes.common.qos import qos
+from ams_ros.core.models.teachers import build_teacher, select_classes
+from ams_ros.core.sources.synthetic import SyntheticWorld, world_from_spec
 
 
 # wall seconds without a new label map from the slowest robot, once streaming, before the demo gives up
@@ -293,8 +295,6 @@ class _SyntheticReference(_Reference):
     """Ground truth regenerated from the deterministic synthetic world at the frame's stamp."""
 
     def __init__(self, spec: str, size: tuple[int, int], duration: float) -> None:
-        from ams_ros.core.sources.synthetic import SyntheticWorld, world_from_spec
-
         self.world: SyntheticWorld = world_from_spec(spec, width=size[0], height=size[1])
         shifts = [s.t for s in self.world.shifts]
         self.score_from = min(shifts) if shifts else 0.0
@@ -310,8 +310,6 @@ class _TeacherReference(_Reference):
     needs_images = True
 
     def __init__(self, spec: str, selected: list[str]) -> None:
-        from ams_ros.core.models.teachers import build_teacher, select_classes
-
         self.teacher = select_classes(build_teacher(spec), selected)
 
     def labels(self, t: float, image):

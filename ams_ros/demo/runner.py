@@ -14,6 +14,11 @@ from ams_ros.core.models.labels import parse_class_list
 from ams_ros.nodes.common.dds_shm import remove_dead_segments
 from ams_ros.nodes.common.processes import CONFIG, LaunchedProcess, RosProcess, launch_available, write_overrides
 from ams_ros.nodes.common.parameter_files import merge_parameter_files, write_parameter_file
+from ams_ros.core.security.signing import generate_key_file as generate
+from ams_ros.demo.observer import Observer
+from ams_ros.demo.report import write_report
+from ams_ros.demo.rss import RssLog
+from ams_ros.demo.synthetic_student import pretrained_synthetic_student
 
 
 def prepare_weights(args: argparse.Namespace, out: Path) -> str:
@@ -22,7 +27,6 @@ def prepare_weights(args: argparse.Namespace, out: Path) -> str:
         return args.student_weights
     if not args.source.startswith("synthetic"):
         raise SystemExit("--student-weights is required with a real source (a checkpoint or tflite:PATH)")
-    from ams_ros.demo.synthetic_student import pretrained_synthetic_student
 
     return str(pretrained_synthetic_student(args, cache_dir=Path(args.cache_dir)))
 
@@ -129,8 +133,6 @@ def _add_demo_keys(edges: list[Path], server: Path, devs: list[str], key_dir: Pa
     import shutil
 
     import yaml
-
-    from ams_ros.core.security.signing import generate_key_file as generate
 
     shutil.rmtree(key_dir, ignore_errors=True)
     server_key_path, server_key = generate(key_dir, "server")
@@ -271,8 +273,6 @@ def run_demo(args: argparse.Namespace, disturbance: Disturbance | None = None) -
     if server_extra:
         server_files.append(write_overrides(out / "params_server_extra.yaml", server_extra))
 
-    from ams_ros.demo.observer import Observer
-
     observer = Observer(args, weights, out, [(r.device_id, r.source) for r in robots])
     stage = Stage(out, args.quiet, server_files, edge_files, robots)
     # give the server a moment to come up so the robots' start-up snapshot requests are answered
@@ -283,8 +283,6 @@ def run_demo(args: argparse.Namespace, disturbance: Disturbance | None = None) -
           f"streaming {args.duration:g} s of {', '.join(repr(r.source) for r in robots)}")
     rss = None
     if getattr(args, "rss_every", 0.0):
-        from ams_ros.demo.rss import RssLog
-
         rss = RssLog({**{e.name: e.pid for e in stage.edges}, "server": stage.server.pid},
                      every_s=args.rss_every, fit_from_s=args.rss_fit_from)
     interrupted = False
@@ -301,7 +299,6 @@ def run_demo(args: argparse.Namespace, disturbance: Disturbance | None = None) -
     edges, server = stage.edges, stage.server
     tracebacks = [p.name for p in (*edges, server) if "Traceback" in p.output()]
     rss_summary = rss.write(out) if rss is not None else None
-    from ams_ros.demo.report import write_report
 
     exit_codes = {**{e.name: rc for e, rc in zip(edges, edge_rcs)}, "server": server_rc}
     summary = write_report(observer, out, args, extra={

@@ -13,13 +13,12 @@ import numpy as np
 import torch
 
 from ams_ros.core.models.pretraining import distill
+from ams_ros.core.models.labels import get_label_space
+from ams_ros.core.models.weights import load_student, save_student_checkpoint
+from ams_ros.core.sources.synthetic import world_from_spec
 
 
 def pretrained_synthetic_student(args: argparse.Namespace, cache_dir: Path) -> Path:
-    from ams_ros.core.models.labels import get_label_space
-    from ams_ros.core.models.weights import load_student, save_student_checkpoint
-    from ams_ros.core.sources.synthetic import world_from_spec
-
     seed_part = args.source.replace(":", "-")
     path = cache_dir / f"{args.student}_{seed_part}_{args.width}x{args.height}_{args.pretrain_steps}steps.pt"
     if path.exists():

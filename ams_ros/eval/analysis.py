@@ -29,6 +29,8 @@ import numpy as np
 
 from ams_ros.eval.report import read_series
 from ams_ros.eval.simulator import SchemeResult
+from ams_ros.core.sources.frame_sources import PlaylistSource
+from ams_ros.eval.clips import _to_size, open_scored_source
 
 
 def per_frame_gain(a: SchemeResult, b: SchemeResult) -> tuple[np.ndarray, np.ndarray]:
@@ -78,7 +80,6 @@ def motion_per_frame(frames: Iterable[tuple[float, np.ndarray]]) -> dict[float, 
 def scored_frames(src: Iterable, clip_times: np.ndarray, size: tuple[int, int]) -> Iterable[tuple[float, np.ndarray]]:
     """The frames of ``src`` (:func:`~ams_ros.eval.clips.open_scored_source`) at the scored times,
     at the evaluation size (as the clip replays them)."""
-    from ams_ros.eval.clips import _to_size
 
     want = {round(float(t), 6) for t in clip_times}
     last = max(want) if want else 0.0
@@ -95,7 +96,6 @@ def playlist_spans(src: object, end: float) -> list[dict]:
     up to its last scored frame (``to``: the next item's start, ``end`` for the last); ``[]`` for
     any other source. Item start times are known only as a playlist plays, so this reads them from
     the motion pass's source rather than playing the stream a second time."""
-    from ams_ros.core.sources.frame_sources import PlaylistSource
 
     if not isinstance(src, PlaylistSource):
         return []
@@ -154,7 +154,6 @@ def analyze(out: Path, source: str | None, size: tuple[int, int], a: str = "ams"
     motion: dict[float, float] | None = None
     spans: list[dict] = []
     if source:  # one pass over the source: the motion, and a playlist's item starts as it plays
-        from ams_ros.eval.clips import open_scored_source
 
         src = open_scored_source(source, size)
         motion = motion_per_frame(scored_frames(src, clip_times, size))

@@ -30,6 +30,21 @@ import traceback
 from pathlib import Path
 
 from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
+from ams_ros.core.common.devices import resolve_device, describe, torch_sees
+from ams_ros.core.common.threads import set_torch_threads
+from ams_ros.core.fleet.scheduling import POLICIES
+from ams_ros.core.models.labels import parse_class_list
+from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
+from ams_ros.core.models.weights import load_student
+from ams_ros.eval.analysis import analyze
+from ams_ros.eval.clips import load_clip
+from ams_ros.eval.fleet import StudyInterrupted, fleet_study, write_study
+from ams_ros.eval.leave_one_out import pretrain
+from ams_ros.eval.merge import merge_runs
+from ams_ros.eval.presets import get_preset, parse_overrides
+from ams_ros.eval.report import write_results, combine, replot, PAPER_NAMES
+from ams_ros.eval.schemes import parse_scheme, table3_specs, run_scheme
+from ams_ros.eval.simulator import RunContext
 
 DEFAULT_CLASSES = "road,sidewalk,building,vegetation,sky,person,car"
 DEFAULT_SCHEMES = "none,one_time,remote_tracking,jit,shadowtutor,ams"
@@ -130,11 +145,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _setup(args):
     """Device, threads, preset, teacher (on the device when it is a PyTorch model), selected label
     space and its LUT."""
-    from ams_ros.core.common.devices import resolve_device
-    from ams_ros.core.models.labels import parse_class_list
-    from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
-    from ams_ros.core.common.threads import set_torch_threads
-    from ams_ros.eval.presets import get_preset, parse_overrides
 
     args.torch_device = resolve_device(args.device)  # DeviceError (exit 2) naming what torch sees
     set_torch_threads(args.threads)  # 1 is fastest on a small machine shared with other work
@@ -153,8 +163,6 @@ def _setup(args):
 def _machine(args=None) -> dict:
     import torch
 
-    from ams_ros.core.common.devices import describe, torch_sees
-
     device = getattr(args, "torch_device", None)
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
@@ -165,8 +173,6 @@ def _machine(args=None) -> dict:
 
 
 def _scheme_list(args) -> list:
-    from ams_ros.eval.schemes import parse_scheme, table3_specs
-
     texts = [s.strip() for s in args.schemes.split(",") if s.strip()]
     # parameters are written with '+' between them on the command line (',' separates schemes)
     texts = [t.replace("+", ",") for t in texts]
@@ -187,12 +193,6 @@ def _scheme_list(args) -> list:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
-
-    from ams_ros.core.models.weights import load_student
-    from ams_ros.eval.report import write_results
-    from ams_ros.eval.simulator import RunContext
-    from ams_ros.eval.clips import load_clip
-    from ams_ros.eval.schemes import run_scheme
 
     t_start = time.monotonic()
     specs = _scheme_list(args)
@@ -253,11 +253,6 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     """N robots sharing one modelled server GPU (ams_ros/eval/fleet.py): JSON, markdown, plot."""
     from tqdm import tqdm
 
-    from ams_ros.core.models.weights import load_student
-    from ams_ros.core.fleet.scheduling import POLICIES
-    from ams_ros.eval.clips import load_clip
-    from ams_ros.eval.fleet import StudyInterrupted, fleet_study, write_study
-
     t_start = time.monotonic()
     robots = [int(n) for n in args.robots.split(",") if n.strip()]
     policies = [s.strip() for s in args.policies.split(",") if s.strip()]
@@ -308,8 +303,6 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from ams_ros.eval.leave_one_out import pretrain
-
     preset, _, teacher, space, lut = _setup(args)
     try:
         pretrain(args.sources, teacher, lut, args.student, args.student_weights or None,
@@ -324,8 +317,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from ams_ros.eval.report import combine
-
     text = combine(args.runs, skip_s=args.skip_s)
     if args.out:
         Path(args.out).write_text(text)
@@ -334,8 +325,6 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_replot(args: argparse.Namespace) -> int:
-    from ams_ros.eval.report import replot
-
     for run in args.runs:
         if not (Path(run) / "series.json").exists():
             raise FileNotFoundError(f"{run}/series.json not found: replot needs a run folder written by 'ams-eval run'")
@@ -345,8 +334,6 @@ def cmd_replot(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from ams_ros.eval.merge import merge_runs
-
     merged = merge_runs(args.runs, args.out, plots=not args.no_plots)
     print((Path(args.out) / "results.md").read_text(), flush=True)
     print(f"[ams-eval] merged {', '.join(merged['schemes'])} from {len(args.runs)} runs into {args.out}", flush=True)
@@ -355,8 +342,6 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     import json
-
-    from ams_ros.eval.analysis import analyze
 
     run = Path(args.run)
     if not (run / "series.json").exists() or not (run / "results.json").exists():
@@ -376,8 +361,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 print(f"  {unit} [{row['from']:g}, {row['to']:g}): {row['frames']} frames, mean "
                       f"{100 * row['gain_mean']:+.1f} points", flush=True)
     if res.get("per_item"):
-        from ams_ros.eval.report import PAPER_NAMES
-
         names = list(res["per_item"][0]["miou"])
         print("[ams-eval] mean windowed mIoU vs teacher (%) per playlist item:\n| item (stream s) | "
               + " | ".join(PAPER_NAMES.get(n, f"`{n}`") for n in names) + f" | {res['a']} - {res['b']}, per frame |\n"

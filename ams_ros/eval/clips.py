@@ -34,8 +34,10 @@ import cv2
 import numpy as np
 
 from ams_ros.core.wire.frame_codec import jpeg_bytes
-from ams_ros.core.models.teachers import label_frames
-from ams_ros.core.sources.frame_sources import FrameSource, open_source  # noqa: F401  (re-exported: the one implementation)
+from ams_ros.core.models.teachers import label_frames, teacher_input_size
+from ams_ros.core.sources.frame_sources import (  # noqa: F401  (re-exported: the one implementation)
+    FrameSource, open_source, PLAYLIST, playlist_items)
+from ams_ros.core.models.labels import camvid_to_cityscapes
 
 __all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper"]
 
@@ -74,7 +76,6 @@ def gt_mapper(spec: str, teacher_space_name: str) -> Callable[[np.ndarray], np.n
     Synthetic ground truth is already in the oracle's space; CamVid label folders (11 classes +
     void) map to Cityscapes train ids.
     """
-    from ams_ros.core.models.labels import camvid_to_cityscapes
 
     base = teacher_space_name.split("[", 1)[0].lower()
     if spec.startswith("synthetic"):
@@ -218,8 +219,6 @@ def _scored_source_frames(spec: str, size: tuple[int, int], source_indices: Sequ
 
 
 def _cache_key(spec: str, size, eval_fps: float, max_seconds: float, teacher_name: str, lut: np.ndarray | None) -> str:
-    from ams_ros.core.sources.frame_sources import PLAYLIST, playlist_items
-
     p = Path(spec)
     paths = [Path(item) for item, _ in playlist_items(spec)] if spec.startswith(PLAYLIST) else [p]
     stamp = ";".join(f"{q.resolve()}:{q.stat().st_mtime_ns}:{q.stat().st_size}" for q in paths if q.exists())
@@ -239,8 +238,6 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     ``upload_quality``: the JPEG quality of the frames' upload sizes (``Clip.upload_bytes``).
     """
     from tqdm import tqdm
-
-    from ams_ros.core.models.teachers import teacher_input_size
 
     cap = teacher_input_size(teacher)
 

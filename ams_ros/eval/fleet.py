@@ -45,7 +45,7 @@ from ams_ros.core.server.trainer import TrainerConfig
 from ams_ros.eval.clips import Clip
 from ams_ros.eval.presets import Preset
 from ams_ros.eval.schemes import COMMAND_BYTES
-from ams_ros.eval.simulator import RunContext, SchemeRun
+from ams_ros.eval.simulator import RunContext, SchemeRun, UpdateRecord
 
 
 def robot_clip(clip: Clip, variant: int) -> Clip:
@@ -205,8 +205,6 @@ def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy:
 
 
 def _record(t_data, start, end, arrive, nbytes, steps):
-    from ams_ros.eval.simulator import UpdateRecord
-
     return UpdateRecord(t_data, start, end, arrive, nbytes, steps)
 
 

@@ -48,7 +48,7 @@ from ams_ros.eval.baselines import (
     jit_next_stride,
     shadowtutor_next_stride,
 )
-from ams_ros.eval.presets import Preset
+from ams_ros.eval.presets import Preset, PAPER
 from ams_ros.eval.simulator import RunContext, SchemeResult, SchemeRun, UpdateRecord
 
 SCHEMES = ("none", "one_time", "remote_tracking", "jit", "shadowtutor", "ams")
@@ -90,7 +90,6 @@ def parse_scheme(text: str) -> SchemeSpec:
         k, v = part.split("=", 1)
         params.append((k.strip(), v.strip()))
     spec = SchemeSpec(text, name, tuple(params))
-    from ams_ros.eval.presets import PAPER
 
     spec.preset_for(PAPER)  # validates the keys now, not after an hour of other schemes
     if name == "ams":

@@ -44,6 +44,16 @@ from types import SimpleNamespace
 from typing import Any, Callable, Protocol
 
 import numpy as np
+from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.edge.receiver import APPLIED, UPDATE, UpdateReceiver
+from ams_ros.core.models.params import flatten_params, FlatAccessor
+from ams_ros.core.security.signing import SigningKey, TrustedKeys, sign_update
+from ams_ros.core.server.session import RobotSession
+from ams_ros.core.sources.pixel_formats import _CHANNELS, ImageConversionError, image_to_rgb
+from ams_ros.core.sources.synthetic import SyntheticWorld
+from ams_ros.core.wire.encodings import ENCODINGS, encode_snapshot, encode_update
+from ams_ros.core.wire.frame_codec import BatchLimits, encode_frames, FrameCodecError
+from ams_ros.core.wire.index_coding import varint_decode, varint_encode
 
 DEVICE = "robot_fuzz"
 
@@ -60,14 +70,10 @@ class Ed25519Signer:
     """The base station's Ed25519 signature (:mod:`ams_ros.core.security.signing`, issue #13)."""
 
     def __init__(self) -> None:
-        from ams_ros.core.security.signing import SigningKey, TrustedKeys
-
         self.key = SigningKey.generate()
         self.trusted = TrustedKeys.parse([self.key.public_text])
 
     def sign(self, update, device_id: str) -> None:
-        from ams_ros.core.security.signing import sign_update
-
         sign_update(update, device_id, self.key)
 
 
@@ -169,7 +175,6 @@ def _mutate_stream(rng: np.random.Generator, blob: bytes) -> bytes:
 def _mutate_deltas(rng: np.random.Generator, blob: bytes, count: int) -> bytes:
     """Valid LEB128 structure, hostile values: deltas of 0 (duplicates), past the model, near 2**63
     (sums that wrap int64), so the index checks after decoding are what stands in the way."""
-    from ams_ros.core.wire.index_coding import varint_decode, varint_encode
 
     codec = _codec_of(blob)
     if codec is None:
@@ -199,8 +204,6 @@ def _fuzz_net():
 
 
 def _digest(holder) -> tuple[str, str, int]:
-    from ams_ros.core.models.params import flatten_params
-
     a, b = holder.copies()
     return (hashlib.sha256(flatten_params(a).numpy().tobytes()).hexdigest(),
             hashlib.sha256(flatten_params(b).numpy().tobytes()).hexdigest(), int(holder.version))
@@ -212,10 +215,6 @@ class UpdateTarget:
     signature, chain admission, version rule, write)."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        from ams_ros.core.edge.double_buffer import DoubleBufferedModel
-        from ams_ros.core.models.params import FlatAccessor, flatten_params
-        from ams_ros.core.wire.encodings import ENCODINGS, encode_snapshot, encode_update
-
         self.model = _fuzz_net()
         self.version = 7
         n = flatten_params(self.model).numel()
@@ -243,9 +242,6 @@ class UpdateTarget:
         return robot
 
     def case(self, rng: np.random.Generator, tally: Tally) -> None:
-        from ams_ros.core.edge.receiver import APPLIED, UPDATE, UpdateReceiver
-        from ams_ros.core.wire.encodings import ENCODINGS
-
         signer_name = list(SIGNERS)[int(rng.integers(0, len(SIGNERS)))]
         signer = SIGNERS[signer_name]
         u = replace(self.seeds[int(rng.integers(0, len(self.seeds)))])
@@ -324,10 +320,6 @@ class BatchTarget:
     through ``RobotSession.add_encoded_batch`` with the server's default limits."""
 
     def __init__(self, rng: np.random.Generator) -> None:
-        from ams_ros.core.wire.frame_codec import BatchLimits, encode_frames
-        from ams_ros.core.server.session import RobotSession
-        from ams_ros.core.sources.synthetic import SyntheticWorld
-
         world = SyntheticWorld(seed=3, width=64, height=32)
         stamps = [0.0, 1.0, 2.0, 3.0]
         frames = [world.frame_at(t)[0] for t in stamps]
@@ -347,8 +339,6 @@ class BatchTarget:
         return [np.zeros(f.shape[:2], np.uint8) for f in frames]
 
     def case(self, rng: np.random.Generator, tally: Tally) -> None:
-        from ams_ros.core.wire.frame_codec import FrameCodecError
-
         codec, w, h, stamps, data = self.seeds[int(rng.integers(0, len(self.seeds)))]
         stamps = list(stamps)
         for _ in range(int(rng.integers(1, 3))):
@@ -383,8 +373,6 @@ class ImageTarget:
     """``sensor_msgs/Image``-shaped messages of every encoding with random sizes, steps, lengths."""
 
     def case(self, rng: np.random.Generator, tally: Tally) -> None:
-        from ams_ros.core.sources.pixel_formats import _CHANNELS, ImageConversionError, image_to_rgb
-
         enc = str(rng.choice([*_CHANNELS, "bayer_rggb8", "32FC1", "", "RGB8"]))
         w = int(rng.choice([0, 1, 2, 3, 5, 8, 17, 64, int(rng.integers(1, 300))]))
         h = int(rng.choice([0, 1, 2, 3, 7, 16, int(rng.integers(1, 200))]))

@@ -36,6 +36,11 @@ from ams_ros.core.fleet.fused_training import run_fused_phases
 from ams_ros.core.fleet.replies import AddReply, CommandReply, LabelReply, PhaseReply, Ping, ResyncReply, RobotInfo
 from ams_ros.core.server.session import RobotSession, Resync, SessionConfig
 from ams_ros.core.server.session_store import decode_state, encode_state, restore_session_state, session_state
+from ams_ros.core.common.devices import configure_cudnn, resolve_device
+from ams_ros.core.common.threads import set_torch_threads
+from ams_ros.core.models.labels import resolve_label_space
+from ams_ros.core.models.teachers import build_robot_teachers, label_frames
+from ams_ros.core.security.signing import SigningKey
 
 
 class RobotNotHere(KeyError):
@@ -80,9 +85,6 @@ class PoolWorker:
     server process."""
 
     def __init__(self, spec: WorkerSpec, name: str = "pool-worker") -> None:
-        from ams_ros.core.common.devices import configure_cudnn, resolve_device
-        from ams_ros.core.common.threads import set_torch_threads
-
         self.name = name
         self.spec = spec
         if spec.torch_threads:
@@ -93,8 +95,6 @@ class PoolWorker:
         self.fingerprint = fingerprint(self.base)
         key = None
         if spec.signing_key_file:
-            from ams_ros.core.security.signing import SigningKey
-
             key = SigningKey.load(spec.signing_key_file)
         self.config = replace(spec.session, signing_key=key)
         self.sessions: dict[str, RobotSession] = {}
@@ -184,10 +184,6 @@ class PoolWorker:
         teacher's classes do not match the student's."""
         import torch
 
-        from ams_ros.core.common.devices import resolve_device
-        from ams_ros.core.models.labels import resolve_label_space
-        from ams_ros.core.models.teachers import build_robot_teachers
-
         device = resolve_device(spec.device) if spec.device.strip().lower() not in ("", "auto") else \
             (self.device if self.device.type == "cuda" else torch.device("cpu"))
         student_space = resolve_label_space(spec.label_space, list(spec.selected_classes))
@@ -203,7 +199,6 @@ class PoolWorker:
         """Decode a robot's frame batch, label it with the robot's teacher and add it to its
         buffer; ``seq`` is the pool's number of this batch. Raises FrameCodecError for a batch
         that does not decode, RobotNotHere when the robot is not here."""
-        from ams_ros.core.models.teachers import label_frames
 
         if self.teacher_spec is None:
             raise RuntimeError(f"actor {self.name} has no teacher yet: call set_teachers first")

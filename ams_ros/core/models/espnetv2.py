@@ -43,6 +43,7 @@ from torch import nn
 
 from ams_ros.core.models.labels import CITYSCAPES, LabelSpace, get_label_space
 from ams_ros.core.models.student import as_image_list
+from ams_ros.core.models.teachers import register_teacher_factory
 
 NUM_OUTPUTS = 20
 """Cityscapes train ids 0..18 plus 'background' (index 19)."""
@@ -426,8 +427,6 @@ def _factory(arg: str, space: LabelSpace | None, device: torch.device | str | No
 
 
 def _register() -> None:
-    from ams_ros.core.models.teachers import register_teacher_factory
-
     register_teacher_factory("espnetv2", _factory)
 
 

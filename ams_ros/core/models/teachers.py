@@ -20,6 +20,10 @@ import torch
 
 from ams_ros.core.common.stream_defaults import DEFAULT_INPUT_SIZE
 from ams_ros.core.models.labels import CITYSCAPES, VOC, LabelSpace, get_label_space
+from ams_ros.core.models.student import predict, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from ams_ros.core.models.tflite_import import TFLiteSegmenter
+from ams_ros.core.models.weights import (
+    download_torchvision_state, checkpoint_label_space, load_student, read_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +59,6 @@ class TFLiteTeacher:
 
     def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
                  num_threads: int | None = None, resize: str = "stretch") -> None:
-        from ams_ros.core.models.tflite_import import TFLiteSegmenter
-
         self.segmenter = TFLiteSegmenter(path, num_threads=num_threads, resize=resize)
         self.label_space = _space(label_space, CITYSCAPES)
         self.name = f"tflite:{path}"
@@ -77,8 +79,6 @@ class _TorchTeacher:
     max_batch: int = 0
 
     def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        from ams_ros.core.models.student import predict
-
         images = list(images)
         batch = self.max_batch if self.max_batch > 0 else max(1, len(images))
         labels = predict(self.model, images, size=self.input_size, batch_size=batch)
@@ -96,7 +96,6 @@ class _TorchvisionSeg(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module) -> None:
         super().__init__()
-        from ams_ros.core.models.student import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
         self.normalize = Normalize(IMAGENET_MEAN, IMAGENET_STD)
         self.net = net
@@ -115,8 +114,6 @@ class TorchvisionTeacher(_TorchTeacher):
     def __init__(self, name: str, weights_path: str | os.PathLike | None = None,
                  label_space: LabelSpace | str | None = None, input_size: tuple[int, int] = (520, 520)) -> None:
         import torchvision.models.segmentation as seg
-
-        from ams_ros.core.models.weights import download_torchvision_state
 
         if name not in TORCHVISION_TEACHERS:
             raise ValueError(f"unknown torchvision teacher '{name}' (valid: {', '.join(TORCHVISION_TEACHERS)})")
@@ -140,8 +137,6 @@ class CheckpointTeacher(_TorchTeacher):
 
     def __init__(self, path: str | os.PathLike, label_space: LabelSpace | str | None = None,
                  input_size: tuple[int, int] | None = None) -> None:
-        from ams_ros.core.models.weights import checkpoint_label_space, load_student, read_checkpoint
-
         meta = read_checkpoint(path)
         if "name" not in meta or "num_classes" not in meta:
             raise ValueError(f"checkpoint '{path}' lacks 'name'/'num_classes'; save it with save_student_checkpoint()")

@@ -23,6 +23,7 @@ from torch import nn
 from ams_ros.core.common.config import knob
 from ams_ros.core.models.labels import LabelSpace, resolve_label_space
 from ams_ros.core.models.student import IMAGENET_MEAN, IMAGENET_STD, STUDENTS, build_student
+from ams_ros.core.models.tflite_import import import_tflite_student
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,6 @@ def load_student(name: str, num_classes: int, weights: str | os.PathLike | None 
         log.warning("student %s (%d classes): no weights given, RANDOM initialisation", name, num_classes)
         return model
     if spec.startswith("tflite:"):
-        from ams_ros.core.models.tflite_import import import_tflite_student
-
         if name != "deeplabv3_mobilenet_v2":
             raise ValueError(f"tflite weights fit only deeplabv3_mobilenet_v2, not '{name}'")
         path = spec[len("tflite:"):]

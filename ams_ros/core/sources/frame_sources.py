@@ -16,6 +16,8 @@ from typing import Iterator, Protocol
 
 import cv2
 import numpy as np
+from ams_ros.core.sources.pixel_formats import image_to_rgb
+from ams_ros.core.sources.synthetic import world_from_spec
 
 Frame = tuple[float, np.ndarray, "np.ndarray | None"]
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -35,8 +37,6 @@ def _resize(img: np.ndarray, size: tuple[int, int] | None, nearest: bool = False
 
 class SyntheticSource:
     def __init__(self, spec: str, size: tuple[int, int] | None, fps: float = 30.0, duration_s: float = 180.0) -> None:
-        from ams_ros.core.sources.synthetic import world_from_spec
-
         w, h = size or (512, 256)
         self.world = world_from_spec(spec, width=w, height=h, duration_s=duration_s)
         self.fps = fps
@@ -130,8 +130,6 @@ class RosbagSource:
 
     def __iter__(self) -> Iterator[Frame]:
         from rosbags.highlevel import AnyReader
-
-        from ams_ros.core.sources.pixel_formats import image_to_rgb
 
         with AnyReader([self.path]) as reader:
             conns = [c for c in reader.connections if c.topic == self.topic]

@@ -9,6 +9,7 @@ from ams_ros.core.sources.fault_injection import FaultConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.parameters import Param, from_field, string_list
+from ams_ros.core.security.signing import parse_robot_keys
 
 DEVICE_ID = Param("device_id", "robot1", "Name of this robot; the server addresses it by this id", shared=True)
 DEVICE_IDS = Param("device_ids", ["robot1"], "Robots served by this base station; each has its own buffer, "
@@ -51,7 +52,6 @@ ROBOT_PUBLIC_KEYS = Param("robot_public_keys", [""], "Robots' public keys as DEV
 
 def robot_public_keys(p):
     """The trusted keys per robot of ``robot_public_keys``; every served robot needs one once any is set."""
-    from ams_ros.core.security.signing import parse_robot_keys
 
     keys = parse_robot_keys(string_list(p["robot_public_keys"]))
     if keys:

@@ -46,6 +46,7 @@ from ams_ros.nodes.common.reject_log import RejectLog
 from ams_ros.core.security.signing import SigningKey
 from ams_ros.nodes.common.shared_params import DEVICE_ID, FAULT_SEED, IMAGE_TOPIC, ROBOT_KEY_FILE, fault_param
 from ams_ros.nodes.common.spinning import ProcessNodes, exit_process, run_process, watch_future
+from ams_ros.core.sources.frame_sources import open_source
 
 PARAMS = (
     DEVICE_ID, ROBOT_KEY_FILE,
@@ -143,8 +144,6 @@ class CameraSampler(Node):
 
     # ------------------------------------------------------------------ sources
     def _open_source(self) -> None:
-        from ams_ros.core.sources.frame_sources import open_source
-
         w, h = int(self.p["source_width"]), int(self.p["source_height"])
         size = (w, h) if w > 0 and h > 0 else None
         try:
