@@ -12,7 +12,7 @@ from ams_ros.core.models.weights import StudentSpec, load_student, save_student_
 from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
 from ams_ros.core.server.session import SessionConfig
 from ams_ros.core.sources.synthetic import SyntheticWorld
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 
 W, H = 64, 32
 ROBOTS = ("robot1", "robot2")

@@ -13,7 +13,7 @@ import pytest
 
 from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError, decode_frames, encode_frames
 from ams_ros.core.server.session import RobotSession
-from ams_ros.fuzz.cli import solid_h264
+from ams_ros.fuzz.batches import solid_h264
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from ams_ros.core.common.paths import SOURCE_ROOT as REPO_ROOT
 def test_bench_reports_sizes_and_patch_time_for_every_encoding(tmp_path):
     out = tmp_path / "bench"
     # its own process, as users run it: its memory goes back to the system when it ends
-    proc = subprocess.run([sys.executable, "-m", "ams_ros.bench.cli", "--out", str(out), "--repeat", "1", "--iterations",
+    proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(out), "--repeat", "1", "--iterations",
                            "1", "--update-width", "64", "--update-height", "32", "--device", "cpu",
                            "--precisions", "float32,bfloat16", "--teacher-width", "64", "--teacher-height", "64",
                            "--fused-k", "1,2", "--fused-width", "32", "--fused-height", "16", "--fused-iterations", "1",
@@ -70,14 +70,14 @@ def test_bench_refuses_cuda_where_there_is_none_before_doing_any_work(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = subprocess.run([sys.executable, "-m", "ams_ros.bench.cli", "--out", str(tmp_path), "--device", "cuda"],
+    proc = subprocess.run([sys.executable, "-m", "ams_ros.bench", "--out", str(tmp_path), "--device", "cuda"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "device 'cuda'" in proc.stderr and "CUDA devices visible: 0" in proc.stderr
     assert "[bench] student" not in proc.stdout
 
 
 def test_bytes_at_equal_agreement_interpolate_between_the_points_around_it():
-    from ams_ros.bench.cli import bytes_at_agreement
+    from ams_ros.bench.uplink import bytes_at_agreement
 
     rows = [{"bytes": 10_000, "pixel_agreement": 0.90}, {"bytes": 30_000, "pixel_agreement": 0.96},
             {"bytes": 20_000, "pixel_agreement": 0.94}]
@@ -87,29 +87,29 @@ def test_bytes_at_equal_agreement_interpolate_between_the_points_around_it():
 
 
 def test_uplink_codecs_are_measured_on_real_frames_against_h264_at_200kbps():
-    from ams_ros.bench.cli import _uplink_codecs, _uplink_targets
+    from ams_ros.bench.uplink import uplink_codecs, uplink_targets
     from ams_ros.core.common.assets import asset_path
 
     if asset_path("video/camvid-0016E5/frames") is None or asset_path("models/teacher") is None:
         pytest.skip("shared assets (CamVid frames, TFLite teacher) absent")
-    res = _uplink_codecs(codecs=("h264", "av1"), kbps_list=(100, 200))
+    res = uplink_codecs(codecs=("h264", "av1"), kbps_list=(100, 200))
     assert [r["kbps"] for r in res["curves"]["av1"]] == [100, 200]
     assert res["reference"]["codec"] == "h264" and res["reference"]["kbps"] == 200
     assert res["bytes_at_reference_agreement"]["h264"]["ratio_to_h264_200kbps"] <= 1.0
     for rows in res["curves"].values():
         assert rows[0]["bytes"] < rows[1]["bytes"] and all(0.5 < r["pixel_agreement"] <= 1.0 for r in rows)
-    target = _uplink_targets(res)
+    target = uplink_targets(res)
     assert list(target) == ["an_uplink_codec_halves_h264_bytes_at_equal_agreement_within_1s"]
 
 
 def test_uplink_choices_always_hold_the_h264_reference_and_name_the_fix():
-    from ams_ros.bench.cli import _uplink_choices
+    from ams_ros.bench.uplink import uplink_choices
 
-    assert _uplink_choices("av1", "100") == (("h264", "av1"), (100, 200))
-    assert _uplink_choices("h264,h265", "300,50") == (("h264", "h265"), (50, 200, 300))
+    assert uplink_choices("av1", "100") == (("h264", "av1"), (100, 200))
+    assert uplink_choices("h264,h265", "300,50") == (("h264", "h265"), (50, 200, 300))
     with pytest.raises(ValueError, match="--uplink-codecs vp9: choose from h264, h265, av1"):
-        _uplink_choices("vp9", "200")
+        uplink_choices("vp9", "200")
     with pytest.raises(ValueError, match="give whole Kbps"):
-        _uplink_choices("h264", "fast")
+        uplink_choices("h264", "fast")
     with pytest.raises(ValueError, match="must be positive"):
-        _uplink_choices("h264", "-5")
+        uplink_choices("h264", "-5")

@@ -27,7 +27,7 @@ from ams_ros.core.models.labels import get_label_space  # noqa: E402
 from ams_ros.core.models.weights import load_student, save_student_checkpoint  # noqa: E402
 from ams_ros.core.server.session import RobotSession, SessionConfig  # noqa: E402
 from ams_ros.core.sources.synthetic import world_from_spec  # noqa: E402
-from ams_ros.core.server.trainer import TrainerConfig  # noqa: E402
+from ams_ros.core.server.trainer_config import TrainerConfig  # noqa: E402
 from ams_ros.nodes.common.processes import CONFIG, RosProcess, write_overrides  # noqa: E402
 from ams_ros.nodes.common.conversions import update_to_msg  # noqa: E402
 from ams_ros.nodes.common.qos import qos  # noqa: E402

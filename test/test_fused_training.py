@@ -12,7 +12,8 @@ from torch import nn
 from ams_ros.core.fleet.fused_training import fusable, fused_train_phases
 from ams_ros.core.models.student import build_student
 from ams_ros.core.models.params import flatten_params
-from ams_ros.core.server.trainer import AMSTrainer, TrainerConfig
+from ams_ros.core.server.trainer import AMSTrainer
+from ams_ros.core.server.trainer_config import TrainerConfig
 
 W, H = 32, 16
 COLORS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], dtype=np.float64)
@@ -127,7 +128,7 @@ def test_fused_session_phases_ship_the_updates_of_separate_phases_and_keep_each_
     from ams_ros.core.fleet.fused_training import run_fused_phases
     from ams_ros.core.server.session import RobotSession, SessionConfig
     from ams_ros.core.sources.synthetic import world_from_spec
-    from ams_ros.core.server.trainer import TrainerConfig
+    from ams_ros.core.server.trainer_config import TrainerConfig
 
     size = (48, 24)
     torch.manual_seed(1)

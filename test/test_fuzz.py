@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ams_ros.fuzz import cli as fuzz
+from ams_ros.fuzz import updates as fuzz_updates
 
 
 def test_a_thousand_fuzzed_inputs_give_no_crash_no_hang_and_no_change_after_rejection():
@@ -37,7 +38,7 @@ def test_the_fuzzer_finds_a_decoder_that_crashes(monkeypatch):
         return out
 
     monkeypatch.setattr(double_buffer, "decode_update", broken_after_checks)
-    monkeypatch.setattr(fuzz, "SIGNERS", {"unsigned": None})
+    monkeypatch.setattr(fuzz_updates, "SIGNERS", {"unsigned": None})
     t = fuzz.run_target("updates", target, 400, np.random.default_rng(1), 5.0)
     assert t.crashes > 0 and "IndexError" in "".join(t.examples)
 
@@ -51,6 +52,6 @@ def test_a_registered_signer_is_fuzzed_and_a_wrong_signature_is_rejected(monkeyp
         def sign(self, update, device_id):
             update.signature = b"x"
 
-    monkeypatch.setattr(fuzz, "SIGNERS", {"never": Rejecting()})
+    monkeypatch.setattr(fuzz_updates, "SIGNERS", {"never": Rejecting()})
     t = fuzz.run_target("updates", fuzz.UpdateTarget(np.random.default_rng(0)), 40, np.random.default_rng(2), 5.0)
     assert t.rejected == 40 and t.accepted == 0 and t.changed == 0

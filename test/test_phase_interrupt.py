@@ -13,7 +13,7 @@ from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
 from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.sources.synthetic import world_from_spec
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 
 
 def test_a_stop_request_mid_phase_rolls_the_phase_back_and_ships_nothing():

@@ -94,7 +94,7 @@ def test_batches_declaring_too_many_or_too_large_frames_and_a_bomb_are_counted_a
     rejected; each rejection is counted in ServerStatus and reported on /diagnostics."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 
-    from ams_ros.fuzz.cli import solid_h264
+    from ams_ros.fuzz.batches import solid_h264
 
     diags: list[DiagnosticArray] = []
     server["node"].create_subscription(DiagnosticArray, "/diagnostics", diags.append, qos("reliable", 50))

@@ -22,7 +22,7 @@ from ams_ros.core.models.weights import load_student
 from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.sources.synthetic import world_from_spec
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.wire.update import VersionGapError, encoded_size
 from ams_ros.core.wire.encodings import encode_snapshot
 

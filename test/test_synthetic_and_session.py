@@ -18,7 +18,7 @@ from ams_ros.core.models.teachers import build_teacher
 from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
 from ams_ros.core.sources.frame_sources import open_source
 from ams_ros.core.sources.synthetic import SYNTHETIC_CLASSES, SyntheticWorld, world_from_spec
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 
 

@@ -19,7 +19,8 @@ from ams_ros.core.models.params import flatten_params, num_params, read_flat, wr
 from ams_ros.core.server.selection import STRATEGIES, num_selected, top_k_indices
 from ams_ros.core.models.student import train_mode_frozen_bn
 from ams_ros.core.server.sample_buffer import SampleBuffer
-from ams_ros.core.server.trainer import AMSTrainer, PhaseResult, TrainerConfig
+from ams_ros.core.server.trainer import AMSTrainer
+from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
 
 W, H = 32, 16
 NUM_CLASSES = 3

@@ -18,6 +18,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import torch
+
 from ams_ros.core.fleet.pool import SessionPool
 from ams_ros.core.fleet.pool_config import PoolConfig
 from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
@@ -25,7 +28,7 @@ from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
 from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
 from ams_ros.core.server.session import SessionConfig
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.sources.synthetic import SyntheticWorld
 from ams_ros.core.wire.frame_codec import encode_frames
 
@@ -55,8 +58,6 @@ def sizing_table(robots: tuple[int, ...] = (10, 50, 200), rates: tuple[float, ..
 def measure(actors_list: tuple[int, ...], seconds: float, width: int, height: int, iterations: int,
             frames: int, update_period_s: float, robots_per_actor: int = 2) -> dict:
     """Robot-periods per second a pool of A CPU actors sustains (see the module doc)."""
-    import torch
-
     tmp = Path(tempfile.mkdtemp(prefix="ams-pool-bench-"))
     torch.manual_seed(0)
     n_cls = len(get_label_space("synthetic").class_names)
@@ -73,71 +74,77 @@ def measure(actors_list: tuple[int, ...], seconds: float, width: int, height: in
     rows = []
     try:
         for n_actors in actors_list:
-            config = PoolConfig(backend="ray", actors=n_actors)
-            robots = [f"robot{i + 1}" for i in range(n_actors * robots_per_actor)]
-            pool = SessionPool(ray_actor_factory(spec, config), config)
-            t0 = time.perf_counter()
-            pool.start(robots)
-            pool.set_teachers(TeacherSpec({d: "oracle:0" for d in robots}))
-            start_s = time.perf_counter() - t0
-            counts = [0] * n_actors
-            label_s = [0.0] * n_actors
-            phase_s = [0.0] * n_actors
-            stop = threading.Event()
-
-            def drive(a: int) -> None:
-                mine = pool.robots_on(a)
-                t = 0.0
-                while not stop.is_set():
-                    for dev in mine:
-                        stamps = [t + i / max(1, frames) for i in range(frames)]
-                        enc = encode_frames([world.frame_at(s)[0] for s in stamps], stamps, codec="jpeg")
-                        c0 = time.perf_counter()
-                        pool.label(dev, enc.data, "jpeg", width, height, stamps)
-                        c1 = time.perf_counter()
-                        pool.run_phase(dev)
-                        c2 = time.perf_counter()
-                        if stop.is_set():
-                            return
-                        counts[a] += 1
-                        label_s[a] += c1 - c0
-                        phase_s[a] += c2 - c1
-                    t += 1.0
-
-            for a in range(n_actors):  # warm-up: one period per robot
-                for dev in pool.robots_on(a):
-                    stamps = [float(i) for i in range(frames)]
-                    enc = encode_frames([world.frame_at(s)[0] for s in stamps], stamps, codec="jpeg")
-                    pool.label(dev, enc.data, "jpeg", width, height, stamps)
-                    pool.run_phase(dev)
-            threads = [threading.Thread(target=drive, args=(a,), daemon=True) for a in range(n_actors)]
-            t0 = time.perf_counter()
-            for th in threads:
-                th.start()
-            time.sleep(seconds)
-            stop.set()
-            for th in threads:
-                th.join(timeout=120)
-            wall = time.perf_counter() - t0
-            done = sum(counts)
-            per_s = done / wall
-            row = {"actors": n_actors, "robots_driven": len(robots), "robot_periods": done, "wall_s": round(wall, 1),
-                   "robot_periods_per_s": round(per_s, 3),
-                   "label_s_per_period": round(sum(label_s) / max(1, done), 3),
-                   "phase_s_per_period": round(sum(phase_s) / max(1, done), 3),
-                   "robots_served_at_T_update": int(math.floor(per_s * update_period_s)),
-                   "pool_start_s": round(start_s, 1)}
-            rows.append(row)
-            print(f"[pool] {n_actors} actor(s): {per_s:.2f} robot-periods/s (label {row['label_s_per_period']} s + "
-                  f"phase {row['phase_s_per_period']} s each) -> {row['robots_served_at_T_update']} robots at "
-                  f"T_update {update_period_s:g} s", flush=True)
-            pool.shutdown(save=False)
+            rows.append(_one_pool_size(spec, n_actors, robots_per_actor, world, seconds, width, height, frames,
+                                       update_period_s))
     finally:
         if started:
             disconnect_ray()
     return {"setup": f"deeplabv3_mobilenet_v2 {width}x{height}, K={iterations}, batch 4, {frames} oracle-labelled "
                      f"frames per period, CPU actors (1 torch thread each), {seconds:g} s per pool size",
             "update_period_s": update_period_s, "rows": rows}
+
+
+def _one_pool_size(spec: WorkerSpec, n_actors: int, robots_per_actor: int, world: SyntheticWorld, seconds: float,
+                   width: int, height: int, frames: int, update_period_s: float) -> dict:
+    """A pool of ``n_actors``, each driven by a thread of its own (label a batch, run a phase, per robot)."""
+    config = PoolConfig(backend="ray", actors=n_actors)
+    robots = [f"robot{i + 1}" for i in range(n_actors * robots_per_actor)]
+    pool = SessionPool(ray_actor_factory(spec, config), config)
+    t0 = time.perf_counter()
+    pool.start(robots)
+    pool.set_teachers(TeacherSpec({d: "oracle:0" for d in robots}))
+    start_s = time.perf_counter() - t0
+    counts = [0] * n_actors
+    label_s = [0.0] * n_actors
+    phase_s = [0.0] * n_actors
+    stop = threading.Event()
+
+    def period(dev: str, t: float) -> tuple[float, float]:
+        stamps = [t + i / max(1, frames) for i in range(frames)]
+        enc = encode_frames([world.frame_at(s)[0] for s in stamps], stamps, codec="jpeg")
+        c0 = time.perf_counter()
+        pool.label(dev, enc.data, "jpeg", width, height, stamps)
+        c1 = time.perf_counter()
+        pool.run_phase(dev)
+        return c1 - c0, time.perf_counter() - c1
+
+    def drive(a: int) -> None:
+        mine, t = pool.robots_on(a), 0.0
+        while not stop.is_set():
+            for dev in mine:
+                lab, ph = period(dev, t)
+                if stop.is_set():
+                    return
+                counts[a] += 1
+                label_s[a] += lab
+                phase_s[a] += ph
+            t += 1.0
+
+    for a in range(n_actors):  # warm-up: one period per robot
+        for dev in pool.robots_on(a):
+            period(dev, 0.0)
+    threads = [threading.Thread(target=drive, args=(a,), daemon=True) for a in range(n_actors)]
+    t0 = time.perf_counter()
+    for th in threads:
+        th.start()
+    time.sleep(seconds)
+    stop.set()
+    for th in threads:
+        th.join(timeout=120)
+    wall = time.perf_counter() - t0
+    done = sum(counts)
+    per_s = done / wall
+    row = {"actors": n_actors, "robots_driven": len(robots), "robot_periods": done, "wall_s": round(wall, 1),
+           "robot_periods_per_s": round(per_s, 3),
+           "label_s_per_period": round(sum(label_s) / max(1, done), 3),
+           "phase_s_per_period": round(sum(phase_s) / max(1, done), 3),
+           "robots_served_at_T_update": int(math.floor(per_s * update_period_s)),
+           "pool_start_s": round(start_s, 1)}
+    print(f"[pool] {n_actors} actor(s): {per_s:.2f} robot-periods/s (label {row['label_s_per_period']} s + "
+          f"phase {row['phase_s_per_period']} s each) -> {row['robots_served_at_T_update']} robots at "
+          f"T_update {update_period_s:g} s", flush=True)
+    pool.shutdown(save=False)
+    return row
 
 
 def pool_figures(args: argparse.Namespace) -> dict:

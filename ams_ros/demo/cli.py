@@ -19,7 +19,7 @@ from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.wire.frame_codec import BatchEncoderConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.server.session import SessionConfig
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.wire.encodings import ENCODINGS
 from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 

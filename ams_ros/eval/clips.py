@@ -32,6 +32,7 @@ from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ams_ros.core.wire.frame_codec import jpeg_bytes
 from ams_ros.core.models.teachers import label_frames, teacher_input_size
@@ -237,22 +238,13 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     keeps all of the teacher's classes. ``max_seconds`` cuts the clip (0 = all of it).
     ``upload_quality``: the JPEG quality of the frames' upload sizes (``Clip.upload_bytes``).
     """
-    from tqdm import tqdm
-
     cap = teacher_input_size(teacher)
-
     size = (int(size[0]), int(size[1]))
     if not max_seconds and spec.startswith("synthetic"):
         max_seconds = 180.0  # the synthetic world's default span (its shifts are scheduled over it)
     if not max_seconds and spec.startswith("device:"):
         raise ValueError("a live camera never ends: give max_seconds (--max-seconds)")
-    space = teacher.label_space
-    if lut is not None:
-        n_cls = int(len([v for v in np.unique(lut) if v != 255]))
-        ids = sorted((c for c in range(space.num_classes) if lut[c] != 255), key=lambda c: int(lut[c]))
-        names = tuple(space.class_names[c] for c in ids)
-    else:
-        n_cls, names = space.num_classes, tuple(space.class_names)
+    n_cls, names = _selected_classes(teacher.label_space, lut)
     src = open_source(spec, size=size if spec.startswith("synthetic") else None)
     nfps = nominal_fps(spec, src)
     key = _cache_key(spec, size, eval_fps, max_seconds, getattr(teacher, "name", type(teacher).__name__), lut)
@@ -262,20 +254,59 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     else:
         tmp_root = Path(tempfile.mkdtemp(prefix="ams-eval-labels-"))
         root = tmp_root / key
-    meta_path = root / "meta.json"
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        times = np.load(root / "times.npy")
-        teacher_labels = np.load(root / "teacher.npy", mmap_mode="r")
-        gt = np.load(root / "gt.npy", mmap_mode="r") if meta["has_any_gt"] else None
-        has_gt = np.load(root / "has_gt.npy")
-        clip = Clip(spec, times, teacher_labels, gt, has_gt, n_cls, names, size, nfps, meta["source_indices"])
-        _load_or_measure_uploads(root, clip, cap, upload_quality)
+    if (root / "meta.json").exists():
+        clip = _cached_clip(root, spec, n_cls, names, size, nfps, cap, upload_quality)
         return clip.cache_frames() if (in_memory if in_memory is not None else len(clip) <= 4000) else clip
-
-    # first pass: which frames are scored (times only; cheap for files, exact for live sources)
-    to_gt = gt_mapper(spec, space.name)
     root.parent.mkdir(parents=True, exist_ok=True)
+    done = _label_pass(spec, src, size, teacher, lut, eval_fps, max_seconds, cap, upload_quality, in_memory, progress)
+    _store(root, key, done, spec, size, eval_fps, max_seconds, teacher, names, cap, upload_quality)
+    clip = Clip(spec, done.times, done.teacher, done.gt, done.has_gt, n_cls, names, size, nfps, done.source_indices,
+                done.kept, done.uploads, done.upload_res)
+    if tmp_root is not None:  # the labels are in memory; frames are re-read from the source if not kept
+        shutil.rmtree(tmp_root, ignore_errors=True)
+    return clip
+
+
+def _selected_classes(space, lut: np.ndarray | None) -> tuple[int, tuple[str, ...]]:
+    """(class count, names) the clip is scored in: the teacher's, or those ``lut`` keeps, in its order."""
+    if lut is None:
+        return space.num_classes, tuple(space.class_names)
+    n_cls = int(len([v for v in np.unique(lut) if v != 255]))
+    ids = sorted((c for c in range(space.num_classes) if lut[c] != 255), key=lambda c: int(lut[c]))
+    return n_cls, tuple(space.class_names[c] for c in ids)
+
+
+def _cached_clip(root: Path, spec: str, n_cls: int, names: tuple[str, ...], size: tuple[int, int], nfps: float,
+                 cap, upload_quality: int) -> Clip:
+    meta = json.loads((root / "meta.json").read_text())
+    times = np.load(root / "times.npy")
+    teacher_labels = np.load(root / "teacher.npy", mmap_mode="r")
+    gt = np.load(root / "gt.npy", mmap_mode="r") if meta["has_any_gt"] else None
+    has_gt = np.load(root / "has_gt.npy")
+    clip = Clip(spec, times, teacher_labels, gt, has_gt, n_cls, names, size, nfps, meta["source_indices"])
+    _load_or_measure_uploads(root, clip, cap, upload_quality)
+    return clip
+
+
+@dataclass
+class _Labelled:
+    """What one pass over a source gives: the scored frames' times, teacher labels, ground truth."""
+
+    times: np.ndarray
+    teacher: np.ndarray
+    gt: np.ndarray | None
+    has_gt: np.ndarray
+    source_indices: list[int]
+    uploads: np.ndarray
+    upload_res: str
+    kept: list[np.ndarray] | None
+
+
+def _label_pass(spec: str, src, size: tuple[int, int], teacher, lut: np.ndarray | None, eval_fps: float,
+                max_seconds: float, cap, upload_quality: int, in_memory: bool | None, progress: bool) -> _Labelled:
+    """Every scored frame of ``src`` labelled by ``teacher`` (at ``eval_fps``, up to ``max_seconds``),
+    with its ground truth where the source has it and its upload size; the frames too when kept."""
+    to_gt = gt_mapper(spec, teacher.label_space.name)
     w, h = size
     times_all: list[float] = []
     t_labels: list[np.ndarray] = []
@@ -296,8 +327,7 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
                 if last_slot is not None and slot <= last_slot:
                     continue
                 last_slot = slot
-            lab = label_frames(teacher, [rgb], [t])[0]
-            lab = _to_size(lab, size, nearest=True)
+            lab = _to_size(label_frames(teacher, [rgb], [t])[0], size, nearest=True)
             t_labels.append(lut[lab] if lut is not None else lab)
             if gt is not None and to_gt is not None:
                 g = _to_size(to_gt(gt), size, nearest=True)
@@ -321,33 +351,32 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
             close()
     if not times_all:
         raise ValueError(f"no frames read from '{spec}'")
-    times = np.asarray(times_all, dtype=np.float64)
-    teacher_arr = np.stack(t_labels).astype(np.uint8)
     has_gt = np.array([g is not None for g in g_labels], dtype=bool)
     gt_arr = None
     if has_gt.any():
         gt_arr = np.stack([g if g is not None else np.full((h, w), 255, np.uint8) for g in g_labels]).astype(np.uint8)
-    # written into a private folder and renamed into place, so runs sharing the cache never
-    # read a half-written entry (a concurrent run that finished first wins; ours is identical)
+    return _Labelled(np.asarray(times_all, dtype=np.float64), np.stack(t_labels).astype(np.uint8), gt_arr, has_gt,
+                     src_idx, np.asarray(uploads, dtype=np.int64),
+                     f"{upload_wh[0]}x{upload_wh[1]}" if upload_wh else "", kept)
+
+
+def _store(root: Path, key: str, done: _Labelled, spec: str, size: tuple[int, int], eval_fps: float,
+           max_seconds: float, teacher, names: tuple[str, ...], cap, upload_quality: int) -> None:
+    """Write a pass into the cache: into a private folder renamed into place, so runs sharing the
+    cache never read a half-written entry (a concurrent run that finished first wins; ours is identical)."""
     part = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root.parent))
-    np.save(part / "times.npy", times)
-    np.save(part / "teacher.npy", teacher_arr)
-    np.save(part / "has_gt.npy", has_gt)
-    upload_arr = np.asarray(uploads, dtype=np.int64)
-    upload_res = f"{upload_wh[0]}x{upload_wh[1]}" if upload_wh else ""
-    _write_uploads(part, cap, upload_quality, upload_arr, upload_res)
-    if gt_arr is not None:
-        np.save(part / "gt.npy", gt_arr)
+    np.save(part / "times.npy", done.times)
+    np.save(part / "teacher.npy", done.teacher)
+    np.save(part / "has_gt.npy", done.has_gt)
+    _write_uploads(part, cap, upload_quality, done.uploads, done.upload_res)
+    if done.gt is not None:
+        np.save(part / "gt.npy", done.gt)
     (part / "meta.json").write_text(json.dumps({"spec": spec, "size": list(size), "eval_fps": eval_fps,
                                                "max_seconds": max_seconds, "teacher": getattr(teacher, "name", ""),
-                                               "classes": list(names), "frames": int(times.size),
-                                               "has_any_gt": bool(has_gt.any()), "source_indices": src_idx}))
+                                               "classes": list(names), "frames": int(done.times.size),
+                                               "has_any_gt": bool(done.has_gt.any()),
+                                               "source_indices": done.source_indices}))
     try:
         os.rename(part, root)
     except OSError:  # another run stored the same entry meanwhile
         shutil.rmtree(part, ignore_errors=True)
-    clip = Clip(spec, times, teacher_arr, gt_arr, has_gt, n_cls, names, size, nfps, src_idx, kept,
-                upload_arr, upload_res)
-    if tmp_root is not None:  # the labels are in memory; frames are re-read from the source if not kept
-        shutil.rmtree(tmp_root, ignore_errors=True)
-    return clip

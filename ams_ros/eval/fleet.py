@@ -41,7 +41,7 @@ from ams_ros.core.edge.frame_sampler import FrameSampler
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.fleet.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
 from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.eval.clips import Clip
 from ams_ros.eval.presets import Preset
 from ams_ros.eval.schemes import COMMAND_BYTES
@@ -96,39 +96,51 @@ def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy:
     """One fleet run: ``clips[j]`` is robot j's clip (same frame times). Returns the figures;
     a KeyboardInterrupt leaves ``partial=True`` figures of the frames done in the exception's
     ``fleet_partial`` attribute."""
-    p = preset
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
     if len({len(c) for c in clips}) != 1:
         raise ValueError(f"robots' clips must have the same number of frames, got {[len(c) for c in clips]}")
-    names = [f"robot{j + 1}" for j in range(len(clips))]
-    # the share window spans the whole run: the figures are shares of the run's GPU time
-    sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
-    robots: list[_Robot] = []
-    for j, (name, clip) in enumerate(zip(names, clips)):
-        ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
-        run = SchemeRun(ctx, name, "ams", {"policy": policy})
-        run.new_edge()
-        robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + j),
-                             FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s), deque(),
-                             {float(t): i for i, t in enumerate(clip.times)}))
-    gpu = {"free": -math.inf, "busy": 0.0}
-    fuse_max = max(1, int(p.fleet_fuse_max)) if fused else 1
-    ready_at: dict[str, float] = {}  # when each robot's phase became due (its labelling ended)
+    return _FleetRun(clips, student, preset, policy, fused, teacher, lut, progress).run()
 
-    def label(r: _Robot, start: float) -> None:
+
+class _FleetRun:
+    """N robots' streams against one modelled GPU: batches labelled and phases trained in the order
+    the GPU frees up, the scheduler choosing among the robots that are due."""
+
+    def __init__(self, clips: Sequence[Clip], student: nn.Module, preset: Preset, policy: str, fused: bool,
+                 teacher, lut, progress: Callable[[int], None]) -> None:
+        p = self.p = preset
+        self.clips, self.policy, self.fused = clips, policy, fused
+        names = [f"robot{j + 1}" for j in range(len(clips))]
+        # the share window spans the whole run: the figures are shares of the run's GPU time
+        self.sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
+        self.robots: list[_Robot] = []
+        for j, (name, clip) in enumerate(zip(names, clips)):
+            ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
+            run = SchemeRun(ctx, name, "ams", {"policy": policy})
+            run.new_edge()
+            self.robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + j),
+                                      FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s), deque(),
+                                      {float(t): i for i, t in enumerate(clip.times)}))
+        self.gpu = {"free": -math.inf, "busy": 0.0}
+        self.fuse_max = max(1, int(p.fleet_fuse_max)) if fused else 1
+        self.ready_at: dict[str, float] = {}  # when each robot's phase became due (its labelling ended)
+
+    def label(self, r: _Robot, start: float) -> None:
+        p, sched = self.p, self.sched
         _, enc = r.pending.popleft()
         labeler = lambda frames, stamps: r.run.ctx.server_labels([r.index[s] for s in stamps], frames, stamps)  # noqa: E731
         n = r.session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps, labeler)
         end = start + n * p.teacher_s
         sched.record(r.name, LABEL, start, end)
-        gpu["free"], gpu["busy"] = end, gpu["busy"] + (end - start)
-        if policy != "round_robin":  # the utility policies' signal: error vs the teacher on the new frames
+        self.gpu["free"], self.gpu["busy"] = end, self.gpu["busy"] + (end - start)
+        if self.policy != "round_robin":  # the utility policies' signal: error vs the teacher on the new frames
             t = r.session.latest_t
             entries = r.session.trainer.buffer.window(t, r.session.trainer.config.horizon_s)[-n:]
             sched.observe_error(r.name, t, student_error(r.session.model, entries))
 
-    def train(group: list[_Robot], start: float) -> None:
+    def train(self, group: list[_Robot], start: float) -> None:
+        p, sched = self.p, self.sched
         outs, costs = [], []
         for r in group:
             sched.start_phase(r.name, start)
@@ -140,7 +152,7 @@ def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy:
             costs.append(r.run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0)
         cost = max(costs) * (1.0 + p.fleet_fused_step_factor * (len(group) - 1))
         end = start + cost
-        gpu["free"], gpu["busy"] = end, gpu["busy"] + cost
+        self.gpu["free"], self.gpu["busy"] = end, self.gpu["busy"] + cost
         for r, out in zip(group, outs):
             sched.end_phase(r.name, start, start + cost / len(group))  # each robot's share of the step
             if out is not None:
@@ -153,7 +165,9 @@ def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy:
                 at = r.run.down.send(end, COMMAND_BYTES)
                 r.run.edges[0].schedule(at, _command(r, cmd[0], cmd[1], at))
 
-    def serve(now: float) -> None:
+    def serve(self, now: float) -> None:
+        """Run the GPU's jobs that start by ``now``: batches in arrival order unless a phase was due first."""
+        gpu, robots = self.gpu, self.robots
         while True:
             arrived = [r for r in robots if r.pending]
             first = min((r.pending[0][0] for r in arrived), default=math.inf)
@@ -162,46 +176,47 @@ def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy:
             if start > now or not math.isfinite(start):
                 return
             due = [r for r in arrived if r.pending[0][0] <= start]
-            oldest_ready = min((ready_at.get(r.name, -math.inf) for r in ready), default=math.inf)
+            oldest_ready = min((self.ready_at.get(r.name, -math.inf) for r in ready), default=math.inf)
             if due and min(r.pending[0][0] for r in due) < oldest_ready:
                 # jobs in arrival order: a batch that arrived before any phase was due is labelled first
                 r = min(due, key=lambda r: r.pending[0][0])
-                label(r, start)
-                if r.session.ready() and r.name not in ready_at:
-                    ready_at[r.name] = gpu["free"]
+                self.label(r, start)
+                if r.session.ready() and r.name not in self.ready_at:
+                    self.ready_at[r.name] = gpu["free"]
                 continue
             group = []
             candidates = [r.name for r in ready]
-            while candidates and len(group) < fuse_max:
-                dev = sched.pick(candidates, start)
+            while candidates and len(group) < self.fuse_max:
+                dev = self.sched.pick(candidates, start)
                 group.append(next(r for r in robots if r.name == dev))
                 candidates.remove(dev)
             for r in group:
-                ready_at.pop(r.name, None)
-            train(group, start)
+                self.ready_at.pop(r.name, None)
+            self.train(group, start)
 
-    t_first = t_last = None
-    interrupted = False
-    try:
-        for frames in zip(*(c.frames() for c in clips)):
-            for r, (i, t, frame) in zip(robots, frames):
-                batch = r.sampler.offer(t, frame)
-                if batch is not None:
-                    enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
-                    r.pending.append((r.run.up.send(t, len(enc.data)), enc))
-            t = frames[0][1]
-            t_first = t if t_first is None else t_first
-            t_last = t
-            serve(t)
-            for r, (i, t, frame) in zip(robots, frames):
-                edge = r.run.edges[0]
-                edge.advance(t)
-                r.run.score(i, t, edge.infer(frame))
-    except KeyboardInterrupt as exc:
-        interrupted = True
-        exc.fleet_partial = _figures(robots, sched, gpu, t_first, t_last, policy, fused, True)  # type: ignore[attr-defined]
-        raise
-    return _figures(robots, sched, gpu, t_first, t_last, policy, fused, interrupted)
+    def run(self) -> dict:
+        p, robots = self.p, self.robots
+        t_first = t_last = None
+        try:
+            for frames in zip(*(c.frames() for c in self.clips)):
+                for r, (i, t, frame) in zip(robots, frames):
+                    batch = r.sampler.offer(t, frame)
+                    if batch is not None:
+                        enc = encode_frames(batch.frames, batch.timestamps, p.bitrate_bps, period_s=batch.update_period)
+                        r.pending.append((r.run.up.send(t, len(enc.data)), enc))
+                t = frames[0][1]
+                t_first = t if t_first is None else t_first
+                t_last = t
+                self.serve(t)
+                for r, (i, t, frame) in zip(robots, frames):
+                    edge = r.run.edges[0]
+                    edge.advance(t)
+                    r.run.score(i, t, edge.infer(frame))
+        except KeyboardInterrupt as exc:
+            exc.fleet_partial = _figures(robots, self.sched, self.gpu, t_first, t_last, self.policy,  # type: ignore[attr-defined]
+                                         self.fused, True)
+            raise
+        return _figures(robots, self.sched, self.gpu, t_first, t_last, self.policy, self.fused, False)
 
 
 def _record(t_data, start, end, arrive, nbytes, steps):

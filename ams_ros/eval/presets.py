@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from ams_ros.core.wire.frame_codec import VIDEO_CODECS, BatchEncoderConfig
 from ams_ros.core.server.rate_control import RateControlConfig
 from ams_ros.core.server.session import SessionConfig
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 
 # The paper's values are the core configs' defaults (one place holds each); the preset refers to them.
 _T, _R = TrainerConfig, RateControlConfig

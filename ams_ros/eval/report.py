@@ -278,7 +278,7 @@ def _save(plt, fig, ax, path: Path, legend: bool, ncol: int = 1) -> None:
 def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None:
     """The four figures of a run: mIoU over time, CDF of the per-frame gain over ``none``,
     frames sent up (and AMS's commanded rate), uplink and downlink over time."""
-    import matplotlib
+    import matplotlib  # lazy: plotting only when a run's figures are written
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -287,7 +287,13 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
     colors = {name: f"C{k % 10}" for k, name in enumerate(results)}  # one colour per scheme in every figure
     end = float(clip_times[-1]) if len(clip_times) else 1.0
     t0 = float(clip_times[0]) if len(clip_times) else 0.0
+    _plot_miou(plt, out, results, colors)
+    _plot_gain_cdf(plt, out, results, colors)
+    _plot_sampling(plt, out, results, colors, t0, end)
+    _plot_bandwidth(plt, out, results, colors, t0, end)
 
+
+def _plot_miou(plt, out: Path, results: Mapping[str, SchemeResult], colors: dict[str, str]) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     for name, r in results.items():
         if r.times:
@@ -297,6 +303,8 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
     ax.set_ylim(0, 100)
     _save(plt, fig, ax, out / "miou_over_time.png", legend=bool(results), ncol=3)
 
+
+def _plot_gain_cdf(plt, out: Path, results: Mapping[str, SchemeResult], colors: dict[str, str]) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     none = results.get("none")
     drawn = False
@@ -315,6 +323,9 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
     ax.set_ylabel("CDF over frames")
     _save(plt, fig, ax, out / "gain_cdf.png", legend=drawn)
 
+
+def _plot_sampling(plt, out: Path, results: Mapping[str, SchemeResult], colors: dict[str, str], t0: float,
+                   end: float) -> None:
     fig, ax = plt.subplots(figsize=(9, 3.4))
     drawn = False
     rate_bin = 10.0
@@ -335,6 +346,9 @@ def plot_all(out: Path, clip_times, results: Mapping[str, SchemeResult]) -> None
     ax.set_ylabel(f"frames sent up / s ({rate_bin:g} s bins)")
     _save(plt, fig, ax, out / "sampling_rate.png", legend=drawn, ncol=3)
 
+
+def _plot_bandwidth(plt, out: Path, results: Mapping[str, SchemeResult], colors: dict[str, str], t0: float,
+                    end: float) -> None:
     bin_s = 10.0
     edges = _bin_edges(t0, end, bin_s)
     fig, axes = plt.subplots(2, 1, figsize=(9, 5), sharex=True)

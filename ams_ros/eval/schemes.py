@@ -36,7 +36,7 @@ from ams_ros.core.models.params import read_flat
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.server.selection import STRATEGIES
 from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.server.shipping import ship_update
 from ams_ros.eval.baselines import (
     KeyFrameDistiller,

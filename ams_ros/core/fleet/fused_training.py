@@ -39,7 +39,9 @@ from ams_ros.core.models.params import flatten_params, load_flat
 from ams_ros.core.models.samples import batch_to_tensors
 from ams_ros.core.server.selection import FULL, GAUSS_SOUTHWELL_SGD, mask_from_indices, phase_indices, validate_strategy
 from ams_ros.core.server.session import PhaseOutcome, RobotSession, TrainingDiverged
-from ams_ros.core.server.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, stop_hooks
+from ams_ros.core.server.trainer import AMSTrainer
+from ams_ros.core.server.stop_hooks import PhaseInterrupted, stop_hooks
+from ams_ros.core.server.trainer_config import PhaseResult
 
 __all__ = ["fusable", "fused_train_phases"]
 
@@ -93,25 +95,61 @@ def fused_train_phases(trainers: Sequence[AMSTrainer], nows: Sequence[float]) ->
 
 
 def _fused_group(trainers: list[AMSTrainer], nows: list[float]) -> list[PhaseResult]:
-    k = len(trainers)
     t0 = time.perf_counter()
-    first = trainers[0]
-    slots = first._slots
-    n = first.num_params
-    dev = first.device
+    num_samples, masks, selected = _selections(trainers, nows)
+    first, dev = trainers[0], trainers[0].device
+    w_before = torch.stack([flatten_params(t.model).to(dev) for t in trainers])  # k x n
+    w = w_before.clone()
+    losses = _train_fused(trainers, nows, w, masks)
+    wall = time.perf_counter() - t0
+    results = []
+    for j, (t, now) in enumerate(zip(trainers, nows)):
+        load_flat(t.params, w[j])
+        w_after = flatten_params(t.model).to(dev)
+        changed = w_after != w_before[j]
+        ship = selected[j] | changed
+        indices = torch.nonzero(ship).reshape(-1)
+        finite = [v for v in losses[j] if math.isfinite(v)]
+        results.append(PhaseResult(
+            indices=indices.cpu().numpy().astype(np.int64),
+            values=w_after[indices].cpu().numpy().astype(np.float32),
+            phase=t.phase,
+            loss=float(np.mean(finite)) if finite else float("nan"),
+            duration_s=wall / len(trainers),
+            num_samples=num_samples[j],
+            strategy=t.config.strategy,
+            changed_fraction=float(changed.float().mean()) if first.num_params else 0.0,
+            num_params=first.num_params,
+            iterations=t.config.iterations,
+            now=float(now),
+        ))
+    return results
+
+
+def _selections(trainers: list[AMSTrainer], nows: list[float]):
+    """Per robot (Algorithm 2): its samples in the horizon, the phase's coordinate mask (None: all)
+    and the boolean selection it ships; each trainer's phase counter moves on."""
+    n, dev = trainers[0].num_params, trainers[0].device
     num_samples, masks, selected = [], [], []
     for t, now in zip(trainers, nows):
         cfg = t.config
         validate_strategy(cfg.strategy)
         num_samples.append(len(t.buffer.window(now, cfg.horizon_s)))
         t.phase += 1
-        idx = phase_indices(cfg.strategy, n, cfg.gamma, t._select_rng, t.u)  # Algorithm 2, per robot
+        idx = phase_indices(cfg.strategy, n, cfg.gamma, t.select_rng, t.u)
         mask = None if cfg.strategy == FULL else mask_from_indices(n, idx, dev)
         masks.append(mask)
         selected.append(torch.ones(n, dtype=torch.bool, device=dev) if mask is None else mask.bool())
+    return num_samples, masks, selected
 
-    w_before = torch.stack([flatten_params(t.model).to(dev) for t in trainers])  # k x n
-    w = w_before.clone()
+
+def _train_fused(trainers: list[AMSTrainer], nows: list[float], w: torch.Tensor,
+                 masks: list[torch.Tensor | None]) -> list[list[float]]:
+    """K fused iterations on the stacked weights ``w`` (k x n, changed in place): one vmapped
+    forward and backward for every student, each robot's Adam step on its own masked coordinates.
+    Returns each robot's losses."""
+    k, first, dev = len(trainers), trainers[0], trainers[0].device
+    slots = first.slots
     params = {s.name: w[:, s.offset:s.offset + s.numel].view(k, *s.shape) for s in slots}  # views of w
     buffers = {name: torch.stack([dict(t.model.named_buffers())[name].detach() for t in trainers])
                for name, _ in first.model.named_buffers()}
@@ -135,10 +173,10 @@ def _fused_group(trainers: list[AMSTrainer], nows: list[float]) -> list[PhaseRes
     try:
         for it in range(first.config.iterations):
             for t in trainers:
-                t._check_stop(it)
+                t.check_stop(it)
             xs, ys, valid = [], [], []
             for t, now in zip(trainers, nows):
-                x, y = batch_to_tensors(t._next_batch(now), dev)
+                x, y = batch_to_tensors(t.next_batch(now), dev)
                 y = mask_unknown_classes(y, _num_classes(first), ignore)
                 xs.append(x)
                 ys.append(y)
@@ -149,35 +187,13 @@ def _fused_group(trainers: list[AMSTrainer], nows: list[float]) -> list[PhaseRes
             with torch.no_grad():
                 for j, t in enumerate(trainers):
                     losses[j].append(float(loss[j]) if valid[j] else float("nan"))
-                    u = t._adam_update(g[j])  # this robot's moments, step count and lr
+                    u = t.adam_update(g[j])  # this robot's moments, step count and lr
                     w[j] -= u if masks[j] is None else u * masks[j]
                     t.u = u
     finally:
         for t in trainers:
             t.model.eval()
-    wall = time.perf_counter() - t0
-    results = []
-    for j, (t, now) in enumerate(zip(trainers, nows)):
-        load_flat(t._params, w[j])
-        w_after = flatten_params(t.model).to(dev)
-        changed = w_after != w_before[j]
-        ship = selected[j] | changed
-        indices = torch.nonzero(ship).reshape(-1)
-        finite = [v for v in losses[j] if math.isfinite(v)]
-        results.append(PhaseResult(
-            indices=indices.cpu().numpy().astype(np.int64),
-            values=w_after[indices].cpu().numpy().astype(np.float32),
-            phase=t.phase,
-            loss=float(np.mean(finite)) if finite else float("nan"),
-            duration_s=wall / k,
-            num_samples=num_samples[j],
-            strategy=t.config.strategy,
-            changed_fraction=float(changed.float().mean()) if n else 0.0,
-            num_params=n,
-            iterations=t.config.iterations,
-            now=float(now),
-        ))
-    return results
+    return losses
 
 
 def _num_classes(t: AMSTrainer) -> int:

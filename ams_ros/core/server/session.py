@@ -26,7 +26,9 @@ from ams_ros.core.server.rate_control import (
     RateControlConfig,
     SamplingRateController,
 )
-from ams_ros.core.server.trainer import AMSTrainer, PhaseInterrupted, PhaseResult, TrainerConfig
+from ams_ros.core.server.trainer import AMSTrainer
+from ams_ros.core.server.stop_hooks import PhaseInterrupted
+from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
 from ams_ros.core.models.params import write_flat
 from ams_ros.core.security.signing import SigningKey, sign_update
 from ams_ros.core.wire.encodings import (

@@ -38,27 +38,25 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ams_ros.core.common.config import knob
-from ams_ros.core.common.devices import DTYPE_CHOICES, resolve_dtype
+from ams_ros.core.common.devices import resolve_dtype
 from ams_ros.core.models.losses import logits_of, segmentation_loss
-from ams_ros.core.common.stream_defaults import StreamDefaults
 from ams_ros.core.models.student import train_mode_frozen_bn
 from ams_ros.core.models.params import fingerprint, flatten_params, load_flat, param_layout
 from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
 from ams_ros.core.server.sample_buffer import SampleBuffer
+from ams_ros.core.server.stop_hooks import PhaseInterrupted, stop_hooks
+from ams_ros.core.server.trainer_config import BatchSampler, PhaseResult, TrainerCheckpoint, TrainerConfig
 from ams_ros.core.server.selection import (
     FULL,
     GAUSS_SOUTHWELL_SGD,
     GRADIENT_GUIDED,
-    STRATEGIES,
     mask_from_indices,
     num_selected,
     phase_indices,
@@ -66,153 +64,8 @@ from ams_ros.core.server.selection import (
     validate_strategy,
 )
 
-__all__ = ["STRATEGIES", "AMSTrainer", "BatchSampler", "PhaseResult", "TrainerCheckpoint", "TrainerConfig"]
+__all__ = ["AMSTrainer"]
 
-
-# --------------------------------------------------------------------------------------------
-# Configuration and results
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainerConfig:
-    """Hyper-parameters of the server's training phase; defaults are the paper's (§4.1).
-
-    ``update_period_s`` is carried for the caller that schedules phases; the trainer itself
-    trains whenever ``train_phase`` is called. ``sgd_lr`` is only used by
-    ``gauss_southwell_sgd``: 0.01, the plain-SGD rate the Just-In-Time ports use for the same
-    student, since the paper gives none for its Gauss-Southwell baseline.
-
-    ``authors_variant`` reproduces the authors' released code instead of Algorithm 2: each
-    phase restarts from the pretrained weights (Adam moments and step count carry over), and
-    the gradient-guided mask is the top gamma fraction of ``|step|`` of a first full Adam step
-    taken in the phase (the other coordinates are reverted; the step counts as iteration 1).
-    The authors cut at the (1 - gamma) percentile; here it is an exact top-k, which differs
-    only by ties and percentile interpolation.
-    """
-
-    iterations: int = knob(20, "K: Adam iterations per training phase")
-    batch_size: int = knob(8, "Mini-batch size")
-    horizon_s: float = knob(240.0, "T_horizon: train on samples from the last this many seconds")
-    update_period_s: float = knob(StreamDefaults.update_period_s, "T_update: requested seconds between updates")
-    lr: float = knob(1e-3, "Adam learning rate")
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    eps_inside_sqrt: bool = False
-    gamma: float = knob(0.05, "Fraction of parameters trained and sent per update")
-    strategy: str = knob(GRADIENT_GUIDED, "Coordinate selection", choices=STRATEGIES)
-    input_size: tuple[int, int] = knob(StreamDefaults.input_size, "Training input (width, height)")
-    seed: int = knob(0, "Seed of coordinate selection and batch sampling")
-    ignore_index: int = 255
-    class_weights: Optional[Sequence[float]] = None
-    sgd_lr: float = 0.01
-    authors_variant: bool = knob(False, "Authors' code variant: mask from a first full step, restart from w0 each phase")
-    train_precision: str = knob("float32", "Forward/backward precision: float16 | bfloat16 use autocast (weights, Adam "
-                                "state and selection scores stay float32)", choices=DTYPE_CHOICES)
-
-    def __post_init__(self) -> None:
-        validate_strategy(self.strategy)
-        if not 0.0 < self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
-        if self.iterations < 1 or self.batch_size < 1:
-            raise ValueError(f"iterations and batch_size must be >= 1, got {self.iterations} and {self.batch_size}")
-        if self.horizon_s <= 0:
-            raise ValueError(f"horizon_s must be > 0, got {self.horizon_s}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        b1, b2 = self.betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        self.betas = (float(b1), float(b2))
-        resolve_dtype(self.train_precision)  # ValueError naming the choices
-        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        if d["class_weights"] is not None:
-            d["class_weights"] = list(d["class_weights"])
-        return d
-
-
-@dataclass
-class PhaseResult:
-    """What one training phase produced: the coordinates to ship and their new values.
-
-    ``indices`` are sorted int64 flat indices (params.py layout); ``values`` the float32 values
-    of the trained model at them (absolute weights, written onto the receiver's copy).
-    ``changed_fraction`` is the fraction of all coordinates whose value differs from the model
-    before the phase (coordinates selected but not moved are in ``indices``, not in it).
-    """
-
-    indices: np.ndarray
-    values: np.ndarray
-    phase: int = 0
-    loss: float = float("nan")
-    duration_s: float = 0.0
-    num_samples: int = 0
-    strategy: str = ""
-    changed_fraction: float = 0.0
-    num_params: int = 0
-    iterations: int = 0
-    now: float = float("nan")
-
-
-BatchSampler = Callable[["SampleBuffer", float, int, np.random.Generator], list[BufferEntry]]
-"""(buffer, now, batch_size, rng) -> mini-batch; lets tests and emulators control the batches."""
-
-
-# --------------------------------------------------------------------------------------------
-# Trainer
-# --------------------------------------------------------------------------------------------
-
-
-class TrainerCheckpoint(NamedTuple):
-    """What :meth:`AMSTrainer.rollback` restores."""
-
-    weights: torch.Tensor
-    m: torch.Tensor
-    v: torch.Tensor
-    step: int
-    u: Optional[torch.Tensor]
-
-
-class PhaseInterrupted(Exception):
-    """The phase was stopped between two iterations (the server is shutting down); the caller
-    rolls the trainer back to its checkpoint, so no half-trained weights are kept or shipped."""
-
-
-@contextmanager
-def stop_hooks(model: nn.Module, stop: Optional[Callable[[], bool]], what: str) -> Iterator[None]:
-    """While inside, ``stop()`` is polled before each layer of ``model``'s forward pass and as each
-    of its parameters' gradients arrives in a backward pass; True raises :class:`PhaseInterrupted`.
-
-    Why (issue #27): one iteration at the paper's 512x256 and batch 8 took 5 s on a 2-core CPU,
-    more with both cores busy, so a server asked to stop between iterations outlived ``ros2
-    launch``'s 5 s before SIGTERM and 10 s more before SIGKILL; with the hooks it stops within
-    one layer (measured: under 0.1 s). They cost nothing measurable and exist only inside; the
-    weights are only written after a backward pass, and the caller rolls the phase back anyway."""
-    if stop is None:
-        yield
-        return
-
-    def check() -> None:
-        if stop():
-            raise PhaseInterrupted(f"{what} stopped inside an iteration")
-
-    def before_layer(module: nn.Module, args: Any) -> None:
-        check()
-
-    def on_gradient(grad: torch.Tensor) -> None:
-        check()
-
-    handles = [m.register_forward_pre_hook(before_layer) for m in model.modules()
-               if next(m.parameters(recurse=False), None) is not None]
-    handles += [p.register_hook(on_gradient) for p in model.parameters() if p.requires_grad]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 class AMSTrainer:
@@ -237,11 +90,11 @@ class AMSTrainer:
         self._batch_sampler: BatchSampler = batch_sampler or (
             lambda buf, now, bs, rng: buf.sample(now, self.config.horizon_s, bs, rng)
         )
-        self._slots = param_layout(model)
-        self._params = list(model.parameters())
+        self.slots = param_layout(model)
+        self.params = list(model.parameters())
         self._fingerprint = fingerprint(model)
-        self.num_params = sum(s.numel for s in self._slots)
-        self.device = self._params[0].device if self._params else torch.device("cpu")
+        self.num_params = sum(s.numel for s in self.slots)
+        self.device = self.params[0].device if self.params else torch.device("cpu")
         n = self.num_params
         # Adam state of Algorithm 2: moments for every parameter, global step, last update.
         self.m = torch.zeros(n, dtype=torch.float32, device=self.device)
@@ -255,7 +108,7 @@ class AMSTrainer:
         self.stop_requested: Optional[Callable[[], bool]] = None
         # Separate streams so that the batches do not depend on the selection strategy.
         self._sample_rng = np.random.default_rng([self.config.seed, 0])
-        self._select_rng = np.random.default_rng([self.config.seed, 1])
+        self.select_rng = np.random.default_rng([self.config.seed, 1])
         # Pretrained weights: the authors' variant restarts every phase from them.
         self._w0 = flatten_params(model).to(self.device) if self.config.authors_variant else None
 
@@ -313,19 +166,19 @@ class AMSTrainer:
                 p.grad.detach().reshape(-1).float()
                 if p.grad is not None
                 else torch.zeros(p.numel(), device=self.device)
-                for p in self._params
+                for p in self.params
             ]
         )
 
     @torch.no_grad()
     def _subtract(self, delta: torch.Tensor) -> None:
         """w <- w - delta on the flat vector (delta is zero outside the selected coordinates)."""
-        for slot, p in zip(self._slots, self._params):
+        for slot, p in zip(self.slots, self.params):
             d = delta[slot.offset : slot.offset + slot.numel].view_as(p)
             p.sub_(d.to(p.dtype))
 
     def _write_all(self, flat: torch.Tensor) -> None:
-        load_flat(self._params, flat)
+        load_flat(self.params, flat)
 
     def _loss_and_grad(self, batch: Sequence[BufferEntry]) -> tuple[float, torch.Tensor]:
         """Loss (nan when the batch has no valid pixel) and flat float32 gradient at the current
@@ -352,7 +205,7 @@ class AMSTrainer:
                 break  # unscaled and still not finite: the loss itself diverged; Adam sees it as is
         return (float(loss.detach()) if valid else float("nan")), g
 
-    def _adam_update(self, g: torch.Tensor) -> torch.Tensor:
+    def adam_update(self, g: torch.Tensor) -> torch.Tensor:
         """Lines 9-12 of Algorithm 2 for all parameters; returns u_{n,k}."""
         b1, b2 = self.config.betas
         self.m.mul_(b1).add_(g * (1.0 - b1))
@@ -417,7 +270,7 @@ class AMSTrainer:
             now=float(now),
         )
 
-    def _next_batch(self, now: float) -> list[BufferEntry]:
+    def next_batch(self, now: float) -> list[BufferEntry]:
         batch = self._batch_sampler(self.buffer, now, self.config.batch_size, self._sample_rng)
         if not batch:
             raise RuntimeError("batch sampler returned no samples for a non-empty horizon")
@@ -430,14 +283,14 @@ class AMSTrainer:
         authors_gg = cfg.authors_variant and strategy == GRADIENT_GUIDED
         mask: Optional[torch.Tensor] = None
         if not authors_gg:
-            idx = phase_indices(strategy, n, cfg.gamma, self._select_rng, self.u)
+            idx = phase_indices(strategy, n, cfg.gamma, self.select_rng, self.u)
             mask = None if strategy == FULL else mask_from_indices(n, idx, self.device)
         u = None
         for it in range(cfg.iterations):
-            self._check_stop(it)
-            loss, g = self._loss_and_grad(self._next_batch(now))
+            self.check_stop(it)
+            loss, g = self._loss_and_grad(self.next_batch(now))
             losses.append(loss)
-            u = self._adam_update(g)
+            u = self.adam_update(g)
             if authors_gg and it == 0:
                 mask = mask_from_indices(n, top_k_indices(u.abs(), k), self.device)
             self._subtract(u if mask is None else u * mask)
@@ -451,15 +304,15 @@ class AMSTrainer:
         n = self.num_params
         union = torch.zeros(n, dtype=torch.bool, device=self.device)
         for it in range(self.config.iterations):
-            self._check_stop(it)
-            loss, g = self._loss_and_grad(self._next_batch(now))
+            self.check_stop(it)
+            loss, g = self._loss_and_grad(self.next_batch(now))
             losses.append(loss)
             mask = mask_from_indices(n, top_k_indices(g.abs(), k), self.device)
             self._subtract(g * self.config.sgd_lr * mask)
             union |= mask.bool()
         return union
 
-    def _check_stop(self, iteration: int) -> None:
+    def check_stop(self, iteration: int) -> None:
         if self.stop_requested is not None and self.stop_requested():
             raise PhaseInterrupted(f"phase {self.phase} stopped before iteration {iteration + 1} of "
                                    f"{self.config.iterations}")
@@ -500,7 +353,7 @@ class AMSTrainer:
             "u": None if self.u is None else self.u.detach().cpu().clone(),
             "pretrained": None if self._w0 is None else self._w0.detach().cpu().clone(),
             "sample_rng": self._sample_rng.bit_generator.state,
-            "select_rng": self._select_rng.bit_generator.state,
+            "select_rng": self.select_rng.bit_generator.state,
             "config": self.config.to_dict(),
         }
         if include_model:
@@ -521,6 +374,6 @@ class AMSTrainer:
         if state.get("pretrained") is not None:
             self._w0 = state["pretrained"].to(self.device, torch.float32).clone()
         self._sample_rng.bit_generator.state = state["sample_rng"]
-        self._select_rng.bit_generator.state = state["select_rng"]
+        self.select_rng.bit_generator.state = state["select_rng"]
         if state.get("model") is not None:
             self.model.load_state_dict(state["model"])

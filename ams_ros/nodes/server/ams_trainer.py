@@ -53,7 +53,7 @@ from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard,
 from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.server.session import SessionConfig
 from ams_ros.core.server.session_store import SessionStore
-from ams_ros.core.server.trainer import TrainerConfig
+from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import sec_to_stamp, snapshot_request_input, update_to_msg
 from ams_ros.nodes.common.parameters import NodeParameters, Param, from_field
