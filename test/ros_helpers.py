@@ -8,7 +8,8 @@ import re
 import subprocess
 import sys
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -24,7 +25,26 @@ def require_ros() -> None:
         import rclpy  # noqa: F401
         import ams_msgs.msg  # noqa: F401
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"ROS workspace not available ({exc}); run `make test` which builds it")
+        pytest.skip(f"ROS workspace not available ({exc}); run `make test` which builds it", allow_module_level=True)
+
+
+@contextmanager
+def ros_test_node(name: str) -> Iterator[tuple[Any, Any]]:
+    """rclpy initialised, a node of the test and a SingleThreadedExecutor to spin it on demand
+    (``spin_until``); all torn down after, in the order rclpy needs."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    rclpy.init()
+    node = rclpy.create_node(name)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        yield node, executor
+    finally:
+        executor.remove_node(node)
+        node.destroy_node()
+        rclpy.shutdown()
 
 
 def loopback_env(domain_id: int | None = None) -> dict[str, str]:

@@ -29,6 +29,9 @@ CONFIG = {
 }
 
 
+pytestmark = pytest.mark.ros
+
+
 def perform(tmp_path, given: dict[str, str], names: list[str]) -> dict[str, dict]:
     """Declare ``names`` as launch_params arguments with ``given`` on the command line; the
     override file's sections ({} when nothing is given: the overrides are the config file itself)."""

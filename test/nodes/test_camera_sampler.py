@@ -1,0 +1,65 @@
+"""The camera sampler's player (a file, device or synthetic source when no camera driver runs)
+keeps real time: when its process was starved it publishes the newest due frame, never a backlog,
+and counts the frames it skipped so EdgeStatus can tell them apart from frames inference dropped."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rclpy.parameter import Parameter
+
+from ros_helpers import require_ros
+
+require_ros()
+
+import rclpy  # noqa: E402
+
+from ams_ros.nodes.edge.camera_sampler import CameraSampler  # noqa: E402
+from ams_ros.nodes.edge.state import EdgeState  # noqa: E402
+
+FPS = 5.0
+
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture()
+def player():
+    rclpy.init()
+    state = EdgeState()
+    counters = state.counters
+    node = CameraSampler(state, parameter_overrides=[
+        Parameter("source", value="synthetic:0"), Parameter("publish_rate", value=FPS),
+        Parameter("source_width", value=32), Parameter("source_height", value=16),
+        Parameter("stamp_origin", value="stream"), Parameter("duration_s", value=0.0),
+    ])
+    published: list[float] = []
+    real_publish = node.image_pub.publish
+    node.image_pub.publish = lambda msg: (published.append(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9),
+                                          real_publish(msg))
+    try:
+        yield node, counters, published
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+
+
+def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(player):
+    node, counters, published = player
+    time.sleep(0.5)                           # the rest of the robot loads before spinning starts:
+    node._tick_source()                       # playback starts at the first tick, frame 0 is due at once
+    assert published == [pytest.approx(0.0)]
+    assert counters.source_frames_skipped == 0
+    # and the ticks restart with it: frame k is due at tick k, not at a phase left from construction
+    # (on that old schedule frames fell due just after ticks, and ordinary jitter skipped frames)
+    assert node._play_timer.time_until_next_call() > 0.5e9 / FPS
+
+    node._t_wall0 -= 2.0 + 0.5 / FPS          # the process stalled ~2 s: frames 0.2 .. 2.0 s are due
+    node._tick_source()
+    assert published[-1] == pytest.approx(2.0)
+    assert counters.source_frames_skipped == 9   # 0.2 .. 1.8 s were never published
+    assert counters.frames_received == 2
+
+    node._tick_source()                       # nothing new is due yet: nothing published, nothing skipped
+    assert len(published) == 2 and counters.source_frames_skipped == 9
