@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
@@ -75,16 +76,30 @@ def spin_nodes(nodes: ProcessNodes) -> None:
         # from its wait before its executor frees the wait's guard conditions, and no node is
         # destroyed while an executor thread may still be inside one of its callbacks.
         executor.context.try_shutdown()
-        for lane, thread in lanes:
+        busy: list[Node] = []  # nodes an executor thread may still be inside: never destroyed under it
+        for (lane, thread), node in zip(lanes, nodes.dedicated):
             thread.join(timeout=10.0)
-            if not thread.is_alive():
-                lane.shutdown(timeout_sec=1.0)
-        executor.shutdown(timeout_sec=5.0)
+            if thread.is_alive() or not lane.shutdown(timeout_sec=1.0):
+                busy.append(node)
+        if not _shutdown_within(executor, 10.0):  # a callback still runs (a starved CPU): wait, then leave it
+            busy.extend(nodes.shared)
         for n in [*nodes.dedicated, *nodes.shared]:
+            if n in busy:
+                n.get_logger().warning("still inside a callback at shutdown: not destroyed (the process exit ends it)")
+                continue
             try:
                 n.destroy_node()
             except Exception as exc:  # keep shutting the others down
                 n.get_logger().error(f"error while shutting down: {exc}")
+
+
+def _shutdown_within(executor, timeout_s: float) -> bool:
+    """``executor.shutdown`` until its callbacks have returned (True) or ``timeout_s`` passed (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not executor.shutdown(timeout_sec=1.0):
+        if time.monotonic() > deadline:
+            return False
+    return True
 
 
 def _spin_lane(executor: SingleThreadedExecutor, node: Node) -> None:
