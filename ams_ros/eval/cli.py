@@ -29,6 +29,8 @@ import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
 from ams_ros.core.common.devices import resolve_device, describe, torch_sees
 from ams_ros.core.common.threads import set_torch_threads
@@ -213,6 +215,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("\n[ams-eval] interrupted while labelling the clip: nothing to report", flush=True)
         return 130
+    torch.manual_seed(preset.seed)  # a random start (no weights given) is the same in every run
     student = load_student(args.student, num_classes=len(space.class_names),
                            weights=args.student_weights or None).to(args.torch_device).eval()
     print(f"[ams-eval] {len(clip)} frames over {clip.duration:.1f} s of '{args.source}', preset {preset.name}"
@@ -274,6 +277,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         return 130
     n = min(len(c) for c in clips)
     clips = [c.head(n) for c in clips]
+    torch.manual_seed(preset.seed)  # a random start (no weights given) is the same in every run
     student = load_student(args.student, num_classes=len(space.class_names),
                            weights=args.student_weights or None).eval()
     bars: list = []
