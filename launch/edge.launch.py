@@ -3,6 +3,7 @@
     ros2 launch ams_ros edge.launch.py device_id:=robot1 image_topic:=/camera/image_raw
     ros2 launch ams_ros edge.launch.py source:=/data/run1_bag use_sim_time:=true   # a rosbag as the camera
     ros2 launch ams_ros edge.launch.py device:=cuda inference_dtype:=float16        # a Jetson's GPU
+    ros2 launch ams_ros edge.launch.py inference_backend:=onnxruntime               # a chosen runtime
 
 Every argument but ``namespace``, ``config_file`` and ``log_level`` is a parameter of
 ``config_file``: given, it wins over the file's value in every node section that sets it; not
@@ -23,6 +24,7 @@ from ams_ros.nodes.common.launch_params import ParameterOverrides, config_argume
 LOG_LEVELS = ["debug", "info", "warn", "error", "fatal"]
 STUDENTS = ["deeplabv3_mobilenet_v2", "lraspp_mobilenet_v3_large"]
 DTYPES = ["float32", "float16", "bfloat16"]
+INFERENCE_BACKENDS = ["auto", "torch", "onnxruntime", "openvino", "tensorrt"]
 BOOLS = ["true", "false"]
 
 
@@ -42,6 +44,9 @@ def generate_launch_description() -> LaunchDescription:
                                   "else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
         config_argument("inference_dtype", "Student inference precision (float16/bfloat16 via autocast; updates "
                                            "stay float32)", DTYPES),
+        config_argument("inference_backend", "Where the student runs each frame: auto (the fastest installed: "
+                                             "onnxruntime, else openvino, else torch on a CPU; tensorrt, else torch, "
+                                             "on CUDA) | torch | onnxruntime | openvino | tensorrt", INFERENCE_BACKENDS),
         config_argument("robot_key_file", "This robot's private key (PEM, mode 0600, `ams-keys generate`): signs "
                                           "its frame batches and snapshot requests (empty = unsigned)"),
         config_argument("server_public_keys", "The base station's public keys, as a list of base64 lines (`ams-keys "

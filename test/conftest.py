@@ -4,9 +4,12 @@ it; see frame_codec._scheduling_kept)."""
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,12 @@ if str(_CHECKOUT) not in sys.path:
 
 from ams_ros.nodes.common.dds_shm import remove_dead_segments  # noqa: E402
 from ams_ros.nodes.common.local_dds import use_loopback  # noqa: E402
+
+# exported ONNX templates (issue #30) in a folder of this run, never the user's ~/.cache; every
+# process the tests start inherits it, so the student is exported once per run, not once per robot
+if not os.environ.get("AMS_ROS_CACHE"):
+    os.environ["AMS_ROS_CACHE"] = tempfile.mkdtemp(prefix="ams_ros_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["AMS_ROS_CACHE"], True)
 
 # DDS must never leave this machine during tests: loopback discovery, private domain.
 use_loopback(int(os.environ["ROS_DOMAIN_ID"]) if os.environ.get("ROS_DOMAIN_ID") else None)

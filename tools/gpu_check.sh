@@ -2,7 +2,8 @@
 # GPU check of issue #14, for a machine with a CUDA build of PyTorch, Python 3.12, no ROS and no
 # network: ams-bench on the GPU, then `ams-eval --preset paper` on camvid-0016E5 with the none,
 # one_time and ams schemes (training time as measured on that GPU, no speed-up factor), all inside
-# 8 minutes (each step has a timeout). Writes JSON under out/gpu_check/:
+# 8 minutes (each step has a timeout), and the robot's inference runtimes (issue #30: CUDA eager,
+# TensorRT when importable). Writes JSON under out/gpu_check/:
 #   gpu_check.json   what ran, exit codes, seconds, what torch saw, nvidia-smi
 #   bench/bench.json ams-bench (devices.<dev>.precisions.{float32,bfloat16,float16})
 #   eval/results.json, eval/results.md   ams-eval
@@ -31,6 +32,7 @@ WHEELS=${WHEELS:-wheels}
 OUT=${GPU_CHECK_OUT:-out/gpu_check}
 BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
 EVAL_TIMEOUT=${EVAL_TIMEOUT:-300}
+INFERENCE_TIMEOUT=${INFERENCE_TIMEOUT:-150}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -83,6 +85,21 @@ BENCH_RC=$?; BENCH_S=$(( $(date +%s) - t ))
 grep '^\[bench\]' "$OUT/bench.log" || tail -20 "$OUT/bench.log"
 log "bench exit $BENCH_RC after ${BENCH_S}s"
 
+# ---- 3b. the robot's inference runtimes (issue #30): CUDA eager against TensorRT (built refittable,
+# refitted per update) when tensorrt is importable; bare and pipeline time at 512x256, engine build
+# time, update arrival to running, labels against PyTorch's. Without ROS here: the core pipeline.
+INF_ARGS=(--only inference --device "$DEVICE" --out "$OUT/inference" --repeat 20 --inference-updates 5)
+[ "$QUICK" = 1 ] && INF_ARGS=(--only inference --device "$DEVICE" --out "$OUT/inference" --repeat 2
+                              --inference-updates 1 --inference-width 64 --inference-height 32)
+"$PY" -c "import tensorrt" 2>/dev/null || log "tensorrt is not importable here: only $DEVICE eager is timed" \
+  "(pip install tensorrt where CUDA is; on a Jetson it comes with JetPack)"
+log "ams-bench ${INF_ARGS[*]} (timeout ${INFERENCE_TIMEOUT}s)"
+t=$(date +%s)
+AMS_ROS_CACHE="$OUT/cache" timeout "$INFERENCE_TIMEOUT" "$PY" -m ams_ros.bench.cli "${INF_ARGS[@]}" > "$OUT/inference.log" 2>&1
+INF_RC=$?; INF_S=$(( $(date +%s) - t ))
+grep '^\[bench\]' "$OUT/inference.log" || tail -20 "$OUT/inference.log"
+log "inference bench exit $INF_RC after ${INF_S}s"
+
 # ---- 4. ams-eval --preset paper on camvid-0016E5: none, one_time, ams
 SRC=$A/video/camvid-0016E5
 TEACHER=tflite:$A/models/teacher/deeplab_mobilenet_edgetpu_slim_cityscapes_quant.tflite
@@ -108,10 +125,10 @@ else
 fi
 
 # ---- 5. summary
-"$PY" - "$OUT" "$DEVICE" "$QUICK" "$BENCH_RC" "$BENCH_S" "$EVAL_RC" "$EVAL_S" "$STUDENT" <<'EOF'
+"$PY" - "$OUT" "$DEVICE" "$QUICK" "$BENCH_RC" "$BENCH_S" "$EVAL_RC" "$EVAL_S" "$STUDENT" "$INF_RC" "$INF_S" <<'EOF'
 import json, sys
 from pathlib import Path
-out, device, quick, brc, bs, erc, es, student = sys.argv[1:]
+out, device, quick, brc, bs, erc, es, student, irc, ins = sys.argv[1:]
 out = Path(out)
 summary = {"device": device, "quick": quick == "1", "torch": json.loads((out / "torch.json").read_text()),
            "nvidia_smi": (out / "nvidia_smi.txt").read_text().strip() if (out / "nvidia_smi.txt").exists() else None,
@@ -122,6 +139,9 @@ if bench.exists():
     b = json.loads(bench.read_text())
     summary["bench"]["devices"] = b.get("devices")
     summary["bench"]["segmenter_pipeline_256x128"] = b.get("segmenter_pipeline_256x128")
+inference = out / "inference" / "bench.json"
+summary["inference"] = {"exit_code": int(irc), "seconds": int(ins),
+                        **(json.loads(inference.read_text()).get("inference", {}) if inference.exists() else {})}
 res = out / "eval" / "results.json"
 if res.exists():
     r = json.loads(res.read_text())

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ams_ros.bench import pool as pool_bench, launch as launch_bench
+from ams_ros.bench import inference as inference_bench, pool as pool_bench, launch as launch_bench
 from ams_ros.core.common.devices import (
     describe, resolve_dtype, configure_cudnn, resolve_device, torch_sees)
 from ams_ros.core.models.params import flatten_params, num_params
@@ -104,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool", "launch"], default="all",
+    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool", "launch", "inference"], default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
                         "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10); "
                         "'uplink': only the video codecs' bytes and teacher agreement (issue #10); 'pool': robots "
                         "served vs Ray actors, and GPUs for 10/50/200 robots (issue #12; not in 'all'); 'launch': "
-                        "start, Ctrl-C and respawn times under ros2 launch (issue #27; not in 'all')")
+                        "start, Ctrl-C and respawn times under ros2 launch (issue #27; not in 'all'); 'inference': the "
+                        "student in each inference runtime, bare and in the node, and updates to running "
+                        "(issue #30; not in 'all')")
     p.add_argument("--launch-repeat", type=int, default=3, help="runs of the 'launch' figures")
     p.add_argument("--launch-configs", default="demo_", choices=["demo_", ""],
                    help="parameter files of the 'launch' figures: config/demo_*.yaml (demo_) or config/*.yaml (the "
@@ -137,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="also time inference in channels-last memory format")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark on CUDA")
     pool_bench.add_arguments(p)
+    inference_bench.add_arguments(p)
     args = p.parse_args(argv)
 
     try:
@@ -165,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {"pool": pool_bench.pool_figures(args)}
     elif args.only == "launch":
         res = {"launch": launch_bench.run(args)}
+    elif args.only == "inference":
+        res = {"inference": inference_bench.run(args)}
     elif args.only == "uplink":
         res = {"uplink_codecs": uplink_codecs(args.uplink_codecs, args.uplink_kbps)}
         res["targets"] = uplink_targets(res["uplink_codecs"])

@@ -17,6 +17,7 @@ import sys
 from ams_ros.core.common.devices import DTYPE_CHOICES, resolve_device
 from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.wire.frame_codec import BatchEncoderConfig
+from ams_ros.core.edge.runtimes import RUNTIMES, RuntimeConfig
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.server.session import SessionConfig
 from ams_ros.core.server.trainer_config import TrainerConfig
@@ -60,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cuda | cuda:N; CUDA where torch sees none fails at start-up")
     p.add_argument("--inference-dtype", default=DeviceConfig.inference_dtype, choices=DTYPE_CHOICES,
                    help="robot student inference precision")
+    p.add_argument("--inference-backend", default=RuntimeConfig.inference_backend, choices=RUNTIMES,
+                   help="where the robot's student runs each frame (auto: the fastest installed)")
     p.add_argument("--train-precision", default=_T.train_precision, choices=DTYPE_CHOICES,
                    help="server training precision (autocast)")
     p.add_argument("--pretrain-steps", type=int, default=300, help="steps of synthetic pretraining when no weights are given")

@@ -146,7 +146,7 @@ class Observer:
             recent = [s for s in r.scores if s["t"] > r.latest_stream_t - 10.0]
             st = r.edge_status
             ms = f"mIoU streamed {np.nanmean([s['streamed'] for s in recent]):.3f} frozen {np.nanmean([s['frozen'] for s in recent]):.3f}" if recent else "mIoU -"
-            v = f"model v{st.model_version}, {st.inference_rate:.1f} fps, {st.inference_latency_ms:.0f} ms" if st else "edge starting"
+            v = f"model v{st.model_version} ({st.inference_backend}), {st.inference_rate:.1f} fps, {st.inference_latency_ms:.0f} ms" if st else "edge starting"
             who = f" {dev}:" if many else ""
             print(f"[demo] {pct:5.1f}%{who}  t={r.latest_stream_t:6.1f}/{total:g} s  {v}  {ms}  "
                   f"up {sum(b for _, b in r.uplink) / 1024:.0f} KiB  down {sum(b for _, b in r.downlink) / 1024:.0f} KiB  "

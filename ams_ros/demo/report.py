@@ -131,6 +131,8 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "frame_period_ms": round(1000.0 * period, 3),
         "frames_delivered_seen": len(obs.image_stamps),
         "source_holes": source_holes(obs.image_stamps),
+        "inference_backend": st.inference_backend if st else None,
+        "inference_probe_agreement": round(float(st.inference_probe_agreement), 6) if st else None,
         "inference_latency_ms": float(st.inference_latency_ms) if st else None,
         "inference_rate": float(st.inference_rate) if st else None,
         "sampling_commands": [{"t": t, "rate": r, "period": p} for t, r, p in obs.commands],

@@ -92,7 +92,7 @@ def demo_sections(args: argparse.Namespace, weights: str, state_dir: str,
         },
         "student_segmenter": {
             "input_width": args.width, "input_height": args.height, "torch_threads": 1,
-            "inference_dtype": args.inference_dtype,
+            "inference_dtype": args.inference_dtype, "inference_backend": args.inference_backend,
             "output_qos_depth": 50,  # the observer shares the CPU with both stacks: 10 s to catch up
         },
     } for r in robots]

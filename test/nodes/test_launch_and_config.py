@@ -215,6 +215,10 @@ def test_launch_choices_are_the_packages_own():
         from ams_ros.core.common.devices import DTYPE_CHOICES
 
         assert lists["DTYPES"] == list(DTYPE_CHOICES), name
+        if name == "edge.launch.py":
+            from ams_ros.core.edge.runtimes import RUNTIMES
+
+            assert lists["INFERENCE_BACKENDS"] == list(RUNTIMES), name
         if "BACKENDS" in lists:
             from ams_ros.core.fleet.scheduling import POLICIES
             from ams_ros.core.fleet.pool_config import BACKENDS, PLACEMENTS

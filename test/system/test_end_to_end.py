@@ -14,7 +14,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
+from ams_ros.core.edge.runtimes import MIN_AGREEMENT, resolve_runtime
 from ams_ros.nodes.common.dds_shm import remove_dead_segments
 from ros_helpers import REPO_ROOT, loopback_env, require_ros
 
@@ -70,6 +72,16 @@ def test_inference_never_stalls_during_swaps(demo_run):
     assert s["swap_windows_over_2_periods"] <= s["swap_windows"] // 3, why
     assert s["inference_gap_windows_over_2_periods"] <= s["inference_gap_windows"] // 4, why
     assert s["median_window_inference_gap_ms"] < 1.5 * 1000.0 / FPS, why
+
+
+def test_the_robot_infers_in_the_fastest_installed_runtime(demo_run):
+    """(issue #30) The demo's default inference_backend auto resolved to ONNX Runtime on this CPU
+    (pinned in requirements), checked against PyTorch on the probe frame at start-up, and the swaps
+    above were rebuilds of its sessions: the stall and pace checks of this module are that runtime's.
+    (OpenVINO's and PyTorch's swaps: test/core/edge/test_double_buffer.py, deterministically.)"""
+    _, s, _ = demo_run
+    assert s["inference_backend"] == resolve_runtime("auto", torch.device("cpu")) == "onnxruntime"
+    assert s["inference_probe_agreement"] >= MIN_AGREEMENT
 
 
 def test_inference_keeps_pace_with_the_camera(demo_run):

@@ -9,6 +9,14 @@ values cross to the device once and are written with one ``index_copy_`` into ea
 parameters live in one flat buffer (the same device buffers serve the catch-up write of the other
 copy), and a swap is a
 reference assignment, so the model never travels between host and device after start-up.
+
+With a fast inference runtime (:mod:`ams_ros.core.edge.runtimes`, issue #30) each copy also has a
+*runner* (an ONNX Runtime session, an OpenVINO compiled model, a TensorRT engine) built from its
+tensors. The PyTorch copies stay the source of truth: after an update is written into the inactive
+copy, that copy's runner is rebuilt (or refitted with the tensors the update touched) on the
+patcher's thread, and the model, its runner and its version are swapped in with one assignment. A
+rebuild that fails rejects the update like a failed write: the inactive copy is restored from the
+active one and the running model, runner and version stay as they were.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ams_ros.core.edge.onnx_export import touched_tensors
+from ams_ros.core.edge.runtimes import Runner, Runtime, TorchRuntime
 from ams_ros.core.models.params import FlatAccessor, SortedWrite
 from ams_ros.core.wire.update import EncodedUpdate, ModelLayout, UpdateError
 from ams_ros.core.edge.chain_sync import check_version_step
@@ -36,11 +46,17 @@ class DoubleBufferedModel:
     once no inference still runs on it (readers hold it through :meth:`use`).
     """
 
-    def __init__(self, model: nn.Module, version: int = 0) -> None:
-        """``model`` is already on its device (``model.to(device)``); the copy is made there."""
+    def __init__(self, model: nn.Module, version: int = 0, runtime: Runtime | None = None) -> None:
+        """``model`` is already on its device (``model.to(device)``); the copy is made there. ``runtime``
+        (default: eager PyTorch, where the model is its own runner) builds each copy's runner."""
         model.eval()
-        self._state: tuple[nn.Module, int] = (model, int(version))
+        self.runtime = runtime if runtime is not None else TorchRuntime()
         self._inactive = copy.deepcopy(model)
+        self._runners: dict[int, Runner] = {id(model): self.runtime.build(model),
+                                            id(self._inactive): self.runtime.build(self._inactive)}
+        # graph names of the tensors changed in a copy since its runner was built (None: unknown, rebuild all)
+        self._stale: dict[int, set[str] | None] = {id(model): set(), id(self._inactive): set()}
+        self._state: tuple[nn.Module, int, Runner] = (model, int(version), self._runners[id(model)])
         # both copies in flat storage: an update is one read and one write per copy (issue #10)
         self._writers = {id(model): FlatAccessor(model, flatten=True),
                          id(self._inactive): FlatAccessor(self._inactive, flatten=True)}
@@ -60,6 +76,11 @@ class DoubleBufferedModel:
         return self._state[0]
 
     @property
+    def runner(self) -> Runner:
+        """The runner of :attr:`active` (the model itself in eager PyTorch)."""
+        return self._state[2]
+
+    @property
     def device(self):
         """Where both copies live."""
         return self._writers[id(self._state[0])].device
@@ -74,13 +95,14 @@ class DoubleBufferedModel:
         return self._state[0]
 
     @contextmanager
-    def use(self) -> Iterator[nn.Module]:
-        """Hold the active model for one inference; the patcher will not write into it meanwhile."""
+    def use(self) -> Iterator[Runner]:
+        """Hold the active model for one inference and give its runner (called like the model: image
+        tensor in, logits out); the patcher will not write into it meanwhile."""
         with self._readers_cv:
-            model = self._active
+            model, _, runner = self._state
             self._readers[id(model)] += 1
         try:
-            yield model
+            yield runner
         finally:
             with self._readers_cv:
                 self._readers[id(model)] -= 1
@@ -112,12 +134,29 @@ class DoubleBufferedModel:
             except Exception as exc:
                 self._resync_inactive()
                 raise UpdateError(f"writing the update failed ({type(exc).__name__}: {exc}); model unchanged") from exc
+            touched = self._touched(idx)
+            stale = self._stale[id(target)]
+            changed = None if stale is None or touched is None else stale | touched
+            try:  # off the inference thread: the running model keeps serving meanwhile
+                runner = self.runtime.rebuild(target, self._runners[id(target)], changed)
+            except Exception as exc:
+                self._resync_inactive()
+                raise UpdateError(f"rebuilding the {self.runtime.name} runtime failed ({type(exc).__name__}: "
+                                  f"{exc}); model unchanged") from exc
+            self._runners[id(target)] = runner
+            self._stale[id(target)] = set()
+            self._stale[id(active)] = touched  # the active copy lacks this update: its runner is rebuilt with it
             self._catch_up = [prepared]
-            old = self._state[0]
-            self._state = (target, int(update.new_version))  # the swap readers see: one assignment
-            self._inactive = old
+            self._state = (target, int(update.new_version), runner)  # the swap readers see: one assignment
+            self._inactive = active
             self.synced = True
             return self.version
+
+    def _touched(self, idx) -> set[str] | None:
+        """The graph names an update's flat indices fall in, for a runtime that refits them (else None)."""
+        if not self.runtime.refits:
+            return None
+        return touched_tensors(self._state[0], idx)
 
     def _resync_inactive(self) -> None:
         """Make the inactive copy equal to the active model again (after a failed write)."""
@@ -126,6 +165,7 @@ class DoubleBufferedModel:
             for dst, src in zip(target.parameters(), active.parameters()):
                 dst.copy_(src)
         self._catch_up = []
+        self._stale[id(target)] = None  # its runner was built from other weights: rebuilt whole next time
 
     def copies(self) -> tuple[nn.Module, nn.Module]:
         """(active, inactive): for checks that both copies are untouched (tests, the fuzzer)."""

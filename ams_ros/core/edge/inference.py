@@ -10,6 +10,9 @@ the labels subscribed the work around the model is: one host-to-device copy of t
 (pinned and non-blocking on CUDA), ``/255``, the argmax and one device-to-host copy of the
 uint8 label map. ``ams-bench`` reports the time of this pipeline against the bare model.
 
+With a graph runtime (ONNX Runtime, OpenVINO: :mod:`ams_ros.core.edge.runtimes`) the runner takes
+the uint8 frame itself and returns the label map: the conversion and the argmax run inside its graph.
+
 Precision: ``inference_dtype`` float16 | bfloat16 runs the forward pass under ``torch.autocast``
 while the weights stay float32, so the double buffer's copies, their fingerprint and the updates
 written into them are those of the server's float32 model (a model cast to half would have
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ams_ros.core.common.devices import autocast_for, resolve_device, resolve_dtype
+from ams_ros.core.edge.runtimes import FrameRunner
 from ams_ros.core.models.student import class_map
 from ams_ros.core.models.labels import LabelSpace, _palette_lut
 
@@ -53,11 +57,16 @@ class EdgeInference:
         return t
 
     @torch.no_grad()
-    def _forward(self, net: nn.Module, frame: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _forward(self, net: nn.Module | FrameRunner, frame: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(H x W uint8 labels on the device, the frame on the device when it was copied at full size)."""
         w, h = self.input_size
         same = frame.shape[:2] == (h, w)
         small = frame if same else cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+        if isinstance(net, FrameRunner):  # ONNX Runtime / OpenVINO: conversion, network and argmax in one graph
+            lab = torch.from_numpy(np.ascontiguousarray(net.labels(small)))[None]
+            if lab.shape[-2:] != frame.shape[:2]:
+                lab = F.interpolate(lab[None].float(), size=frame.shape[:2], mode="nearest")[0].to(torch.uint8)
+            return lab[0], (self.to_device(small) if same else None)
         frame_t = self.to_device(small)
         x = frame_t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
         if self.channels_last:

@@ -11,6 +11,7 @@ import torch
 
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge.inference import place_model
+from ams_ros.core.edge.runtimes import TORCH, Agreement, build_runtime, check_agreement, probe_frame, resolve_runtime
 from ams_ros.core.models.labels import LabelSpace
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes.common.reject_log import RejectionCounter
@@ -24,13 +25,23 @@ class EdgeModel:
     label_space: LabelSpace
     student: str
     input_size: tuple[int, int]
+    backend: str = TORCH
+    agreement: Agreement | None = None  # the backend's output against PyTorch's on the probe frame
 
     @classmethod
     def build(cls, spec: StudentSpec, input_size: tuple[int, int], device: torch.device | str = "cpu",
-              channels_last: bool = False) -> "EdgeModel":
-        """Load the student once, put it on ``device`` and make the double buffer there."""
-        model = place_model(spec.load(), torch.device(device), channels_last)
-        return cls(DoubleBufferedModel(model), spec.space(), spec.name, input_size)
+              channels_last: bool = False, backend: str = TORCH, dtype: str = "float32",
+              threads: int = 0) -> "EdgeModel":
+        """Load the student once, put it on ``device`` and make the double buffer there, each copy
+        with a runner of ``backend`` (resolved; RuntimeUnavailable naming the fix when it cannot
+        run here or disagrees with PyTorch on the probe frame)."""
+        device = torch.device(device)
+        name = resolve_runtime(backend, device, dtype)
+        model = place_model(spec.load(), device, channels_last)
+        holder = DoubleBufferedModel(model, runtime=build_runtime(name, input_size, threads, device))
+        agreement = None if name == TORCH else check_agreement(holder.active, holder.runner,
+                                                               probe_frame(input_size), name)
+        return cls(holder, spec.space(), spec.name, input_size, name, agreement)
 
 
 @dataclass

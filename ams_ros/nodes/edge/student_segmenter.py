@@ -25,6 +25,7 @@ from ams_ros.core.common.devices import configure_cudnn, describe, resolve_devic
 from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.common.stream_defaults import StreamDefaults
 from ams_ros.core.edge.inference import EdgeInference
+from ams_ros.core.edge.runtimes import RuntimeConfig
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.edge.source_timing import GapTracker
 from ams_ros.core.common.threads import set_torch_threads
@@ -39,6 +40,7 @@ from ams_ros.nodes.common.shared_params import DEVICE_ID, EDGE_DEVICE, IMAGE_TOP
 PARAMS = (
     DEVICE_ID, IMAGE_TOPIC, *STUDENT_PARAMS, EDGE_DEVICE,
     from_field(DeviceConfig, "inference_dtype"),
+    from_field(RuntimeConfig, "inference_backend"),
     from_field(DeviceConfig, "channels_last"),
     from_field(DeviceConfig, "cudnn_benchmark"),
     from_field(StreamDefaults, "input_size", name="input_width", index=0, description="Student input width"),
@@ -71,10 +73,15 @@ class StudentSegmenter(Node):
         device = resolve_device(self.p["device"])  # DeviceError (start-up failure) naming what torch sees
         configure_cudnn(device, bool(self.p["cudnn_benchmark"]))
         threads = set_torch_threads(int(self.p["torch_threads"]), reserve=1)
-        self.get_logger().info(f"inference on {describe(device)} in {self.p['inference_dtype']}"
-                               + (f", {threads} torch thread(s)" if device.type == "cpu" else ""))
         model = EdgeModel.build(student_spec(self.p), (int(self.p["input_width"]), int(self.p["input_height"])),
-                                device, channels_last=bool(self.p["channels_last"]))
+                                device, channels_last=bool(self.p["channels_last"]),
+                                backend=self.p["inference_backend"], dtype=self.p["inference_dtype"], threads=threads)
+        agree = model.agreement
+        self.get_logger().info(
+            f"inference in {model.backend} (inference_backend {self.p['inference_backend']}) on {describe(device)} in "
+            f"{self.p['inference_dtype']}" + (f", {threads} thread(s)" if device.type == "cpu" else "")
+            + (f"; probe frame: {agree.labels_equal:.4%} of labels as PyTorch's, max |logit difference| "
+               f"{agree.max_abs_logit_diff:.2g}" if agree is not None else ""))
         self.inference = EdgeInference(model.label_space, model.input_size, device, self.p["inference_dtype"],
                                        channels_last=bool(self.p["channels_last"]))
         state.model = model
@@ -207,6 +214,8 @@ class StudentSegmenter(Node):
         msg.device_id = self.p["device_id"]
         msg.model_version = int(holder.version)
         msg.model_fingerprint = fingerprint(holder.active)
+        msg.inference_backend = self.model.backend
+        msg.inference_probe_agreement = float(self.model.agreement.labels_equal) if self.model.agreement else 1.0
         msg.inference_rate = float(count / span) if span > 0 else 0.0
         msg.inference_latency_ms = float(np.mean(lat)) if lat else 0.0
         msg.inference_latency_max_ms = float(np.max(lat)) if lat else 0.0
@@ -240,7 +249,8 @@ class StudentSegmenter(Node):
         st.level = DiagnosticStatus.OK if s.inference_rate > 0 else DiagnosticStatus.WARN
         st.message = f"model v{s.model_version}, {s.inference_rate:.1f} frames/s" if s.inference_rate > 0 else "no frames"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
-            ("model_version", s.model_version), ("inference_latency_ms", f"{s.inference_latency_ms:.1f}"),
+            ("model_version", s.model_version), ("inference_backend", s.inference_backend),
+            ("inference_latency_ms", f"{s.inference_latency_ms:.1f}"),
             ("frames_dropped", s.frames_dropped),
             ("source_frames_skipped", s.source_frames_skipped), ("updates_applied", s.updates_applied),
             ("updates_rejected", s.updates_rejected), ("sampling_rate", f"{s.sampling_rate:.2f}"),
