@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ams_ros.demo.cli import parse_args
 from ams_ros.demo.runner import demo_sections, robot_plans
-from ams_ros.nodes.common.parameter_files import dump_parameters, read_parameter_file, section_key
+from ams_ros.nodes.common.parameter_files import dump_parameters, read_parameter_file, section_key, write_or_check
 from ams_ros.core.common.paths import SOURCE_ROOT
 
 HEADER = ("# The demo's parameters for `ros2 launch ams_ros demo.launch.py` (config/{base}.yaml with the values\n"
@@ -40,20 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ams_ros.demo.launch_config", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a file differs instead of writing it")
     args = ap.parse_args(argv)
-    stale = []
-    for stem in ("edge", "server"):
-        path = SOURCE_ROOT / "config" / f"demo_{stem}.yaml"
-        text = render(stem)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if stale:
-        print(f"out of date: {', '.join(stale)}; run python -m ams_ros.demo.launch_config", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check({SOURCE_ROOT / "config" / f"demo_{stem}.yaml": render(stem) for stem in ("edge", "server")},
+                          args.check, "python -m ams_ros.demo.launch_config")
 
 
 if __name__ == "__main__":

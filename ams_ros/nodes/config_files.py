@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from ams_ros.nodes.common.parameter_files import write_or_check
 from ams_ros.nodes.common.parameters import Param
 from ams_ros.core.common.paths import SOURCE_ROOT
 from ams_ros.nodes.edge import camera_sampler, model_patcher, student_segmenter
@@ -92,20 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="folder to write edge.yaml and server.yaml into (default: the checkout's config/)")
     ap.add_argument("--check", action="store_true", help="exit 1 if a file differs instead of writing it")
     args = ap.parse_args(argv)
-    stale = []
-    for stem in ("edge", "server"):
-        path = Path(args.dir) / f"{stem}.yaml"
-        text = render(stem)
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.write_text(text)
-            print(f"wrote {path}")
-    if stale:
-        print(f"out of date: {', '.join(stale)}; run python -m ams_ros.nodes.config_files", file=sys.stderr)
-        return 1
-    return 0
+    return write_or_check({Path(args.dir) / f"{stem}.yaml": render(stem) for stem in ("edge", "server")},
+                          args.check, "python -m ams_ros.nodes.config_files")
 
 
 if __name__ == "__main__":

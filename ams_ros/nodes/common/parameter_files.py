@@ -8,6 +8,7 @@ node. Free of rclpy and launch: the demo, the tests and the launch helpers all w
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,20 @@ def merge_parameter_files(paths: list[Path]) -> dict[str, dict[str, Any]]:
         for section, params in read_parameter_file(path).items():
             merged.setdefault(section, {}).update(params)
     return merged
+
+
+def write_or_check(files: dict[Path, str], check: bool, regenerate: str) -> int:
+    """Write generated ``files`` (path: text), or with ``check`` return 1 naming those that differ
+    and the command ``regenerate`` that rewrites them."""
+    stale = []
+    for path, text in files.items():
+        if check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.write_text(text)
+            print(f"wrote {path}")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run {regenerate}", file=sys.stderr)
+        return 1
+    return 0
