@@ -99,7 +99,8 @@ def test_every_edge_launch_argument_reaches_its_nodes(client, files, tmp_path):
     args = {
         "device_id": "rover7", "source": "synthetic:3", "image_topic": "camera/image",
         "student": "lraspp_mobilenet_v3_large", "student_weights": ckpt, "label_space": "cityscapes",
-        "device": "cpu", "inference_dtype": "bfloat16", "robot_key_file": keys["rover7"][0],
+        "device": "cpu", "inference_dtype": "bfloat16", "inference_backend": "torch",  # auto's fast runtimes are float32
+        "robot_key_file": keys["rover7"][0],
         "server_public_keys": f"[{keys['server'][1]}]", "use_sim_time": "true",
     }
     config = config_with(tmp_path, "edge.yaml", "edge.yaml", {"/**/camera_sampler": {"publish_rate": 7.0},
@@ -147,7 +148,8 @@ def test_every_server_launch_argument_reaches_its_nodes(client, files, assets, t
 def test_demo_launch_arguments_reach_both_sides_and_the_demo_works(client, tmp_path):
     """``demo.launch.py rviz:=false`` with every argument changed: frames flow (labels carry their
     image's stamp), updates are applied, and what the demo does not pass keeps the files' values,
-    per node (the server's ``device``: cpu for the teacher, auto for the trainer)."""
+    per node (the server's ``device``: cpu for the teacher, auto for the trainer). The robot infers in
+    OpenVINO (from its parameter file), so the updates are applied by recompiling it under ros2 launch."""
     import torch
 
     from ams_ros.core.models.weights import load_student, save_student_checkpoint
@@ -159,7 +161,7 @@ def test_demo_launch_arguments_reach_both_sides_and_the_demo_works(client, tmp_p
     edge_config = config_with(tmp_path, "demo_edge.yaml", "edge.yaml", {
         "/**/camera_sampler": {"source_width": 96, "source_height": 48, "train_width": 96, "train_height": 48,
                                "update_period": 4.0},
-        "/**/student_segmenter": small})
+        "/**/student_segmenter": {**small, "inference_backend": "openvino"}})  # swaps by recompiling (issue #30)
     server_config = config_with(tmp_path, "demo_server.yaml", "server.yaml", {
         "/**/teacher_labeler": {"device": "cpu"},
         "/**/ams_trainer": {**small, "device": "auto", "iterations": 5, "batch_size": 4, "update_period_s": 4.0}})
@@ -175,7 +177,9 @@ def test_demo_launch_arguments_reach_both_sides_and_the_demo_works(client, tmp_p
         image_stamps = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in images}
         assert labels and {(m.header.stamp.sec, m.header.stamp.nanosec) for m in labels[-5:]} <= image_stamps
         check_parameters(client, "edge", "/rover9", {"device_id": "rover9", "source": "synthetic:2",
-                                                      "student_weights": ckpt}, {"student_segmenter": small})
+                                                      "student_weights": ckpt},
+                         {"student_segmenter": {**small, "inference_backend": "openvino"}})
+        assert {s.inference_backend for s in status} == {"openvino"}  # updates applied above ran in OpenVINO
         check_parameters(client, "server", "", {"device_ids": "[rover9]", "teacher": "oracle:2",
                                                 "student_weights": ckpt},
                          {"teacher_labeler": {"device": "cpu"}, "ams_trainer": {**small, "device": "auto"}})
