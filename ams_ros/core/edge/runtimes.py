@@ -244,8 +244,11 @@ class OpenVinoRuntime(_GraphRuntime):
         import openvino as ov  # lazy: installed on the robots that use it
 
         core = ov.Core()
+        # f32 stated: on a CPU with AVX512_BF16 or AMX (Zen 4, Sapphire Rapids) OpenVINO's default
+        # precision is bfloat16, whose labels differ from PyTorch's (graph runtimes run float32 only)
         return OpenVinoRunner(core, core.read_model(self.graph(model)),
-                              {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY"})
+                              {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
+                               "INFERENCE_PRECISION_HINT": "f32"})
 
 
 def build_runtime(name: str, input_size: tuple[int, int], threads: int, device: torch.device,

@@ -107,6 +107,14 @@ def test_graph_runtime_rebuilt_from_new_weights_computes_them(runtime, tmp_path)
     torch.testing.assert_close(old.logits(frame), before)  # the old runner still serves the old weights meanwhile
 
 
+def test_openvino_runs_float32_even_where_the_cpu_prefers_bfloat16(tmp_path):
+    # OpenVINO's CPU default is bfloat16 on AVX512_BF16 / AMX CPUs (labels then differ from PyTorch's)
+    runner = OpenVinoRuntime((16, 8), 1, tmp_path).build(small_net().eval())
+    runner.logits(probe_frame((16, 8)))  # compiles the full graph too
+    for request in (runner.request, runner._logits_request):
+        assert str(request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+
+
 def test_a_disagreeing_runtime_is_refused_with_its_figures():
     model = small_net().eval()
 
