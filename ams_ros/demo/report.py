@@ -86,6 +86,10 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "stream_seconds": round(duration, 2),
         "updates_applied": int(st.updates_applied) if st else 0,
         "updates_rejected": int(st.updates_rejected) if st else 0,
+        # (issue #29) swaps the robot undid after checking the new model, and updates it held
+        "steps_back": int(st.steps_back) if st else 0,
+        "last_step_back": st.last_step_back if st else "",
+        "updates_held": int(st.updates_held) if st else 0,
         "model_version": int(st.model_version) if st else 0,
         # inputs a callback rejected (malformed or forged images, updates, commands: issue #13)
         "inputs_rejected": int(st.inputs_rejected) if st else 0,

@@ -54,6 +54,8 @@ def test_edge_applies_several_updates_in_order(demo_run):
     assert 3 <= summary["updates_applied"] <= len(re.findall(r"applied (?:update|snapshot) v", log))  # it counts both
     assert 3 <= summary["model_version"] <= applied[-1][1]
     assert summary["updates_rejected"] == 0
+    # (issue #29) the robot's check of each new model found nothing to step back from in a sound run
+    assert summary["steps_back"] == 0 and summary["updates_held"] == 0, summary["last_step_back"]
 
 
 def test_inference_never_stalls_during_swaps(demo_run):

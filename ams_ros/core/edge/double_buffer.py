@@ -17,6 +17,10 @@ copy, that copy's runner is rebuilt (or refitted with the tensors the update tou
 patcher's thread, and the model, its runner and its version are swapped in with one assignment. A
 rebuild that fails rejects the update like a failed write: the inactive copy is restored from the
 active one and the running model, runner and version stay as they were.
+
+Right after a swap the inactive copy still holds the previous version (the update is written into it
+only with the next one), so stepping back from an update that made the robot worse (issue #29,
+:mod:`ams_ros.core.edge.swap_watch`) is the same one assignment as the swap: :meth:`step_back`.
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ class DoubleBufferedModel:
         # graph names of the tensors changed in a copy since its runner was built (None: unknown, rebuild all)
         self._stale: dict[int, set[str] | None] = {id(model): set(), id(self._inactive): set()}
         self._state: tuple[nn.Module, int, Runner] = (model, int(version), self._runners[id(model)])
+        # (issue #29) the version the inactive copy still holds right after a swap (None once it was
+        # written, or after a step back), and whether that copy must be made equal to the active one
+        # before the next write (a step back leaves the rejected weights in it)
+        self._previous_version: int | None = None
+        self._dirty = False
         # both copies in flat storage: an update is one read and one write per copy (issue #10)
         self._writers = {id(model): FlatAccessor(model, flatten=True),
                          id(self._inactive): FlatAccessor(self._inactive, flatten=True)}
@@ -98,15 +107,44 @@ class DoubleBufferedModel:
     def use(self) -> Iterator[Runner]:
         """Hold the active model for one inference and give its runner (called like the model: image
         tensor in, logits out); the patcher will not write into it meanwhile."""
+        with self.use_versioned() as (runner, _):
+            yield runner
+
+    @contextmanager
+    def use_versioned(self) -> Iterator[tuple[Runner, int]]:
+        """:meth:`use`, with the version of the weights the runner computes (read in the same step)."""
         with self._readers_cv:
-            model, _, runner = self._state
+            model, version, runner = self._state
             self._readers[id(model)] += 1
         try:
-            yield runner
+            yield runner, version
         finally:
             with self._readers_cv:
                 self._readers[id(model)] -= 1
                 self._readers_cv.notify_all()
+
+    def step_back(self, version: int) -> int | None:
+        """Swap the previous weights back in when ``version`` is still the running one and the other
+        copy still holds its predecessor (no update written into it since): one assignment, as a
+        swap, and never a wait (``None`` when the patcher is busy or there is nothing to go back
+        to). The rejected weights stay in the other copy until the next update, which first makes
+        that copy equal to the running one again. Returns the version now running."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._previous_version is None or self._state[1] != int(version):
+                return None
+            bad, previous = self._state[0], self._inactive
+            self._state = (previous, self._previous_version, self._runners[id(previous)])
+            self._inactive = bad
+            self._catch_up = []
+            self._stale[id(previous)] = set()  # its runner was built from exactly these weights
+            self._stale[id(bad)] = None
+            self._previous_version = None
+            self._dirty = True
+            return self._state[1]
+        finally:
+            self._lock.release()
 
     def apply_update(self, update: EncodedUpdate, reader_timeout_s: float = 5.0, max_span: int = 1) -> int:
         """Verify, write into the inactive copy, swap. Raises UpdateError (model untouched).
@@ -125,6 +163,9 @@ class DoubleBufferedModel:
             with self._readers_cv:  # an inference that started before the last swap may still run on it
                 if not self._readers_cv.wait_for(lambda: self._readers[id(target)] == 0, timeout=reader_timeout_s):
                     raise UpdateError("inactive model still in use by inference; try again")
+            if self._dirty:  # a step back left the rejected weights in this copy
+                self._resync_inactive()
+                self._dirty = False
             writer = self._writers[id(target)]
             try:
                 for prepared in self._catch_up:  # the previous update(s), not yet in this copy
@@ -147,6 +188,7 @@ class DoubleBufferedModel:
             self._stale[id(target)] = set()
             self._stale[id(active)] = touched  # the active copy lacks this update: its runner is rebuilt with it
             self._catch_up = [prepared]
+            self._previous_version = self._state[1]
             self._state = (target, int(update.new_version), runner)  # the swap readers see: one assignment
             self._inactive = active
             self.synced = True
@@ -165,6 +207,7 @@ class DoubleBufferedModel:
             for dst, src in zip(target.parameters(), active.parameters()):
                 dst.copy_(src)
         self._catch_up = []
+        self._previous_version = None  # it holds the running weights now: nothing to step back to
         self._stale[id(target)] = None  # its runner was built from other weights: rebuilt whole next time
 
     def copies(self) -> tuple[nn.Module, nn.Module]:

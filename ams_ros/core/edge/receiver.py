@@ -19,7 +19,7 @@ from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.security.signing import TrustedKeys, verify_update
 from ams_ros.core.wire.update import EncodedUpdate, StaleUpdateError, UpdateError, VersionGapError
 
-APPLIED, ALREADY, REJECTED = "applied", "already", "rejected"
+APPLIED, ALREADY, REJECTED, HELD = "applied", "already", "rejected", "held"
 #: where an update came from: the update topic, or the answer to a resync request
 UPDATE, SNAPSHOT, RESYNC = "update", "snapshot", "resync"
 
@@ -27,6 +27,7 @@ UPDATE, SNAPSHOT, RESYNC = "update", "snapshot", "resync"
 @dataclass(frozen=True)
 class Verdict:
     kind: str  # APPLIED | ALREADY (the robot has it: an update in flight got here first) | REJECTED
+    #   | HELD (refused on purpose: the model is frozen, or the robot stepped back from that version)
     before: int  # the model's version before
     version: int  # and after
     reason: str = ""  # why it was rejected
@@ -49,12 +50,29 @@ class UpdateReceiver:
         self.device_id = device_id
         self.trusted = trusted if trusted is not None else TrustedKeys.parse([])
         self.chain = chain if chain is not None else ChainFollower()
+        self.frozen = ""  # (issue #29) why the operator froze the model ("" = not frozen)
+        self.stepped_back_from: int | None = None  # a version the robot stepped back from: not taken again
+
+    def step_back(self, version: int, reason: str) -> int | None:
+        """Go back from ``version`` to the weights before it (the double buffer's :meth:`step_back`)
+        and refuse that version and older ones from now on; the version now running, or None when
+        there was nothing to go back to (see :meth:`DoubleBufferedModel.step_back`)."""
+        running = self.holder.step_back(version)
+        if running is not None:
+            self.stepped_back_from = int(version)
+        return running
 
     def receive(self, update: EncodedUpdate, source: str = UPDATE) -> Verdict:
         """``update`` applied, already there, or rejected with the model untouched (see :class:`Verdict`)."""
         holder = self.holder
         before = holder.version
         head = f"{source} v{update.base_version}->v{update.new_version}"
+        if self.frozen:
+            return Verdict(HELD, before, before, f"{head}: held, the model is frozen ({self.frozen}); the robot "
+                                                 f"catches up when it is unfrozen")
+        if self.stepped_back_from is not None and update.new_version <= self.stepped_back_from:
+            return Verdict(HELD, before, before, f"{head}: held, the robot stepped back from v{self.stepped_back_from} "
+                                                 f"and takes a newer version only")
         try:
             verify_update(update, self.device_id, self.trusted)  # SignatureError is an UpdateError
             warning = self.chain.admit(update, before)
@@ -75,4 +93,5 @@ class UpdateReceiver:
         except Exception as exc:  # noqa: BLE001 - no input may end the robot; the decoders leave the model as it was
             return Verdict(REJECTED, before, holder.version, f"{head}: malformed ({type(exc).__name__}: {exc})",
                            unexpected=True)
+        self.stepped_back_from = None  # a newer version: judged afresh
         return Verdict(APPLIED, before, version, warning=warning)

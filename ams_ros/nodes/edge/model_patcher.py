@@ -31,7 +31,7 @@ from rclpy.node import Node
 from ams_msgs.msg import ModelUpdate, SamplingCommand
 from ams_msgs.srv import GetModelSnapshot
 from ams_ros.core.edge.chain_sync import ChainFollower
-from ams_ros.core.edge.receiver import ALREADY, REJECTED, UpdateReceiver
+from ams_ros.core.edge.receiver import ALREADY, HELD, REJECTED, UpdateReceiver
 from ams_ros.core.common.devices import resolve_device
 from ams_ros.core.sources.fault_injection import DELIVER, FaultConfig, FaultyLink
 from ams_ros.core.models.params import fingerprint
@@ -55,6 +55,9 @@ PARAMS = (
     Param("update_qos_depth", 10, "Model update QoS depth (always reliable)"),
     Param("lost_update_grace_s", 1.0, "Seconds a sampling command's newer server version may wait for its update "
                                       "before the robot asks for a catch-up", dynamic=True),
+    Param("freeze_model", False, "Keep the running model: updates, catch-ups and snapshots are held (logged, "
+                                 "counted in EdgeStatus updates_held) until this is false again, when the robot "
+                                 "asks the server to catch it up (e.g. during a manoeuvre)", dynamic=True),
     fault_param("drop", "updates"), fault_param("duplicate", "updates"), fault_param("reorder", "updates"),
     FAULT_SEED,
 )
@@ -86,6 +89,8 @@ class ModelPatcher(Node):
                                  callback_group=group)
         self.chain = ChainFollower()
         self.receiver = UpdateReceiver(self.model.holder, self.p["device_id"], self._trusted, self.chain)
+        state.receiver = self.receiver
+        self._was_frozen = False
         self.snapshot_client = self.create_client(GetModelSnapshot, topics.SNAPSHOT_SERVICE, callback_group=group)
         self._snapshot_lock = threading.Lock()
         self._snapshot_future = None
@@ -138,7 +143,12 @@ class ModelPatcher(Node):
         except Exception as exc:  # a message that does not even convert: rejected like any malformed update
             self._reject(f"{source} v{msg.base_version}->v{msg.new_version}: malformed ({type(exc).__name__}: {exc})")
             return False
+        self.receiver.frozen = "freeze_model is true" if self.p["freeze_model"] else ""
         verdict = self.receiver.receive(update, source)
+        if verdict.kind == HELD:
+            self.stats.held += 1
+            self.get_logger().info(verdict.reason, throttle_duration_sec=5.0)
+            return False
         if verdict.kind == REJECTED:
             self._reject(verdict.reason, warn=verdict.loud)
             if verdict.resync:
@@ -175,6 +185,14 @@ class ModelPatcher(Node):
     # ------------------------------------------------------------------ snapshots
     def _maybe_request_snapshot(self) -> None:
         now = self.get_clock().now().nanoseconds * 1e-9
+        frozen = bool(self.p["freeze_model"])
+        if frozen != self._was_frozen:
+            self._was_frozen = frozen
+            self.get_logger().info(f"model {'frozen' if frozen else 'unfrozen'} (freeze_model) at "
+                                   f"v{self.model.holder.version}" + ("" if frozen else ": asking the server to catch up"))
+            self._need_snapshot = self._need_snapshot or not frozen
+        if frozen:  # a frozen robot asks for nothing; it catches up when unfrozen
+            return
         lost = self.chain.due(int(self.model.holder.version), now, float(self.p["lost_update_grace_s"]))
         if lost and not self._need_snapshot:
             self.get_logger().warning(f"{lost}: asking for a catch-up")

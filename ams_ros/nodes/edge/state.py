@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
+from ams_ros.core.edge.receiver import UpdateReceiver
 from ams_ros.core.edge.inference import place_model
 from ams_ros.core.edge.runtimes import TORCH, Agreement, build_runtime, check_agreement, probe_frame, resolve_runtime
 from ams_ros.core.models.labels import LabelSpace
@@ -49,6 +50,9 @@ class PatchStats:
     applied: int = 0
     rejected: int = 0
     last_rejection: str = ""
+    held: int = 0  # (issue #29) updates refused on purpose: model frozen, or a version stepped back from
+    steps_back: int = 0  # swaps undone by the segmenter's check of the new model
+    last_step_back: str = ""
 
 
 @dataclass
@@ -74,6 +78,7 @@ class EdgeState:
     counters: EdgeCounters = field(default_factory=EdgeCounters)
     patch_stats: PatchStats = field(default_factory=PatchStats)
     model: EdgeModel | None = None
+    receiver: UpdateReceiver | None = None  # the patcher's (set when it starts): the segmenter steps back through it
 
     def require_model(self, who: str) -> EdgeModel:
         if self.model is None:

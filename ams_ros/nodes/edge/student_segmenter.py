@@ -26,6 +26,7 @@ from ams_ros.core.common.devices import DeviceConfig
 from ams_ros.core.common.stream_defaults import StreamDefaults
 from ams_ros.core.edge.inference import EdgeInference
 from ams_ros.core.edge.runtimes import RuntimeConfig
+from ams_ros.core.edge.swap_watch import SwapWatch, SwapWatchConfig
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.edge.source_timing import GapTracker
 from ams_ros.core.common.threads import set_torch_threads
@@ -37,10 +38,12 @@ from ams_ros.nodes.common.qos import RELIABILITIES, qos
 from ams_ros.nodes.common.reject_log import RejectLog
 from ams_ros.nodes.common.shared_params import DEVICE_ID, EDGE_DEVICE, IMAGE_TOPIC, STUDENT_PARAMS, student_spec
 
+SWAP_WATCH_KNOBS = ("swap_watch_frames", "collapse_share", "collapse_frames", "latency_jump")
 PARAMS = (
     DEVICE_ID, IMAGE_TOPIC, *STUDENT_PARAMS, EDGE_DEVICE,
     from_field(DeviceConfig, "inference_dtype"),
     from_field(RuntimeConfig, "inference_backend"),
+    *(from_field(SwapWatchConfig, name) for name in SWAP_WATCH_KNOBS),
     from_field(DeviceConfig, "channels_last"),
     from_field(DeviceConfig, "cudnn_benchmark"),
     from_field(StreamDefaults, "input_size", name="input_width", index=0, description="Student input width"),
@@ -85,7 +88,9 @@ class StudentSegmenter(Node):
         self.inference = EdgeInference(model.label_space, model.input_size, device, self.p["inference_dtype"],
                                        channels_last=bool(self.p["channels_last"]))
         state.model = model
+        self.state = state
         self.model = model
+        self.watch = SwapWatch(SwapWatchConfig(**{n: self.p[n] for n in SWAP_WATCH_KNOBS}))
         self.counters = state.counters
         self.patch_stats = state.patch_stats
         out_qos = qos(self.p["output_qos_reliability"], int(self.p["output_qos_depth"]))
@@ -114,6 +119,7 @@ class StudentSegmenter(Node):
         self.frames_segmented = 0
         self.frames_rejected = 0
         self._info_version = -1
+        self._steps_back_reported = 0
         self._last_rate = 0.0
         self._last_latency = 0.0
         self._publish_label_info()
@@ -154,10 +160,13 @@ class StudentSegmenter(Node):
         # lazy outputs (as image_pipeline): a mask or overlay nobody subscribes to is never computed
         want_mask = self.mask_pub is not None and self.mask_pub.get_subscription_count() > 0
         want_overlay = self.overlay_pub is not None and self.overlay_pub.get_subscription_count() > 0
-        with self.model.holder.use() as net:  # a concurrent swap never blocks this, nor writes into net
-            wait = (time.perf_counter() - t_ask) * 1000.0
+        with self.model.holder.use_versioned() as (net, version):  # a swap never blocks this, nor writes into net
+            t_run = time.perf_counter()
+            wait = (t_run - t_ask) * 1000.0
             labels, color, blended = self.inference.run(net, rgb, mask=want_mask, overlay=want_overlay,
                                                         alpha=float(self.p["overlay_alpha"]))
+            infer_ms = (time.perf_counter() - t_run) * 1000.0
+        self._check_new_model(version, labels, infer_ms)
         header = msg.header
         self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
         if color is not None:
@@ -177,6 +186,22 @@ class StudentSegmenter(Node):
             self._window_count += 1
             self._window_lat.append(dt)
             self._window_wait = max(self._window_wait, wait)
+
+    def _check_new_model(self, version: int, labels: np.ndarray, infer_ms: float) -> None:
+        """(issue #29) After a swap, the new model's first frames are checked (:mod:`ams_ros.core.edge.swap_watch`);
+        on a failure the previous weights are swapped back in at once (this frame was published
+        with the new model's labels; the next one has the previous model's)."""
+        reason = self.watch.observe(version, labels, infer_ms)
+        receiver = self.state.receiver
+        if not reason or receiver is None:
+            return
+        running = receiver.step_back(version, reason)
+        if running is None:  # the patcher is writing a newer update, which will be checked in turn
+            return
+        self.watch.stepped_back(running)
+        self.patch_stats.steps_back += 1
+        self.patch_stats.last_step_back = f"stepped back from v{version} to v{running}: {reason}"
+        self.get_logger().warning(f"{self.patch_stats.last_step_back}; v{version} and older are refused from now on")
 
     def _annotate(self, image: np.ndarray) -> None:
         text = f"v{self.model.holder.version}  {self._last_rate:.1f} fps  {self._last_latency:.0f} ms"
@@ -233,6 +258,10 @@ class StudentSegmenter(Node):
             msg.updates_applied = self.patch_stats.applied
             msg.updates_rejected = self.patch_stats.rejected
             msg.last_rejection = self.patch_stats.last_rejection
+            msg.updates_held = self.patch_stats.held
+            msg.steps_back = self.patch_stats.steps_back
+            msg.last_step_back = self.patch_stats.last_step_back
+        msg.model_frozen = bool(self.state.receiver is not None and self.state.receiver.frozen)
         msg.sampling_rate = float(rate)
         msg.update_period = float(period)
         msg.inputs_rejected, msg.last_input_rejection = c.rejections.read()
@@ -248,12 +277,19 @@ class StudentSegmenter(Node):
         st.hardware_id = s.device_id
         st.level = DiagnosticStatus.OK if s.inference_rate > 0 else DiagnosticStatus.WARN
         st.message = f"model v{s.model_version}, {s.inference_rate:.1f} frames/s" if s.inference_rate > 0 else "no frames"
+        if s.steps_back > self._steps_back_reported:  # (issue #29) a swap undone in this period
+            st.level = DiagnosticStatus.WARN
+            st.message += f"; {s.last_step_back}"
+        self._steps_back_reported = s.steps_back
+        if s.model_frozen:
+            st.message += "; model frozen (freeze_model)"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("model_version", s.model_version), ("inference_backend", s.inference_backend),
             ("inference_latency_ms", f"{s.inference_latency_ms:.1f}"),
             ("frames_dropped", s.frames_dropped),
             ("source_frames_skipped", s.source_frames_skipped), ("updates_applied", s.updates_applied),
-            ("updates_rejected", s.updates_rejected), ("sampling_rate", f"{s.sampling_rate:.2f}"),
+            ("updates_rejected", s.updates_rejected), ("updates_held", s.updates_held),
+            ("model_frozen", s.model_frozen), ("steps_back", s.steps_back), ("last_step_back", s.last_step_back), ("sampling_rate", f"{s.sampling_rate:.2f}"),
             ("inputs_rejected", s.inputs_rejected), ("last_input_rejection", s.last_input_rejection),
         )]
         arr = DiagnosticArray()

@@ -15,7 +15,8 @@ from torch import nn
 from small_inputs import small_net
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge.onnx_export import state_tensors
-from ams_ros.core.edge.runtimes import FrameRunner, OnnxRuntime, OpenVinoRuntime, Runner, Runtime, probe_frame
+from ams_ros.core.edge.runtimes import (FrameRunner, OnnxRuntime, OpenVinoRuntime, Runner, Runtime, TorchRuntime,
+                                        probe_frame)
 from ams_ros.core.models.params import flatten_params, param_layout
 from ams_ros.core.wire.encodings import encode_update
 from ams_ros.core.wire.update import UpdateError
@@ -215,3 +216,54 @@ def test_eager_pytorch_hands_the_model_itself_and_tracks_nothing():
     holder.apply_update(update_of(holder.active, 0, [0], 0.1))
     with holder.use() as net:
         assert net is holder.active and holder.runner is holder.active
+
+
+@pytest.mark.parametrize("runtime", [None, OnnxRuntime], ids=["torch", "onnxruntime"])
+def test_step_back_runs_the_previous_weights_at_once_and_the_next_update_builds_on_them(runtime, tmp_path):
+    """(issue #29) Right after a swap the other copy still holds the previous version: stepping back is
+    one assignment (model, runner, version); the next update is written onto the previous weights."""
+    model = small_net().eval()
+    holder = DoubleBufferedModel(copy.deepcopy(model), runtime=runtime((16, 8), 1, tmp_path) if runtime else None)
+    holder.apply_update(update_of(holder.active, 0, [0], 0.1))
+    good_model, good_runner, good = holder.active, holder.runner, flatten_params(holder.active).clone()
+    holder.apply_update(update_of(holder.active, 1, [3], 5.0))  # the bad one
+    assert holder.step_back(1) is None  # not the running version: nothing happens
+    assert holder.step_back(2) == 1
+    assert holder.version == 1 and holder.active is good_model and holder.runner is good_runner
+    assert torch.equal(flatten_params(holder.active), good)
+    torch.testing.assert_close(logits(holder.runner), logits(expected_after(model, [([0], 0.1)])), rtol=1e-4, atol=1e-5)
+    assert holder.step_back(1) is None  # one step only: the copy before v1 is gone
+    holder.apply_update(update_of(holder.active, 1, [2], 0.3))  # a new v2, on v1's weights, not the bad ones
+    ref = expected_after(model, [([0], 0.1), ([2], 0.3)])
+    assert torch.equal(flatten_params(holder.active), flatten_params(ref))
+    torch.testing.assert_close(logits(holder.runner), logits(ref), rtol=1e-4, atol=1e-5)
+    holder.apply_update(update_of(holder.active, 2, [1], 0.2))  # and the copy that held the bad weights catches up
+    assert torch.equal(flatten_params(holder.active), flatten_params(expected_after(
+        model, [([0], 0.1), ([2], 0.3), ([1], 0.2)])))
+
+
+def test_step_back_never_waits_for_the_patcher():
+    model = small_net().eval()
+    gated = GatedRuntime(TorchRuntime())
+    holder = DoubleBufferedModel(copy.deepcopy(model), runtime=gated)
+    holder.apply_update(update_of(holder.active, 0, [0], 0.1))
+    gated.release.clear()
+    patcher = threading.Thread(target=holder.apply_update, args=(update_of(holder.active, 1, [3], 0.2),))
+    patcher.start()
+    assert gated.started.wait(10.0)
+    assert holder.step_back(1) is None and holder.version == 1  # the patcher holds the buffer: no wait, no step
+    gated.release.set()
+    patcher.join(10.0)
+    assert holder.version == 2 and holder.step_back(2) == 1
+
+
+def test_nothing_to_step_back_to_after_a_failed_write_or_at_start():
+    model = small_net().eval()
+    gated = GatedRuntime(TorchRuntime())
+    holder = DoubleBufferedModel(copy.deepcopy(model), runtime=gated)
+    assert holder.step_back(0) is None
+    holder.apply_update(update_of(holder.active, 0, [0], 0.1))
+    gated.fail = True
+    with pytest.raises(UpdateError):
+        holder.apply_update(update_of(holder.active, 1, [3], 0.2))
+    assert holder.step_back(1) is None  # the other copy was made equal to the running one
