@@ -79,8 +79,8 @@ class RosProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """Ctrl-C (SIGINT) like a terminal would, then wait; kill only if it hangs."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
+        if RosProcess.alive(self):  # the process itself (a subclass's alive() may mean its node)
+            self._interrupt()
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -88,6 +88,9 @@ class RosProcess:
         self._pump.join(timeout=5)
         self._log.close()
         return self.proc.returncode
+
+    def _interrupt(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
 
     def kill(self) -> None:
         """SIGKILL and wait; then remove the DDS shared-memory segments the kill left behind (they
@@ -150,19 +153,15 @@ class LaunchedProcess(RosProcess):
         s = self.status()
         return super().alive() and len(s["pids"]) > len(s["exit_codes"])
 
+    def _interrupt(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C to the process group, as a terminal sends it
+
     def stop(self, timeout: float = 15.0) -> int:
         """Ctrl-C to the process group, then wait; kill only if it hangs. The node's exit code."""
-        if super().alive():
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._pump.join(timeout=5)
-        self._log.close()
+        returncode = super().stop(timeout)
         codes = self.status()["exit_codes"]
         bad = [c for c in codes if c != 0]
-        return bad[0] if bad else (codes[-1] if codes else self.proc.returncode)
+        return bad[0] if bad else (codes[-1] if codes else returncode)
 
     def kill(self) -> None:
         """SIGKILL to the launch process and its node, then the DDS segments they left."""
