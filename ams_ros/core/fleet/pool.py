@@ -294,6 +294,14 @@ class SessionPool(LoadBalancing, Recovery):
             self._keep(dev, reply.state, reply.info.version, self._states.get(dev, (b"", 0, -1))[2])
         return reply.resync
 
+    def rollback(self, dev: str, to: int | str, encoding: str | None = None) -> Resync:
+        """(issue #29) Roll ``dev`` back on its actor; its new state is kept like a phase's."""
+        reply = self.call(dev, "rollback", to, encoding)
+        with self._cv:
+            self.info[dev] = reply.info
+        self._keep(dev, reply.state, reply.info.version, self._states.get(dev, (b"", 0, -1))[2])
+        return reply.resync
+
     def sampling_command(self, dev: str, now: float) -> tuple[float, float, float] | None:
         reply = self.call(dev, "sampling_command", float(now))
         with self._cv:

@@ -66,6 +66,9 @@ class PooledSession:
     def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:
         return self.pool.resync(self.device_id, have_version, have_chain_tag, encoding)
 
+    def rollback(self, to: int | str, encoding: str | None = None) -> Resync:
+        return self.pool.rollback(self.device_id, to, encoding)
+
     def sampling_command(self, now: float) -> tuple[float, float, float] | None:
         return self.pool.sampling_command(self.device_id, now)
 

@@ -263,6 +263,16 @@ class PoolWorker:
             state = self._export(dev, session)[0] if answer.warning else None  # a raised floor must persist
         return ResyncReply(self._info(session), answer, state)
 
+    def rollback(self, dev: str, to: int | str, encoding: str | None) -> ResyncReply:
+        """(issue #29) An operator's rollback (:meth:`RobotSession.rollback`); the new version's state
+        comes back to be kept, as after a phase. ValueError, nothing changed, for a version out of reach."""
+        session = self._session(dev)
+        with session.lock:
+            self._here(dev, session)
+            answer: Resync = session.rollback(to, encoding)
+            state = self._export(dev, session)[0]
+        return ResyncReply(self._info(session), answer, state)
+
     def sampling_command(self, dev: str, now: float) -> CommandReply:
         session = self._session(dev)
         return CommandReply(self._info(session), session.sampling_command(float(now)))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
+import torch
 from torch import nn
 
 from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError, decode_frames
@@ -29,7 +30,7 @@ from ams_ros.core.server.rate_control import (
 from ams_ros.core.server.trainer import AMSTrainer
 from ams_ros.core.server.stop_hooks import PhaseInterrupted
 from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
-from ams_ros.core.models.params import write_flat
+from ams_ros.core.models.params import flatten_params, write_flat
 from ams_ros.core.security.signing import SigningKey, sign_update
 from ams_ros.core.wire.encodings import (
     DEFAULT_UPDATE_ENCODING, ENCODINGS, decode_update, encode_snapshot, encode_catch_up)
@@ -79,6 +80,10 @@ class SessionConfig:
             raise ValueError(f"catch_up_versions must be >= 0, got {self.catch_up_versions}")
 
 
+#: (issue #29) :meth:`RobotSession.rollback` to the weights the session started from
+START = "start"
+
+
 class TrainingDiverged(RuntimeError):
     """A phase produced weights the update encoding cannot carry (NaN/Inf, or past float16).
     The phase was undone: the server's copy, Adam state and version are as before it."""
@@ -117,8 +122,12 @@ class RobotSession:
         self.version = 0
         # the version chain this session makes; drawn here, persisted with the session
         self.chain_tag = new_chain_tag()
-        # (new_version, indices changed by the phase that made it): the last catch_up_versions phases
-        self.history: deque[tuple[int, np.ndarray]] = deque(maxlen=max(1, self.config.catch_up_versions))
+        # (new_version, indices changed by the phase that made it, their values before it, None when
+        # unknown): the last catch_up_versions phases, for catch-ups and (issue #29) rollbacks
+        self.history: deque[tuple[int, np.ndarray, Optional[np.ndarray]]] = deque(
+            maxlen=max(1, self.config.catch_up_versions))
+        # (issue #29) the weights the session started from (the pretrained student), for a rollback
+        self.start_weights = flatten_params(model).detach().cpu().numpy().copy()
         self.lock = threading.RLock()  # guards model + version: a snapshot never sees half a phase
         self._rate_lock = threading.Lock()  # guards rate control and queued setting changes
         self._pending: dict[str, Any] = {}
@@ -126,6 +135,7 @@ class RobotSession:
         self.budget = DownlinkBudget(self.config.downlink, self.config.trainer.update_period_s)
         self.new_samples = 0
         self.diverged_phases = 0
+        self.rollbacks = 0  # (issue #29) operator rollbacks
         self.last_phase_wall_s = 0.0
         self.latest_t: Optional[float] = None
 
@@ -306,7 +316,9 @@ class RobotSession:
         update.chain_tag = self.chain_tag
         self._sign(update)
         self.version += 1
-        self.history.append((self.version, np.asarray(result.indices, dtype=np.int64)))
+        indices = np.asarray(result.indices, dtype=np.int64)
+        self.history.append((self.version, indices, start.ckpt.weights[torch.from_numpy(indices).to(
+            start.ckpt.weights.device)].cpu().numpy()))
         self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
         return PhaseOutcome(update, result, self.last_phase_wall_s, start.plan)
@@ -332,7 +344,7 @@ class RobotSession:
             behind = self.version - int(have_version)
             if behind < 1 or behind > self.config.catch_up_versions:
                 return None
-            changes = [idx for v, idx in self.history if v > have_version]
+            changes = [idx for v, idx, _ in self.history if v > have_version]
             if len(changes) != behind:  # history cleared (a chain floor raised) or too short
                 return None
             indices = np.unique(np.concatenate(changes)) if changes else np.zeros(0, np.int64)
@@ -384,6 +396,54 @@ class RobotSession:
                       f"robot is {self.version - have_version} versions behind (catch-up keeps "
                       f"{self.config.catch_up_versions})" if have_version < self.version else "robot is up to date")
             return Resync(snap, "snapshot", f"snapshot v{snap.new_version}: {reason}", warning)
+
+    def rollback(self, to: int | str, encoding: str | None = None) -> Resync:
+        """(issue #29) An operator sends the robot back: to the weights of version ``to`` of this
+        chain (one of the last ``catch_up_versions``), or to the weights the session started from
+        (``to`` = :data:`START`). Versions never go backwards: those weights become the next
+        version, shipped as one signed catch-up update from the current version (a robot elsewhere
+        on the chain resyncs to it as to any version). Adam's moments and the selection guide start
+        afresh (they belong to the path rolled back from); the sample buffer is kept. ValueError,
+        nothing changed, when ``to`` is not a version the session can go back to."""
+        with self.lock:  # waits for a phase in progress: a rollback never lands in the middle of one
+            current = flatten_params(self.model).detach().cpu().numpy()
+            if to == START:
+                target, what = self.start_weights, "the starting weights"
+            else:
+                target, what = self._weights_at(int(to)), f"the weights of v{int(to)}"
+            changed = np.flatnonzero(target != current).astype(np.int64)
+            base = self.version
+            self.trainer.reset_optimizer()
+            write_flat(self.model, changed, target[changed])
+            update = encode_catch_up(self.model, changed, base, base + 1, encoding or self.config.snapshot_encoding)
+            idx, vals = decode_update(update, self.model)  # keep what the robot decodes (float16)
+            write_flat(self.model, idx, vals)
+            update.chain_tag = self.chain_tag
+            self._sign(update)
+            self.version = base + 1
+            self.history.append((self.version, changed, current[changed]))
+            self.rollbacks += 1
+            self.budget.shipped(None, 0, encoded_size(update))
+            return Resync(update, "rollback", f"rolled back to {what} as v{self.version} ({changed.size} parameters "
+                                              f"changed from v{base})")
+
+    def _weights_at(self, version: int) -> np.ndarray:
+        """The flat weights of ``version`` of this chain, undoing the kept phases after it (the
+        caller holds the lock); ValueError naming the versions that can be reached."""
+        kept = [(v, idx, before) for v, idx, before in self.history if v > version]
+        oldest = self.version - len(kept)
+        reachable = (f"v{self.history[0][0] - 1} to v{self.version - 1}" if self.history else "none")
+        if version >= self.version or version < 0:
+            raise ValueError(f"cannot roll back to v{version}: the robot's chain is at v{self.version}; versions "
+                             f"that can be rolled back to: {reachable}, or '{START}' (the starting weights)")
+        if oldest != version or any(before is None for _, _, before in kept):
+            raise ValueError(f"cannot roll back to v{version}: the server keeps the last {self.config.catch_up_versions} "
+                             f"versions' changes (catch_up_versions) and can reach {reachable}; roll back to "
+                             f"'{START}' (the starting weights) instead")
+        weights = flatten_params(self.model).detach().cpu().numpy().copy()
+        for _, idx, before in reversed(kept):
+            weights[idx] = before
+        return weights
 
     def _raise_floor(self, version: int, new_tag: bool) -> None:
         """Renumber the current weights as ``version`` (the caller holds the lock)."""

@@ -84,7 +84,8 @@ def session_state(session: RobotSession) -> dict[str, Any]:
             "fingerprint": fingerprint(session.model),
             "version": int(session.version),
             "chain_tag": session.chain_tag,
-            "history": [(int(v), _t(idx)) for v, idx in session.history],
+            "history": [(int(v), _t(idx), None if before is None else _t(before)) for v, idx, before in session.history],
+            "rollbacks": int(session.rollbacks),
             "new_samples": int(session.new_samples),
             "latest_t": session.latest_t,
             "diverged_phases": int(session.diverged_phases),
@@ -127,8 +128,10 @@ def restore_session_state(session: RobotSession, state: dict[str, Any]) -> None:
         session.version = int(state["version"])
         session.chain_tag = str(state["chain_tag"])
         session.history.clear()
-        for v, idx in state["history"]:
-            session.history.append((int(v), idx.numpy().astype(np.int64)))
+        for v, idx, *before in state["history"]:  # (files saved before issue #29 hold no values before)
+            session.history.append((int(v), idx.numpy().astype(np.int64),
+                                    before[0].numpy().astype(np.float32) if before and before[0] is not None else None))
+        session.rollbacks = int(state.get("rollbacks", 0))
         session.new_samples = int(state["new_samples"])
         session.latest_t = None if state["latest_t"] is None else float(state["latest_t"])
         session.diverged_phases = int(state["diverged_phases"])

@@ -335,6 +335,15 @@ class AMSTrainer:
         self.m, self.v, self.step = ckpt.m.clone(), ckpt.v.clone(), int(ckpt.step)
         self.u = None if ckpt.u is None else ckpt.u.clone()
 
+    def reset_optimizer(self) -> None:
+        """Adam's moments, step and the last update (the next phase's selection guide) back to
+        their start, as for a new trainer: (issue #29) after an operator's rollback they belong to
+        the path rolled back from. The weights are the caller's to set."""
+        self.m.zero_()
+        self.v.zero_()
+        self.step = 0
+        self.u = None
+
     # ---------------------------------------------------------------- persistence
     def state_dict(self, include_model: bool = True) -> dict[str, Any]:
         """Adam state, last update, phase count, RNG states as CPU tensors.

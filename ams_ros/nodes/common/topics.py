@@ -15,6 +15,7 @@ SAMPLING_COMMAND = "ams/sampling_command"
 EDGE_STATUS = "ams/edge_status"
 SERVER_STATUS = "ams/server_status"
 SNAPSHOT_SERVICE = "ams/get_model_snapshot"
+ROLLBACK_SERVICE = "ams/rollback_model"  # (issue #29) an operator's rollback of one robot's model
 DIAGNOSTICS = "/diagnostics"
 
 

@@ -38,7 +38,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import ModelUpdate, ServerStatus
-from ams_msgs.srv import GetModelSnapshot
+from ams_msgs.srv import GetModelSnapshot, RollbackModel
 from ams_ros.core.common.devices import DeviceConfig, configure_cudnn, resolve_device
 from ams_ros.core.common.threads import set_torch_threads
 from ams_ros.core.fleet.backend import LocalBackend, PoolBackend
@@ -51,7 +51,7 @@ from ams_ros.core.fleet.worker import WorkerSpec
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
-from ams_ros.core.server.session import SessionConfig
+from ams_ros.core.server.session import START, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.nodes.common import topics
@@ -168,6 +168,8 @@ class AMSTrainerNode(Node):
             self.create_service(GetModelSnapshot, topics.for_device(dev, topics.SNAPSHOT_SERVICE),
                                 self._reject.guard(f"{dev} snapshot request", self._make_snapshot_cb(dev),
                                                    fallback=self._refuse_snapshot), callback_group=group)
+            self.create_service(RollbackModel, topics.for_device(dev, topics.ROLLBACK_SERVICE),
+                                self._make_rollback_cb(dev), callback_group=group)
         state.scheduler = GpuScheduler(state.robots, SchedulerConfig(
             policy=p["scheduler_policy"], max_wait_periods=float(p["max_wait_periods"]),
             share_window_s=float(p["share_window_s"])), period_s=tcfg.update_period_s)
@@ -263,6 +265,28 @@ class AMSTrainerNode(Node):
             return resp
         return cb
 
+    def _make_rollback_cb(self, dev: str):
+        def cb(req: RollbackModel.Request, resp: RollbackModel.Response):
+            """(issue #29) An operator's rollback: the session makes the rolled-back weights its next
+            version (waiting for a phase in progress), published like a phase's update and saved."""
+            to = START if req.to_start else int(req.version)
+            try:
+                answer = self.state.sessions[dev].rollback(to, req.encoding or None)
+            except (ValueError, KeyError) as exc:  # out of reach, an unknown encoding: refused, nothing changed
+                resp.success, resp.message = False, f"{dev}: {exc}"
+                self.get_logger().warning(f"rollback refused: {resp.message}")
+                return resp
+            update = answer.update
+            self.pubs[dev].publish(update_to_msg(update, dev, stamp=self.get_clock().now().to_msg()))
+            self.backend.after_phase(dev)
+            with self.state.cv:
+                self.state.rollbacks[dev] = self.state.rollbacks.get(dev, 0) + 1
+                self.state.last_rollback[dev] = answer.reason
+            resp.success, resp.message, resp.new_version = True, f"{dev}: {answer.reason}", int(update.new_version)
+            self.get_logger().warning(f"{dev}: operator rollback: {answer.reason} ({update.wire_bytes} bytes)")
+            return resp
+        return cb
+
     def _phase_failed(self, dev: str, exc: Exception) -> None:
         self.get_logger().error(f"{dev}: training phase failed: {exc}")
 
@@ -345,4 +369,6 @@ def server_status(state: ServerState, dev: str, session: Any, shipped: Shipped) 
         msg.gpu_share = float(state.scheduler.share(dev, time.monotonic()))
         msg.scheduler_policy = state.scheduler.policy
     msg.inputs_rejected, msg.last_input_rejection = state.rejections.read()
+    msg.rollbacks = state.rollbacks.get(dev, 0)
+    msg.last_rollback = state.last_rollback.get(dev, "")
     return msg

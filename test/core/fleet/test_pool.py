@@ -322,3 +322,21 @@ def test_robots_on_one_actor_train_in_one_fused_phase_and_keep_their_chains(tmp_
     for i, dev in enumerate(ROBOTS):
         two.label(dev, *batch(i, 0.0))
     assert [o.update.new_version for o in two.run_phases(list(ROBOTS))] == [1, 1]  # on two actors: one by one
+
+
+def test_an_operators_rollback_runs_on_the_robots_actor_is_kept_and_travels_with_a_move(tmp_path):
+    """(issue #29) A rollback forwarded to the robot's actor continues its chain and is kept as its
+    newest state; after a move the values it needs to roll back further travelled with it."""
+    pool, _ = _pool(tmp_path)
+    chain = RobotChain()
+    _stream(pool, "robot1", 0.0, 3, chain)
+    answer = pool.rollback("robot1", 1)
+    assert answer.kind == "rollback" and "to the weights of v1 as v4" in answer.reason
+    chain.apply(answer.update)
+    assert pool.info["robot1"].version == 4 and pool.kept_state("robot1")[1] == 4
+    assert pool.move("robot1", 1) is not None
+    chain.apply(pool.rollback("robot1", 3).update)  # back to before the rollback, on the new actor
+    with pytest.raises(ValueError, match="cannot roll back to v9"):
+        pool.rollback("robot1", 9)
+    _stream(pool, "robot1", 3.0, 1, chain)
+    assert chain.applied == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6)]

@@ -3,7 +3,9 @@
 A server restarted from its state_dir must continue each robot's chain exactly (weights, Adam
 state, version, tag, buffer), set aside a torn or foreign file instead of half-loading it, answer
 a robot a few versions behind with one catch-up update, and never take a robot's version
-backwards when it is ahead of the server's chain.
+backwards when it is ahead of the server's chain. (Issue #29) An operator's rollback to a kept
+version or to the starting weights is the next version of the chain, and the robot ends up with
+those weights (as float16 carries them, like every catch-up).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ams_ros.core.edge.chain_sync import ChainFollower, ResyncNeeded
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server.session import RobotSession, SessionConfig
+from ams_ros.core.server.session import START, RobotSession, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.sources.synthetic import world_from_spec
 from ams_ros.core.server.trainer_config import TrainerConfig
@@ -75,8 +77,9 @@ def test_save_and_load_restore_weights_adam_state_version_tag_and_buffer_exactly
     assert torch.equal(back.trainer.m, session.trainer.m) and torch.equal(back.trainer.v, session.trainer.v)
     assert torch.equal(back.trainer.u, session.trainer.u) and back.trainer.step == session.trainer.step
     assert (back.version, back.chain_tag, back.trainer.phase) == (2, session.chain_tag, 2)
-    assert [v for v, _ in back.history] == [1, 2]
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(back.history, session.history))
+    assert [v for v, _, _ in back.history] == [1, 2]
+    assert all(np.array_equal(a, b) and np.array_equal(before_a, before_b)  # changed indices, their values before
+               for (_, a, before_a), (_, b, before_b) in zip(back.history, session.history))
     src, dst = session.trainer.buffer._entries, back.trainer.buffer._entries
     assert len(dst) == len(src) == 10
     assert all(a.t == b.t and np.array_equal(a.frame, b.frame) and np.array_equal(a.label, b.label)
@@ -238,3 +241,75 @@ def test_a_command_showing_a_newer_server_version_asks_for_a_catch_up_after_the_
     assert "ahead" in f.on_command(3, "aa", 5, now=30.0)
     assert f.on_command(0, "bb", 0, now=31.0) != ""
     assert ChainFollower().on_command(0, "bb", 0, now=0.0) == ""  # fresh robot, fresh server: nothing lost
+
+
+def assert_float16_of(got: np.ndarray, want: np.ndarray, away_from: np.ndarray) -> None:
+    """``got`` is ``want`` up to float16 rounding of the coordinates that were sent, and ``away_from`` is not."""
+    sent = got != want
+    np.testing.assert_array_equal(got[sent], want[sent].astype(np.float16).astype(np.float32))
+    assert not np.allclose(away_from, want, rtol=1e-3, atol=1e-4)
+
+
+def test_a_rollback_to_a_kept_version_gives_the_robot_its_weights_as_the_next_version(student, world):
+    session = RobotSession("robot1", copy.deepcopy(student), _config())
+    edge = DoubleBufferedModel(copy.deepcopy(student))
+    edge.apply_update(session.snapshot())
+    weights = {0: _flat(edge.active)}
+    for i in range(4):
+        edge.apply_update(_phase(session, world, 5 * i).update)
+        weights[edge.version] = _flat(edge.active)
+    m_before = session.trainer.m.clone()
+    answer = session.rollback(2)
+    u = answer.update
+    assert answer.kind == "rollback" and "rolled back to the weights of v2 as v5" in answer.reason
+    assert (u.base_version, u.new_version, u.catch_up, u.chain_tag) == (4, 5, True, session.chain_tag)
+    edge.apply_update(u)
+    assert edge.version == session.version == 5 and session.rollbacks == 1
+    # the robot and the server hold the same weights: v2's, as float16 carries them (a value encoding)
+    assert np.array_equal(_flat(edge.active), _flat(session.model))
+    assert_float16_of(_flat(edge.active), weights[2], away_from=weights[4])
+    assert m_before.abs().sum() > 0 and session.trainer.m.abs().sum() == 0 and session.trainer.u is None
+    # a robot that missed the rollback catches up to it like to any version
+    assert session.resync(3, session.chain_tag).update.new_version == 5
+    # and training goes on from there: the next phase builds on v5
+    nxt = _phase(session, world, 20)
+    edge.apply_update(nxt.update)
+    assert nxt.update.base_version == 5 and np.array_equal(_flat(edge.active), _flat(session.model))
+
+
+def test_a_rollback_to_the_start_restores_the_starting_weights_and_can_itself_be_undone(student, world):
+    session = RobotSession("robot1", copy.deepcopy(student), _config())
+    edge = DoubleBufferedModel(copy.deepcopy(student))
+    edge.apply_update(session.snapshot())
+    start = _flat(edge.active)
+    for i in range(3):
+        edge.apply_update(_phase(session, world, 5 * i).update)
+    trained = _flat(edge.active)
+    edge.apply_update(session.rollback(START).update)
+    assert edge.version == 4 and np.array_equal(_flat(edge.active), _flat(session.model))
+    assert_float16_of(_flat(edge.active), start, away_from=trained)
+    edge.apply_update(session.rollback(3).update)  # the rollback is a version like any other
+    assert edge.version == 5 and np.array_equal(_flat(edge.active), _flat(session.model))
+    assert_float16_of(_flat(edge.active), trained, away_from=start)
+
+
+def test_a_rollback_out_of_reach_is_refused_naming_what_can_be_reached(student, world):
+    session, _ = _trained(student, world, 3, catch_up_versions=2)
+    before = (_flat(session.model).copy(), session.version)
+    with pytest.raises(ValueError, match=r"cannot roll back to v0: the server keeps the last 2 versions' changes "
+                                         r"\(catch_up_versions\) and can reach v1 to v2; roll back to 'start'"):
+        session.rollback(0)
+    with pytest.raises(ValueError, match=r"cannot roll back to v3: the robot's chain is at v3"):
+        session.rollback(3)
+    assert np.array_equal(_flat(session.model), before[0]) and session.version == before[1]
+
+
+def test_a_rollback_survives_a_restart(tmp_path, student, world):
+    session, _ = _trained(student, world, 3)
+    store = SessionStore(str(tmp_path))
+    store.save(session)
+    back = store.load("robot1", student, _config()).session
+    weights_v1 = back._weights_at(1)
+    assert np.array_equal(weights_v1, session._weights_at(1))
+    a, b = session.rollback(1), back.rollback(1)
+    assert a.update.checksum == b.update.checksum and back.rollbacks == 1
