@@ -95,6 +95,7 @@ class ModelPatcher(Node):
         self._snapshot_lock = threading.Lock()
         self._snapshot_future = None
         self._snapshot_sent_at = 0.0
+        self._snapshot_asked_at_version = 0  # the version the robot ran when it sent the pending request
         self._need_snapshot = bool(self.p["request_snapshot_on_start"])
         self.create_timer(0.5, self._reject_log.guard("snapshot", self._maybe_request_snapshot), callback_group=group)
 
@@ -217,6 +218,7 @@ class ModelPatcher(Node):
             req.signature = self._key.sign(snapshot_request_input(req))
             req.signer_key_id = self._key.key_id
         self._snapshot_sent_at = now
+        self._snapshot_asked_at_version = int(self.model.holder.version)
         self._snapshot_future = self.snapshot_client.call_async(req)
         self.get_logger().info(f"asked the server to resync (have v{self.model.holder.version} of chain "
                                f"{self.chain.tag or '(none)'})")
@@ -233,6 +235,16 @@ class ModelPatcher(Node):
         with self.counters.lock:
             self.counters.bytes_received += len(resp.snapshot.indices) + len(resp.snapshot.values)
         source = "resync" if resp.snapshot.catch_up else "snapshot"
+        answer, running = resp.snapshot, int(self.model.holder.version)
+        if (answer.chain_tag and answer.chain_tag == self.chain.tag and running > self._snapshot_asked_at_version
+                and answer.new_version <= running):
+            # answered for the version the robot ran when it asked; updates of the same chain took it past
+            # that meanwhile (a slow answer at start-up): it is on the chain, nothing to apply or resync
+            self.get_logger().info(f"{source} v{answer.new_version} answered the request sent at "
+                                   f"v{self._snapshot_asked_at_version}; the robot runs v{running} of that chain "
+                                   f"since: not needed")
+            self._need_snapshot = False
+            return
         if self._apply(resp.snapshot, source=source):
             self._need_snapshot = False
         else:
