@@ -150,6 +150,14 @@ def wait_for_processes(pred: Callable[[], bool], timeout: float, what: str, proc
 APPLIED = re.compile(r"applied (update|snapshot|catch-up) v(\d+)->v(\d+) of chain (\w+)")
 
 
+#: (issue #29) the robot's swap watch off, for system tests of delivery (chains, resyncs, launch, shutdown)
+#: whose student starts random: its first phases often label a whole frame with one class, which the
+#: watch rightly steps back from, breaking the unbroken chain those tests check. The watch itself is
+#: tested in test/core/edge/test_swap_watch.py, test/nodes/test_student_segmenter.py and, on, by the
+#: end-to-end demo (a pretrained student; no step back asserted).
+NO_SWAP_WATCH = {"swap_watch_frames": 0}
+
+
 def demo_student_params(tmp_path) -> dict[str, Any]:
     """Save a demo-size student's first weights (seed 0) in ``tmp_path`` and return the
     parameters that make a server and its robots start from them (both sides the same w0)."""

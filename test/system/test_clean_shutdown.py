@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from ros_helpers import require_ros, ros_test_node, spin_until
+from ros_helpers import NO_SWAP_WATCH, require_ros, ros_test_node, spin_until
 
 require_ros()
 
@@ -110,7 +110,7 @@ def test_edge_stopped_while_encoding_a_batch_and_patching_exits_0(ros, tmp_path,
         "camera_sampler": {"source": "synthetic:0", "publish_rate": 10.0, "source_width": 640, "source_height": 360,
                            "sampling_rate": 10.0, "update_period": 1.0, "train_width": 640, "train_height": 360,
                            "x264_preset": "veryslow"},
-        "student_segmenter": {"input_width": 64, "input_height": 32, "torch_threads": 1},
+        "student_segmenter": {"input_width": 64, "input_height": 32, "torch_threads": 1, **NO_SWAP_WATCH},
         "model_patcher": {"request_snapshot_on_start": False},
     })
     pub = node.create_publisher(ModelUpdate, f"/{dev}/ams/model_update", qos("reliable", 10))

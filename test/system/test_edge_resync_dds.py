@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from types import SimpleNamespace
 
 
-from ros_helpers import require_ros, spin_until
+from ros_helpers import NO_SWAP_WATCH, require_ros, spin_until
 
 require_ros()
 
@@ -53,7 +53,7 @@ def robot_and_test_server(tmp_path, patcher: dict | None = None):
     params = write_overrides(tmp_path / "edge.yaml", {
         "/**": {"device_id": DEV, "student": STUDENT, "student_weights": str(ckpt), "label_space": "synthetic"},
         "camera_sampler": {"source": "topic", "sampling_rate": 1.0},
-        "student_segmenter": {"input_width": SIZE[0], "input_height": SIZE[1], "status_period_s": 0.2},
+        "student_segmenter": {"input_width": SIZE[0], "input_height": SIZE[1], "status_period_s": 0.2, **NO_SWAP_WATCH},
         "model_patcher": {"snapshot_timeout_s": 5.0, "lost_update_grace_s": 0.3, **(patcher or {})},
     })
     world = world_from_spec("synthetic:1", width=SIZE[0], height=SIZE[1])

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from launch_helpers import RosLaunch, RosClient, require_launch
-from ros_helpers import require_ros
+from ros_helpers import NO_SWAP_WATCH, require_ros
 
 require_ros()
 require_launch()
@@ -161,7 +161,7 @@ def test_demo_launch_arguments_reach_both_sides_and_the_demo_works(client, tmp_p
     edge_config = config_with(tmp_path, "demo_edge.yaml", "edge.yaml", {
         "/**/camera_sampler": {"source_width": 96, "source_height": 48, "train_width": 96, "train_height": 48,
                                "update_period": 4.0},
-        "/**/student_segmenter": {**small, "inference_backend": "openvino"}})  # swaps by recompiling (issue #30)
+        "/**/student_segmenter": {**small, "inference_backend": "openvino", **NO_SWAP_WATCH}})  # swaps by recompiling (issue #30)
     server_config = config_with(tmp_path, "demo_server.yaml", "server.yaml", {
         "/**/teacher_labeler": {"device": "cpu"},
         "/**/ams_trainer": {**small, "device": "auto", "iterations": 5, "batch_size": 4, "update_period_s": 4.0}})

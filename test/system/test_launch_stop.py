@@ -21,7 +21,7 @@ import time
 import pytest
 
 from launch_helpers import CpuBurner, RosLaunch, RosClient, Subreaper, require_launch
-from ros_helpers import REPO_ROOT, require_ros
+from ros_helpers import NO_SWAP_WATCH, REPO_ROOT, require_ros
 
 require_ros()
 require_launch()
@@ -116,7 +116,8 @@ def test_a_robot_killed_with_9_under_launch_comes_back_and_resyncs(tmp_path):
     edge = RosLaunch("edge.launch.py", {"device_id": "robot_respawn", "source": "synthetic:0", "config_file": config(
         tmp_path, "edge", {"/**/camera_sampler": {"source_width": 96, "source_height": 48, "train_width": 96,
                                                   "train_height": 48, "publish_rate": 5.0, "update_period": 3.0},
-                           "/**/student_segmenter": {"input_width": 96, "input_height": 48, "torch_threads": 1}})},
+                           "/**/student_segmenter": {"input_width": 96, "input_height": 48, "torch_threads": 1,
+                                                                    **NO_SWAP_WATCH}})},
         tmp_path / "edge.log")
     client = RosClient("respawn_test")
     labels = client.collect(Image, "/robot_respawn/segmentation/labels", qos("reliable", 10))

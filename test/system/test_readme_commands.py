@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from launch_helpers import RosLaunch, RosClient, cli_env, require_launch, ros2, ros2_until
-from ros_helpers import APPLIED, REPO_ROOT, require_ros
+from ros_helpers import APPLIED, NO_SWAP_WATCH, REPO_ROOT, require_ros
 
 require_ros()
 require_launch()
@@ -38,7 +38,7 @@ SMALL = {"input_width": 96, "input_height": 48}
 EDGE_CHANGES = {
     "/**/camera_sampler": {"source_width": 96, "source_height": 48, "train_width": 96, "train_height": 48,
                            "publish_rate": 5.0, "update_period": 3.0},
-    "/**/student_segmenter": {**SMALL, "torch_threads": 1},
+    "/**/student_segmenter": {**SMALL, "torch_threads": 1, **NO_SWAP_WATCH},
 }
 SERVER_CHANGES = {"/**/ams_trainer": {**SMALL, "iterations": 5, "batch_size": 4, "update_period_s": 3.0,
                                       "torch_threads": 1}}

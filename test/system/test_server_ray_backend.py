@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ros_helpers import APPLIED, demo_student_params, require_ros, wait_for_processes
+from ros_helpers import APPLIED, NO_SWAP_WATCH, demo_student_params, require_ros, wait_for_processes
 
 require_ros()
 if importlib.util.find_spec("ray") is None:  # not imported in this process (see test_session_pool_ray)
@@ -67,7 +67,7 @@ def _start(tmp_path: Path, pool: dict, procs: list) -> tuple[RosProcess, dict]:
             "camera_sampler": {"source": source, "publish_rate": 5.0, "stamp_origin": "stream",
                                "source_width": W, "source_height": H, "train_width": W, "train_height": H,
                                "update_period": 2.0, "sampling_rate": 2.0},
-            "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
+            "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1, **NO_SWAP_WATCH},
         })
         edges[dev] = RosProcess(f"edge_{dev}", "ams_ros.nodes.edge.main", [CONFIG / "edge.yaml", params], dev,
                                 tmp_path / f"edge_{dev}.log")

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 
-from ros_helpers import APPLIED, demo_student_params, require_ros, wait_for_processes
+from ros_helpers import APPLIED, NO_SWAP_WATCH, demo_student_params, require_ros, wait_for_processes
 
 require_ros()
 
@@ -34,7 +34,7 @@ def test_a_server_restarted_from_its_state_dir_continues_the_robots_chain_with_s
         "camera_sampler": {"source": "synthetic:0", "publish_rate": 5.0, "stamp_origin": "stream",
                            "source_width": W, "source_height": H, "train_width": W, "train_height": H,
                            "update_period": 1.5, "sampling_rate": 2.0},
-        "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1},
+        "student_segmenter": {"input_width": W, "input_height": H, "torch_threads": 1, **NO_SWAP_WATCH},
     })
     state_dir = tmp_path / "state"
     server_params = write_overrides(tmp_path / "server.yaml", {

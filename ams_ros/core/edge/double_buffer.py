@@ -123,6 +123,30 @@ class DoubleBufferedModel:
                 self._readers[id(model)] -= 1
                 self._readers_cv.notify_all()
 
+    @contextmanager
+    def use_previous(self) -> Iterator[Runner | None]:
+        """The previous version's runner while the other copy still holds it (right after a swap),
+        held like :meth:`use` so the patcher does not write into that copy meanwhile; ``None`` when
+        the other copy holds no previous version or the patcher is busy with it (never a wait)."""
+        target = None
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._previous_version is not None:
+                    target = self._inactive
+                    with self._readers_cv:
+                        self._readers[id(target)] += 1
+            finally:
+                self._lock.release()
+        if target is None:
+            yield None
+            return
+        try:
+            yield self._runners[id(target)]
+        finally:
+            with self._readers_cv:
+                self._readers[id(target)] -= 1
+                self._readers_cv.notify_all()
+
     def step_back(self, version: int) -> int | None:
         """Swap the previous weights back in when ``version`` is still the running one and the other
         copy still holds its predecessor (no update written into it since): one assignment, as a

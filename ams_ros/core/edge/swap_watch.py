@@ -7,7 +7,9 @@ label maps it computes anyway:
 
 - **collapse**: the new model labels (nearly) every pixel with one class on several frames in a
   row, where the previous model's label maps were varied on the frames before the swap (non-finite
-  logits end here too: their argmax is one class everywhere);
+  logits end here too: their argmax is one class everywhere); confirmed, where the previous weights
+  can still run (the double buffer's other copy right after a swap), by the previous model on the
+  very frame: if it too sees one class there, the scene is one class (a wall, the sky), not the model;
 - **a slower model**: the inference time of the new model's first frames jumps well past the
   previous model's (a runtime that rebuilt badly).
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -71,14 +74,18 @@ class SwapWatch:
         self._seen = 0
         self._collapsed_run = 0
         self._watched_latencies: list[float] = []
+        self.scene_confirmations = 0  # suspected collapses the previous model's labels showed were the scene
 
     @property
     def watching(self) -> bool:
         return self._before is not None and self._seen < self.config.swap_watch_frames
 
-    def observe(self, version: int, labels: np.ndarray, latency_ms: float) -> str:
+    def observe(self, version: int, labels: np.ndarray, latency_ms: float,
+                previous_labels: Optional[Callable[[], Optional[np.ndarray]]] = None) -> str:
         """The reason to step back from ``version`` ("" when none). ``labels``: the frame's label map
-        by the model of ``version``; ``latency_ms``: its inference time."""
+        by the model of ``version``; ``latency_ms``: its inference time; ``previous_labels``: the
+        previous model's label map of the same frame, asked for only to confirm a collapse (None,
+        or a call that gives None: not available, the collapse stands on the frames before the swap)."""
         share = dominant_share(labels)
         if version != self._version:
             self._swapped(version)
@@ -91,6 +98,11 @@ class SwapWatch:
         before_share, before_latency = self._before  # type: ignore[misc]
         self._collapsed_run = self._collapsed_run + 1 if share >= cfg.collapse_share else 0
         if self._collapsed_run >= cfg.collapse_frames and before_share < cfg.collapse_share:
+            previous = previous_labels() if previous_labels is not None else None
+            if previous is not None and dominant_share(previous) >= cfg.collapse_share:
+                self._collapsed_run = 0  # the previous model sees one class on this frame too: the scene
+                self.scene_confirmations += 1
+                return ""
             return (f"v{version} labels {share:.1%} of the pixels with one class on {self._collapsed_run} frames in a "
                     f"row after the swap, where the previous model's median was {before_share:.1%} "
                     f"(collapse_share {cfg.collapse_share:g})")

@@ -166,7 +166,7 @@ class StudentSegmenter(Node):
             labels, color, blended = self.inference.run(net, rgb, mask=want_mask, overlay=want_overlay,
                                                         alpha=float(self.p["overlay_alpha"]))
             infer_ms = (time.perf_counter() - t_run) * 1000.0
-        self._check_new_model(version, labels, infer_ms)
+        self._check_new_model(version, labels, infer_ms, rgb)
         header = msg.header
         self.labels_pub.publish(numpy_to_imgmsg(labels, "mono8", header))
         if color is not None:
@@ -187,11 +187,16 @@ class StudentSegmenter(Node):
             self._window_lat.append(dt)
             self._window_wait = max(self._window_wait, wait)
 
-    def _check_new_model(self, version: int, labels: np.ndarray, infer_ms: float) -> None:
+    def _check_new_model(self, version: int, labels: np.ndarray, infer_ms: float, rgb: np.ndarray) -> None:
         """(issue #29) After a swap, the new model's first frames are checked (:mod:`ams_ros.core.edge.swap_watch`);
         on a failure the previous weights are swapped back in at once (this frame was published
-        with the new model's labels; the next one has the previous model's)."""
-        reason = self.watch.observe(version, labels, infer_ms)
+        with the new model's labels; the next one has the previous model's). A suspected collapse
+        is confirmed by the previous weights on the same frame (one more inference, on such frames only)."""
+        def previous_labels() -> np.ndarray | None:
+            with self.model.holder.use_previous() as prev:
+                return None if prev is None else self.inference.run(prev, rgb)[0]
+
+        reason = self.watch.observe(version, labels, infer_ms, previous_labels)
         receiver = self.state.receiver
         if not reason or receiver is None:
             return

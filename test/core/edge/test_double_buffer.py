@@ -267,3 +267,26 @@ def test_nothing_to_step_back_to_after_a_failed_write_or_at_start():
     with pytest.raises(UpdateError):
         holder.apply_update(update_of(holder.active, 1, [3], 0.2))
     assert holder.step_back(1) is None  # the other copy was made equal to the running one
+
+
+@pytest.mark.parametrize("runtime", [None, OnnxRuntime], ids=["torch", "onnxruntime"])
+def test_the_previous_weights_run_beside_the_new_ones_until_the_next_write(runtime, tmp_path):
+    """(issue #29) Right after a swap the previous version's runner computes the previous weights (a
+    suspected collapse is checked on the same frame); held, the patcher waits before writing into it."""
+    model = small_net().eval()
+    holder = DoubleBufferedModel(copy.deepcopy(model), runtime=runtime((16, 8), 1, tmp_path) if runtime else None)
+    with holder.use_previous() as prev:
+        assert prev is None  # at start: no previous version
+    holder.apply_update(update_of(holder.active, 0, [0], 0.1))
+    holder.apply_update(update_of(holder.active, 1, [3], 5.0))
+    with holder.use_previous() as prev:
+        torch.testing.assert_close(logits(prev), logits(expected_after(model, [([0], 0.1)])), rtol=1e-4, atol=1e-5)
+        writer = threading.Thread(target=holder.apply_update, args=(update_of(holder.active, 2, [1], 0.2),))
+        writer.start()
+        writer.join(0.3)
+        assert writer.is_alive() and holder.version == 2  # waits for this reader of the other copy
+    writer.join(10.0)
+    assert holder.version == 3
+    holder.step_back(3)
+    with holder.use_previous() as prev:
+        assert prev is None  # after a step back the other copy holds the rejected weights

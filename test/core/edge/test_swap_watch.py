@@ -39,6 +39,26 @@ def test_a_scene_that_is_one_class_for_both_models_is_no_collapse():
     assert run(watch, 1, ONE, 12) == [""] * 12
 
 
+def test_a_collapse_on_a_frame_the_previous_model_also_sees_as_one_class_is_the_scene():
+    watch = SwapWatch(SwapWatchConfig(collapse_frames=3))
+    run(watch, 0, VARIED, 10)  # varied before the swap, then the robot faces a wall
+    asked: list[int] = []
+
+    def previous(labels):
+        return lambda: asked.append(1) or labels
+
+    assert [watch.observe(1, ONE, 10.0, previous(ONE)) for _ in range(5)] == [""] * 5
+    assert len(asked) == 1 and watch.scene_confirmations == 1  # asked on the 3rd frame in a row only; run restarts
+    verdict = watch.observe(1, ONE, 10.0, previous(VARIED))  # the 3rd in a row again; the previous model: varied
+    assert len(asked) == 2 and "v1 labels 100.0% of the pixels with one class on 3 frames" in verdict
+
+
+def test_a_collapse_stands_when_the_previous_weights_cannot_run():
+    watch = SwapWatch(SwapWatchConfig(collapse_frames=2))
+    run(watch, 0, VARIED, 10)
+    assert [watch.observe(1, ONE, 10.0, lambda: None) for _ in range(2)][1].startswith("v1 labels 100.0%")
+
+
 def test_collapsed_frames_must_come_in_a_row():
     watch = SwapWatch(SwapWatchConfig(collapse_frames=3, swap_watch_frames=10))
     run(watch, 0, VARIED, 10)
