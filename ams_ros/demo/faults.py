@@ -14,7 +14,13 @@ going wrong, made by the processes themselves rather than by a hand-made relay:
   batch signed by the wrong key, a replay of a genuine batch and a malformed image;
 - ``server_kill``: the server is killed (-9) mid-stream and started again 20 s later (its
   sessions are in ``state_dir``);
-- ``robot_restart``: the robot is killed (-9) and started again 5 s later, resuming the stream.
+- ``robot_restart``: the robot is killed (-9) and started again 5 s later, resuming the stream;
+- ``poisoned_phase`` (issue #29, a fault of the learning itself): for 30 s of stream time the
+  base station trains with a learning rate of 1.0 (set and reset as `ros2 param set` does), which
+  keeps the weights finite but makes them useless. With the phase gate on (``--demo-arg
+  =--server-param=ams_trainer.gate_frames=4``) those phases are discarded; without it they reach the
+  robot. Its row adds the robot's mIoU before, during and after the window and the phases the gate
+  discarded.
 
 Each reports the longest inference gap, updates applied and rejected, the final version, every
 resync (from the fault to the model being back on the server's chain: its time and the bytes the
@@ -44,7 +50,7 @@ from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 from ams_ros.nodes.common.qos import qos
 
 SCENARIOS = ("undisturbed", "drop_updates", "drop_batches", "dup_reorder_updates", "forged", "server_kill",
-             "robot_restart")
+             "robot_restart", "poisoned_phase")
 
 _APPLIED = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*model_patcher\]: applied (update|catch-up|snapshot|resync) "
                       r"v(\d+)->v(\d+) .*?, (\d+) bytes,")
@@ -91,6 +97,53 @@ class KillRestart(Disturbance):
                 new = stage.restart(stage.killed[-1], {"camera_sampler": {"start_s": resume}})
             self.restarted_at = time.time()
             print(f"[faults] started {new.name} again (pid {new.pid}) after {self.down_s:g} s", flush=True)
+
+
+@dataclass
+class ServerParamWindow(Disturbance):
+    """Set parameters of the base station's ams_trainer, as `ros2 param set` does, at ``at_s`` of
+    stream time and set them back to what they were ``for_s`` later (issue #29: a poisoned phase)."""
+
+    changes: dict[str, float]
+    at_s: float
+    for_s: float
+    started_t: float | None = None      # stream times the window really began and ended
+    ended_t: float | None = None
+    original: dict[str, object] = field(default_factory=dict)
+
+    def attach(self, observer) -> None:
+        from rclpy.parameter import parameter_value_to_python
+        from rclpy.parameter_client import AsyncParameterClient
+
+        self.client = AsyncParameterClient(observer.node, "ams_trainer")
+
+        def keep(future) -> None:
+            for name, value in zip(self.changes, future.result().values):
+                self.original[name] = parameter_value_to_python(value)
+        self.client.get_parameters(list(self.changes), callback=keep)
+
+    def _set(self, values: dict) -> None:
+        from rclpy.parameter import Parameter
+
+        self.client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+
+    def tick(self, stream_t: float, stage: Stage) -> None:
+        if self.started_t is None and stream_t >= self.at_s:
+            if len(self.original) < len(self.changes):
+                return  # the server has not answered what it runs with yet
+            self._set(self.changes)
+            self.started_t = stream_t
+            print(f"[faults] ams_trainer {self.changes} at stream t={stream_t:.1f} s (was {self.original})", flush=True)
+        elif self.started_t is not None and self.ended_t is None and stream_t >= self.started_t + self.for_s:
+            self._set(self.original)
+            self.ended_t = stream_t
+            print(f"[faults] ams_trainer back to {self.original} at stream t={stream_t:.1f} s", flush=True)
+
+
+def window_miou(scores: list[dict], start: float, end: float) -> float | None:
+    """The robot's mean per-frame mIoU over the frames scored in [start, end) of stream time."""
+    vals = [s["streamed"] for s in scores if start <= s["t"] < end and s.get("streamed") is not None]
+    return round(float(sum(vals) / len(vals)), 4) if vals else None
 
 
 @dataclass
@@ -206,6 +259,8 @@ def disturbance_for(name: str, args: argparse.Namespace) -> Disturbance:
         return KillRestart("server", at_s=kill_at, down_s=20.0)
     if name == "robot_restart":
         return KillRestart("edge", at_s=kill_at, down_s=5.0)
+    if name == "poisoned_phase":
+        return ServerParamWindow({"lr": 1.0}, at_s=kill_at, for_s=30.0)
     raise SystemExit(f"unknown fault scenario '{name}'; choose from {', '.join(SCENARIOS)} or all")
 
 
@@ -289,6 +344,15 @@ def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> di
         row["forged_sent"] = dict(disturbance.sent)
         row["server_inputs_rejected"] = summary.get("server_inputs_rejected")
         row["server_batches_dropped"] = summary.get("server_batches_dropped")
+    if isinstance(disturbance, ServerParamWindow) and disturbance.started_t is not None:
+        a = disturbance.started_t
+        b = disturbance.ended_t if disturbance.ended_t is not None else float("inf")
+        scores = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else []
+        row["poison_window_s"] = [round(a, 1), None if b == float("inf") else round(b, 1)]
+        row["miou_before_window"] = window_miou(scores, a - 30.0, a)
+        row["miou_in_window"] = window_miou(scores, a, b)
+        row["miou_30s_after_window"] = window_miou(scores, b, b + 30.0)
+        row["phases_discarded"] = summary.get("server_phases_discarded")
     row["resyncs"] = resyncs
     done = [r["seconds"] for r in resyncs if r["seconds"] is not None]
     row["resync_seconds_max"] = max(done) if done else None
@@ -353,6 +417,15 @@ def markdown_table(rows: list[dict]) -> str:
             f"{r['updates_applied']} ({k['update']}/{k['catch-up']}/{k['snapshot']}) | {r['updates_rejected']} | "
             f"v{r['final_version']} | {n}{unfinished}, {f(r['resync_seconds_max'], '{:.1f}')} | "
             f"{r['downlink_bytes_resync'] / 1000:.1f} |")
+    poisoned = [r for r in rows if "poison_window_s" in r]
+    if poisoned:  # (issue #29) the faults of the learning itself
+        lines += ["", "| scenario | window (stream s) | robot mIoU 30 s before | in the window | 30 s after | phases "
+                      "discarded by the gate |", "|---|---|---|---|---|---|"]
+        for r in poisoned:
+            a, b = r["poison_window_s"]
+            lines.append(f"| {r['scenario']} | {a:g}-{f(b, '{:g}')} | {f(r['miou_before_window'])} | "
+                         f"{f(r['miou_in_window'])} | {f(r['miou_30s_after_window'])} | "
+                         f"{f(r['phases_discarded'], '{:d}')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,6 +97,10 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "server_inputs_rejected": int(obs.server_status[-1].inputs_rejected) if obs.server_status else None,
         "server_batches_received": int(obs.server_status[-1].batches_received) if obs.server_status else None,
         "server_batches_dropped": int(obs.server_status[-1].batches_dropped) if obs.server_status else None,
+        # (issue #29) phases the base station's gate kept from shipping, and operator rollbacks
+        "server_phases_discarded": int(obs.server_status[-1].phases_discarded) if obs.server_status else None,
+        "server_last_discard": obs.server_status[-1].last_discard if obs.server_status else "",
+        "server_rollbacks": int(obs.server_status[-1].rollbacks) if obs.server_status else None,
         "miou_streamed": _nan_none(obs.cm_streamed.miou()),
         "miou_frozen": _nan_none(obs.cm_frozen.miou()),
         "miou_scored_from_s": obs.reference.score_from,

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 from ams_ros.core.wire.frame_codec import VIDEO_CODECS, BatchEncoderConfig
+from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.rate_control import RateControlConfig
 from ams_ros.core.server.session import SessionConfig
 from ams_ros.core.server.trainer_config import TrainerConfig
@@ -47,6 +48,9 @@ class Preset:
     encoding: str = SessionConfig.update_encoding  # update encoding for every scheme's model updates
     downlink_budget_kbps: float = 0.0  # AMS: per-robot downlink budget (issue #10); 0 = gamma and encoding as set
     train_precision: str = _T.train_precision     # AMS / one-time training: float32 | float16 | bfloat16 autocast
+    # AMS (issue #29): the gate on each phase (ams:gate_frames=0 turns it off)
+    gate_frames: int = GateConfig.gate_frames
+    gate_margin: float = GateConfig.gate_margin
     inference_dtype: str = "float32"              # the edge student's inference (autocast); --inference-dtype
     # ---- the network and the server (stream-time model)
     uplink_bps: float = 5_000_000.0   # link capacities; transfers queue FIFO on each link

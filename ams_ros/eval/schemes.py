@@ -33,6 +33,7 @@ from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.wire.frame_codec import decode_frames, encode_frames
 from ams_ros.core.edge.frame_sampler import FrameSampler
 from ams_ros.core.models.params import read_flat
+from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.server.selection import STRATEGIES
 from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
@@ -361,7 +362,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     p = spec.preset_for(ctx.preset)
     run = SchemeRun(ctx, spec.name, "ams", {"strategy": p.strategy, "gamma": p.gamma, "iterations": p.iterations,
                                             "batch_size": p.batch_size, "horizon_s": p.horizon_s,
-                                            "update_period_s": p.update_period_s, **dict(spec.params)})
+                                            "update_period_s": p.update_period_s, "gate_frames": p.gate_frames,
+                                            "gate_margin": p.gate_margin, **dict(spec.params)})
     w, h = ctx.size
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
@@ -369,7 +371,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
                               input_size=(w, h), seed=p.seed, train_precision=p.train_precision),
         update_encoding=p.encoding, downlink=DownlinkBudgetConfig(downlink_budget_kbps=p.downlink_budget_kbps),
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
-        adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period))
+        adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period),
+        gate=GateConfig(gate_frames=p.gate_frames, gate_margin=p.gate_margin))
     session = RobotSession("eval", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
@@ -417,6 +420,9 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         edge.advance(t)
         run.score(i, t, edge.infer(frame))
     run.res.params["phases"] = len(run.res.updates)
+    run.res.params["phases_discarded"] = session.discarded_phases
+    if session.discarded_phases:
+        run.res.notes.append(f"the gate discarded {session.discarded_phases} phase(s) (last: {session.last_discard})")
     if not run.res.updates:
         run.res.notes.append(f"no update reached the edge: the clip ({ctx.clip.duration:.1f} s) is shorter than "
                              f"what one phase needs (T_update={p.update_period_s:g} s of frames + training + transfer)")

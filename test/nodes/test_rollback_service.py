@@ -1,7 +1,8 @@
 """An operator rolls one robot's model back through the base station's service (issue #29):
 `/<robot>/ams/rollback_model` answers over DDS, publishes the rolled-back weights as the chain's next
 version on the robot's update topic, saves the session, counts it in ServerStatus, and refuses a
-version out of reach naming what can be reached (nothing changed)."""
+version out of reach naming what can be reached (nothing changed). ServerStatus also carries the
+phase gate's scores (gate_frames, gate_margin set as parameters)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from ams_ros.core.server.session_store import SessionStore, decode_state  # noqa
 from ams_ros.core.sources.synthetic import world_from_spec  # noqa: E402
 from ams_ros.nodes.common import topics  # noqa: E402
 from ams_ros.nodes.common.conversions import msg_to_update  # noqa: E402
-from ams_ros.nodes.server.ams_trainer import AMSTrainerNode  # noqa: E402
+from ams_ros.core.fleet.phase_loop import Shipped  # noqa: E402
+from ams_ros.nodes.server.ams_trainer import AMSTrainerNode, server_status  # noqa: E402
 from ams_ros.nodes.server.state import ServerState  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -36,7 +38,9 @@ def server(tmp_path):
     # min_samples out of reach: the node's own phase loop never trains; the test runs the phases
     node = AMSTrainerNode(state, parameter_overrides=[
         Parameter("device_ids", value=["r1"]), Parameter("input_width", value=32), Parameter("input_height", value=16),
-        Parameter("min_samples", value=10**6), Parameter("state_dir", value=str(tmp_path))])
+        Parameter("min_samples", value=10**6), Parameter("state_dir", value=str(tmp_path)),
+        # the gate judges every phase but never discards one here (margin 100 points): its scores are reported
+        Parameter("gate_frames", value=2), Parameter("gate_margin", value=100.0)])
     sent = []
     node.pubs["r1"].publish = sent.append  # what the node publishes on /r1/ams/model_update
     executor = MultiThreadedExecutor()
@@ -67,11 +71,16 @@ def test_a_rollback_over_dds_publishes_the_next_version_saves_it_and_is_counted(
     state, node, sent, state_dir = server
     session = state.sessions["r1"]
     world = world_from_spec("synthetic:0", width=32, height=16)
+    outcomes = []
     for t in range(6):
         session.add_labeled(float(t), *world.frame_at(float(t)))
         if t % 2:
-            assert session.run_phase(float(t)) is not None
+            outcomes.append(session.run_phase(float(t)))
     assert session.version == 3
+    assert outcomes[0].gate_scores is None and outcomes[2].gate_scores is not None  # judged once 4 frames are in
+    status = server_status(state, "r1", session, Shipped("r1", outcomes[2], 5.0, 5.0, False))
+    assert (status.gate_running_miou, status.gate_candidate_miou) == pytest.approx(outcomes[2].gate_scores)
+    assert status.phases_discarded == 0 and status.last_discard == "" and status.rollbacks == 0
     flat_before = np.concatenate([p.detach().cpu().numpy().ravel() for p in session.model.parameters()])
 
     refused = _call(node, version=9)
@@ -93,3 +102,5 @@ def test_a_rollback_over_dds_publishes_the_next_version_saves_it_and_is_counted(
     assert state.rollbacks["r1"] == 1 and state.last_rollback["r1"].startswith("rolled back to the weights of v1")
 
     assert _call(node, to_start=True).new_version == 5 and state.rollbacks["r1"] == 2
+    status = server_status(state, "r1", session, Shipped("r1", outcomes[2], 5.0, 5.0, False))
+    assert status.rollbacks == 2 and status.last_rollback.startswith("rolled back to the starting weights as v5")

@@ -145,3 +145,43 @@ def test_param_overrides_are_read_as_yaml_and_a_malformed_one_shows_the_form():
     for bad in ("fault_drop_updates=0.2", "model_patcher.x", ".x=1"):
         with pytest.raises(SystemExit, match="expected NODE.NAME=VALUE"):
             parse_param_overrides([bad], "--edge-param")
+
+
+class _ParamClient:
+    """What the ServerParamWindow sends the ams_trainer (as `ros2 param set` would)."""
+
+    def __init__(self) -> None:
+        self.sets: list[dict] = []
+
+    def set_parameters(self, params) -> None:
+        self.sets.append({p.name: p.value for p in params})
+
+
+def test_a_poisoned_phase_sets_the_learning_rate_for_its_window_then_back():
+    d = disturbance_for("poisoned_phase", argparse.Namespace(duration=120.0, seed=1))
+    assert d.changes == {"lr": 1.0} and d.at_s == 36.0 and d.for_s == 30.0
+    d.client = _ParamClient()
+    d.tick(40.0, _Stage())
+    assert d.client.sets == [] and d.started_t is None  # the server's own value not known yet: wait for it
+    d.original = {"lr": 0.001}
+    d.tick(40.5, _Stage())
+    d.tick(60.0, _Stage())
+    d.tick(70.5, _Stage())
+    d.tick(80.0, _Stage())
+    assert d.client.sets == [{"lr": 1.0}, {"lr": 0.001}] and (d.started_t, d.ended_t) == (40.5, 70.5)
+
+
+def test_a_poisoned_phase_row_has_the_robots_miou_around_the_window_and_the_discarded_phases(tmp_path):
+    import json
+
+    d = disturbance_for("poisoned_phase", argparse.Namespace(duration=120.0, seed=1))
+    d.started_t, d.ended_t = 40.0, 70.0
+    scores = [{"t": float(t), "streamed": 0.6 if t < 40 or t >= 80 else 0.2, "frozen": 0.4, "version": 1}
+              for t in range(0, 120, 2)]
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    (tmp_path / "edge.log").write_text(_applied(100.5, "snapshot", 0, 0, 3_898_566))
+    row = measure("poisoned_phase", tmp_path, d, {"server_phases_discarded": 3})
+    assert row["poison_window_s"] == [40.0, 70.0] and row["phases_discarded"] == 3
+    assert (row["miou_before_window"], row["miou_in_window"]) == (0.6, 0.2)
+    assert row["miou_30s_after_window"] == pytest.approx((5 * 0.2 + 10 * 0.6) / 15, abs=1e-4)
+    assert "| poisoned_phase | 40-70 | 0.600 | 0.200 | 0.467 | 3 |" in markdown_table([row])

@@ -60,6 +60,9 @@ class RobotHandle(Protocol):
     @property
     def horizon_s(self) -> float: ...
 
+    discarded_phases: int  # (issue #29) phases the gate kept from shipping, and why the last one
+    last_discard: str
+
     def ready(self) -> bool: ...
 
     def buffered(self, now: float) -> int: ...

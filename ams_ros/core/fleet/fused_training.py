@@ -227,7 +227,7 @@ def run_fused_phases(sessions: Sequence[RobotSession]) -> list[PhaseOutcome | Tr
             held.enter_context(sessions[i].lock)
         starts = {i: sessions[i].begin_phase(float(sessions[i].latest_t)) for i in live}
         try:
-            results = fused_train_phases([sessions[i].trainer for i in live], [starts[i].now for i in live])
+            results = fused_train_phases([sessions[i].trainer for i in live], [starts[i].train_now for i in live])
         except PhaseInterrupted:  # shutting down: as if no phase had started
             for i in live:
                 sessions[i].abandon_phase(starts[i])

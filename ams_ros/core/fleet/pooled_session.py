@@ -45,6 +45,14 @@ class PooledSession:
     def horizon_s(self) -> float:
         return float(self._info.horizon_s)
 
+    @property
+    def discarded_phases(self) -> int:
+        return int(self._info.discarded_phases)
+
+    @property
+    def last_discard(self) -> str:
+        return str(self._info.last_discard)
+
     def ready(self) -> bool:
         return self._info.ready()
 

@@ -29,6 +29,8 @@ class RobotInfo:
     buffered: int
     downlink_kbps: Optional[float]
     downlink_budget_kbps: float
+    discarded_phases: int = 0  # (issue #29) phases the gate kept from shipping, and why the last one
+    last_discard: str = ""
 
     def ready(self) -> bool:
         """Enough new labelled samples for a phase."""

@@ -314,7 +314,8 @@ class PoolWorker:
             buffered=len(session.trainer.buffer.window(latest, horizon)) if latest is not None else 0,
             downlink_kbps=session.budget.average_kbps(latest) if latest is not None and session.budget.enabled
             else None,
-            downlink_budget_kbps=float(session.config.downlink.downlink_budget_kbps))
+            downlink_budget_kbps=float(session.config.downlink.downlink_budget_kbps),
+            discarded_phases=int(session.discarded_phases), last_discard=session.last_discard)
 
 
 def _configure(session: RobotSession, changes: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from ams_ros.core.server.rate_control import (
     RateControlConfig,
     SamplingRateController,
 )
+from ams_ros.core.server.quality_gate import GateConfig, held_out, score, verdict
 from ams_ros.core.server.trainer import AMSTrainer
 from ams_ros.core.server.stop_hooks import PhaseInterrupted
 from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
@@ -70,6 +71,8 @@ class SessionConfig:
     min_samples: int = knob(1, "New labelled samples needed before a phase runs")
     rate: RateControlConfig = field(default_factory=RateControlConfig)
     adaptive_period: AdaptivePeriodConfig = field(default_factory=AdaptivePeriodConfig)
+    # (issue #29) the gate on each phase: held-out newest frames, the margin in mIoU points
+    gate: GateConfig = field(default_factory=GateConfig)
     catch_up_versions: int = knob(8, "Phases whose changed coordinates the server keeps, to answer a robot up to "
                                      "this many versions behind with one catch-up update instead of a snapshot "
                                      "(0 = always a snapshot)")
@@ -97,6 +100,8 @@ class PhaseOutcome:
     result: PhaseResult
     wall_s: float
     plan: Optional[PhasePlan] = None  # the downlink budget's choice of gamma and encoding, when one is set
+    # (issue #29) the gate's mIoU (points) of the running model and of this phase on the held-out frames
+    gate_scores: Optional[tuple[float, float]] = None
 
 
 @dataclass
@@ -110,6 +115,11 @@ class PhaseStart:
     encoding: str
     before: Optional[np.ndarray]
     phase: int
+    # (issue #29) the frames held out to judge the phase, the running model's score on them, and the
+    # stream time training uses frames up to (``now`` without a gate)
+    held: list = field(default_factory=list)
+    running_score: float = float("nan")
+    train_now: float = 0.0
 
 
 class RobotSession:
@@ -135,6 +145,8 @@ class RobotSession:
         self.budget = DownlinkBudget(self.config.downlink, self.config.trainer.update_period_s)
         self.new_samples = 0
         self.diverged_phases = 0
+        self.discarded_phases = 0  # (issue #29) phases the gate kept from shipping
+        self.last_discard = ""
         self.rollbacks = 0  # (issue #29) operator rollbacks
         self.last_phase_wall_s = 0.0
         self.latest_t: Optional[float] = None
@@ -265,7 +277,7 @@ class RobotSession:
         with self.lock:
             start = self.begin_phase(now)
             try:
-                result = self.trainer.train_phase(now)
+                result = self.trainer.train_phase(start.train_now)
             except PhaseInterrupted:  # shutting down: as if the phase never started
                 self.abandon_phase(start)
                 return None
@@ -288,7 +300,10 @@ class RobotSession:
             enc = plan.encoding
             self.trainer.config = replace(configured, gamma=plan.gamma)  # the configured gamma stays the ceiling
         before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
-        return PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase)
+        held, upto = held_out(self.trainer.buffer.window(now, configured.horizon_s), self.config.gate)
+        running = score(self.model, held, configured.ignore_index) if held else float("nan")
+        return PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase, held, running,
+                          now if upto is None else upto)
 
     def abandon_phase(self, start: "PhaseStart") -> None:
         self.trainer.rollback(start.ckpt)
@@ -300,6 +315,15 @@ class RobotSession:
         if result is None:
             return None
         self.new_samples = 0  # a diverged phase waits for new samples too, instead of retrying at once
+        scores = None
+        if start.held:
+            scores = (start.running_score, score(self.model, start.held, self.trainer.config.ignore_index))
+            reason = verdict(*scores, self.config.gate)
+            if reason:  # (issue #29) not shipped: the robot keeps what it runs, no version is used
+                self.trainer.rollback(start.ckpt)
+                self.discarded_phases += 1
+                self.last_discard = f"phase {result.phase} discarded: {reason}"
+                return None
         enc = start.encoding
         base = start.before[result.indices] if start.before is not None else None
         try:
@@ -321,7 +345,7 @@ class RobotSession:
             start.ckpt.weights.device)].cpu().numpy()))
         self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
-        return PhaseOutcome(update, result, self.last_phase_wall_s, start.plan)
+        return PhaseOutcome(update, result, self.last_phase_wall_s, start.plan, scores)
 
     def snapshot(self, encoding: str | None = None) -> EncodedUpdate:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""

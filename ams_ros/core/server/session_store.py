@@ -86,6 +86,7 @@ def session_state(session: RobotSession) -> dict[str, Any]:
             "chain_tag": session.chain_tag,
             "history": [(int(v), _t(idx), None if before is None else _t(before)) for v, idx, before in session.history],
             "rollbacks": int(session.rollbacks),
+            "discarded_phases": int(session.discarded_phases), "last_discard": session.last_discard,
             "new_samples": int(session.new_samples),
             "latest_t": session.latest_t,
             "diverged_phases": int(session.diverged_phases),
@@ -132,6 +133,8 @@ def restore_session_state(session: RobotSession, state: dict[str, Any]) -> None:
             session.history.append((int(v), idx.numpy().astype(np.int64),
                                     before[0].numpy().astype(np.float32) if before and before[0] is not None else None))
         session.rollbacks = int(state.get("rollbacks", 0))
+        session.discarded_phases = int(state.get("discarded_phases", 0))
+        session.last_discard = str(state.get("last_discard", ""))
         session.new_samples = int(state["new_samples"])
         session.latest_t = None if state["latest_t"] is None else float(state["latest_t"])
         session.diverged_phases = int(state["diverged_phases"])

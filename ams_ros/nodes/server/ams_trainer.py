@@ -51,6 +51,7 @@ from ams_ros.core.fleet.worker import WorkerSpec
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
+from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.session import START, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
 from ams_ros.core.server.trainer_config import TrainerConfig
@@ -92,6 +93,9 @@ PARAMS = (
     Param("state_dir", "", "Folder where each robot's session is saved after every phase and resumed from at "
                            "start-up (empty = no persistence: a restart starts new chains)"),
     from_field(SessionConfig, "catch_up_versions"),
+    # issue 29: the gate on each phase
+    from_field(GateConfig, "gate_frames"),
+    from_field(GateConfig, "gate_margin"),
     # issue 10: a per-robot downlink budget (gamma and encoding picked per phase)
     from_field(DownlinkBudgetConfig, "downlink_budget_kbps"),
     from_field(DownlinkBudgetConfig, "min_gamma", name="budget_min_gamma"),
@@ -342,6 +346,7 @@ def session_config(p, tcfg: TrainerConfig, key: SigningKey | None) -> SessionCon
     return SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
                          snapshot_encoding=p["snapshot_encoding"], signing_key=key,
                          min_samples=int(p["min_samples"]), catch_up_versions=int(p["catch_up_versions"]),
+                         gate=GateConfig(gate_frames=int(p["gate_frames"]), gate_margin=float(p["gate_margin"])),
                          downlink=DownlinkBudgetConfig(downlink_budget_kbps=float(p["downlink_budget_kbps"]),
                                                        min_gamma=float(p["budget_min_gamma"])))
 
@@ -369,6 +374,9 @@ def server_status(state: ServerState, dev: str, session: Any, shipped: Shipped) 
         msg.gpu_share = float(state.scheduler.share(dev, time.monotonic()))
         msg.scheduler_policy = state.scheduler.policy
     msg.inputs_rejected, msg.last_input_rejection = state.rejections.read()
+    msg.phases_discarded = int(session.discarded_phases)
+    msg.last_discard = str(session.last_discard)
+    msg.gate_running_miou, msg.gate_candidate_miou = shipped.outcome.gate_scores or (float("nan"), float("nan"))
     msg.rollbacks = state.rollbacks.get(dev, 0)
     msg.last_rollback = state.last_rollback.get(dev, "")
     return msg

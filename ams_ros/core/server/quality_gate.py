@@ -1,0 +1,87 @@
+"""The base station's gate on each phase (issue #29): a phase that makes the robot worse is not shipped.
+
+Delivery is hardened (signatures, chains, checksums); this guards the *content*. Before a phase
+trains, the newest ``gate_frames`` teacher-labelled frames of the robot's horizon are held out of it
+and the running model (the weights the robot runs) is scored on them; after the phase the
+candidate is scored on the same frames. A candidate more than ``gate_margin`` mIoU points below the
+running model is discarded: the phase is undone (weights, Adam state; no version is used) and
+counted, and the robot keeps what it runs.
+
+Why the newest frames, held out: they are the ones the robot sees next (AMS tracks drift, and the
+newest labels say most about the next period), and held out they judge the candidate on frames it
+did not fit (a phase always looks better on its own training frames). The cost is that those few
+frames join training one period later (they are the oldest-but-one batch's by the next phase); the
+alternative, judging each update after the fact on the next batch, costs no training frames but
+lets a bad update run on the robot for a whole period before it is rolled back. The scores are
+the teacher's labels, not ground truth: the gate catches a phase that departs from the teacher,
+not a wrong teacher (issue #29's teacher-label checks are apart from it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ams_ros.core.common.config import knob
+from ams_ros.core.common.metrics import ConfusionMatrix
+from ams_ros.core.models.losses import logits_of
+from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    gate_frames: int = knob(0, "Newest labelled frames held out of each phase's training to judge it against the "
+                               "running model (0 = no gate: every phase ships)")
+    gate_margin: float = knob(2.0, "A phase whose mIoU on the held-out frames (against the teacher's labels) is more "
+                                   "than this many points below the running model's is discarded, not shipped")
+
+    def __post_init__(self) -> None:
+        if self.gate_frames < 0:
+            raise ValueError(f"gate_frames must be >= 0 (0 = no gate), got {self.gate_frames}")
+        if not 0.0 <= self.gate_margin <= 100.0:
+            raise ValueError(f"gate_margin is in mIoU points: 0 to 100, got {self.gate_margin}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.gate_frames > 0
+
+
+def held_out(window: Sequence[BufferEntry], config: GateConfig) -> tuple[list[BufferEntry], Optional[float]]:
+    """The frames that judge this phase and the stream time training may use up to (``None``: all of
+    the window). No gate while the window holds fewer than twice ``gate_frames`` frames (the first
+    periods): a phase then trains on all of them."""
+    k = config.gate_frames
+    if k <= 0 or len(window) < 2 * k:
+        return [], None
+    return list(window[-k:]), float(window[-k - 1].t)
+
+
+@torch.no_grad()
+def score(model: nn.Module, entries: Sequence[BufferEntry], ignore_index: int = 255, chunk: int = 8) -> float:
+    """The model's mIoU (points, 0-100) on ``entries`` against their teacher labels, over the classes
+    present in labels or predictions; NaN when no pixel is labelled."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    cm: Optional[ConfusionMatrix] = None
+    try:
+        for i in range(0, len(entries), chunk):
+            x, y = batch_to_tensors(entries[i:i + chunk], device)
+            logits = logits_of(model, x, tuple(y.shape[-2:]))
+            cm = cm or ConfusionMatrix(int(logits.shape[1]), ignore_index)
+            cm.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
+    finally:
+        model.train(was_training)
+    return 100.0 * cm.miou() if cm is not None else float("nan")
+
+
+def verdict(running: float, candidate: float, config: GateConfig) -> str:
+    """Why the candidate is discarded ("" when it ships). A NaN score (no labelled pixel) never discards."""
+    if np.isnan(running) or np.isnan(candidate) or candidate >= running - config.gate_margin:
+        return ""
+    return (f"mIoU {candidate:.1f} on the {config.gate_frames} newest frames held out, against the running model's "
+            f"{running:.1f} (gate_margin {config.gate_margin:g} points)")
