@@ -42,8 +42,8 @@ def generate_launch_description() -> LaunchDescription:
                                        "camvid)"),
         config_argument("device", "Torch device of the student (inference and patching): auto (first CUDA device, "
                                   "else the CPU) | cpu | cuda | cuda:N; CUDA where there is none fails at start-up"),
-        config_argument("inference_dtype", "Student inference precision (float16/bfloat16 via autocast; updates "
-                                           "stay float32)", DTYPES),
+        config_argument("inference_dtype", "Student inference precision (float16/bfloat16 via autocast; bfloat16 "
+                                           "on a CPU in OpenVINO; updates stay float32)", DTYPES),
         config_argument("inference_backend", "Where the student runs each frame: auto (the fastest installed: "
                                              "onnxruntime, else openvino, else torch on a CPU; tensorrt, else torch, "
                                              "on CUDA) | torch | onnxruntime | openvino | tensorrt", INFERENCE_BACKENDS),

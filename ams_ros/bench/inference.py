@@ -43,8 +43,8 @@ from ams_ros.core.common.devices import resolve_device
 from ams_ros.core.common.threads import usable_cores
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge.inference import EdgeInference, place_model
-from ams_ros.core.edge.runtimes import (ONNXRUNTIME, OPENVINO, TENSORRT, TORCH, FrameRunner, build_runtime,
-                                        check_agreement, installed, probe_frame, resolve_runtime)
+from ams_ros.core.edge.runtimes import (ONNXRUNTIME, OPENVINO, TENSORRT, TORCH, FrameRunner, agreement_needed,
+                                        build_runtime, check_agreement, installed, probe_frame, resolve_runtime)
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.models.params import flatten_params
 from ams_ros.core.sources.frame_sources import open_source
@@ -65,12 +65,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inference-source", default="synthetic:0",
                    help="frames for the agreement with PyTorch (synthetic:N, a video or an image folder)")
     p.add_argument("--inference-updates", type=int, default=5, help="updates timed per runtime")
+    p.add_argument("--inference-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="the robot's inference_dtype in the 'inference' figures (bfloat16: OpenVINO's, PyTorch's "
+                        "autocast; the other runtimes are skipped)")
 
 
-def backends_for(device: torch.device, asked: str) -> list[str]:
+def backends_for(device: torch.device, asked: str, dtype: str = "float32") -> list[str]:
     if asked:
         return [b.strip() for b in asked.split(",") if b.strip()]
     order = (TORCH, TENSORRT) if device.type == "cuda" else (TORCH, ONNXRUNTIME, OPENVINO)
+    if dtype != "float32":  # the runtimes that run it: PyTorch's autocast, OpenVINO's bfloat16
+        order = tuple(b for b in order if b in (TORCH, OPENVINO))
     return [b for b in order if installed(b)]
 
 
@@ -117,7 +122,7 @@ class NodeEdge:
         params = {"device_id": "bench", "student_weights": args.inference_student_weights,
                   "label_space": args.inference_label_space, "input_width": args.inference_width,
                   "input_height": args.inference_height, "inference_backend": backend, "torch_threads": threads,
-                  "device": str(device), "status_period_s": 3600.0}
+                  "device": str(device), "status_period_s": 3600.0, "inference_dtype": args.inference_dtype}
         overrides = [Parameter(k, value=v) for k, v in params.items()]
         self.state = EdgeState()
         self.segmenter = StudentSegmenter(self.state, context=context, parameter_overrides=overrides)
@@ -163,13 +168,15 @@ class CoreEdge:
     def __init__(self, backend: str, threads: int, args: argparse.Namespace, device: torch.device,
                  frames: list[np.ndarray]) -> None:
         size = (args.inference_width, args.inference_height)
-        self.backend = resolve_runtime(backend, device)
+        dtype = args.inference_dtype
+        self.backend = resolve_runtime(backend, device, dtype)
         spec = StudentSpec(weights=args.inference_student_weights, label_space=args.inference_label_space)
         model = place_model(spec.load(), device)
-        self.holder = DoubleBufferedModel(model, runtime=build_runtime(self.backend, size, threads, device))
+        self.holder = DoubleBufferedModel(model, runtime=build_runtime(self.backend, size, threads, device, dtype=dtype))
         if self.backend != TORCH:
-            check_agreement(self.holder.active, self.holder.runner, probe_frame(size), self.backend)
-        self.inference = EdgeInference(spec.space(), size, device)
+            check_agreement(self.holder.active, self.holder.runner, probe_frame(size), self.backend,
+                            agreement_needed(self.backend, dtype))
+        self.inference = EdgeInference(spec.space(), size, device, dtype=dtype)
         self.frames = frames
         self.updates = encoded_updates(self.holder.active, args.inference_updates, self.holder.version)
         self._error = ""
@@ -276,7 +283,8 @@ def measure(context: Any, backend: str, threads: int, args: argparse.Namespace, 
         agree = agreement_on_frames(edge, frames)
         updates = timed_updates(edge, args.inference_updates)
         where = "in_node" if edge.in_node else "pipeline_without_ros"
-        out = {"backend": edge.backend, "threads": threads or None, "start_s": round(start_s, 2),
+        out = {"backend": edge.backend, "dtype": args.inference_dtype, "threads": threads or None,
+               "start_s": round(start_s, 2),
                "bare_ms": round(bare, 2), f"{where}_ms": round(pipeline, 2), f"{where}_fps": round(1000.0 / pipeline, 1),
                f"{where}_over_bare": round(pipeline / bare, 3), "labels_equal_to_torch": round(agree, 6), **updates}
         if hasattr(edge.holder.runtime, "build_s"):
@@ -312,7 +320,7 @@ def run(args: argparse.Namespace) -> dict:
     old_threads = torch.get_num_threads()
     runs = []
     try:
-        for backend, threads in itertools.product(backends_for(device, args.inference_backends),
+        for backend, threads in itertools.product(backends_for(device, args.inference_backends, args.inference_dtype),
                                                   thread_counts(device, args.inference_threads)):
             runs.append(measure(context, backend, threads, args, device, frames))
     finally:

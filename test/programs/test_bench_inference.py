@@ -45,6 +45,13 @@ def test_inference_figures_go_through_the_nodes_callbacks():
     check(inference_bench.run(tiny_args()), "in_node")
 
 
+def test_bfloat16_figures_run_pytorchs_autocast_and_openvinos_bfloat16(monkeypatch):
+    monkeypatch.setattr(inference_bench, "_ros_context", lambda: None)
+    res = inference_bench.run(tiny_args(["--inference-backends", "", "--inference-dtype", "bfloat16"]))
+    assert [(r["backend"], r["dtype"]) for r in res["runs"]] == [("torch", "bfloat16"), ("openvino", "bfloat16")]
+    assert all(r["updates"] == 2 and r["bare_ms"] > 0 for r in res["runs"])
+
+
 def test_a_runtime_that_cannot_run_here_stops_the_figures_with_its_fix():
     with pytest.raises(ValueError, match="tensorrt runs on CUDA"):
         inference_bench.run(tiny_args(["--inference-backends", "tensorrt"]))

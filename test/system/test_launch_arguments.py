@@ -99,7 +99,7 @@ def test_every_edge_launch_argument_reaches_its_nodes(client, files, tmp_path):
     args = {
         "device_id": "rover7", "source": "synthetic:3", "image_topic": "camera/image",
         "student": "lraspp_mobilenet_v3_large", "student_weights": ckpt, "label_space": "cityscapes",
-        "device": "cpu", "inference_dtype": "bfloat16", "inference_backend": "torch",  # auto's fast runtimes are float32
+        "device": "cpu", "inference_dtype": "bfloat16", "inference_backend": "torch",  # autocast (auto would take OpenVINO for it)
         "robot_key_file": keys["rover7"][0],
         "server_public_keys": f"[{keys['server'][1]}]", "use_sim_time": "true",
     }

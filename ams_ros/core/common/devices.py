@@ -117,8 +117,9 @@ class DeviceConfig:
 
     device: str = knob("auto", "Torch device: auto (first CUDA device, else the CPU) | cpu | cuda | cuda:N; "
                        "CUDA where torch sees none is a start-up error")
-    inference_dtype: str = knob("float32", "Student inference precision (float16/bfloat16 via autocast; the weights "
-                                "and updates stay float32)", choices=DTYPE_CHOICES)
+    inference_dtype: str = knob("float32", "Student inference precision (float16/bfloat16 via autocast; bfloat16 on "
+                                "a CPU in OpenVINO with inference_backend auto or openvino; the weights and "
+                                "updates stay float32)", choices=DTYPE_CHOICES)
     cudnn_benchmark: bool = knob(False, "CUDA only: let cuDNN pick the fastest kernels for the fixed input size")
     channels_last: bool = knob(False, "Run convolutions in channels-last memory format (can help CUDA tensor "
                                "cores; off by default, no gain measured on the CPU)")

@@ -12,7 +12,8 @@ import torch
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge.receiver import UpdateReceiver
 from ams_ros.core.edge.inference import place_model
-from ams_ros.core.edge.runtimes import TORCH, Agreement, build_runtime, check_agreement, probe_frame, resolve_runtime
+from ams_ros.core.edge.runtimes import (TORCH, Agreement, agreement_needed, build_runtime, check_agreement,
+                                        probe_frame, resolve_runtime)
 from ams_ros.core.models.labels import LabelSpace
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.nodes.common.reject_log import RejectionCounter
@@ -39,9 +40,9 @@ class EdgeModel:
         device = torch.device(device)
         name = resolve_runtime(backend, device, dtype)
         model = place_model(spec.load(), device, channels_last)
-        holder = DoubleBufferedModel(model, runtime=build_runtime(name, input_size, threads, device))
-        agreement = None if name == TORCH else check_agreement(holder.active, holder.runner,
-                                                               probe_frame(input_size), name)
+        holder = DoubleBufferedModel(model, runtime=build_runtime(name, input_size, threads, device, dtype=dtype))
+        agreement = None if name == TORCH else check_agreement(holder.active, holder.runner, probe_frame(input_size),
+                                                               name, agreement_needed(name, dtype))
         return cls(holder, spec.space(), spec.name, input_size, name, agreement)
 
 

@@ -11,7 +11,8 @@ from torch import nn
 from small_inputs import small_net
 from ams_ros.core.edge import runtimes
 from ams_ros.core.models.student import class_map
-from ams_ros.core.edge.runtimes import (MIN_AGREEMENT, ONNXRUNTIME, OPENVINO, RUNTIMES, TORCH, FrameRunner, OnnxRuntime,
+from ams_ros.core.edge.runtimes import (MIN_AGREEMENT, MIN_AGREEMENT_BFLOAT16, ONNXRUNTIME, OPENVINO, RUNTIMES, TORCH,
+                                        FrameRunner, OnnxRuntime, agreement_needed,
                                         OpenVinoRuntime, RuntimeUnavailable, TorchRuntime, build_runtime,
                                         check_agreement, installed, probe_frame, resolve_runtime)
 
@@ -34,10 +35,28 @@ def test_auto_on_cuda_is_tensorrt_when_installed_else_torch(monkeypatch):
     assert resolve_runtime("auto", CUDA) == TORCH  # OpenVINO / ONNX Runtime run the student on the CPU here
 
 
-def test_auto_keeps_torch_for_autocast_precisions():
-    assert resolve_runtime("auto", CPU, "bfloat16") == TORCH
+def test_bfloat16_on_a_cpu_is_openvinos_and_float16_pytorchs_autocast(monkeypatch):
+    assert resolve_runtime("auto", CPU, "bfloat16") == OPENVINO  # pinned in requirements/common.txt
+    assert resolve_runtime(OPENVINO, CPU, "bfloat16") == OPENVINO
+    assert resolve_runtime("auto", CPU, "float16") == TORCH and resolve_runtime("auto", CUDA, "bfloat16") == TORCH
     with pytest.raises(RuntimeUnavailable, match="inference_dtype is float16.*inference_backend torch"):
         resolve_runtime(OPENVINO, CPU, "float16")
+    with pytest.raises(RuntimeUnavailable, match="onnxruntime runs the float32 graph, but inference_dtype is bfloat16: "
+                                                 "set inference_dtype float32, inference_backend openvino for bfloat16"):
+        resolve_runtime(ONNXRUNTIME, CPU, "bfloat16")
+    monkeypatch.setattr(runtimes, "installed", lambda name: name != OPENVINO)
+    assert resolve_runtime("auto", CPU, "bfloat16") == TORCH
+
+
+def test_openvino_in_bfloat16_is_compiled_so_and_checked_against_its_stated_tolerance(tmp_path):
+    import openvino as ov
+
+    runner = OpenVinoRuntime((16, 8), 1, tmp_path, dtype="bfloat16").build(small_net().eval())
+    cpu_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    hint = str(runner.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+    assert hint == ("<Type: 'bfloat16'>" if cpu_bf16 else "<Type: 'float32'>"), hint  # else OpenVINO runs float32
+    assert agreement_needed(OPENVINO, "bfloat16") == MIN_AGREEMENT_BFLOAT16 < agreement_needed(OPENVINO, "float32")
+    assert agreement_needed(ONNXRUNTIME, "bfloat16") == MIN_AGREEMENT
 
 
 def test_a_runtime_that_is_not_installed_is_refused_with_its_pip_line(monkeypatch):
