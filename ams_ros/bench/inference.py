@@ -44,7 +44,8 @@ from ams_ros.core.common.threads import usable_cores
 from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.edge.inference import EdgeInference, place_model
 from ams_ros.core.edge.runtimes import (ONNXRUNTIME, OPENVINO, TENSORRT, TORCH, FrameRunner, agreement_needed,
-                                        build_runtime, check_agreement, installed, probe_frame, resolve_runtime)
+                                        build_runtime, check_agreement, installed, probe_frame, resolve_runtime,
+                                        runs_in)
 from ams_ros.core.models.weights import StudentSpec
 from ams_ros.core.models.params import flatten_params
 from ams_ros.core.sources.frame_sources import open_source
@@ -74,9 +75,7 @@ def backends_for(device: torch.device, asked: str, dtype: str = "float32") -> li
     if asked:
         return [b.strip() for b in asked.split(",") if b.strip()]
     order = (TORCH, TENSORRT) if device.type == "cuda" else (TORCH, ONNXRUNTIME, OPENVINO)
-    if dtype != "float32":  # the runtimes that run it: PyTorch's autocast, OpenVINO's bfloat16
-        order = tuple(b for b in order if b in (TORCH, OPENVINO))
-    return [b for b in order if installed(b)]
+    return [b for b in order if installed(b) and runs_in(b, dtype)]
 
 
 def thread_counts(device: torch.device, asked: str) -> list[int]:

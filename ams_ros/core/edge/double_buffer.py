@@ -119,9 +119,7 @@ class DoubleBufferedModel:
         try:
             yield runner, version
         finally:
-            with self._readers_cv:
-                self._readers[id(model)] -= 1
-                self._readers_cv.notify_all()
+            self._release(model)
 
     @contextmanager
     def use_previous(self) -> Iterator[Runner | None]:
@@ -143,9 +141,13 @@ class DoubleBufferedModel:
         try:
             yield self._runners[id(target)]
         finally:
-            with self._readers_cv:
-                self._readers[id(target)] -= 1
-                self._readers_cv.notify_all()
+            self._release(target)
+
+    def _release(self, model: nn.Module) -> None:
+        """One reader of ``model`` less (the patcher may be waiting to write into it)."""
+        with self._readers_cv:
+            self._readers[id(model)] -= 1
+            self._readers_cv.notify_all()
 
     def step_back(self, version: int) -> int | None:
         """Swap the previous weights back in when ``version`` is still the running one and the other

@@ -71,6 +71,12 @@ def installed(name: str) -> bool:
         importlib.util.find_spec("onnx") is not None
 
 
+def runs_in(name: str, dtype: str) -> bool:
+    """Whether runtime ``name`` runs the student in ``dtype``: PyTorch in any (autocast), the graph
+    runtimes in float32, OpenVINO in bfloat16 too."""
+    return name == TORCH or str(dtype) == "float32" or (name == OPENVINO and str(dtype) == "bfloat16")
+
+
 def resolve_runtime(name: str, device: torch.device, dtype: str = "float32") -> str:
     """The runtime ``name`` asks for on ``device`` (``auto`` resolved); ValueError naming the fix.
 
@@ -88,7 +94,7 @@ def resolve_runtime(name: str, device: torch.device, dtype: str = "float32") -> 
             return TORCH
         order = (TENSORRT,) if device.type == "cuda" else (ONNXRUNTIME, OPENVINO)
         return next((r for r in order if installed(r)), TORCH)
-    if name != TORCH and dtype != "float32" and not (name == OPENVINO and dtype == "bfloat16"):
+    if not runs_in(name, dtype):
         raise RuntimeUnavailable(f"inference_backend {name} runs the float32 graph, but inference_dtype is {dtype}: "
                                  f"set inference_dtype float32, inference_backend openvino for bfloat16, or "
                                  f"inference_backend torch for autocast in {dtype}")

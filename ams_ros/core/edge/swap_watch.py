@@ -15,9 +15,7 @@ label maps it computes anyway:
 
 On a failure the segmenter steps back to the previous weights (:meth:`~ams_ros.core.edge.double_buffer.DoubleBufferedModel.step_back`:
 one assignment, within the frame), reports it (EdgeStatus, /diagnostics) and refuses that version
-again, taking the next one the server makes. The previous model's statistics come from the frames
-before the swap, so a scene that really is one class (a wall, the sky) in front of both models is
-not a collapse.
+again, taking the next one the server makes.
 """
 
 from __future__ import annotations
@@ -116,12 +114,16 @@ class SwapWatch:
             self._before = None
         return ""
 
-    def _swapped(self, version: int) -> None:
-        first = self._version is None
+    def _check_from_start(self, version: int) -> None:
+        """``version`` runs from now on: its checked frames and their counts start at zero."""
         self._version = version
         self._seen = 0
         self._collapsed_run = 0
         self._watched_latencies = []
+
+    def _swapped(self, version: int) -> None:
+        first = self._version is None
+        self._check_from_start(version)
         if first or self.config.swap_watch_frames == 0:
             self._before = self._baseline = None
             return
@@ -134,8 +136,5 @@ class SwapWatch:
 
     def stepped_back(self, version: int) -> None:
         """The segmenter went back to ``version``: it runs the baseline's model again."""
-        self._version = version
+        self._check_from_start(version)
         self._before = None
-        self._seen = 0
-        self._collapsed_run = 0
-        self._watched_latencies = []

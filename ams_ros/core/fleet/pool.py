@@ -45,7 +45,7 @@ from ams_ros.core.fleet.pool_config import MAX_REPLAY_BATCHES, PoolConfig
 from ams_ros.core.fleet.pool_events import PoolEvent
 from ams_ros.core.fleet.pool_load import LoadBalancing
 from ams_ros.core.fleet.pool_recovery import Recovery
-from ams_ros.core.fleet.replies import AddReply, RobotInfo
+from ams_ros.core.fleet.replies import AddReply, ResyncReply, RobotInfo
 from ams_ros.core.fleet.transports import ActorGone, ActorRef
 from ams_ros.core.fleet.worker import RobotNotHere, TeacherSpec
 from ams_ros.core.server.session import PhaseOutcome, Resync
@@ -287,19 +287,18 @@ class SessionPool(LoadBalancing, Recovery):
             return exc
 
     def resync(self, dev: str, have_version: int, have_chain_tag: str, encoding: str | None) -> Resync:
-        reply = self.call(dev, "resync", int(have_version), have_chain_tag, encoding)
+        return self._answered(dev, self.call(dev, "resync", int(have_version), have_chain_tag, encoding))
+
+    def rollback(self, dev: str, to: int | str, encoding: str | None = None) -> Resync:
+        """(issue #29) Roll ``dev`` back on its actor; its new state is kept like a phase's."""
+        return self._answered(dev, self.call(dev, "rollback", to, encoding))
+
+    def _answered(self, dev: str, reply: ResyncReply) -> Resync:
+        """A resync or rollback answer: the robot's info mirrored, its changed state (if any) kept."""
         with self._cv:
             self.info[dev] = reply.info
         if reply.state is not None:
             self._keep(dev, reply.state, reply.info.version, self._states.get(dev, (b"", 0, -1))[2])
-        return reply.resync
-
-    def rollback(self, dev: str, to: int | str, encoding: str | None = None) -> Resync:
-        """(issue #29) Roll ``dev`` back on its actor; its new state is kept like a phase's."""
-        reply = self.call(dev, "rollback", to, encoding)
-        with self._cv:
-            self.info[dev] = reply.info
-        self._keep(dev, reply.state, reply.info.version, self._states.get(dev, (b"", 0, -1))[2])
         return reply.resync
 
     def sampling_command(self, dev: str, now: float) -> tuple[float, float, float] | None:

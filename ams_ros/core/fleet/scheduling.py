@@ -51,9 +51,8 @@ import torch
 from torch import nn
 
 from ams_ros.core.common.config import check_choice, knob
-from ams_ros.core.models.losses import logits_of
-from ams_ros.core.common.metrics import ConfusionMatrix
-from ams_ros.core.models.samples import BufferEntry, batch_to_tensors
+from ams_ros.core.models.samples import BufferEntry
+from ams_ros.core.server.quality_gate import teacher_miou
 
 ROUND_ROBIN = "round_robin"
 UTILITY = "utility"
@@ -267,16 +266,5 @@ def student_error(model: nn.Module, entries: Sequence[BufferEntry], ignore_index
 
     One forward pass over a few of the newest labelled frames; NaN when there is none.
     """
-    if not entries:
-        return float("nan")
-    x, y = batch_to_tensors(entries, next(model.parameters()).device)
-    was_training = model.training
-    model.eval()
-    try:
-        logits = logits_of(model, x, tuple(y.shape[-2:]))
-    finally:
-        model.train(was_training)
-    cm = ConfusionMatrix(int(logits.shape[1]), ignore_index)
-    cm.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
-    m = cm.miou()
+    m = teacher_miou(model, entries, ignore_index)
     return float("nan") if not math.isfinite(m) else 1.0 - m

@@ -60,10 +60,16 @@ def held_out(window: Sequence[BufferEntry], config: GateConfig) -> tuple[list[Bu
     return list(window[-k:]), float(window[-k - 1].t)
 
 
+def score(model: nn.Module, entries: Sequence[BufferEntry], ignore_index: int = 255) -> float:
+    """The model's mIoU in points (0-100) on ``entries`` against their teacher labels (the gate's unit)."""
+    return 100.0 * teacher_miou(model, entries, ignore_index)
+
+
 @torch.no_grad()
-def score(model: nn.Module, entries: Sequence[BufferEntry], ignore_index: int = 255, chunk: int = 8) -> float:
-    """The model's mIoU (points, 0-100) on ``entries`` against their teacher labels, over the classes
-    present in labels or predictions; NaN when no pixel is labelled."""
+def teacher_miou(model: nn.Module, entries: Sequence[BufferEntry], ignore_index: int = 255, chunk: int = 8) -> float:
+    """The model's mIoU (0-1) on ``entries`` against their teacher labels, over the classes present in
+    labels or predictions; NaN when there is no entry or no labelled pixel. One implementation for
+    the gate and the scheduler's :func:`~ams_ros.core.fleet.scheduling.student_error`."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -76,7 +82,7 @@ def score(model: nn.Module, entries: Sequence[BufferEntry], ignore_index: int = 
             cm.update(logits.argmax(1).cpu().numpy(), y.cpu().numpy())
     finally:
         model.train(was_training)
-    return 100.0 * cm.miou() if cm is not None else float("nan")
+    return cm.miou() if cm is not None else float("nan")
 
 
 def verdict(running: float, candidate: float, config: GateConfig) -> str:

@@ -350,15 +350,18 @@ class RobotSession:
     def snapshot(self, encoding: str | None = None) -> EncodedUpdate:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""
         with self.lock:
-            update = encode_snapshot(self.model, self.version, encoding or self.config.snapshot_encoding)
-            # Keep exactly what the edge decodes (e.g. float16), or the copies would differ at
-            # every coordinate no later sparse update touches.
-            idx, vals = decode_update(update, self.model)
-            write_flat(self.model, idx, vals)
-            update.chain_tag = self.chain_tag
-            self._sign(update)
-            self.budget.shipped(None, 0, encoded_size(update))
-            return update
+            return self._serve(encode_snapshot(self.model, self.version, encoding or self.config.snapshot_encoding))
+
+    def _serve(self, update: EncodedUpdate) -> EncodedUpdate:
+        """A snapshot, catch-up or rollback update made ready to send (the caller holds the lock): the
+        server keeps exactly what the robot decodes (e.g. float16; else the copies would differ at every
+        coordinate no later sparse update touches), tagged with the chain, signed and counted."""
+        idx, vals = decode_update(update, self.model)
+        write_flat(self.model, idx, vals)
+        update.chain_tag = self.chain_tag
+        self._sign(update)
+        self.budget.shipped(None, 0, encoded_size(update))
+        return update
 
     def catch_up(self, have_version: int, encoding: str | None = None) -> EncodedUpdate | None:
         """One sparse update from ``have_version`` (of this chain) to the current version: the
@@ -372,14 +375,8 @@ class RobotSession:
             if len(changes) != behind:  # history cleared (a chain floor raised) or too short
                 return None
             indices = np.unique(np.concatenate(changes)) if changes else np.zeros(0, np.int64)
-            update = encode_catch_up(self.model, indices, int(have_version), self.version,
-                                     encoding or self.config.snapshot_encoding)
-            idx, vals = decode_update(update, self.model)  # keep what the edge decodes (q8 rounds)
-            write_flat(self.model, idx, vals)
-            update.chain_tag = self.chain_tag
-            self._sign(update)
-            self.budget.shipped(None, 0, encoded_size(update))
-            return update
+            return self._serve(encode_catch_up(self.model, indices, int(have_version), self.version,
+                                               encoding or self.config.snapshot_encoding))
 
     def resync(self, have_version: int, have_chain_tag: str = "", encoding: str | None = None) -> Resync:
         """Answer a robot's resync request (it runs ``have_version`` of chain ``have_chain_tag``).
@@ -434,26 +431,22 @@ class RobotSession:
             if to == START:
                 target, what = self.start_weights, "the starting weights"
             else:
-                target, what = self._weights_at(int(to)), f"the weights of v{int(to)}"
+                target, what = self._weights_at(int(to), current), f"the weights of v{int(to)}"
             changed = np.flatnonzero(target != current).astype(np.int64)
             base = self.version
             self.trainer.reset_optimizer()
             write_flat(self.model, changed, target[changed])
-            update = encode_catch_up(self.model, changed, base, base + 1, encoding or self.config.snapshot_encoding)
-            idx, vals = decode_update(update, self.model)  # keep what the robot decodes (float16)
-            write_flat(self.model, idx, vals)
-            update.chain_tag = self.chain_tag
-            self._sign(update)
+            update = self._serve(encode_catch_up(self.model, changed, base, base + 1,
+                                                 encoding or self.config.snapshot_encoding))
             self.version = base + 1
             self.history.append((self.version, changed, current[changed]))
             self.rollbacks += 1
-            self.budget.shipped(None, 0, encoded_size(update))
             return Resync(update, "rollback", f"rolled back to {what} as v{self.version} ({changed.size} parameters "
                                               f"changed from v{base})")
 
-    def _weights_at(self, version: int) -> np.ndarray:
-        """The flat weights of ``version`` of this chain, undoing the kept phases after it (the
-        caller holds the lock); ValueError naming the versions that can be reached."""
+    def _weights_at(self, version: int, current: np.ndarray) -> np.ndarray:
+        """The flat weights of ``version`` of this chain: the ``current`` ones with the kept phases
+        after it undone (the caller holds the lock); ValueError naming the versions that can be reached."""
         kept = [(v, idx, before) for v, idx, before in self.history if v > version]
         oldest = self.version - len(kept)
         reachable = (f"v{self.history[0][0] - 1} to v{self.version - 1}" if self.history else "none")
@@ -464,7 +457,7 @@ class RobotSession:
             raise ValueError(f"cannot roll back to v{version}: the server keeps the last {self.config.catch_up_versions} "
                              f"versions' changes (catch_up_versions) and can reach {reachable}; roll back to "
                              f"'{START}' (the starting weights) instead")
-        weights = flatten_params(self.model).detach().cpu().numpy().copy()
+        weights = current.copy()
         for _, idx, before in reversed(kept):
             weights[idx] = before
         return weights
