@@ -50,7 +50,7 @@ from ams_ros.nodes.common.local_dds import private_domain_id, use_loopback
 from ams_ros.nodes.common.qos import qos
 
 SCENARIOS = ("undisturbed", "drop_updates", "drop_batches", "dup_reorder_updates", "forged", "server_kill",
-             "robot_restart", "poisoned_phase")
+             "robot_restart", "poisoned_phase", "one_class_teacher", "covered_lens", "foreign_scene")
 
 _APPLIED = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*model_patcher\]: applied (update|catch-up|snapshot|resync) "
                       r"v(\d+)->v(\d+) .*?, (\d+) bytes,")
@@ -100,22 +100,37 @@ class KillRestart(Disturbance):
 
 
 @dataclass
-class ServerParamWindow(Disturbance):
-    """Set parameters of the base station's ams_trainer, as `ros2 param set` does, at ``at_s`` of
-    stream time and set them back to what they were ``for_s`` later (issue #29: a poisoned phase)."""
+class ParamWindow(Disturbance):
+    """Set parameters of one node, as `ros2 param set` does, at ``at_s`` of stream time and set them
+    back to what they were ``for_s`` later (issue #29: the faults of the learning itself). ``node``
+    is the base station's (``ams_trainer``, ``teacher_labeler``) or, with ``robot``, one of the
+    first robot's (``camera_sampler``)."""
 
-    changes: dict[str, float]
+    changes: dict[str, object]
     at_s: float
     for_s: float
+    node: str = "ams_trainer"
+    robot: bool = False
     started_t: float | None = None      # stream times the window really began and ended
     ended_t: float | None = None
     original: dict[str, object] = field(default_factory=dict)
+    _asked_at: float | None = None      # (monotonic) when the node was last asked for its values
 
     def attach(self, observer) -> None:
-        from rclpy.parameter import parameter_value_to_python
         from rclpy.parameter_client import AsyncParameterClient
 
-        self.client = AsyncParameterClient(observer.node, "ams_trainer")
+        name = f"/{next(iter(observer.robots))}/{self.node}" if self.robot else self.node
+        self.client = AsyncParameterClient(observer.node, name)
+
+    def _ask_original(self) -> None:
+        """Ask the node what it runs with, once its parameter services are there (a request sent
+        before the node's services are discovered is never answered: ask again every 5 s)."""
+        from rclpy.parameter import parameter_value_to_python
+
+        now = time.monotonic()
+        if self._asked_at is not None and now - self._asked_at < 5.0 or not self.client.services_are_ready():
+            return
+        self._asked_at = now
 
         def keep(future) -> None:
             for name, value in zip(self.changes, future.result().values):
@@ -128,22 +143,40 @@ class ServerParamWindow(Disturbance):
         self.client.set_parameters([Parameter(k, value=v) for k, v in values.items()])
 
     def tick(self, stream_t: float, stage: Stage) -> None:
+        if self.started_t is None and len(self.original) < len(self.changes):
+            self._ask_original()  # from the start: the answer must be there at at_s
         if self.started_t is None and stream_t >= self.at_s:
             if len(self.original) < len(self.changes):
-                return  # the server has not answered what it runs with yet
+                return  # the node has not answered what it runs with yet
             self._set(self.changes)
             self.started_t = stream_t
-            print(f"[faults] ams_trainer {self.changes} at stream t={stream_t:.1f} s (was {self.original})", flush=True)
+            print(f"[faults] {self.node} {self.changes} at stream t={stream_t:.1f} s (was {self.original})", flush=True)
         elif self.started_t is not None and self.ended_t is None and stream_t >= self.started_t + self.for_s:
             self._set(self.original)
             self.ended_t = stream_t
-            print(f"[faults] ams_trainer back to {self.original} at stream t={stream_t:.1f} s", flush=True)
+            print(f"[faults] {self.node} back to {self.original} at stream t={stream_t:.1f} s", flush=True)
 
 
-def window_miou(scores: list[dict], start: float, end: float) -> float | None:
-    """The robot's mean per-frame mIoU over the frames scored in [start, end) of stream time."""
-    vals = [s["streamed"] for s in scores if start <= s["t"] < end and s.get("streamed") is not None]
+def window_miou(scores: list[dict], start: float, end: float, which: str = "streamed") -> float | None:
+    """The robot's (``streamed``) or the frozen student's mean per-frame mIoU over the frames scored
+    in [start, end) of stream time."""
+    vals = [s[which] for s in scores if start <= s["t"] < end and s.get(which) is not None]
     return round(float(sum(vals) / len(vals)), 4) if vals else None
+
+
+def period_mious(scores: list[dict], period_s: float) -> list[dict]:
+    """Per update period: [start, end) of stream time, the robot's and the frozen student's mean mIoU."""
+    if not scores:
+        return []
+    end = max(s["t"] for s in scores)
+    out = []
+    k = 0
+    while k * period_s <= end:
+        a, b = k * period_s, (k + 1) * period_s
+        out.append({"t": [round(a, 1), round(b, 1)], "streamed": window_miou(scores, a, b),
+                    "frozen": window_miou(scores, a, b, "frozen")})
+        k += 1
+    return out
 
 
 @dataclass
@@ -260,7 +293,14 @@ def disturbance_for(name: str, args: argparse.Namespace) -> Disturbance:
     if name == "robot_restart":
         return KillRestart("edge", at_s=kill_at, down_s=5.0)
     if name == "poisoned_phase":
-        return ServerParamWindow({"lr": 1.0}, at_s=kill_at, for_s=30.0)
+        return ParamWindow({"lr": 1.0}, at_s=kill_at, for_s=30.0)
+    if name == "one_class_teacher":
+        return ParamWindow({"fault_teacher_one_class": 0}, at_s=kill_at, for_s=60.0, node="teacher_labeler")
+    if name == "covered_lens":
+        return ParamWindow({"fault_black_frames": True}, at_s=kill_at, for_s=60.0, node="camera_sampler", robot=True)
+    if name == "foreign_scene":  # one update period of another robot's scene (the synthetic world of seed 7)
+        return ParamWindow({"fault_foreign_source": "synthetic:7"}, at_s=kill_at, for_s=args.foreign_s,
+                           node="camera_sampler", robot=True)
     raise SystemExit(f"unknown fault scenario '{name}'; choose from {', '.join(SCENARIOS)} or all")
 
 
@@ -344,7 +384,7 @@ def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> di
         row["forged_sent"] = dict(disturbance.sent)
         row["server_inputs_rejected"] = summary.get("server_inputs_rejected")
         row["server_batches_dropped"] = summary.get("server_batches_dropped")
-    if isinstance(disturbance, ServerParamWindow) and disturbance.started_t is not None:
+    if isinstance(disturbance, ParamWindow) and disturbance.started_t is not None:
         a = disturbance.started_t
         b = disturbance.ended_t if disturbance.ended_t is not None else float("inf")
         scores = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else []
@@ -352,7 +392,13 @@ def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> di
         row["miou_before_window"] = window_miou(scores, a - 30.0, a)
         row["miou_in_window"] = window_miou(scores, a, b)
         row["miou_30s_after_window"] = window_miou(scores, b, b + 30.0)
+        row["miou_frozen_in_window"] = window_miou(scores, a, b, "frozen")
+        row["miou_frozen_30s_after_window"] = window_miou(scores, b, b + 30.0, "frozen")
+        row["periods"] = period_mious(scores, summary.get("update_period_s") or 10.0)
         row["phases_discarded"] = summary.get("server_phases_discarded")
+        row["batches_refused"] = summary.get("server_batches_refused")
+        row["frames_refused"] = summary.get("server_frames_refused")
+        row["rollbacks"] = summary.get("server_rollbacks")
     row["resyncs"] = resyncs
     done = [r["seconds"] for r in resyncs if r["seconds"] is not None]
     row["resync_seconds_max"] = max(done) if done else None
@@ -368,6 +414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=120.0, help="seconds of stream time per scenario")
     p.add_argument("--out", default="out/faults", help="output folder (one sub-folder per scenario)")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault links' draws")
+    p.add_argument("--foreign-s", type=float, default=10.0,
+                   help="foreign_scene: seconds of stream time the robot sees another robot's scene (one period)")
     p.add_argument("--demo-arg", action="append", default=[], metavar="ARG",
                    help="passed on to every scenario's demo, e.g. --demo-arg=--width=128")
     return p.parse_args(argv)
@@ -419,13 +467,16 @@ def markdown_table(rows: list[dict]) -> str:
             f"{r['downlink_bytes_resync'] / 1000:.1f} |")
     poisoned = [r for r in rows if "poison_window_s" in r]
     if poisoned:  # (issue #29) the faults of the learning itself
-        lines += ["", "| scenario | window (stream s) | robot mIoU 30 s before | in the window | 30 s after | phases "
-                      "discarded by the gate |", "|---|---|---|---|---|---|"]
+        lines += ["", "| scenario | window (stream s) | robot mIoU 30 s before | in the window (frozen) | 30 s after "
+                      "(frozen) | phases discarded by the gate | batches refused (frames) | rollbacks |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in poisoned:
             a, b = r["poison_window_s"]
             lines.append(f"| {r['scenario']} | {a:g}-{f(b, '{:g}')} | {f(r['miou_before_window'])} | "
-                         f"{f(r['miou_in_window'])} | {f(r['miou_30s_after_window'])} | "
-                         f"{f(r['phases_discarded'], '{:d}')} |")
+                         f"{f(r['miou_in_window'])} ({f(r.get('miou_frozen_in_window'))}) | "
+                         f"{f(r['miou_30s_after_window'])} ({f(r.get('miou_frozen_30s_after_window'))}) | "
+                         f"{f(r['phases_discarded'], '{:d}')} | {f(r.get('batches_refused'), '{:d}')} "
+                         f"({f(r.get('frames_refused'), '{:d}')}) | {f(r.get('rollbacks'), '{:d}')} |")
     return "\n".join(lines) + "\n"
 
 

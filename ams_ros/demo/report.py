@@ -84,6 +84,7 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "student": args.student,
         "resolution": [args.width, args.height],
         "stream_seconds": round(duration, 2),
+        "update_period_s": float(args.update_period),
         "updates_applied": int(st.updates_applied) if st else 0,
         "updates_rejected": int(st.updates_rejected) if st else 0,
         # (issue #29) swaps the robot undid after checking the new model, and updates it held
@@ -100,6 +101,9 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         # (issue #29) phases the base station's gate kept from shipping, and operator rollbacks
         "server_phases_discarded": int(obs.server_status[-1].phases_discarded) if obs.server_status else None,
         "server_last_discard": obs.server_status[-1].last_discard if obs.server_status else "",
+        "server_batches_refused": int(obs.server_status[-1].batches_refused) if obs.server_status else None,
+        "server_frames_refused": int(obs.server_status[-1].frames_refused) if obs.server_status else None,
+        "server_last_refusal": obs.server_status[-1].last_refusal if obs.server_status else "",
         "server_rollbacks": int(obs.server_status[-1].rollbacks) if obs.server_status else None,
         "miou_streamed": _nan_none(obs.cm_streamed.miou()),
         "miou_frozen": _nan_none(obs.cm_frozen.miou()),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import shlex
@@ -35,6 +36,7 @@ from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthe
 from ams_ros.core.common.devices import resolve_device, describe, torch_sees
 from ams_ros.core.common.threads import set_torch_threads
 from ams_ros.core.fleet.scheduling import POLICIES
+from ams_ros.core.fleet.worker import TeacherSpec
 from ams_ros.core.models.labels import parse_class_list
 from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
 from ams_ros.core.models.weights import load_student
@@ -57,6 +59,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", required=True,
                    help="tflite:PATH | torchvision:NAME[@WEIGHTS.pth] | checkpoint:PATH | espnetv2:PATH[@DEVICE] | oracle[:SEED][?shifts=T,..]")
     p.add_argument("--label-space", default="", help="the teacher's label space (default: the teacher's own)")
+    p.add_argument("--teacher-min-confidence", type=float, default=TeacherSpec.min_confidence,
+                   help="teacher pixels whose top softmax probability is below this are ignored (issue #29; PyTorch "
+                        "teachers; 0 = every pixel)")
     p.add_argument("--classes", "--selected-classes", dest="classes", default=DEFAULT_CLASSES,
                    help="comma-separated class names evaluated and trained ('' = all of the teacher's)")
     p.add_argument("--student", default="deeplabv3_mobilenet_v2", help="student model name")
@@ -117,6 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fl.add_argument("--out", default="out/eval/fleet", help="output folder")
     fl.add_argument("--no-plots", action="store_true")
     _common(fl)
+    pl = sub.add_parser("plan", help="robots per GPU at a loss budget and GPUs for a fleet, from a fleet study (issue 31)")
+    pl.add_argument("study", help="fleet.json of an earlier 'ams-eval fleet'")
+    pl.add_argument("--loss-budget", type=float, default=1.0, help="mIoU points a robot may lose to sharing the GPU")
+    pl.add_argument("--fleets", default="10,50,200", help="comma list of fleet sizes to provision GPUs for")
+    pl.add_argument("--out", default="", help="also write the answer as JSON here")
     an = sub.add_parser("analyze", help="per-frame gain of one scheme over another vs label age and motion (issue #11)")
     an.add_argument("run", help="output folder of an earlier 'ams-eval run' (its series.json and results.json)")
     an.add_argument("--source", default="", help="the run's source, for the motion (default: as in results.json)")
@@ -156,7 +166,8 @@ def _setup(args):
     preset = get_preset(args.preset).with_overrides(overrides)
     teacher = build_teacher(args.teacher, label_space=args.label_space or None)
     args.teacher_device = place_teacher(teacher, args.torch_device,
-                                        explicit=args.device.strip().lower() not in ("", "auto"))
+                                        explicit=args.device.strip().lower() not in ("", "auto"),
+                                        min_confidence=float(args.teacher_min_confidence))
     # the clip and the harness map the full teacher's labels (and human labels) through the LUT
     restricted = select_classes(teacher, parse_class_list(args.classes))
     return preset, overrides, teacher, restricted.label_space, getattr(restricted, "lut", None)
@@ -250,6 +261,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"[ams-eval] failed: {', '.join(failed)} (see the notes in results.md)", file=sys.stderr, flush=True)
     return 130 if interrupted else (1 if failed else 0)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """(issue #31) An operator's answer from a fleet study: robots per GPU at a loss budget, GPUs per fleet."""
+    from ams_ros.eval.fleet import plan
+
+    study = json.loads(Path(args.study).read_text())
+    fleets = [int(n) for n in args.fleets.split(",") if n.strip()]
+    answer = plan(study, args.loss_budget, fleets)
+    cost = study.get("preset", {})
+    print(f"[ams-eval] from {args.study} (teacher {cost.get('teacher_call_s', 0):g} s a call + {cost.get('teacher_s')} "
+          f"s a frame, training {cost.get('train_s_per_step')} s a step, K={cost.get('iterations')}; N tested up to "
+          f"{answer['largest_n_tested']}):")
+    print(f"robots per GPU within {args.loss_budget:g} mIoU point(s): {answer['robots_per_gpu']['mean']} on average, "
+          f"{answer['robots_per_gpu']['worst']} for the worst robot")
+    print("| robots | GPUs (mean loss within budget) | GPUs (worst robot within budget) |\n|---|---|---|")
+    for size, gpus in answer["gpus"].items():
+        print(f"| {size} | {gpus['mean'] if gpus['mean'] is not None else '-'} | "
+              f"{gpus['worst'] if gpus['worst'] is not None else '-'} |")
+    if answer["note"]:
+        print(answer["note"])
+    if args.out:
+        Path(args.out).write_text(json.dumps(answer, indent=2))
+    return 0
 
 
 def cmd_fleet(args: argparse.Namespace) -> int:
@@ -389,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replot(args)
         if args.cmd == "fleet":
             return cmd_fleet(args)
+        if args.cmd == "plan":
+            return cmd_plan(args)
         if args.cmd == "analyze":
             return cmd_analyze(args)
         if args.cmd == "merge":

@@ -4,12 +4,13 @@ Each robot replays its own clip (a source of its own, or a source reused with a 
 every other reuse, mirrored, so that robots differ) through AMS exactly as ``ams-eval run``'s
 ``ams`` scheme does: its own frame sampler, H.264 uplink, session (buffer, trainer, version
 chain, rate control), downlink and edge. What they share is the server's GPU, one job at a
-time on one stream-time clock: teacher labelling jobs (``teacher_s`` per frame) and training
+time on one stream-time clock: teacher labelling jobs (one call per batch: ``teacher_call_s`` +
+``teacher_s`` per frame) and training
 phases run in the order they became due (a phase is due when its robot's batch is labelled);
 among the robots whose phases are due, the
 :class:`~ams_ros.core.fleet.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
 
-The GPU cost model is the preset's: ``teacher_s`` per labelled frame and a training phase of
+The GPU cost model is the preset's: ``teacher_call_s`` + ``teacher_s`` per frame for a batch and a training phase of
 ``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``). With
 ``--fused`` every ready robot (up to ``fleet_fuse_max``) trains in one fused phase costing
 ``one phase x (1 + fleet_fused_step_factor x (k - 1))`` (the factor is the marginal cost of one
@@ -131,10 +132,10 @@ class _FleetRun:
         _, enc = r.pending.popleft()
         labeler = lambda frames, stamps: r.run.ctx.server_labels([r.index[s] for s in stamps], frames, stamps)  # noqa: E731
         n = r.session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps, labeler)
-        end = start + n * p.teacher_s
+        end = start + p.teacher_cost_s(len(enc.timestamps))  # one call on the whole batch, kept frames or not
         sched.record(r.name, LABEL, start, end)
         self.gpu["free"], self.gpu["busy"] = end, self.gpu["busy"] + (end - start)
-        if self.policy != "round_robin":  # the utility policies' signal: error vs the teacher on the new frames
+        if self.policy != "round_robin" and n:  # the utility policies' signal: error vs the teacher on the new frames
             t = r.session.latest_t
             entries = r.session.trainer.buffer.window(t, r.session.trainer.config.horizon_s)[-n:]
             sched.observe_error(r.name, t, student_error(r.session.model, entries))
@@ -250,8 +251,12 @@ def _figures(robots, sched, gpu, t0, t1, policy, fused, partial) -> dict:
             "downlink_kbps": round(sum(b for _, b in res.downlink) * 8 / duration / 1000, 2),
             "frames": res.frames_done,
         }
+    teacher = sum(sched.busy_s(r.name, t1 + step, LABEL) for r in robots)
     return {"policy": policy, "fused": fused, "partial": partial, "duration_s": round(duration, 2),
-            "gpu_utilisation": round(min(1.0, gpu["busy"] / duration), 4), "robots": out}
+            "gpu_utilisation": round(min(1.0, gpu["busy"] / duration), 4),
+            # (issue #31) the GPU's time split into the teacher's labelling and the students' training
+            "gpu_teacher": round(teacher / duration, 4),
+            "gpu_training": round(max(0.0, gpu["busy"] - teacher) / duration, 4), "robots": out}
 
 
 def fleet_study(sources: Sequence[Clip], student: nn.Module, preset: Preset, robots: Sequence[int],
@@ -307,27 +312,63 @@ def _add_loss(res: dict, alone: dict) -> None:
             fig["miou_loss"] = round(ref["miou_teacher"] - fig["miou_teacher"], 3)
             losses.append(fig["miou_loss"])
     res["mean_miou_loss"] = round(float(np.mean(losses)), 3) if losses else None
+    res["worst_miou_loss"] = round(float(np.max(losses)), 3) if losses else None
+
+
+def largest_n_under(study: dict, budget: float, policy: str | None = None, worst: bool = False) -> int:
+    """(issue #31) The largest N of ``study`` whose mean (``worst``: worst robot's) mIoU loss is at most
+    ``budget`` points, with every smaller N in the study under it too (0: none); per ``policy`` or
+    the best policy at each N."""
+    key = "worst_miou_loss" if worst else "mean_miou_loss"
+    best: dict[int, float] = {}
+    for r in study["runs"]:
+        if r.get(key) is None or r.get("partial") or (policy is not None and r["policy"] != policy):
+            continue
+        best[r["n"]] = min(best.get(r["n"], math.inf), r[key])
+    n_ok = 0
+    for n in sorted(best):
+        if best[n] > budget:
+            break
+        n_ok = n
+    return n_ok
+
+
+def plan(study: dict, budget: float, fleets: Sequence[int]) -> dict:
+    """(issue #31) An operator's answer from a fleet study: robots per GPU at a loss budget (mean and
+    worst robot, best policy at each N) and the GPUs (pool actors) a fleet of each size needs."""
+    per_gpu = {"mean": largest_n_under(study, budget), "worst": largest_n_under(study, budget, worst=True)}
+    tested = max((r["n"] for r in study["runs"]), default=0)
+    return {"loss_budget": budget, "robots_per_gpu": per_gpu, "largest_n_tested": tested,
+            "gpus": {str(f): {k: (math.ceil(f / n) if n else None) for k, n in per_gpu.items()} for f in fleets},
+            "note": ("robots per GPU is at least the largest N tested: run larger N to find the limit"
+                     if per_gpu["mean"] == tested else "")}
 
 
 def markdown(study: dict, preset: Preset) -> str:
     lines = ["# ams-eval fleet" + (" (PARTIAL: interrupted)" if study.get("partial") else ""), "",
-             f"GPU cost model (preset {preset.name}): teacher {preset.teacher_s:g} s/frame; training "
+             f"GPU cost model (preset {preset.name}): teacher {preset.teacher_call_s:g} s a call + "
+             f"{preset.teacher_s:g} s a frame; training "
              + (f"{preset.train_s_per_step:g} s/step" if preset.train_s_per_step > 0 else
                 f"measured here / {preset.train_speedup:g}")
              + f", K={preset.iterations}; fused: {'on' if study['fused'] else 'off'}"
              + (f" (extra student x{preset.fleet_fused_step_factor:g} of a step, at most {preset.fleet_fuse_max})"
                 if study["fused"] else "") + ".", "",
-             "| N | policy | mean mIoU loss (points) | GPU utilisation | mIoU vs teacher per robot | GPU share per robot "
-             "| up / down Kbps (mean) |", "|---|---|---|---|---|---|---|"]
+             "| N | policy | mean (worst) mIoU loss (points) | GPU utilisation (teacher + training) | mIoU vs teacher "
+             "per robot | GPU share per robot | up / down Kbps (mean) |", "|---|---|---|---|---|---|---|"]
     for r in study["runs"]:
         robots = r["robots"].values()
         mious = ", ".join(f"{f['miou_teacher']:.1f}" for f in robots)
         shares = ", ".join(f"{f['gpu_share']:.2f}" for f in robots)
         up = np.mean([f["uplink_kbps"] for f in robots])
         down = np.mean([f["downlink_kbps"] for f in robots])
-        loss = "-" if r.get("mean_miou_loss") is None else f"{r['mean_miou_loss']:.2f}"
+        loss = "-" if r.get("mean_miou_loss") is None else f"{r['mean_miou_loss']:.2f} ({r['worst_miou_loss']:.2f})"
+        split = (f" ({100 * r['gpu_teacher']:.0f} + {100 * r['gpu_training']:.0f})" if "gpu_teacher" in r else "")
         lines.append(f"| {r['n']} | {r['policy']}{' (partial)' if r['partial'] else ''} | {loss} | "
-                     f"{100 * r['gpu_utilisation']:.0f} % | {mious} | {shares} | {up:.0f} / {down:.0f} |")
+                     f"{100 * r['gpu_utilisation']:.0f} %{split} | {mious} | {shares} | {up:.0f} / {down:.0f} |")
+    if study["runs"]:
+        lines += ["", "Largest N under 1 point of mIoU loss (best policy at each N): mean "
+                  f"{largest_n_under(study, 1.0)}, worst robot {largest_n_under(study, 1.0, worst=True)} "
+                  f"(of N up to {max(r['n'] for r in study['runs'])} tested)."]
     gt = {n: f["miou_gt"] for n, f in study["alone"].items() if f.get("miou_gt") is not None}
     if gt:
         lines += ["", "mIoU vs human labels, each robot alone: " + ", ".join(f"{n} {v:.1f}" for n, v in gt.items())]

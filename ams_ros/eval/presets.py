@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, fields
 
 from ams_ros.core.wire.frame_codec import VIDEO_CODECS, BatchEncoderConfig
+from ams_ros.core.server.label_checks import LabelCheckConfig
 from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.rate_control import RateControlConfig
 from ams_ros.core.server.session import SessionConfig
@@ -51,6 +52,11 @@ class Preset:
     # AMS (issue #29): the gate on each phase (ams:gate_frames=0 turns it off)
     gate_frames: int = GateConfig.gate_frames
     gate_margin: float = GateConfig.gate_margin
+    drift_phases: int = GateConfig.drift_phases
+    # AMS (issue #29): the teacher-label checks (ams:one_class_share=1.0+min_frame_std=0 turns them off)
+    min_frame_std: float = LabelCheckConfig.min_frame_std
+    one_class_share: float = LabelCheckConfig.one_class_share
+    one_class_batches: int = LabelCheckConfig.one_class_batches
     inference_dtype: str = "float32"              # the edge student's inference (autocast); --inference-dtype
     # ---- the network and the server (stream-time model)
     uplink_bps: float = 5_000_000.0   # link capacities; transfers queue FIFO on each link
@@ -59,6 +65,9 @@ class Preset:
     train_speedup: float = 1.0        # server training time = wall time measured here / train_speedup
     train_s_per_step: float = 0.0     # > 0: model it instead as (optimiser steps) x this (deterministic)
     teacher_s: float = 0.25           # modelled teacher time per frame at the server (paper: 200-300 ms on a V100)
+    # (issue #31) the fixed cost of one teacher call, beside teacher_s per frame: a batch of k frames labelled in one
+    # call costs teacher_call_s + k x teacher_s (the paper's 0.25 s a frame: 0 + k x 0.25)
+    teacher_call_s: float = 0.0
     server_labels: str = "received"   # teacher labels of the frames as the server received them, or "reference"
     # ---- fleet (issue 16, `ams-eval fleet`): robots sharing the server's GPU
     fleet_fused_step_factor: float = 0.35  # fused phase of k = one phase x (1 + this x (k-1)); from ams-bench on the GPU
@@ -118,6 +127,10 @@ class Preset:
                 raise ValueError(f"unknown preset field '{key}' (fields: {', '.join(sorted(known))})")
             typed[key] = _parse(known[key], value)
         return dataclasses.replace(self, **typed)
+
+    def teacher_cost_s(self, frames: int) -> float:
+        """Modelled GPU seconds of one teacher call on ``frames`` frames (0 for none)."""
+        return self.teacher_call_s + frames * self.teacher_s if frames > 0 else 0.0
 
     def one_time_train_steps(self) -> int:
         if self.one_time_steps > 0:

@@ -33,6 +33,7 @@ from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
 from ams_ros.core.wire.frame_codec import decode_frames, encode_frames
 from ams_ros.core.edge.frame_sampler import FrameSampler
 from ams_ros.core.models.params import read_flat
+from ams_ros.core.server.label_checks import LabelCheckConfig
 from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.server.selection import STRATEGIES
@@ -177,9 +178,9 @@ def run_one_time(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
                             period_s=batch.update_period)
         arrive = run.up.send(t, len(enc.data))
         run.res.sent_times += list(batch.timestamps)
-        n = session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
-                                      _server_labeler(ctx, index))
-        arrivals.append(run.server.run(arrive, n * p.teacher_s)[1])
+        session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
+                                  _server_labeler(ctx, index))
+        arrivals.append(run.server.run(arrive, p.teacher_cost_s(len(enc.timestamps)))[1])
         t_data = max(t_data, max(enc.timestamps))
 
     run.res.rates.append((t0, p.r_max))
@@ -238,8 +239,8 @@ def run_remote_tracking(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
             dec = decode_frames(enc.data, enc.codec, enc.width, enc.height)
             label = ctx.server_labels([i], dec, [t])[0]
             for phase in others:  # the other robots' frames of the interval before it, oldest first
-                run.server.run(arrive_up - phase, p.teacher_s)
-            start, end = run.server.run(arrive_up, p.teacher_s)
+                run.server.run(arrive_up - phase, p.teacher_cost_s(1))
+            start, end = run.server.run(arrive_up, p.teacher_cost_s(1))
             ok, png = cv2.imencode(".png", label)
             arrive = run.down.send(end, int(png.size))
             pending.append((arrive, label, g))
@@ -287,7 +288,7 @@ def _run_keyframes(ctx: RunContext, spec: SchemeSpec, p: Preset, distiller_of: C
                                p.encoding, base_values=out.base_values)
                    if out.indices.size else None)
             span.steps = out.steps
-        start, end = run.server.run(start, p.teacher_s + span.seconds)
+        start, end = run.server.run(start, p.teacher_cost_s(1) + span.seconds)
         state["stride"] = stride = next_stride(state["stride"], out)
         accs.append((t, out.acc_before, out.acc_after, out.steps))
         if upd is not None:
@@ -363,7 +364,9 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     run = SchemeRun(ctx, spec.name, "ams", {"strategy": p.strategy, "gamma": p.gamma, "iterations": p.iterations,
                                             "batch_size": p.batch_size, "horizon_s": p.horizon_s,
                                             "update_period_s": p.update_period_s, "gate_frames": p.gate_frames,
-                                            "gate_margin": p.gate_margin, **dict(spec.params)})
+                                            "gate_margin": p.gate_margin, "drift_phases": p.drift_phases,
+                                            "min_frame_std": p.min_frame_std, "one_class_share": p.one_class_share,
+                                            **dict(spec.params)})
     w, h = ctx.size
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
@@ -372,7 +375,9 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         update_encoding=p.encoding, downlink=DownlinkBudgetConfig(downlink_budget_kbps=p.downlink_budget_kbps),
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period),
-        gate=GateConfig(gate_frames=p.gate_frames, gate_margin=p.gate_margin))
+        gate=GateConfig(gate_frames=p.gate_frames, gate_margin=p.gate_margin, drift_phases=p.drift_phases),
+        labels=LabelCheckConfig(min_frame_std=p.min_frame_std, one_class_share=p.one_class_share,
+                                one_class_batches=p.one_class_batches))
     session = RobotSession("eval", copy.deepcopy(ctx.student), cfg)
     edge = run.new_edge()
     sampler = FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s)
@@ -391,15 +396,16 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         """Server work that could start by ``now``: label what arrived, train a phase, answer."""
         while pending and max(run.server.free_at, pending[0][0]) <= now:
             start = max(run.server.free_at, pending[0][0])
-            n, t_data = 0, -np.inf
+            label_s, t_data = 0.0, -np.inf
             while pending and pending[0][0] <= start:
-                _, enc = pending.popleft()
-                n += session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
-                                               _server_labeler(ctx, index))
+                _, enc = pending.popleft()  # one teacher call per batch, on all its frames (kept or not)
+                session.add_encoded_batch(enc.data, enc.codec, enc.width, enc.height, enc.timestamps,
+                                          _server_labeler(ctx, index))
+                label_s += p.teacher_cost_s(len(enc.timestamps))
                 t_data = max(t_data, max(enc.timestamps))
             out = _phase(session, t_data)
             train_s = run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0
-            start, end = run.server.run(start, n * p.teacher_s + train_s)
+            start, end = run.server.run(start, label_s + train_s)
             if out is not None:
                 arrive = run.down.send(end, out.update.wire_bytes)
                 edge.deliver(arrive, out.update)
@@ -421,8 +427,15 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         run.score(i, t, edge.infer(frame))
     run.res.params["phases"] = len(run.res.updates)
     run.res.params["phases_discarded"] = session.discarded_phases
+    run.res.params["batches_refused"] = session.refused_batches
+    run.res.params["frames_refused"] = session.refused_frames
     if session.discarded_phases:
         run.res.notes.append(f"the gate discarded {session.discarded_phases} phase(s) (last: {session.last_discard})")
+    if session.refused_frames:
+        run.res.notes.append(f"the label checks kept {session.refused_frames} frame(s) from training, "
+                             f"{session.refused_batches} whole batch(es) (last: {session.last_refusal})")
+    if session.rollbacks:
+        run.res.notes.append(f"the drift rule sent the robot back to its starting weights {session.rollbacks} time(s)")
     if not run.res.updates:
         run.res.notes.append(f"no update reached the edge: the clip ({ctx.clip.duration:.1f} s) is shorter than "
                              f"what one phase needs (T_update={p.update_period_s:g} s of frames + training + transfer)")

@@ -63,3 +63,37 @@ def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(pla
 
     node._tick_source()                       # nothing new is due yet: nothing published, nothing skipped
     assert len(published) == 2 and counters.source_frames_skipped == 9
+
+
+def test_the_test_only_learning_faults_black_out_or_replace_the_played_frames_while_set(player):
+    """(issue #29, ``make faults``) ``fault_black_frames`` and ``fault_foreign_source`` are set and
+    reset at run time as ``ros2 param set`` does; the robot's own stream (image and batch) carries them."""
+    import itertools
+
+    import numpy as np
+
+    from ams_ros.nodes.common.conversions import to_rgb
+
+    node, counters, published = player
+    frames: list = []
+    real_publish = node.image_pub.publish
+    node.image_pub.publish = lambda msg: (frames.append(to_rgb(msg)), real_publish(msg))
+    node._tick_source()
+    assert frames[-1].std() > 3.0  # the synthetic world
+    assert node.set_parameters([Parameter("fault_black_frames", value=True)])[0].successful
+    node._t_wall0 -= 1.0 / FPS
+    node._tick_source()
+    assert not frames[-1].any()  # a covered lens: black
+    node.set_parameters([Parameter("fault_black_frames", value=False),
+                         Parameter("fault_foreign_source", value="synthetic:7")])
+    node._t_wall0 -= 1.0 / FPS
+    node._tick_source()
+    own = node._open("synthetic:0", loop=False)
+    foreign = node._open("synthetic:7", loop=False)
+    first_foreign = next(iter(foreign))[1]
+    assert frames[-1].std() > 3.0 and np.array_equal(frames[-1], first_foreign)  # another robot's scene
+    assert not any(np.array_equal(frames[-1], f[1]) for f in itertools.islice(iter(own), 20))
+    node.set_parameters([Parameter("fault_foreign_source", value="")])
+    node._t_wall0 -= 1.0 / FPS
+    node._tick_source()
+    assert not np.array_equal(frames[-1], first_foreign)

@@ -126,13 +126,19 @@ def test_kill_restart_kills_once_at_its_stream_time_and_restarts_once_after_the_
 
 
 def test_every_scenario_is_known_and_an_unknown_one_names_the_choices():
-    args = argparse.Namespace(duration=120.0, seed=1)
+    args = argparse.Namespace(duration=120.0, seed=1, foreign_s=10.0)
     kinds = {name: disturbance_for(name, args) for name in SCENARIOS}
     assert type(kinds["undisturbed"]) is Disturbance
     assert kinds["drop_updates"].edge_params() == {"model_patcher": {"fault_drop_updates": 0.2, "fault_seed": 1}}
     assert kinds["drop_batches"].edge_params()["camera_sampler"]["fault_drop_batches"] == 0.2
     assert kinds["server_kill"].which == "server" and kinds["server_kill"].down_s == 20.0
     assert kinds["robot_restart"].which == "edge"
+    # (issue #29) the faults of the learning itself: which node's parameters, for how long
+    teacher, lens, foreign = kinds["one_class_teacher"], kinds["covered_lens"], kinds["foreign_scene"]
+    assert (teacher.node, teacher.robot, teacher.changes, teacher.for_s) == (
+        "teacher_labeler", False, {"fault_teacher_one_class": 0}, 60.0)
+    assert (lens.node, lens.robot, lens.changes, lens.for_s) == ("camera_sampler", True, {"fault_black_frames": True}, 60.0)
+    assert (foreign.node, foreign.robot, foreign.for_s) == ("camera_sampler", True, 10.0)
     with pytest.raises(SystemExit, match="choose from undisturbed, drop_updates"):
         disturbance_for("earthquake", args)
 
@@ -148,10 +154,18 @@ def test_param_overrides_are_read_as_yaml_and_a_malformed_one_shows_the_form():
 
 
 class _ParamClient:
-    """What the ServerParamWindow sends the ams_trainer (as `ros2 param set` would)."""
+    """What a ParamWindow sends its node (as `ros2 param set` would)."""
 
     def __init__(self) -> None:
         self.sets: list[dict] = []
+        self.asked: list[list[str]] = []
+        self.ready = False
+
+    def services_are_ready(self) -> bool:
+        return self.ready
+
+    def get_parameters(self, names, callback) -> None:
+        self.asked.append(list(names))
 
     def set_parameters(self, params) -> None:
         self.sets.append({p.name: p.value for p in params})
@@ -161,6 +175,12 @@ def test_a_poisoned_phase_sets_the_learning_rate_for_its_window_then_back():
     d = disturbance_for("poisoned_phase", argparse.Namespace(duration=120.0, seed=1))
     assert d.changes == {"lr": 1.0} and d.at_s == 36.0 and d.for_s == 30.0
     d.client = _ParamClient()
+    d.tick(10.0, _Stage())
+    assert d.client.asked == []  # its parameter services are not discovered yet: a request would be lost
+    d.client.ready = True
+    d.tick(11.0, _Stage())
+    d.tick(12.0, _Stage())
+    assert d.client.asked == [["lr"]]  # asked once (again only after 5 s without an answer)
     d.tick(40.0, _Stage())
     assert d.client.sets == [] and d.started_t is None  # the server's own value not known yet: wait for it
     d.original = {"lr": 0.001}
@@ -184,4 +204,21 @@ def test_a_poisoned_phase_row_has_the_robots_miou_around_the_window_and_the_disc
     assert row["poison_window_s"] == [40.0, 70.0] and row["phases_discarded"] == 3
     assert (row["miou_before_window"], row["miou_in_window"]) == (0.6, 0.2)
     assert row["miou_30s_after_window"] == pytest.approx((5 * 0.2 + 10 * 0.6) / 15, abs=1e-4)
-    assert "| poisoned_phase | 40-70 | 0.600 | 0.200 | 0.467 | 3 |" in markdown_table([row])
+    assert "| poisoned_phase | 40-70 | 0.600 | 0.200 (0.400) | 0.467 (0.400) | 3 | - (-) | - |" in markdown_table([row])
+
+
+def test_a_learning_fault_row_has_the_robots_and_the_frozen_students_miou_per_period_and_what_was_refused(tmp_path):
+    import json
+
+    d = disturbance_for("one_class_teacher", argparse.Namespace(duration=100.0, seed=1, foreign_s=10.0))
+    d.started_t, d.ended_t = 30.0, 90.0
+    scores = [{"t": float(t), "streamed": 0.5 if t < 60 else 0.3, "frozen": 0.4, "version": 1} for t in range(0, 100, 5)]
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    (tmp_path / "edge.log").write_text(_applied(100.5, "snapshot", 0, 0, 3_898_566))
+    row = measure("one_class_teacher", tmp_path, d, {"server_batches_refused": 6, "server_frames_refused": 60,
+                                                     "server_rollbacks": 0, "update_period_s": 20.0})
+    assert (row["batches_refused"], row["frames_refused"], row["rollbacks"]) == (6, 60, 0)
+    assert row["miou_frozen_in_window"] == 0.4 and row["miou_in_window"] == pytest.approx((6 * 0.5 + 6 * 0.3) / 12)
+    assert [p["t"] for p in row["periods"]] == [[0.0, 20.0], [20.0, 40.0], [40.0, 60.0], [60.0, 80.0], [80.0, 100.0]]
+    assert [p["streamed"] for p in row["periods"]] == [0.5, 0.5, 0.5, 0.3, 0.3]
+    assert all(p["frozen"] == 0.4 for p in row["periods"])

@@ -68,6 +68,38 @@ def test_robots_sharing_a_saturated_gpu_get_fewer_phases_and_all_of_it(clip, stu
     # fused phases cost less GPU time than the same phases one after another
     fused = fleet.run_fleet(clips, student, slow, "round_robin", fused=True)
     assert fused["gpu_utilisation"] < three["gpu_utilisation"]
+    # (issue #31) the GPU's time is the teacher's plus the training's
+    assert three["gpu_teacher"] > 0 and three["gpu_training"] > 0
+    assert three["gpu_teacher"] + three["gpu_training"] == pytest.approx(three["gpu_utilisation"], abs=1e-3)
+
+
+def test_a_teacher_that_labels_a_batch_in_one_call_costs_the_gpu_less_and_leaves_more_for_training(clip, student) -> None:
+    per_frame = TINY.with_overrides({"teacher_s": 0.2})                       # 5 frames: 1.0 s
+    batched = TINY.with_overrides({"teacher_call_s": 0.15, "teacher_s": 0.05})  # one frame still 0.2 s; 5: 0.4 s
+    assert batched.teacher_cost_s(1) == pytest.approx(per_frame.teacher_cost_s(1))
+    assert batched.teacher_cost_s(5) == pytest.approx(0.4) and batched.teacher_cost_s(0) == 0.0
+    clips = [fleet.robot_clip(clip, j) for j in range(3)]
+    a = fleet.run_fleet(clips, student, per_frame, "round_robin")
+    b = fleet.run_fleet(clips, student, batched, "round_robin")
+    assert b["gpu_teacher"] < a["gpu_teacher"]
+    assert sum(r["phases"] for r in b["robots"].values()) >= sum(r["phases"] for r in a["robots"].values())
+
+
+def _study(losses: dict[tuple[int, str], tuple[float, float]]) -> dict:
+    return {"runs": [{"n": n, "policy": pol, "partial": False, "mean_miou_loss": m, "worst_miou_loss": w}
+                     for (n, pol), (m, w) in losses.items()]}
+
+
+def test_the_largest_n_under_a_budget_takes_the_best_policy_at_each_n_and_stops_at_the_first_n_over_it() -> None:
+    study = _study({(1, "round_robin"): (0.0, 0.0), (3, "round_robin"): (1.4, 2.0), (3, "utility"): (0.8, 1.5),
+                    (6, "utility"): (1.2, 3.0), (9, "utility"): (0.9, 2.5)})
+    assert fleet.largest_n_under(study, 1.0) == 3  # 6 is over: 9's lucky 0.9 does not count
+    assert fleet.largest_n_under(study, 1.0, policy="round_robin") == 1
+    assert fleet.largest_n_under(study, 1.0, worst=True) == 1
+    answer = fleet.plan(study, 1.0, [10, 200])
+    assert answer["robots_per_gpu"] == {"mean": 3, "worst": 1} and answer["largest_n_tested"] == 9
+    assert answer["gpus"] == {"10": {"mean": 4, "worst": 10}, "200": {"mean": 67, "worst": 200}}
+    assert fleet.plan(_study({(1, "utility"): (2.0, 2.0)}), 1.0, [10])["gpus"]["10"] == {"mean": None, "worst": None}
 
 
 def test_fleet_cli_writes_json_markdown_and_plot_for_every_n_and_policy(tmp_path) -> None:
@@ -83,8 +115,15 @@ def test_fleet_cli_writes_json_markdown_and_plot_for_every_n_and_policy(tmp_path
     assert all(r["mean_miou_loss"] is not None for r in data["runs"])
     assert data["preset"]["teacher_s"] == 0.25
     md = (out / "fleet.md").read_text()
-    assert "| 2 | utility |" in md and "teacher 0.25 s/frame" in md
+    assert "| 2 | utility |" in md and "teacher 0 s a call + 0.25 s a frame" in md
+    assert "Largest N under 1 point of mIoU loss" in md
     assert (out / "fleet_miou_loss.png").stat().st_size > 0
+    # (issue #31) the operator's answer from the same study
+    answer = tmp_path / "plan.json"
+    assert eval_main(["plan", str(out / "fleet.json"), "--loss-budget", "100", "--fleets", "10,50",
+                      "--out", str(answer)]) == 0
+    plan = json.loads(answer.read_text())
+    assert plan["robots_per_gpu"] == {"mean": 2, "worst": 2} and plan["gpus"]["50"] == {"mean": 25, "worst": 25}
 
 
 def test_ctrl_c_keeps_the_runs_done_and_marks_the_study_partial(tmp_path, monkeypatch) -> None:

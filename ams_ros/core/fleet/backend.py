@@ -20,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Optional, Protocol, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -62,6 +63,9 @@ class RobotHandle(Protocol):
 
     discarded_phases: int  # (issue #29) phases the gate kept from shipping, and why the last one
     last_discard: str
+    refused_batches: int  # (issue #29) batches and frames the label checks kept from training, and why the last
+    refused_frames: int
+    last_refusal: str
 
     def ready(self) -> bool: ...
 
@@ -148,6 +152,13 @@ class Backend(ABC):
     def describe(self) -> str:
         """Where the robots train, for the log."""
 
+    def set_teacher_fault(self, one_class: int) -> None:
+        """Test-only fault injection (``make faults``, issue #29): every robot's teacher labels every
+        pixel ``one_class`` (-1 = off). Only where the teachers run in this process."""
+        if one_class >= 0:
+            raise ValueError(f"fault_teacher_one_class {one_class}: test-only fault injection works with the local "
+                             f"backend only (the teachers run on the pool's actors here); set it back to -1")
+
 
 class LocalBackend(Backend):
     """Every session and teacher in this process, one lane."""
@@ -159,6 +170,7 @@ class LocalBackend(Backend):
         self.store, self.device, self.log = store, device, log
         self.teachers: dict[str, Any] = {}
         self.teacher_spec: Optional[TeacherSpec] = None
+        self.fault_one_class = -1  # test-only (set_teacher_fault)
         self._save_lock = threading.Lock()
         for session in self.sessions.values():
             session.trainer.stop_requested = stopping  # a stop ends a phase early (it is rolled back)
@@ -194,17 +206,26 @@ class LocalBackend(Backend):
         space = resolve_label_space(spec.label_space, list(spec.selected_classes))
         self.teachers, where = build_robot_teachers(
             dict(spec.specs), list(spec.selected_classes), space, device,
-            explicit=spec.device.strip().lower() not in ("", "auto"), max_batch=int(spec.max_batch))
+            explicit=spec.device.strip().lower() not in ("", "auto"), max_batch=int(spec.max_batch),
+            min_confidence=float(spec.min_confidence))
         self.teacher_spec = spec
         return where
+
+    def set_teacher_fault(self, one_class: int) -> None:
+        self.fault_one_class = int(one_class)
 
     def label(self, robot: str, data: bytes, codec: str, width: int, height: int, stamps: Sequence[float]) -> int:
         if self.teacher_spec is None:
             raise RuntimeError("no teachers yet: build the teacher_labeler of this process (set_teachers)")
-        teacher = self.teachers[robot]
-        return self.sessions[robot].add_encoded_batch(
-            data, codec, width, height, stamps, lambda frames, st: label_frames(teacher, frames, st),
-            limits=self.teacher_spec.limits)
+        teacher, one_class = self.teachers[robot], self.fault_one_class
+
+        def label(frames: list, st: list) -> list:
+            labels = label_frames(teacher, frames, st)
+            if one_class >= 0:  # test-only fault injection: a teacher gone wrong (issue #29)
+                labels = [np.full_like(lab, one_class) for lab in labels]
+            return labels
+        return self.sessions[robot].add_encoded_batch(data, codec, width, height, stamps, label,
+                                                      limits=self.teacher_spec.limits)
 
     def student_error(self, robot: str, frames: int) -> float | None:
         session = self.sessions[robot]

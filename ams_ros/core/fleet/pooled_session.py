@@ -53,6 +53,18 @@ class PooledSession:
     def last_discard(self) -> str:
         return str(self._info.last_discard)
 
+    @property
+    def refused_batches(self) -> int:
+        return int(self._info.refused_batches)
+
+    @property
+    def refused_frames(self) -> int:
+        return int(self._info.refused_frames)
+
+    @property
+    def last_refusal(self) -> str:
+        return str(self._info.last_refusal)
+
     def ready(self) -> bool:
         return self._info.ready()
 

@@ -36,6 +36,7 @@ from ams_ros.core.fleet.fused_training import run_fused_phases
 from ams_ros.core.fleet.replies import AddReply, CommandReply, LabelReply, PhaseReply, Ping, ResyncReply, RobotInfo
 from ams_ros.core.server.session import RobotSession, Resync, SessionConfig
 from ams_ros.core.server.session_store import decode_state, encode_state, restore_session_state, session_state
+from ams_ros.core.common.config import knob
 from ams_ros.core.common.devices import configure_cudnn, resolve_device
 from ams_ros.core.common.threads import set_torch_threads
 from ams_ros.core.models.labels import resolve_label_space
@@ -76,6 +77,9 @@ class TeacherSpec:
     label_space: str = "synthetic"
     device: str = "auto"
     max_batch: int = 0
+    min_confidence: float = knob(0.0, "Pixels whose top softmax probability from the teacher is below this are "
+                                      "labelled ignore: left out of training and of the gate's scores (0 = every "
+                                      "pixel; PyTorch teachers only, the others give no scores)")
     limits: BatchLimits = field(default_factory=BatchLimits)
 
 
@@ -189,7 +193,8 @@ class PoolWorker:
         student_space = resolve_label_space(spec.label_space, list(spec.selected_classes))
         self.teachers, where = build_robot_teachers(
             dict(spec.specs), spec.selected_classes, student_space, device,
-            explicit=spec.device.strip().lower() not in ("", "auto"), max_batch=int(spec.max_batch))
+            explicit=spec.device.strip().lower() not in ("", "auto"), max_batch=int(spec.max_batch),
+            min_confidence=float(spec.min_confidence))
         self.teacher_spec = spec
         return where
 
@@ -315,7 +320,9 @@ class PoolWorker:
             downlink_kbps=session.budget.average_kbps(latest) if latest is not None and session.budget.enabled
             else None,
             downlink_budget_kbps=float(session.config.downlink.downlink_budget_kbps),
-            discarded_phases=int(session.discarded_phases), last_discard=session.last_discard)
+            discarded_phases=int(session.discarded_phases), last_discard=session.last_discard,
+            refused_batches=int(session.refused_batches), refused_frames=int(session.refused_frames),
+            last_refusal=session.last_refusal)
 
 
 def _configure(session: RobotSession, changes: dict[str, Any]) -> None:

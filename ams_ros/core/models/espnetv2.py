@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ams_ros.core.models.labels import CITYSCAPES, LabelSpace, get_label_space
-from ams_ros.core.models.student import as_image_list
+from ams_ros.core.models.student import as_image_list, confident_class_map
 from ams_ros.core.models.teachers import register_teacher_factory
 
 NUM_OUTPUTS = 20
@@ -368,6 +368,7 @@ class ESPNetv2Teacher:
         self.model = load_espnetv2(path, device)
         self.input_size = (_round_to_multiple(input_size[0]), _round_to_multiple(input_size[1]))
         self.max_batch = int(max_batch)
+        self.min_confidence = 0.0  # (issue #29) set by place_teacher: doubtful pixels become ignore
         self.name = f"espnetv2:{path}"
         lut = np.arange(256, dtype=np.uint8)
         lut[BACKGROUND_INDEX:] = self.label_space.ignore_index
@@ -406,7 +407,7 @@ class ESPNetv2Teacher:
         out: list[np.ndarray] = []
         for i in range(0, len(imgs), step):
             chunk = imgs[i:i + step]
-            labels = self.logits(chunk).max(dim=1).indices.to(torch.uint8).cpu().numpy()
+            labels = confident_class_map(self.logits(chunk), self.min_confidence).cpu().numpy()
             for img, lab in zip(chunk, labels):
                 if lab.shape != img.shape[:2]:
                     lab = cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)

@@ -281,10 +281,25 @@ def class_map(logits: torch.Tensor) -> torch.Tensor:
     return logits.max(dim=1).indices.to(torch.uint8)
 
 
+def confident_class_map(logits: torch.Tensor, min_confidence: float, ignore_index: int = 255) -> torch.Tensor:
+    """:func:`class_map` with ``ignore_index`` where the labels are not to be believed (issue #29):
+    pixels whose scores are not all finite (argmax would pick a NaN as the maximum) and, with
+    ``min_confidence`` > 0, pixels whose top softmax probability is below it."""
+    labels = class_map(logits)
+    doubtful = ~torch.isfinite(logits).all(dim=1)
+    if min_confidence > 0.0:
+        top = torch.softmax(torch.nan_to_num(logits.float()), dim=1).max(dim=1).values
+        doubtful |= top < float(min_confidence)
+    return labels.masked_fill(doubtful, ignore_index)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
-            batch_size: int = 8, dtype: torch.dtype | str = torch.float32) -> list[np.ndarray]:
+            batch_size: int = 8, dtype: torch.dtype | str = torch.float32,
+            min_confidence: float | None = None) -> list[np.ndarray]:
     """uint8 label maps at each image's own size (argmax at ``size``, nearest-resized back).
+    With ``min_confidence`` (a teacher's labels, issue #29), doubtful pixels are 255 (ignore):
+    :func:`confident_class_map`.
 
     Runs on the model's device (``dtype`` float16/bfloat16: under autocast, weights untouched),
     in eval mode, and restores every module's previous mode afterwards.
@@ -304,7 +319,8 @@ def predict(model: nn.Module, images: Any, size: tuple[int, int] | None = None,
                 logits = model(x.to(device))
             if isinstance(logits, dict):
                 logits = logits["out"]
-            labels = class_map(logits).cpu().numpy()
+            labels = (class_map(logits) if min_confidence is None else
+                      confident_class_map(logits, min_confidence)).cpu().numpy()
             for img, lab in zip(chunk, labels):
                 if lab.shape != img.shape[:2]:
                     lab = cv2.resize(lab, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_NEAREST)

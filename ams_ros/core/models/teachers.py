@@ -72,16 +72,20 @@ class _TorchTeacher:
 
     A frame batch from a robot (10 frames per update period) is labelled in one batched forward
     pass on the teacher's device (:func:`place_teacher`); ``max_batch`` > 0 splits it (a big
-    teacher on a small CPU)."""
+    teacher on a small CPU). Pixels whose scores are not finite, and those whose top softmax
+    probability is below ``min_confidence`` (issue #29; 0 = every pixel), are labelled ignore: left
+    out of the student's loss and of the gate's scores."""
 
     model: torch.nn.Module
     input_size: tuple[int, int]
     max_batch: int = 0
+    min_confidence: float = 0.0
 
     def label(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         images = list(images)
         batch = self.max_batch if self.max_batch > 0 else max(1, len(images))
-        labels = predict(self.model, images, size=self.input_size, batch_size=batch)
+        labels = predict(self.model, images, size=self.input_size, batch_size=batch,
+                         min_confidence=float(self.min_confidence))
         return [_check_range(lab, self.label_space) for lab in labels]
 
 
@@ -191,20 +195,30 @@ def select_classes(teacher: Teacher, selected_names: Sequence[str]) -> Teacher:
     return SelectedClassesTeacher(teacher, names)
 
 
-def place_teacher(teacher: Teacher, device: torch.device, explicit: bool = True, max_batch: int = 0) -> str:
-    """Move a PyTorch teacher (or the one a :class:`SelectedClassesTeacher` wraps) to ``device``;
-    returns where it runs. Teachers that run on the CPU only (TFLite, the synthetic oracle) stay
-    there: a ValueError when CUDA was asked for explicitly (``explicit``), a note in the returned
-    text when it came from ``auto``."""
+def place_teacher(teacher: Teacher, device: torch.device, explicit: bool = True, max_batch: int = 0,
+                  min_confidence: float = 0.0) -> str:
+    """Move a PyTorch teacher (or the one a :class:`SelectedClassesTeacher` wraps) to ``device``
+    and give it ``max_batch`` and ``min_confidence``; returns where it runs. Teachers that run on
+    the CPU only (TFLite, the synthetic oracle) stay there: a ValueError when CUDA was asked for
+    explicitly (``explicit``), a note in the returned text when it came from ``auto``. They give no
+    scores: a ``min_confidence`` above 0 for them is a ValueError too."""
     inner = getattr(teacher, "teacher", None)
     if inner is not None and isinstance(teacher, SelectedClassesTeacher):
-        return place_teacher(inner, device, explicit, max_batch)
+        return place_teacher(inner, device, explicit, max_batch, min_confidence)
     model = getattr(teacher, "model", None)
     if isinstance(model, torch.nn.Module):
         teacher.model = model.to(device).eval()  # type: ignore[attr-defined]
         if hasattr(teacher, "max_batch"):
             teacher.max_batch = int(max_batch)  # type: ignore[attr-defined]
+        if hasattr(teacher, "min_confidence"):
+            teacher.min_confidence = float(min_confidence)  # type: ignore[attr-defined]
+            if min_confidence > 0.0 and "|min_confidence=" not in teacher.name:  # other labels: another name
+                teacher.name = f"{teacher.name}|min_confidence={min_confidence:g}"  # type: ignore[misc]
         return str(device)
+    if min_confidence > 0.0:
+        raise ValueError(f"teacher '{teacher.name}' gives labels without scores, so teacher_min_confidence "
+                         f"{min_confidence:g} cannot be applied: set it to 0, or use a PyTorch teacher "
+                         f"(torchvision:NAME@WEIGHTS.pth, checkpoint:PATH, espnetv2:PATH)")
     if device.type != "cpu":
         if explicit:
             raise ValueError(f"teacher '{teacher.name}' runs on the CPU only (not a PyTorch model), but device "
@@ -215,7 +229,7 @@ def place_teacher(teacher: Teacher, device: torch.device, explicit: bool = True,
 
 
 def build_robot_teachers(specs: dict[str, str], selected: Sequence[str], student_space, device: torch.device,
-                         explicit: bool, max_batch: int = 0) -> tuple[dict[str, Teacher], str]:
+                         explicit: bool, max_batch: int = 0, min_confidence: float = 0.0) -> tuple[dict[str, Teacher], str]:
     """Each robot's teacher from its spec (robots sharing a spec share one instance), restricted
     to the selected classes and placed on ``device``; (robot -> teacher, where they run). A
     teacher whose classes differ in number from the student's is a ValueError naming the fix.
@@ -224,7 +238,8 @@ def build_robot_teachers(specs: dict[str, str], selected: Sequence[str], student
     where = ""
     for text in dict.fromkeys(specs.values()):
         teacher = select_classes(build_teacher(text), list(selected))
-        where = place_teacher(teacher, device, explicit=explicit, max_batch=int(max_batch))
+        where = place_teacher(teacher, device, explicit=explicit, max_batch=int(max_batch),
+                              min_confidence=float(min_confidence))
         if teacher.label_space.num_classes != student_space.num_classes:
             raise ValueError(
                 f"teacher '{text}' labels {teacher.label_space.num_classes} classes ({teacher.label_space.name}) "

@@ -15,6 +15,13 @@ alternative, judging each update after the fact on the next batch, costs no trai
 lets a bad update run on the robot for a whole period before it is rolled back. The scores are
 the teacher's labels, not ground truth: the gate catches a phase that departs from the teacher,
 not a wrong teacher (issue #29's teacher-label checks are apart from it).
+
+The same frames keep the robot from drifting below where it started: the starting (pretrained)
+weights are scored on them too, and after ``drift_phases`` phases in a row that leave the robot more
+than ``gate_margin`` points below them, the session sends the robot back to them
+(:meth:`~ams_ros.core.server.session.RobotSession.rollback` to ``START``, a signed catch-up as the
+chain's next version). Many small steps, each within the margin, can add up to a model worse than
+the one the robot started with; this is the floor under them.
 """
 
 from __future__ import annotations
@@ -38,16 +45,27 @@ class GateConfig:
                                "running model (0 = no gate: every phase ships)")
     gate_margin: float = knob(2.0, "A phase whose mIoU on the held-out frames (against the teacher's labels) is more "
                                    "than this many points below the running model's is discarded, not shipped")
+    drift_phases: int = knob(3, "With the gate on: after this many phases in a row that leave the robot more than "
+                                "gate_margin points below its starting (pretrained) weights on the held-out frames, "
+                                "the robot is sent back to those weights as the chain's next version (0 = never)")
 
     def __post_init__(self) -> None:
         if self.gate_frames < 0:
             raise ValueError(f"gate_frames must be >= 0 (0 = no gate), got {self.gate_frames}")
         if not 0.0 <= self.gate_margin <= 100.0:
             raise ValueError(f"gate_margin is in mIoU points: 0 to 100, got {self.gate_margin}")
+        if self.drift_phases < 0:
+            raise ValueError(f"drift_phases must be >= 0 (0 = never back to the starting weights), got {self.drift_phases}")
 
     @property
     def enabled(self) -> bool:
         return self.gate_frames > 0
+
+
+def drifted(runs: float, start: float, config: GateConfig) -> bool:
+    """True when the model the robot runs (mIoU points) is more than ``gate_margin`` below the
+    starting weights' on the same frames."""
+    return runs < start - config.gate_margin
 
 
 def held_out(window: Sequence[BufferEntry], config: GateConfig) -> tuple[list[BufferEntry], Optional[float]]:

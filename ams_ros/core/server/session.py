@@ -7,6 +7,7 @@ evaluation harness drive this class; they differ only in how bytes travel.
 
 from __future__ import annotations
 
+import copy
 import secrets
 import threading
 import time
@@ -27,7 +28,8 @@ from ams_ros.core.server.rate_control import (
     RateControlConfig,
     SamplingRateController,
 )
-from ams_ros.core.server.quality_gate import GateConfig, held_out, score, verdict
+from ams_ros.core.server.label_checks import LabelCheckConfig, LabelChecks
+from ams_ros.core.server.quality_gate import GateConfig, drifted, held_out, score, verdict
 from ams_ros.core.server.trainer import AMSTrainer
 from ams_ros.core.server.stop_hooks import PhaseInterrupted
 from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
@@ -73,6 +75,8 @@ class SessionConfig:
     adaptive_period: AdaptivePeriodConfig = field(default_factory=AdaptivePeriodConfig)
     # (issue #29) the gate on each phase: held-out newest frames, the margin in mIoU points
     gate: GateConfig = field(default_factory=GateConfig)
+    # (issue #29) the checks a batch's frames and teacher labels pass before they are trained on
+    labels: LabelCheckConfig = field(default_factory=LabelCheckConfig)
     catch_up_versions: int = knob(8, "Phases whose changed coordinates the server keeps, to answer a robot up to "
                                      "this many versions behind with one catch-up update instead of a snapshot "
                                      "(0 = always a snapshot)")
@@ -102,6 +106,9 @@ class PhaseOutcome:
     plan: Optional[PhasePlan] = None  # the downlink budget's choice of gamma and encoding, when one is set
     # (issue #29) the gate's mIoU (points) of the running model and of this phase on the held-out frames
     gate_scores: Optional[tuple[float, float]] = None
+    # (issue #29) set when this update sends the robot back to its starting weights (drift_phases) instead
+    # of shipping the phase: why
+    reset: str = ""
 
 
 @dataclass
@@ -120,6 +127,7 @@ class PhaseStart:
     held: list = field(default_factory=list)
     running_score: float = float("nan")
     train_now: float = 0.0
+    start_score: float = float("nan")  # the starting weights' score on the held-out frames
 
 
 class RobotSession:
@@ -147,6 +155,13 @@ class RobotSession:
         self.diverged_phases = 0
         self.discarded_phases = 0  # (issue #29) phases the gate kept from shipping
         self.last_discard = ""
+        # (issue #29) batches (and frames of kept batches) the label checks kept from training, and why
+        self.label_checks = LabelChecks(self.config.labels, self.config.trainer.ignore_index)
+        self.refused_batches = 0
+        self.drift_streak = 0  # (issue #29) phases in a row below the starting weights
+        self._start: Optional[nn.Module] = None
+        self.refused_frames = 0
+        self.last_refusal = ""
         self.rollbacks = 0  # (issue #29) operator rollbacks
         self.last_phase_wall_s = 0.0
         self.latest_t: Optional[float] = None
@@ -249,9 +264,16 @@ class RobotSession:
         if len(frames) != len(stamps):
             raise FrameCodecError(f"batch holds {len(frames)} frames but {len(stamps)} timestamps")
         labels = label(frames, stamps)
-        for t, frame, lab in zip(stamps, frames, labels):
-            self.add_labeled(t, frame, lab)
-        return len(frames)
+        verdict = self.label_checks.check(frames, labels)  # (issue #29) frames not worth learning from
+        if verdict.reason:
+            left_out = len(frames) - len(verdict.keep)
+            self.refused_frames += left_out
+            self.refused_batches += int(verdict.refused)
+            what = "refused" if verdict.refused else f"{left_out} of {len(frames)} frames left out"
+            self.last_refusal = f"batch at t={stamps[-1]:.1f} s {what}: {verdict.reason}"
+        for i in verdict.keep:
+            self.add_labeled(stamps[i], frames[i], labels[i])
+        return len(verdict.keep)
 
     def ready(self) -> bool:
         return self.new_samples >= max(1, self.config.min_samples)
@@ -302,8 +324,17 @@ class RobotSession:
         before = ckpt.weights.cpu().numpy() if ENCODINGS[enc].residual else None
         held, upto = held_out(self.trainer.buffer.window(now, configured.horizon_s), self.config.gate)
         running = score(self.model, held, configured.ignore_index) if held else float("nan")
+        start = score(self._start_model(), held, configured.ignore_index) \
+            if held and self.config.gate.drift_phases else float("nan")
         return PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase, held, running,
-                          now if upto is None else upto)
+                          now if upto is None else upto, start)
+
+    def _start_model(self) -> nn.Module:
+        """A copy of the student with the starting weights (built once), for the drift rule."""
+        if self._start is None:
+            self._start = copy.deepcopy(self.model)
+            write_flat(self._start, np.arange(self.start_weights.size), self.start_weights)
+        return self._start
 
     def abandon_phase(self, start: "PhaseStart") -> None:
         self.trainer.rollback(start.ckpt)
@@ -323,6 +354,14 @@ class RobotSession:
                 self.trainer.rollback(start.ckpt)
                 self.discarded_phases += 1
                 self.last_discard = f"phase {result.phase} discarded: {reason}"
+            reset = self._drift(scores[0] if reason else scores[1], start.start_score)
+            if reset:  # (issue #29) the robot goes back to its starting weights instead
+                if not reason:
+                    self.trainer.rollback(start.ckpt)
+                back = self.rollback(START)
+                return PhaseOutcome(back.update, result, time.perf_counter() - t0, None, scores,
+                                    f"{reset}: {back.reason}")
+            if reason:
                 return None
         enc = start.encoding
         base = start.before[result.indices] if start.before is not None else None
@@ -346,6 +385,17 @@ class RobotSession:
         self.budget.shipped(enc, update.num_selected, encoded_size(update))
         self.last_phase_wall_s = time.perf_counter() - t0
         return PhaseOutcome(update, result, self.last_phase_wall_s, start.plan, scores)
+
+    def _drift(self, runs: float, start: float) -> str:
+        """Count the phases in a row that leave the robot (its model scoring ``runs``) below its
+        starting weights (``start``); why it goes back to them once there are ``drift_phases``, else ""."""
+        gate = self.config.gate
+        self.drift_streak = self.drift_streak + 1 if gate.drift_phases and drifted(runs, start, gate) else 0
+        if not gate.drift_phases or self.drift_streak < gate.drift_phases:
+            return ""
+        self.drift_streak = 0
+        return (f"{gate.drift_phases} phases in a row more than {gate.gate_margin:g} points below the starting "
+                f"weights (now mIoU {runs:.1f} against their {start:.1f} on the held-out frames)")
 
     def snapshot(self, encoding: str | None = None) -> EncodedUpdate:
         """A full snapshot of the current version (for a late or out-of-sync edge)."""

@@ -87,6 +87,9 @@ def session_state(session: RobotSession) -> dict[str, Any]:
             "history": [(int(v), _t(idx), None if before is None else _t(before)) for v, idx, before in session.history],
             "rollbacks": int(session.rollbacks),
             "discarded_phases": int(session.discarded_phases), "last_discard": session.last_discard,
+            "refused_batches": int(session.refused_batches), "refused_frames": int(session.refused_frames),
+            "last_refusal": session.last_refusal,
+            "label_checks": [bool(session.label_checks.seen_varied), int(session.label_checks.one_class_run)],
             "new_samples": int(session.new_samples),
             "latest_t": session.latest_t,
             "diverged_phases": int(session.diverged_phases),
@@ -135,6 +138,11 @@ def restore_session_state(session: RobotSession, state: dict[str, Any]) -> None:
         session.rollbacks = int(state.get("rollbacks", 0))
         session.discarded_phases = int(state.get("discarded_phases", 0))
         session.last_discard = str(state.get("last_discard", ""))
+        session.refused_batches = int(state.get("refused_batches", 0))
+        session.refused_frames = int(state.get("refused_frames", 0))
+        session.last_refusal = str(state.get("last_refusal", ""))
+        seen_varied, one_class_run = state.get("label_checks", (False, 0))
+        session.label_checks.seen_varied, session.label_checks.one_class_run = bool(seen_varied), int(one_class_run)
         session.new_samples = int(state["new_samples"])
         session.latest_t = None if state["latest_t"] is None else float(state["latest_t"])
         session.diverged_phases = int(state["diverged_phases"])

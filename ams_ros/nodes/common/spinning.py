@@ -13,6 +13,7 @@ exits 1 (restarted). Exit codes: :mod:`ams_ros.nodes.common.exit_codes`.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -212,6 +213,10 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
     whatever bytecode the main thread is on; on Kilted that once landed inside rclpy's
     ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit."""
     die_with_parent()
+    # A crash in native code (DDS, an inference runtime, the H.264 encoder) prints every thread's
+    # Python stack to stderr (the launch log) before the process dies, instead of a bare exit -11.
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
     spinning = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
 

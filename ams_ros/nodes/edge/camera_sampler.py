@@ -6,7 +6,10 @@ camera driver runs, a source this node plays itself (video file, image folder, r
 
 Test-only (fault benchmarks, ``make faults``): ``fault_drop_batches`` loses that fraction of the
 encoded batches before they are published (a seeded draw, :mod:`ams_ros.core.sources.fault_injection`),
-as a bad uplink would; 0 (the default) is off. ``start_s`` resumes a finite source part-way
+as a bad uplink would; 0 (the default) is off. Faults of what the robot sees (issue #29), both
+dynamic and applied to a source this node plays: ``fault_black_frames`` publishes black frames (a
+covered lens) and ``fault_foreign_source`` another source's frames (another robot's scene) while
+set. ``start_s`` resumes a finite source part-way
 (a robot that restarts does not replay the stream from its beginning).
 """
 
@@ -80,6 +83,11 @@ PARAMS = (
     Param("image_qos_depth", 5, "Camera image QoS queue depth"),
     Param("batch_qos_depth", 10, "Frame batch / sampling command QoS depth (always reliable)"),
     fault_param("drop", "batches"), FAULT_SEED,
+    Param("fault_black_frames", False, "Test-only (fault benchmarks, issue #29): the played source's frames are "
+                                       "black while true (a covered lens)", dynamic=True),
+    Param("fault_foreign_source", "", "Test-only (fault benchmarks, issue #29): while set, the played source's "
+                                      "frames are replaced by this source's (another robot's scene, e.g. "
+                                      "synthetic:1); empty = off", dynamic=True),
 )
 _ENCODER_PARAMS = {"batch_codec": "codec", "bitrate_bps": "bitrate_bps", "x264_preset": "preset",
                    "encoder_threads": "threads"}
@@ -141,22 +149,39 @@ class CameraSampler(Node):
     def _check_change(self, changes: dict[str, Any]) -> None:
         """Encoder settings apply from the next batch; an invalid combination is refused whole."""
         self.encoder_config = self._encoder_config({**self.p, **changes})
+        if changes.get("fault_foreign_source"):
+            self._foreign = iter(self._open(changes["fault_foreign_source"], loop=True))
+        for name in ("fault_black_frames", "fault_foreign_source"):
+            if name in changes:
+                self.get_logger().warning(f"TEST-ONLY fault injection: {name} {changes[name]!r}")
+
+    def _seen(self, rgb):
+        """The frame as the robot's camera sees it under the test-only faults of issue #29."""
+        if self.p["fault_foreign_source"] and self._foreign is not None:
+            rgb = next(self._foreign)[1]
+        if self.p["fault_black_frames"]:
+            rgb = rgb * 0
+        return rgb
 
     # ------------------------------------------------------------------ sources
-    def _open_source(self) -> None:
+    def _open(self, spec: str, loop: bool):
         w, h = int(self.p["source_width"]), int(self.p["source_height"])
         size = (w, h) if w > 0 and h > 0 else None
         try:
-            self._source = open_source(self.p["source"], size=size, loop=bool(self.p["loop"]),
-                                       fps=float(self.p["publish_rate"]) or None)
+            return open_source(spec, size=size, loop=loop, fps=float(self.p["publish_rate"]) or None)
         except Exception as exc:
             # a source that is not there or not valid is the parameter's fault (a configuration
             # error: not restarted); anything else (a camera that failed to open) may pass
             kind = ValueError if isinstance(exc, (ValueError, OSError)) else RuntimeError
             raise kind(
-                f"cannot open source '{self.p['source']}': {exc}. Use 'topic', a video file, an image "
+                f"cannot open source '{spec}': {exc}. Use 'topic', a video file, an image "
                 f"folder, a rosbag, device:N or synthetic[:seed]"
             ) from exc
+
+    def _open_source(self) -> None:
+        self._source = self._open(self.p["source"], loop=bool(self.p["loop"]))
+        self._foreign = iter(self._open(self.p["fault_foreign_source"], loop=True)) \
+            if self.p["fault_foreign_source"] else None
         self._frames = iter(self._source)
         start = float(self.p["start_s"])
         if start > 0:
@@ -201,7 +226,7 @@ class CameraSampler(Node):
         if frame is None or (duration > 0 and frame[0] > duration):
             self._finish()
             return
-        t, rgb = float(frame[0]), frame[1]
+        t, rgb = float(frame[0]), self._seen(frame[1])
         stamp_t = t if self.p["stamp_origin"] == "stream" else self._clock0 + t - start
         msg = numpy_to_imgmsg(rgb, "rgb8")
         msg.header.stamp = sec_to_stamp(stamp_t)

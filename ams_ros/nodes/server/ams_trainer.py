@@ -51,6 +51,7 @@ from ams_ros.core.fleet.worker import WorkerSpec
 from ams_ros.core.models.params import fingerprint
 from ams_ros.core.security.signing import DEFAULT_REQUEST_WINDOW_S, ReplayGuard, SignatureError, SigningKey
 from ams_ros.core.server.downlink_budget import DownlinkBudgetConfig
+from ams_ros.core.server.label_checks import LabelCheckConfig
 from ams_ros.core.server.quality_gate import GateConfig
 from ams_ros.core.server.session import START, SessionConfig
 from ams_ros.core.server.session_store import SessionStore
@@ -96,6 +97,11 @@ PARAMS = (
     # issue 29: the gate on each phase
     from_field(GateConfig, "gate_frames"),
     from_field(GateConfig, "gate_margin"),
+    from_field(GateConfig, "drift_phases"),
+    # issue 29: the checks a batch passes before it is trained on
+    from_field(LabelCheckConfig, "min_frame_std"),
+    from_field(LabelCheckConfig, "one_class_share"),
+    from_field(LabelCheckConfig, "one_class_batches"),
     # issue 10: a per-robot downlink budget (gamma and encoding picked per phase)
     from_field(DownlinkBudgetConfig, "downlink_budget_kbps"),
     from_field(DownlinkBudgetConfig, "min_gamma", name="budget_min_gamma"),
@@ -308,6 +314,11 @@ class AMSTrainerNode(Node):
             return False
         self.pubs[dev].publish(msg)
         self.backend.after_phase(dev)
+        if outcome.reset:  # (issue #29) the drift rule sent the robot back to its starting weights
+            with self.state.cv:
+                self.state.rollbacks[dev] = self.state.rollbacks.get(dev, 0) + 1
+                self.state.last_rollback[dev] = outcome.reset
+            self.get_logger().warning(f"{dev}: back to the starting weights: {outcome.reset}")
         self.status_pubs[dev].publish(server_status(self.state, dev, session, shipped))
         self.get_logger().info(
             f"{dev}: update v{outcome.update.base_version}->v{outcome.update.new_version}: phase {r.phase}, "
@@ -346,7 +357,11 @@ def session_config(p, tcfg: TrainerConfig, key: SigningKey | None) -> SessionCon
     return SessionConfig(trainer=copy.deepcopy(tcfg), update_encoding=p["update_encoding"],
                          snapshot_encoding=p["snapshot_encoding"], signing_key=key,
                          min_samples=int(p["min_samples"]), catch_up_versions=int(p["catch_up_versions"]),
-                         gate=GateConfig(gate_frames=int(p["gate_frames"]), gate_margin=float(p["gate_margin"])),
+                         gate=GateConfig(gate_frames=int(p["gate_frames"]), gate_margin=float(p["gate_margin"]),
+                                         drift_phases=int(p["drift_phases"])),
+                         labels=LabelCheckConfig(min_frame_std=float(p["min_frame_std"]),
+                                                 one_class_share=float(p["one_class_share"]),
+                                                 one_class_batches=int(p["one_class_batches"])),
                          downlink=DownlinkBudgetConfig(downlink_budget_kbps=float(p["downlink_budget_kbps"]),
                                                        min_gamma=float(p["budget_min_gamma"])))
 
@@ -376,6 +391,9 @@ def server_status(state: ServerState, dev: str, session: Any, shipped: Shipped) 
     msg.inputs_rejected, msg.last_input_rejection = state.rejections.read()
     msg.phases_discarded = int(session.discarded_phases)
     msg.last_discard = str(session.last_discard)
+    msg.batches_refused = int(session.refused_batches)
+    msg.frames_refused = int(session.refused_frames)
+    msg.last_refusal = str(session.last_refusal)
     msg.gate_running_miou, msg.gate_candidate_miou = shipped.outcome.gate_scores or (float("nan"), float("nan"))
     msg.rollbacks = state.rollbacks.get(dev, 0)
     msg.last_rollback = state.last_rollback.get(dev, "")

@@ -51,12 +51,16 @@ PARAMS = (
     Param("device_teachers", [""], "Per-robot teachers as DEVICE_ID=SPEC entries overriding `teacher` for that robot "
                                    "(e.g. robot2=oracle:1 for a robot playing synthetic:1; empty = `teacher` for all)"),
     Param("teacher_max_batch", 0, "Frames per teacher forward pass (0 = a robot's whole batch in one call)"),
+    from_field(TeacherSpec, "min_confidence", name="teacher_min_confidence"),
     Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
           dynamic=True),
     Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
     from_field(BatchLimits, "max_batch_frames"),
     from_field(BatchLimits, "max_frame_pixels"),
     ROBOT_PUBLIC_KEYS,
+    Param("fault_teacher_one_class", -1, "Test-only (fault benchmarks, issue #29): the teacher labels every pixel this "
+                                         "class, as a teacher gone wrong would (-1 = off; the local backend only)",
+          dynamic=True),
 )
 
 
@@ -82,8 +86,8 @@ class TeacherLabeler(Node):
 
     def __init__(self, state: ServerState, **kwargs: Any) -> None:
         super().__init__("teacher_labeler", **kwargs)
-        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         self.state = state
+        self.p = NodeParameters(self, PARAMS, on_change=self._check_change)
         state.bind(device_ids(self.p), self.get_name())
         backend = state.backend
         if backend is None:
@@ -97,7 +101,9 @@ class TeacherLabeler(Node):
         device = resolve_device(self.p["device"]) if isinstance(backend, LocalBackend) else None
         where = backend.set_teachers(TeacherSpec(
             specs=specs, selected_classes=tuple(selected), label_space=self.p["label_space"], device=self.p["device"],
-            max_batch=int(self.p["teacher_max_batch"]), limits=self.limits), device)
+            max_batch=int(self.p["teacher_max_batch"]),
+            min_confidence=float(self.p["teacher_min_confidence"]), limits=self.limits), device)
+        backend.set_teacher_fault(int(self.p["fault_teacher_one_class"]))
         self.robot_keys = robot_public_keys(self.p)
         self._seen_batches = SeenSignatures()  # a replayed signed batch is refused (issue #13)
         group = MutuallyExclusiveCallbackGroup()
@@ -114,11 +120,13 @@ class TeacherLabeler(Node):
         self.get_logger().info(f"teacher on {where} labelling batches of "
                                f"{', '.join(f'{d} ({specs[d]})' for d in state.robots)}")
 
-    @staticmethod
-    def _check_change(changes: dict[str, Any]) -> None:
+    def _check_change(self, changes: dict[str, Any]) -> None:
         depth = changes.get("max_pending_batches")
         if depth is not None and depth < 1:
             raise ValueError(f"max_pending_batches must be >= 1, got {depth}")
+        if "fault_teacher_one_class" in changes:
+            self.state.backend.set_teacher_fault(int(changes["fault_teacher_one_class"]))
+            self.get_logger().warning(f"fault injection: fault_teacher_one_class {changes['fault_teacher_one_class']}")
 
     def _make_cb(self, dev: str):
         def cb(msg: FrameBatch) -> None:
@@ -163,7 +171,12 @@ class TeacherLabeler(Node):
                 self._check_integrity(dev, msg)
                 n = self.state.backend.label(dev, bytes(msg.data), msg.codec, int(msg.width), int(msg.height),
                                              [stamp_to_sec(s) for s in msg.frame_stamps])
-                self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
+                if n < len(msg.frame_stamps):  # (issue #29) the label checks kept frames from training
+                    self.get_logger().warning(f"{dev}: labelled batch {msg.batch_seq}, {n} of "
+                                              f"{len(msg.frame_stamps)} frames kept: "
+                                              f"{self.state.sessions[dev].last_refusal}")
+                else:
+                    self.get_logger().info(f"{dev}: labelled batch {msg.batch_seq} ({n} frames)")
             except Exception as exc:  # a bad batch must never stop the server
                 self.state.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                 reason = str(exc) if isinstance(exc, FrameCodecError) else f"{type(exc).__name__}: {exc}"

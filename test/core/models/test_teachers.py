@@ -144,3 +144,52 @@ def test_cpu_only_teachers_refuse_an_explicit_cuda_device_and_stay_on_the_cpu_fo
         T.place_teacher(oracle, torch.device("cuda:0"), explicit=True)
     assert "not a PyTorch model" in T.place_teacher(oracle, torch.device("cuda:0"), explicit=False)
     assert T.place_teacher(oracle, torch.device("cpu")) == "cpu"
+
+
+# ------------------------------------------------------------------------------------------
+# labels worth learning from (issue #29): doubtful teacher pixels are ignore
+# ------------------------------------------------------------------------------------------
+
+
+def test_confident_class_map_ignores_non_finite_and_unsure_pixels():
+    from ams_ros.core.models.student import confident_class_map
+
+    logits = torch.zeros(1, 3, 1, 4)
+    logits[0, 1, 0, 0] = 10.0            # sure of class 1
+    logits[0, 2, 0, 1] = 0.5             # class 2, top probability about 0.45
+    logits[0, :, 0, 2] = float("nan")    # the teacher's scores are not finite here
+    logits[0, 0, 0, 3] = float("inf")
+    assert confident_class_map(logits, 0.0).tolist() == [[[1, 2, 255, 255]]]
+    assert confident_class_map(logits, 0.6).tolist() == [[[1, 255, 255, 255]]]
+
+
+class _Fixed(torch.nn.Module):
+    """Logits fixed per column: sure of class 1 on the left half, unsure on the right."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        out = torch.zeros(x.shape[0], 3, *x.shape[-2:]) + self.w
+        half = x.shape[-1] // 2
+        out[:, 1, :, :half] = 8.0
+        out[:, 2, :, half:] = 0.3
+        return out
+
+
+def test_a_pytorch_teacher_with_min_confidence_labels_unsure_pixels_ignore_and_says_so_in_its_name():
+    teacher = T._TorchTeacher()
+    teacher.model, teacher.input_size, teacher.label_space, teacher.name = _Fixed(), (8, 4), get_label_space("synthetic"), "fixed"
+    frame = np.zeros((4, 8, 3), np.uint8)
+    assert (teacher.label([frame])[0] != 255).all()  # 0 = every pixel
+    assert T.place_teacher(teacher, torch.device("cpu"), min_confidence=0.5) == "cpu"
+    lab = teacher.label([frame])[0]
+    assert (lab[:, :4] == 1).all() and (lab[:, 4:] == 255).all()
+    assert teacher.name == "fixed|min_confidence=0.5"  # its labels differ: cached apart from the plain teacher's
+
+
+def test_a_teacher_without_scores_refuses_a_min_confidence_and_names_the_fix():
+    with pytest.raises(ValueError, match="gives labels without scores, so teacher_min_confidence 0.5 cannot be applied: "
+                                         "set it to 0, or use a PyTorch teacher"):
+        T.place_teacher(T.build_teacher("oracle:0"), torch.device("cpu"), min_confidence=0.5)

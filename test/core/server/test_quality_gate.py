@@ -129,3 +129,49 @@ def test_without_a_gate_every_phase_ships(taught):
         session.add_labeled(float(t), *world.frame_at(float(t)))
     out = session.run_phase(9.0)
     assert out is not None and out.gate_scores is None and out.result.now == 9.0
+
+
+def _drifted_session(student, drift_phases: int) -> RobotSession:
+    """A session started from ``student`` whose running model has since drifted far below it (its
+    weights scrambled), with phases small enough to pass the gate without climbing back."""
+    session = RobotSession("r", copy.deepcopy(student), SessionConfig(
+        trainer=TrainerConfig(iterations=1, batch_size=2, gamma=0.01, lr=1e-5, input_size=SIZE, horizon_s=60.0,
+                              update_period_s=5.0),
+        gate=GateConfig(gate_frames=3, gate_margin=2.0, drift_phases=drift_phases)))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in session.model.parameters():
+            p.add_(torch.randn_like(p) * p.abs().mean().clamp_min(1e-3) * 3)
+    return session
+
+
+def test_phases_that_leave_the_robot_below_its_starting_weights_send_it_back_to_them(taught):
+    student, world = taught
+    session = _drifted_session(student, drift_phases=2)
+    t = 0
+    outcomes = []
+    for _ in range(2):
+        for _ in range(8):
+            session.add_labeled(float(t), *world.frame_at(float(t)))
+            t += 1
+        outcomes.append(session.run_phase(float(t - 1)))
+    first, second = outcomes
+    assert first is not None and first.reset == "" and first.update.new_version == 1  # one phase below: shipped
+    assert second is not None and second.reset.startswith(
+        "2 phases in a row more than 2 points below the starting weights (now mIoU ")
+    assert "rolled back to the starting weights as v2" in second.reset
+    assert (second.update.base_version, second.update.new_version) == (1, 2) and session.version == 2
+    # the robot is back where it started (as the catch-up carries it: the snapshot encoding's float16)
+    assert np.array_equal(_flat(session.model), _flat(student).astype(np.float16).astype(np.float32))
+    assert session.rollbacks == 1 and session.drift_streak == 0
+
+
+def test_with_drift_phases_0_a_robot_below_its_starting_weights_stays_on_its_chain(taught):
+    student, world = taught
+    session = _drifted_session(student, drift_phases=0)
+    for k in range(3):
+        for t in range(8 * k, 8 * k + 8):
+            session.add_labeled(float(t), *world.frame_at(float(t)))
+        out = session.run_phase(float(8 * k + 7))
+        assert out is not None and out.reset == ""
+    assert session.version == 3 and session.rollbacks == 0
