@@ -103,7 +103,7 @@ class LabelChecks:
         if share != share:  # NaN: not one labelled pixel
             return BatchVerdict([], "the teacher labelled no pixel (all ignore: scores not finite or below its "
                                     "confidence threshold)")
-        if share < cfg.one_class_share:
+        if share < cfg.one_class_share or cfg.one_class_share >= 1.0:  # varied, or the check is off
             self.seen_varied, self.one_class_run = True, 0
             return BatchVerdict(keep, no_picture)
         self.one_class_run += 1

@@ -76,7 +76,9 @@ def test_one_class_after_varied_batches_is_refused_until_enough_in_a_row_say_the
                                   "1 in a row; trained on from the 4th: one_class_share 0.97, one_class_batches 3)")
     assert checks.check([picture()], [varied()]).keep == [0]
     assert checks.check([picture()], [one_class(1)]).refused  # a varied batch starts the count again
-    assert not LabelChecks(LabelCheckConfig(one_class_share=1.0)).check([picture()], [one_class()]).refused
+    off = LabelChecks(LabelCheckConfig(one_class_share=1.0))
+    assert off.check([picture()], [varied()]).keep == [0]
+    assert not off.check([picture()], [one_class()]).refused  # 1.0 = off, even for labels all of one class
 
 
 def test_bad_label_check_settings_name_the_value():
