@@ -70,6 +70,7 @@ class BatchTarget:
             else:
                 codec = str(rng.choice(["h264", "jpeg", "vp9", ""]))
         before = (self.session.new_samples, self.labelled)
+        refused_before = self.session.refused_frames
         try:
             n = self.session.add_encoded_batch(data, codec, w, h, stamps, self._label, limits=self.limits)
         except FrameCodecError:
@@ -79,7 +80,8 @@ class BatchTarget:
                 tally.note(f"rejected batch ({codec} {w}x{h}, {len(stamps)} stamps) still added samples")
             return
         tally.accepted += 1
-        if n != len(stamps) or self.session.new_samples - before[0] != n:
+        left_out = self.session.refused_frames - refused_before  # (issue #29) frames the label checks kept out
+        if n + left_out != len(stamps) or self.session.new_samples - before[0] != n:
             tally.crashes += 1
-            tally.note(f"accepted batch added {n} frames for {len(stamps)} stamps")
+            tally.note(f"accepted batch added {n} frames (and left out {left_out}) for {len(stamps)} stamps")
         self.session = self._new_session()  # no training phase evicts here: start each batch afresh
