@@ -394,7 +394,8 @@ def measure(name: str, out: Path, disturbance: Disturbance, summary: dict) -> di
         row["miou_30s_after_window"] = window_miou(scores, b, b + 30.0)
         row["miou_frozen_in_window"] = window_miou(scores, a, b, "frozen")
         row["miou_frozen_30s_after_window"] = window_miou(scores, b, b + 30.0, "frozen")
-        row["periods"] = period_mious(scores, summary.get("update_period_s") or 10.0)
+        period = summary.get("update_period_s")
+        row["periods"] = period_mious(scores, float(period)) if period else []
         row["phases_discarded"] = summary.get("server_phases_discarded")
         row["batches_refused"] = summary.get("server_batches_refused")
         row["frames_refused"] = summary.get("server_frames_refused")

@@ -84,7 +84,8 @@ def _robot_summary(obs, args: argparse.Namespace) -> dict:
         "student": args.student,
         "resolution": [args.width, args.height],
         "stream_seconds": round(duration, 2),
-        "update_period_s": float(args.update_period),
+        # the update period the robot ran with at the end (the server commands it)
+        "update_period_s": round(float(st.update_period), 3) if st else None,
         "updates_applied": int(st.updates_applied) if st else 0,
         "updates_rejected": int(st.updates_rejected) if st else 0,
         # (issue #29) swaps the robot undid after checking the new model, and updates it held
