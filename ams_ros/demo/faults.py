@@ -20,7 +20,12 @@ going wrong, made by the processes themselves rather than by a hand-made relay:
   keeps the weights finite but makes them useless. With the phase gate on (``--demo-arg
   =--server-param=ams_trainer.gate_frames=4``) those phases are discarded; without it they reach the
   robot. Its row adds the robot's mIoU before, during and after the window and the phases the gate
-  discarded.
+  discarded;
+- ``one_class_teacher``, ``covered_lens``, ``foreign_scene`` (issue #29): the teacher labels every
+  pixel one class for 60 s (the labeler's test-only ``fault_teacher_one_class``), the robot's camera
+  gives black frames for 60 s (``fault_black_frames``), or another synthetic world's frames for
+  ``--foreign-s`` (one period; ``fault_foreign_source``). Their rows add, per update period, the
+  robot's and the frozen student's mIoU, and the batches the label checks refused.
 
 Each reports the longest inference gap, updates applied and rejected, the final version, every
 resync (from the fault to the model being back on the server's chain: its time and the bytes the
