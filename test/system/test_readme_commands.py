@@ -117,6 +117,11 @@ def test_ros2_node_list_shows_the_documented_nodes(system):
 
 @pytest.mark.parametrize("topic", ["/robot1/ams/edge_status", "/robot1/ams/server_status"])
 def test_ros2_topic_echo_once_returns_a_status_message(system, topic):
+    # ``echo`` without a type reads it from the graph once: wait until discovery has the topic's
+    # publisher (DDS discovers a node before its endpoints, so the node list above can be complete
+    # while this topic is not yet known on a loaded machine: "does not appear to be published yet")
+    listed = ros2_until(lambda r: topic in r.stdout.split(), "topic", "list")
+    assert topic in listed.stdout.split(), listed.stdout + listed.stderr
     out = ros2("topic", "echo", "--once", topic, timeout=60)
     assert out.returncode == 0 and "device_id: robot1" in out.stdout, out.stdout + out.stderr
 
