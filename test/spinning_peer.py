@@ -1,13 +1,11 @@
 """A tiny process for test_spinning.py: ``run_process`` with one shared and one dedicated node.
 
-    python spinning_peer.py ok|raise|startup|startup_crash|worker|guarded|pool|slow_stop
+    python spinning_peer.py ok|raise|startup|startup_crash|worker|guarded|pool
 ``ok`` spins until a signal; ``raise`` has the dedicated node's timer raise; ``startup`` fails
 while building the nodes on a bad value, ``startup_crash`` for another reason; ``worker`` has a node's worker thread die; ``guarded`` has a timer
 wrapped by RejectLog.guard raise on every tick (counted, the process keeps running); ``pool``
-has a watched thread-pool job raise (as the sampler's encoder might); ``slow_stop`` takes 1.5 s to
-destroy its shared node (a second signal can arrive meanwhile). Every node prints when
-``destroy_node`` runs, and the process prints when rclpy's signal handling stops and when an
-executor shuts down (their order is checked).
+has a watched thread-pool job raise (as the sampler's encoder might). Every node
+prints when ``destroy_node`` runs.
 """
 
 from __future__ import annotations
@@ -83,17 +81,6 @@ class PoolPeer(Peer):
         super().destroy_node()
 
 
-class SlowStopPeer(Peer):
-    """Takes 1.5 s to stop (as a node finishing an encode or a phase does)."""
-
-    def destroy_node(self) -> None:
-        import time
-
-        print(f"{self.get_name()} stopping", flush=True)
-        time.sleep(1.5)
-        super().destroy_node()
-
-
 class GuardedPeer(Node):
     """A timer whose every tick raises, guarded: each is a counted rejection."""
 
@@ -122,28 +109,11 @@ def build(mode: str) -> ProcessNodes:
         return ProcessNodes(shared=[Peer("shared_peer"), WorkerPeer()])
     if mode == "pool":
         return ProcessNodes(shared=[Peer("shared_peer"), PoolPeer()])
-    if mode == "slow_stop":
-        return ProcessNodes(shared=[SlowStopPeer("shared_peer")], dedicated=[Peer("lane_peer")])
     if mode == "guarded":
         return ProcessNodes(shared=[Peer("shared_peer")], dedicated=[GuardedPeer()])
     return ProcessNodes(shared=[Peer("shared_peer")], dedicated=[Peer("lane_peer", fail=mode == "raise")])
 
 
-def _announce(owner, name: str, text: str) -> None:
-    """Print ``text`` each time ``owner.name`` runs."""
-    real = getattr(owner, name)
-
-    def announced(*args, **kwargs):
-        print(text, flush=True)
-        return real(*args, **kwargs)
-    setattr(owner, name, announced)
-
-
 if __name__ == "__main__":
-    import rclpy.executors
-    import rclpy.signals
-
-    _announce(rclpy.signals, "uninstall_signal_handlers", "signal handling stopped")
-    _announce(rclpy.executors.Executor, "shutdown", "executor shut down")
     mode = sys.argv[1]
     sys.exit(run_process("peer", lambda: build(mode), sys.argv[:1]))

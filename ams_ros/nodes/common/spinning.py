@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
 
 import rclpy
-import rclpy.signals
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
@@ -74,11 +73,9 @@ def spin_nodes(nodes: ProcessNodes) -> None:
             _CALLBACK_FAILED.set()
     finally:
         # The order matters (a wrong one crashed the process with SIGSEGV about one stop in ten):
-        # rclpy's signal thread is joined before any executor frees its guard conditions,
         # shutting the context down wakes every executor, each lane's thread is left to return
         # from its wait before its executor frees the wait's guard conditions, and no node is
         # destroyed while an executor thread may still be inside one of its callbacks.
-        stop_signal_handling()
         executor.context.try_shutdown()
         busy: list[Node] = []  # nodes an executor thread may still be inside: never destroyed under it
         for (lane, thread), node in zip(lanes, nodes.dedicated):
@@ -95,29 +92,6 @@ def spin_nodes(nodes: ProcessNodes) -> None:
                 n.destroy_node()
             except Exception as exc:  # keep shutting the others down
                 n.get_logger().error(f"error while shutting down: {exc}")
-
-
-def stop_signal_handling() -> None:
-    """Join rclpy's signal-handling thread, then ignore Ctrl-C and SIGTERM while the nodes stop.
-
-    Why (a Ctrl-C under ``ros2 launch`` with both cores busy ended the robot's process once with
-    SIGSEGV, exit -11, in some hundreds of such stops; not reproduced in 40 more): rclpy's C handler
-    wakes a thread of its own that walks a global list of every executor's signal guard condition,
-    triggering each (and shuts the contexts down). Shutting an executor down frees its guard
-    condition and swaps and frees that list, with no lock between the two: a signal thread preempted
-    in the middle of its walk (a starved CPU) while this thread shuts the executors down touches
-    freed memory. ``uninstall_signal_handlers`` joins that thread, after its walk, before any
-    executor is shut down. A second signal during the stop (launch's SIGTERM to the group, then the kernel's
-    when launch dies, ``die_with_parent``) must not kill the process half-stopped: it is ignored,
-    as rclpy's handler ignored it while spinning."""
-    rclpy.signals.uninstall_signal_handlers()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _ignore_signal)
-
-
-def _ignore_signal(signum: int, frame: Any) -> None:
-    """A signal while the process stops: it is stopping already."""
 
 
 def _shutdown_within(executor, timeout_s: float) -> bool:
@@ -239,7 +213,6 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
     whatever bytecode the main thread is on; on Kilted that once landed inside rclpy's
     ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit."""
     die_with_parent()
-    previous_sigterm = signal.getsignal(signal.SIGTERM)
     # A crash in native code (DDS, an inference runtime, the H.264 encoder) prints every thread's
     # Python stack to stderr (the launch log) before the process dies, instead of a bare exit -11.
     if not faulthandler.is_enabled():
@@ -271,7 +244,6 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
         pass
     finally:
         signal.signal(signal.SIGINT, previous)
-        signal.signal(signal.SIGTERM, previous_sigterm)
     return exit_codes.FAILED if _CALLBACK_FAILED.is_set() else exit_codes.OK
 
 
