@@ -1,5 +1,5 @@
-"""How an executable ends: 0 after Ctrl-C or SIGTERM with every node destroyed (rclpy's own
-signal handlers, no handler of ours), 78 with one line when start-up fails on a parameter's value
+"""How an executable ends: 0 after Ctrl-C or SIGTERM with every node destroyed (rclpy's signal
+handlers while the nodes spin, the process's own before and after: a second signal never kills it), 78 with one line when start-up fails on a parameter's value
 (not restarted), 1 with the traceback when start-up fails otherwise, 1 when a node on its own
 executor thread raises (before, that thread died and the process went on silently)."""
 
@@ -52,6 +52,58 @@ def test_a_signal_destroys_every_node_and_exits_0(sig):
     assert proc.returncode == 0, out
     assert "lane_peer destroyed" in out and "shared_peer destroyed" in out
     assert "Traceback" not in out
+    # rclpy's signal thread is joined before any executor frees the guard conditions it walks
+    assert out.index("signal handling stopped") < out.index("executor shut down"), out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_second_signal_while_the_nodes_stop_does_not_kill_the_process(sig):
+    """Launch's SIGTERM to the group and then the kernel's when launch dies (die_with_parent)
+    reach a node twice: the second, mid-stop, is ignored and the process still exits 0."""
+    proc = start_python([PEER, "slow_stop"])
+    try:
+        _wait_for(proc, "lane_peer spinning", "shared_peer spinning")
+        proc.send_signal(sig)
+        _wait_for(proc, "shared_peer stopping")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "shared_peer destroyed" in out and "Traceback" not in out
+
+
+def test_a_signal_just_after_rclpys_handlers_are_uninstalled_is_ignored_and_the_process_exits_0():
+    """Uninstalling rclpy's handlers (to join its signal thread before the executors free what it
+    walks) puts back the process's own, installed before rclpy.init, not the defaults: a SIGTERM in
+    that moment once killed the robot on Kilted (-15)."""
+    proc = start_python([PEER, "signal_after_uninstall"])
+    try:
+        _wait_for(proc, "lane_peer spinning", "shared_peer spinning")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "signalled after uninstalling" in out and "shared_peer destroyed" in out, out
+    assert "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_nodes_are_built_stops_the_process_at_once_with_0(sig):
+    proc = start_python([PEER, "slow_start"])
+    try:
+        _wait_for(proc, "building")
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert took < 25.0, f"the build went on for {took:.1f} s after the signal"  # it sleeps 30 s
+    assert "spinning" not in out, out
 
 
 def test_a_configuration_error_at_start_up_is_one_line_and_exits_78():

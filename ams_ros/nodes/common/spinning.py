@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NoReturn, Sequence
 
 import rclpy
+import rclpy.signals
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
@@ -32,6 +33,9 @@ from ams_ros.nodes.common import exit_codes
 from ams_ros.nodes.common.compat import ros_init
 
 _CALLBACK_FAILED = threading.Event()  # set when a callback raised: the process exits 1
+# set while run_process's own SIGINT/SIGTERM handlers sit under rclpy's (uninstalling rclpy's is safe)
+_OWN_STOP_HANDLERS = threading.Event()
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -73,9 +77,11 @@ def spin_nodes(nodes: ProcessNodes) -> None:
             _CALLBACK_FAILED.set()
     finally:
         # The order matters (a wrong one crashed the process with SIGSEGV about one stop in ten):
+        # rclpy's signal thread is joined before any executor frees its guard conditions,
         # shutting the context down wakes every executor, each lane's thread is left to return
         # from its wait before its executor frees the wait's guard conditions, and no node is
         # destroyed while an executor thread may still be inside one of its callbacks.
+        stop_signal_handling()
         executor.context.try_shutdown()
         busy: list[Node] = []  # nodes an executor thread may still be inside: never destroyed under it
         for (lane, thread), node in zip(lanes, nodes.dedicated):
@@ -92,6 +98,25 @@ def spin_nodes(nodes: ProcessNodes) -> None:
                 n.destroy_node()
             except Exception as exc:  # keep shutting the others down
                 n.get_logger().error(f"error while shutting down: {exc}")
+
+
+def stop_signal_handling() -> None:
+    """Join rclpy's signal-handling thread before any executor is shut down (when the process's
+    own stop handlers are in place to take its place; see :func:`run_process`).
+
+    Why (a Ctrl-C under ``ros2 launch`` with both cores busy ended the robot's process once with
+    SIGSEGV, exit -11, in some hundreds of such stops): rclpy's C handler wakes a thread of its own
+    that walks a global list of every executor's signal guard condition, triggering each. Shutting
+    an executor down frees its guard condition and swaps and frees that list, with no lock between
+    the two: a signal thread preempted in the middle of its walk (a starved CPU) while this thread
+    shuts the executors down touches freed memory. ``uninstall_signal_handlers`` joins that thread,
+    after its walk, and puts back the handlers that were there before ``rclpy.init``: the process's
+    own (:func:`run_process` installs them first), which ignore a signal while the nodes stop. Were
+    they the defaults, a second SIGTERM in that moment (launch's to the group, then the kernel's
+    when launch dies, :func:`die_with_parent`) would kill the process half-stopped: that happened
+    on Kilted (exit -15) when this ran without them."""
+    if _OWN_STOP_HANDLERS.is_set() and threading.current_thread() is threading.main_thread():
+        rclpy.signals.uninstall_signal_handlers()
 
 
 def _shutdown_within(executor, timeout_s: float) -> bool:
@@ -208,24 +233,32 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
     0 after Ctrl-C / SIGTERM, ``CONFIG_ERROR`` (78) when the parameters cannot work
     (:data:`CONFIG_ERRORS`), 1 when building a node failed otherwise or a callback raised.
 
-    Once the nodes spin, Ctrl-C is handled as SIGTERM is: rclpy's handler shuts the context down
-    and the spin ends by itself. Python's default handler would also raise KeyboardInterrupt at
-    whatever bytecode the main thread is on; on Kilted that once landed inside rclpy's
-    ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit."""
+    Ctrl-C and SIGTERM: the process's own handlers are installed first, before ``rclpy.init``, so
+    that rclpy's (which shut the context down, and the spin ends by itself) chain to them instead of
+    the defaults, and so that uninstalling rclpy's while the nodes stop (:func:`stop_signal_handling`)
+    puts these back, never a default that kills. While starting they stop the process at once (exit
+    0); once the nodes spin, and after, they leave it to the stop under way, so a second signal
+    (launch's SIGTERM to the group, then the kernel's when launch dies) cannot end the process
+    half-stopped or before its exit code. Python's default SIGINT handler would also raise
+    KeyboardInterrupt at whatever bytecode the main thread is on; on Kilted that once landed inside
+    rclpy's ``Task.__init__`` and left a half-built Task whose ``__del__`` printed a traceback at exit.
+    The handlers are left in place when this returns: the process is ending."""
     die_with_parent()
     # A crash in native code (DDS, an inference runtime, the H.264 encoder) prints every thread's
     # Python stack to stderr (the launch log) before the process dies, instead of a bare exit -11.
     if not faulthandler.is_enabled():
         faulthandler.enable(all_threads=True)
-    spinning = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)
+    starting = threading.Event()
+    starting.set()
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        if not spinning.is_set():  # before the nodes spin (start-up): stop at once
+    def on_stop_signal(signum: int, frame: Any) -> None:
+        if starting.is_set():  # start-up: stop at once
             raise KeyboardInterrupt
+        # spinning: rclpy's handler shuts the context down; stopping or stopped: under way already
 
-    # before rclpy.init, so that rclpy's own handler chains to this one instead of the default
-    signal.signal(signal.SIGINT, on_sigint)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, on_stop_signal)
+    _OWN_STOP_HANDLERS.set()
     try:
         with ros_init(args=args if args is not None else sys.argv):
             try:
@@ -238,12 +271,12 @@ def run_process(name: str, build: Callable[[], ProcessNodes], args: list[str] | 
             except Exception:
                 rclpy.logging.get_logger(name).fatal(f"start-up failed:\n{traceback.format_exc()}")
                 return exit_codes.FAILED
-            spinning.set()
+            starting.clear()
             spin_nodes(nodes)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        signal.signal(signal.SIGINT, previous)
+        starting.clear()
     return exit_codes.FAILED if _CALLBACK_FAILED.is_set() else exit_codes.OK
 
 
