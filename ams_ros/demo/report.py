@@ -35,7 +35,7 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict,
     measurements); ``exit_codes``: each robot's edge process exit code, by device id."""
     robots = getattr(obs, "robots", None) or {getattr(args, "device_id", "robot1"): obs}
     first = next(iter(robots.values()))
-    summary = {**_robot_summary(first, args), **extra}
+    summary = {**_robot_summary(first, args), **extra, "settings": demo_settings(args)}
     summary["robots"] = {dev: _robot_brief(w, summary if w is first else _robot_summary(w, args),
                                            (exit_codes or {}).get(dev))
                          for dev, w in robots.items()}
@@ -46,6 +46,13 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict,
         (out / "scores_by_robot.json").write_text(json.dumps({dev: w.scores for dev, w in robots.items()}))
     _plots(robots, out, max(min(w.latest_stream_t for w in robots.values()), 1e-9))
     return summary
+
+
+def demo_settings(args: argparse.Namespace) -> dict:
+    """The settings a run was made with that a model of it needs (issue #31, ``ams-eval fleet-check``)."""
+    keys = ("duration", "fps", "width", "height", "update_period", "horizon", "iterations", "batch_size", "gamma",
+            "lr", "encoding", "bitrate", "robots", "source", "teacher", "student", "selected_classes", "label_space")
+    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
 
 
 def _robot_brief(w, full: dict, exit_code: int | None) -> dict:
@@ -62,6 +69,10 @@ def _robot_brief(w, full: dict, exit_code: int | None) -> dict:
         "gpu_share": round(float(np.mean(shares)), 4) if shares else None,
         "gpu_share_last": round(shares[-1], 4) if shares else None,
         "training_phases_seen": len(w.server_status),
+        # (issue #31) the base station's time spent on this robot's phases, and its share of the stream
+        # (what `ams-eval fleet-check` compares with the fleet model's GPU share)
+        "train_seconds_total": round(float(sum(s.train_seconds for s in w.server_status)), 3),
+        "phase_time_share": round(float(sum(s.train_seconds for s in w.server_status)) / max(full["stream_seconds"], 1e-9), 4),
         "uplink_kbps": full["uplink_kbps"],
         "downlink_kbps": full["downlink_kbps"],
         "frames_scored": full["frames_scored"],

@@ -7,6 +7,7 @@
     make eval ARGS="summarize out/eval/A out/eval/B"
     make eval ARGS="fleet --sources synthetic:0 synthetic:1 --robots 1,2,4 --policies round_robin,utility \
         --teacher oracle --out out/eval/fleet"      (N robots sharing one server GPU, issue 16)
+    make eval ARGS="fleet-check out/demo3"       (that model against a `make demo ARGS="--robots 3 --out out/demo3"` run, issue 31)
     make eval ARGS="replot out/eval/A"
     make eval ARGS="merge out/eval/A-jit out/eval/A-ams --out out/eval/A"   (schemes run in parallel processes)
 
@@ -35,7 +36,7 @@ import torch
 from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
 from ams_ros.core.common.devices import resolve_device, describe, torch_sees
 from ams_ros.core.common.threads import set_torch_threads
-from ams_ros.core.fleet.scheduling import POLICIES
+from ams_ros.core.fleet.scheduling import POLICIES, SchedulerConfig
 from ams_ros.core.fleet.worker import TeacherSpec
 from ams_ros.core.models.labels import parse_class_list
 from ams_ros.core.models.teachers import build_teacher, place_teacher, select_classes
@@ -127,6 +128,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     pl.add_argument("--loss-budget", type=float, default=1.0, help="mIoU points a robot may lose to sharing the GPU")
     pl.add_argument("--fleets", default="10,50,200", help="comma list of fleet sizes to provision GPUs for")
     pl.add_argument("--out", default="", help="also write the answer as JSON here")
+    fc = sub.add_parser("fleet-check", help="the fleet model against a real `make demo --robots N` run (issue 31)")
+    fc.add_argument("demo", help="output folder of the demo run (its summary.json)")
+    fc.add_argument("--policy", default=SchedulerConfig.policy,
+                    help=f"the base station's scheduler policy in that run (default {SchedulerConfig.policy})")
+    fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override the model's settings, e.g. --set teacher_s=0.05")
+    fc.add_argument("--device", default="auto", help="torch device of the modelled students' training")
+    fc.add_argument("--threads", type=int, default=1, help="torch threads")
+    fc.add_argument("--cache", default=DEFAULT_CACHE, help="folder caching the teacher's labels ('' = no cache)")
+    fc.add_argument("--out", default="", help="output folder (default: DEMO/fleet-check)")
+    fc.add_argument("--quiet", action="store_true", help="no progress bars")
     an = sub.add_parser("analyze", help="per-frame gain of one scheme over another vs label age and motion (issue #11)")
     an.add_argument("run", help="output folder of an earlier 'ams-eval run' (its series.json and results.json)")
     an.add_argument("--source", default="", help="the run's source, for the motion (default: as in results.json)")
@@ -287,6 +299,49 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet_check(args: argparse.Namespace) -> int:
+    """(issue #31) The fleet model of a real demo run, compared per robot (ams_ros/eval/fleet_check.py)."""
+    from tqdm import tqdm
+
+    from ams_ros.eval.fleet_check import DemoRun, markdown, model_preset, run_check
+
+    t_start = time.monotonic()
+    demo = DemoRun.read(args.demo)
+    s = demo.settings
+    # the demo's teacher and classes, as _setup reads them from a command line
+    args.teacher, args.label_space = s.get("teacher") or "oracle", s.get("label_space") or ""
+    args.classes, args.teacher_min_confidence, args.preset = s.get("selected_classes") or "", 0.0, "cpu-quick"
+    user_overrides, args.overrides = args.overrides, []
+    _, _, teacher, space, lut = _setup(args)
+    preset = model_preset(demo, get_preset("cpu-quick")).with_overrides(parse_overrides(user_overrides))
+    sources = [r["source"] for r in demo.robots.values()]
+    clips = [load_clip(src, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
+                       max_seconds=demo.stream_seconds, cache_dir=args.cache or None, progress=not args.quiet).cache_frames()
+             for src in sources]
+    n = min(len(c) for c in clips)
+    clips = [c.head(n) for c in clips]
+    torch.manual_seed(preset.seed)
+    student = load_student(s.get("student") or "deeplabv3_mobilenet_v2", num_classes=len(space.class_names),
+                           weights=demo.student_weights or None).eval()
+
+    def progress(name: str, total: int):
+        bar = tqdm(total=total, desc=name, unit="frame", disable=args.quiet)
+        return bar.update
+
+    result = run_check(demo, clips, student, preset, teacher, lut, policy=args.policy, progress=progress)
+    out = Path(args.out or Path(args.demo) / "fleet-check")
+    out.mkdir(parents=True, exist_ok=True)
+    result["command"] = "python -m ams_ros.eval.cli " + shlex.join(args.argv)
+    result["wall_seconds"] = round(time.monotonic() - t_start, 1)
+    result["machine"] = _machine(args)
+    (out / "fleet_check.json").write_text(json.dumps(result, indent=2))
+    text = markdown(result["rows"], demo)
+    (out / "fleet_check.md").write_text(text)
+    print(text, flush=True)
+    print(f"[ams-eval] wrote {out}/fleet_check.json and fleet_check.md in {result['wall_seconds']} s", flush=True)
+    return 0
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     """N robots sharing one modelled server GPU (ams_ros/eval/fleet.py): JSON, markdown, plot."""
     from tqdm import tqdm
@@ -424,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replot(args)
         if args.cmd == "fleet":
             return cmd_fleet(args)
+        if args.cmd == "fleet-check":
+            return cmd_fleet_check(args)
         if args.cmd == "plan":
             return cmd_plan(args)
         if args.cmd == "analyze":

@@ -39,6 +39,7 @@ from ams_ros.core.models.teachers import label_frames, teacher_input_size
 from ams_ros.core.sources.frame_sources import (  # noqa: F401  (re-exported: the one implementation)
     FrameSource, open_source, PLAYLIST, playlist_items)
 from ams_ros.core.models.labels import camvid_to_cityscapes
+from ams_ros.core.sources.synthetic import teacher_for_source
 
 __all__ = ["Clip", "open_source", "load_clip", "select_frames", "nominal_fps", "gt_mapper"]
 
@@ -238,6 +239,7 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     keeps all of the teacher's classes. ``max_seconds`` cuts the clip (0 = all of it).
     ``upload_quality``: the JPEG quality of the frames' upload sizes (``Clip.upload_bytes``).
     """
+    teacher = teacher_for_source(teacher, spec)  # an oracle labels the world this clip shows
     cap = teacher_input_size(teacher)
     size = (int(size[0]), int(size[1]))
     if not max_seconds and spec.startswith("synthetic"):
@@ -247,7 +249,8 @@ def load_clip(spec: str, size: tuple[int, int], teacher, lut: np.ndarray | None 
     n_cls, names = _selected_classes(teacher.label_space, lut)
     src = open_source(spec, size=size if spec.startswith("synthetic") else None)
     nfps = nominal_fps(spec, src)
-    key = _cache_key(spec, size, eval_fps, max_seconds, getattr(teacher, "name", type(teacher).__name__), lut)
+    key = _cache_key(spec, size, eval_fps, max_seconds,
+                     getattr(teacher, "cache_name", None) or getattr(teacher, "name", type(teacher).__name__), lut)
     tmp_root = None
     if cache_dir:
         root = Path(cache_dir) / key

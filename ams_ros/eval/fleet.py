@@ -93,15 +93,17 @@ def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) ->
 
 
 def run_fleet(clips: Sequence[Clip], student: nn.Module, preset: Preset, policy: str, fused: bool = False,
-              teacher=None, lut=None, progress: Callable[[int], None] = lambda n: None) -> dict:
-    """One fleet run: ``clips[j]`` is robot j's clip (same frame times). Returns the figures;
-    a KeyboardInterrupt leaves ``partial=True`` figures of the frames done in the exception's
-    ``fleet_partial`` attribute."""
+              teacher=None, lut=None, progress: Callable[[int], None] = lambda n: None, first_robot: int = 0) -> dict:
+    """One fleet run: ``clips[j]`` is robot ``first_robot + j``'s clip (same frame times), named
+    ``robot{first_robot + j + 1}`` and trained with that robot's seed, so a robot served alone
+    (``first_robot`` = its index) trains exactly as it does in a fleet and its loss measures the
+    sharing, not a different seed. Returns the figures; a KeyboardInterrupt leaves ``partial=True``
+    figures of the frames done in the exception's ``fleet_partial`` attribute."""
     if policy not in POLICIES:
         raise ValueError(f"policy={policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
     if len({len(c) for c in clips}) != 1:
         raise ValueError(f"robots' clips must have the same number of frames, got {[len(c) for c in clips]}")
-    return _FleetRun(clips, student, preset, policy, fused, teacher, lut, progress).run()
+    return _FleetRun(clips, student, preset, policy, fused, teacher, lut, progress, first_robot).run()
 
 
 class _FleetRun:
@@ -109,10 +111,10 @@ class _FleetRun:
     the GPU frees up, the scheduler choosing among the robots that are due."""
 
     def __init__(self, clips: Sequence[Clip], student: nn.Module, preset: Preset, policy: str, fused: bool,
-                 teacher, lut, progress: Callable[[int], None]) -> None:
+                 teacher, lut, progress: Callable[[int], None], first_robot: int = 0) -> None:
         p = self.p = preset
         self.clips, self.policy, self.fused = clips, policy, fused
-        names = [f"robot{j + 1}" for j in range(len(clips))]
+        names = [f"robot{first_robot + j + 1}" for j in range(len(clips))]
         # the share window spans the whole run: the figures are shares of the run's GPU time
         self.sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
         self.robots: list[_Robot] = []
@@ -120,7 +122,7 @@ class _FleetRun:
             ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
             run = SchemeRun(ctx, name, "ams", {"policy": policy})
             run.new_edge()
-            self.robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + j),
+            self.robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + first_robot + j),
                                       FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s), deque(),
                                       {float(t): i for i, t in enumerate(clip.times)}))
         self.gpu = {"free": -math.inf, "busy": 0.0}
@@ -272,8 +274,8 @@ def fleet_study(sources: Sequence[Clip], student: nn.Module, preset: Preset, rob
     try:
         for j, c in enumerate(clips):  # the reference: robot j alone on the GPU
             res = run_fleet([c], student, preset, "round_robin", fused, teacher, lut,
-                            progress_factory(f"robot{j + 1} alone", len(c)))
-            study["alone"][f"robot{j + 1}"] = res["robots"]["robot1"]
+                            progress_factory(f"robot{j + 1} alone", len(c)), first_robot=j)
+            study["alone"][f"robot{j + 1}"] = res["robots"][f"robot{j + 1}"]
             if on_result:
                 on_result(study)
         for n in robots:

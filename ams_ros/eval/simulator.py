@@ -33,6 +33,7 @@ from ams_ros.core.edge.double_buffer import DoubleBufferedModel
 from ams_ros.core.wire.update import EncodedUpdate, UpdateError
 from ams_ros.eval.presets import Preset
 from ams_ros.core.models.teachers import label_frames
+from ams_ros.core.sources.synthetic import OracleTeacher, teacher_for_source
 from ams_ros.eval.clips import Clip
 
 
@@ -231,6 +232,17 @@ class RunContext:
     lut: np.ndarray | None = None
     progress: Callable[[int], None] = lambda n: None
     started: list["SchemeRun"] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, OracleTeacher):
+            return
+        if "#v" not in self.clip.spec:  # an oracle labels the world this clip shows
+            self.teacher = teacher_for_source(self.teacher, self.clip.spec)
+        elif self.preset.server_labels == "received":
+            raise ValueError(
+                f"clip {self.clip.spec!r} is a shifted or mirrored copy of a synthetic source, which an oracle "
+                "teacher cannot label from stream times: use server_labels=reference (--set server_labels=reference) "
+                "or a source per robot")
 
     @property
     def size(self) -> tuple[int, int]:

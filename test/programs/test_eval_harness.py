@@ -137,6 +137,25 @@ def test_keyframe_accuracy_miou_and_min_iou():
     assert miou_v == pytest.approx((8 / 9 + 7 / 8) / 2)
 
 
+def test_a_synthetic_clip_is_labelled_by_its_own_worlds_oracle():
+    """``--teacher oracle`` (world 0's) on a ``synthetic:1`` clip: the labels are world 1's truth."""
+    c = load_clip("synthetic:1", (64, 32), build_teacher("oracle"), eval_fps=1.0, max_seconds=12.0,
+                  cache_dir=None, progress=False)
+    agree = np.mean([np.mean(np.asarray(c.teacher[i]) == np.asarray(c.gt[i])) for i in range(len(c))])
+    assert agree > 0.9, agree
+
+
+def test_an_oracle_cannot_label_a_shifted_copy_of_a_synthetic_clip_from_received_frames(clip, student):
+    from ams_ros.eval.fleet import robot_clip
+
+    shifted = robot_clip(clip, 1)
+    with pytest.raises(ValueError, match="server_labels=reference"):
+        sim.RunContext(shifted, student, get_preset("paper").with_overrides({"server_labels": "received"}),
+                       teacher=build_teacher("oracle"))
+    sim.RunContext(shifted, student, get_preset("paper").with_overrides({"server_labels": "reference"}),
+                   teacher=build_teacher("oracle"))  # its stored labels are shifted with it
+
+
 def test_presets_and_scheme_specs_are_checked():
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("turbo")

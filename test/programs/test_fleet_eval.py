@@ -73,6 +73,19 @@ def test_robots_sharing_a_saturated_gpu_get_fewer_phases_and_all_of_it(clip, stu
     assert three["gpu_teacher"] + three["gpu_training"] == pytest.approx(three["gpu_utilisation"], abs=1e-3)
 
 
+def test_a_robot_served_alone_trains_as_it_does_in_a_fleet_that_never_waits(clip, student) -> None:
+    """Its reference run uses its own seed and name: on a GPU that costs nothing (no queue), robot 2
+    alone and robot 2 among two get the same phases and the same mIoU, so a loss is the sharing's."""
+    free = TINY.with_overrides({"teacher_s": 0.0, "train_s_per_step": 1e-6})
+    clips = [fleet.robot_clip(clip, j) for j in range(2)]
+    two = fleet.run_fleet(clips, student, free, "round_robin")
+    alone = fleet.run_fleet(clips[1:], student, free, "round_robin", first_robot=1)
+    assert set(alone["robots"]) == {"robot2"}
+    a, b = alone["robots"]["robot2"], two["robots"]["robot2"]
+    assert a["phases"] == b["phases"] >= 2
+    assert a["miou_teacher"] == pytest.approx(b["miou_teacher"], abs=1e-9)
+
+
 def test_a_teacher_that_labels_a_batch_in_one_call_costs_the_gpu_less_and_leaves_more_for_training(clip, student) -> None:
     per_frame = TINY.with_overrides({"teacher_s": 0.2})                       # 5 frames: 1.0 s
     batched = TINY.with_overrides({"teacher_call_s": 0.15, "teacher_s": 0.05})  # one frame still 0.2 s; 5: 0.4 s

@@ -254,6 +254,22 @@ class OracleTeacher:
         self._worlds: dict[tuple[int, int], SyntheticWorld] = {}
         self._calls = 0
 
+    @property
+    def cache_name(self) -> str:
+        """Names the world (and noise) the labels come from, for caches of labelled clips."""
+        return f"oracle[{self.spec},noise={self.noise:g},seed={self.seed}]"
+
+    def for_world(self, spec: str) -> "OracleTeacher":
+        """The same oracle over the world of source ``spec`` (``synthetic[:SEED][?shifts=...]``).
+
+        Why: an oracle renders labels from the stream time, not from the pixels, so one built for
+        ``synthetic:0`` labels a ``synthetic:1`` clip with world 0's truth (about 73 % agreement
+        with that clip's truth where its own oracle gives 95 %). A clip is always labelled by the
+        oracle of the world it shows, as the demo does per robot."""
+        if spec == self.spec:
+            return self
+        return OracleTeacher(spec=spec, noise=self.noise, seed=self.seed)
+
     def world(self, width: int, height: int) -> SyntheticWorld:
         key = (width, height)
         if key not in self._worlds:
@@ -290,6 +306,14 @@ class OracleTeacher:
                     raise ValueError("oracle teacher: frame not rendered by this world; pass its stream time as stamps")
             out.append(self._noisy(gt))
         return out
+
+
+def teacher_for_source(teacher, spec: str):
+    """The teacher that labels source ``spec``: an oracle follows the synthetic world the source
+    shows (:meth:`OracleTeacher.for_world`); any other teacher labels every source itself."""
+    if isinstance(teacher, OracleTeacher) and spec.startswith("synthetic"):
+        return teacher.for_world(spec)
+    return teacher
 
 
 def _oracle_factory(arg: str, label_space=None) -> OracleTeacher:
