@@ -200,6 +200,7 @@ class RobotWatch:
         self.image_stamps: list[float] = []
         self.edge_wait_max_ms = 0.0
         self.server_status: list[ServerStatus] = []
+        self.server_status_at: list[float] = []  # when each arrived (monotonic): the base station's cadence
         self.latest_stream_t = 0.0
         self.version_at: list[tuple[float, int]] = []
         self._images: dict[float, np.ndarray] = {}
@@ -262,6 +263,7 @@ class RobotWatch:
 
     def _on_server_status(self, msg: ServerStatus) -> None:
         self.server_status.append(msg)
+        self.server_status_at.append(time.monotonic())
 
     def score_one(self) -> None:
         """Score the oldest waiting label map and the frozen student on the same frame."""

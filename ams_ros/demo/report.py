@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ams_ros.core.fleet.phase_cadence import phase_overhead_s
 from ams_ros.core.edge.source_timing import missing_label_maps, source_holes, source_period
 
 
@@ -36,6 +37,9 @@ def write_report(obs, out: Path, args: argparse.Namespace, extra: dict,
     robots = getattr(obs, "robots", None) or {getattr(args, "device_id", "robot1"): obs}
     first = next(iter(robots.values()))
     summary = {**_robot_summary(first, args), **extra, "settings": demo_settings(args)}
+    # (issue #31) the base station's time per phase outside training (one lane: every robot's phases)
+    summary["phase_overhead_s"] = phase_overhead_s(
+        (t, float(s.train_seconds)) for w in robots.values() for t, s in zip(w.server_status_at, w.server_status))
     summary["robots"] = {dev: _robot_brief(w, summary if w is first else _robot_summary(w, args),
                                            (exit_codes or {}).get(dev))
                          for dev, w in robots.items()}

@@ -11,7 +11,8 @@ among the robots whose phases are due, the
 :class:`~ams_ros.core.fleet.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
 
 The GPU cost model is the preset's: ``teacher_call_s`` + ``teacher_s`` per frame for a batch and a training phase of
-``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``). With
+``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``), after which
+the lane is held ``phase_overhead_s`` more (publishing, saving; not GPU time). With
 ``--fused`` every ready robot (up to ``fleet_fuse_max``) trains in one fused phase costing
 ``one phase x (1 + fleet_fused_step_factor x (k - 1))`` (the factor is the marginal cost of one
 more student in a fused step; take it from ``ams-bench --only fused`` on the server's GPU). The
@@ -155,7 +156,8 @@ class _FleetRun:
             costs.append(r.run.timer.modelled(out.wall_s, p.iterations) if out is not None else 0.0)
         cost = max(costs) * (1.0 + p.fleet_fused_step_factor * (len(group) - 1))
         end = start + cost
-        self.gpu["free"], self.gpu["busy"] = end, self.gpu["busy"] + cost
+        # the lane is then held by publishing and saving (phase_overhead_s), not counted as GPU time
+        self.gpu["free"], self.gpu["busy"] = end + p.phase_overhead_s * len(group), self.gpu["busy"] + cost
         for r, out in zip(group, outs):
             sched.end_phase(r.name, start, start + cost / len(group))  # each robot's share of the step
             if out is not None:

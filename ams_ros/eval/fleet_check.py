@@ -4,8 +4,9 @@
 queued on one clock, the scheduler picking whose phase runs. Every robots-per-GPU figure rests on
 that model, so it is checked against the real thing: a ``make demo ARGS="--robots N"`` run (the
 ROS base station, its trainer and scheduler, N robot processes) is replayed through the model with
-the demo's streams and settings and the costs the demo measured (its mean phase wall time; the
-teacher's calls as given, the synthetic world's oracle costing next to nothing), and the two are
+the demo's streams and settings and the costs the demo measured (its mean phase wall time, the
+lane's time per phase outside training from the cadence of its phases, the teacher's calls as given:
+the synthetic world's oracle costs next to nothing), and the two are
 compared per robot: training phases run, the base station's time spent on the robot's phases as a
 share of the stream (the model's GPU share), updates, mIoU.
 
@@ -41,6 +42,7 @@ class DemoRun:
     stream_seconds: float
     student_weights: str
     phase_seconds: float          # mean wall time of one training phase at the base station
+    phase_overhead_s: float       # the lane's time per phase outside training (publishing, saving)
     miou_from_s: float            # the demo scores mIoU from this stream time on
 
     @classmethod
@@ -60,6 +62,7 @@ class DemoRun:
             raise ValueError(f"{path}: the base station ran no training phase; nothing to model (a longer --duration?)")
         return cls(robots=robots, settings=summary["settings"], stream_seconds=float(summary["stream_seconds"]),
                    student_weights=str(summary.get("student_weights") or ""), phase_seconds=seconds / phases,
+                   phase_overhead_s=float(summary.get("phase_overhead_s") or 0.0),
                    miou_from_s=float(summary.get("miou_scored_from_s") or 0.0))
 
 
@@ -78,6 +81,7 @@ def model_preset(demo: DemoRun, base: Preset) -> Preset:
         "r_min": RateControlConfig.r_min, "r_max": RateControlConfig.r_max,
         "adaptive_update_period": AdaptivePeriodConfig.enabled,
         "train_s_per_step": demo.phase_seconds / max(1, iterations),
+        "phase_overhead_s": demo.phase_overhead_s,
         # the real base station labels on its own node, beside the trainer: the teacher holds no phase up
         # (give teacher_s / teacher_call_s with --set for a teacher that shares the trainer's device)
         "teacher_s": 0.0, "teacher_call_s": 0.0,
@@ -125,7 +129,8 @@ def markdown(rows: Sequence[dict], demo: DemoRun) -> str:
         return "-" if x is None else f"{100 * float(x) if float(x) <= 1.0 else float(x):.1f}"
 
     lines = [f"{len(rows)} robots, {demo.stream_seconds:.0f} s; the demo's mean phase {demo.phase_seconds:.2f} s "
-             f"(K = {demo.settings['iterations']}) costs every modelled phase",
+             f"(K = {demo.settings['iterations']}) costs every modelled phase, and its lane's "
+             f"{demo.phase_overhead_s:.2f} s a phase outside training follows each",
              "",
              "| robot | source | phases real / model (diff) | phase time share real / model (diff) | updates real / model "
              f"| mIoU real (from {demo.miou_from_s:.0f} s) / model (whole stream) |",

@@ -68,6 +68,9 @@ class Preset:
     # (issue #31) the fixed cost of one teacher call, beside teacher_s per frame: a batch of k frames labelled in one
     # call costs teacher_call_s + k x teacher_s (the paper's 0.25 s a frame: 0 + k x 0.25)
     teacher_call_s: float = 0.0
+    # (issue #31) base-station time per phase outside training that holds the GPU's lane (publishing the update,
+    # saving the session); `ams-eval fleet-check` measures it from a demo run (ams_ros/core/fleet/phase_cadence.py)
+    phase_overhead_s: float = 0.0
     server_labels: str = "received"   # teacher labels of the frames as the server received them, or "reference"
     # ---- fleet (issue 16, `ams-eval fleet`): robots sharing the server's GPU
     fleet_fused_step_factor: float = 0.35  # fused phase of k = one phase x (1 + this x (k-1)); from ams-bench on the GPU

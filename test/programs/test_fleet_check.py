@@ -27,7 +27,8 @@ def _robot(source: str, phases: int, seconds: float, stream_s: float = 30.0) -> 
 
 def _write_demo(folder, robots: dict, settings: dict | None = SETTINGS) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"stream_seconds": 30.0, "student_weights": "", "miou_scored_from_s": 10.0, "robots": robots}
+    summary = {"stream_seconds": 30.0, "student_weights": "", "miou_scored_from_s": 10.0, "robots": robots,
+               "phase_overhead_s": 0.3}
     if settings is not None:
         summary["settings"] = settings
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -54,6 +55,7 @@ def test_the_model_takes_the_demos_settings_and_its_measured_phase_cost(tmp_path
     assert (p.width, p.height, p.iterations, p.batch_size, p.update_period_s) == (64, 32, 2, 2, 5.0)
     assert p.train_s_per_step == pytest.approx(2.5 / 2)  # 10 s over 4 phases of K = 2 steps
     assert p.teacher_s == 0.0 and p.server_labels == "received"
+    assert p.phase_overhead_s == pytest.approx(0.3)  # the lane's time per phase outside training
 
 
 def test_compare_gives_relative_differences_and_within_holds_only_inside_the_tolerance(tmp_path):

@@ -73,6 +73,17 @@ def test_robots_sharing_a_saturated_gpu_get_fewer_phases_and_all_of_it(clip, stu
     assert three["gpu_teacher"] + three["gpu_training"] == pytest.approx(three["gpu_utilisation"], abs=1e-3)
 
 
+def test_time_a_lane_spends_outside_training_after_each_phase_leaves_fewer_phases_but_not_more_gpu_time(clip, student):
+    slow = TINY.with_overrides({"teacher_s": 0.2})
+    clips = [fleet.robot_clip(clip, j) for j in range(3)]
+    plain = fleet.run_fleet(clips, student, slow, "round_robin")
+    held = fleet.run_fleet(clips, student, slow.with_overrides({"phase_overhead_s": 1.0}), "round_robin")
+    phases = lambda r: sum(x["phases"] for x in r["robots"].values())  # noqa: E731
+    assert phases(held) < phases(plain)
+    # each phase still costs the GPU its training only
+    assert held["gpu_training"] / phases(held) == pytest.approx(plain["gpu_training"] / phases(plain), rel=1e-3)  # figures rounded to 4 places
+
+
 def test_a_robot_served_alone_trains_as_it_does_in_a_fleet_that_never_waits(clip, student) -> None:
     """Its reference run uses its own seed and name: on a GPU that costs nothing (no queue), robot 2
     alone and robot 2 among two get the same phases and the same mIoU, so a loss is the sharing's."""
