@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from typing import Any, Callable, Optional, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -66,6 +67,21 @@ from ams_ros.core.server.selection import (
 
 __all__ = ["AMSTrainer"]
 
+
+
+@contextmanager
+def phase_rng(seed: int, phase: int, device: torch.device) -> Iterator[None]:
+    """Torch randomness of one phase (the student's dropout) drawn from the robot's own stream,
+    seeded by ``(seed, phase)``; the process's generators are restored afterwards.
+
+    Why: dropout drew from the process-global generator, so a robot's phase depended on what else
+    the process had trained before it: the same robot trained differently alone and among others
+    (a fleet study's "loss" held that noise, and a test of it failed in one process out of two),
+    and a base station's robots perturbed each other's training."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed((int(seed) * 1_000_003 + int(phase)) % (2**63))
+        yield
 
 
 class AMSTrainer:
@@ -239,7 +255,7 @@ class AMSTrainer:
         train_mode_frozen_bn(self.model)
         losses: list[float] = []
         try:
-            with self._interruptible():
+            with self._interruptible(), phase_rng(cfg.seed, self.phase, self.device):
                 if strategy == GAUSS_SOUTHWELL_SGD:
                     selected = self._run_gauss_southwell(now, k, losses)
                 else:

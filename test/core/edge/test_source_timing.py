@@ -51,7 +51,7 @@ def test_the_demo_report_follows_the_sources_timing(tmp_path):
         edge_gap_windows=[1040.0] * 58 + [66040.0], edge_source_gap_windows=[40.0] * 59, edge_wait_max_ms=0.0,
         edge_swap_windows=[i % 4 == 0 for i in range(59)],
         label_arrivals=[t + 0.05 for t in stamps], label_stamps=list(stamps), image_stamps=list(stamps),
-        commands=[], server_status=[],
+        commands=[], server_status=[], server_status_at=[],
     )
     args = argparse.Namespace(source="folder", teacher="t", student="s", width=64, height=32, fps=5.0)
     summary = write_report(obs, tmp_path, args, extra={})
@@ -82,7 +82,7 @@ def test_stalls_are_counted_among_the_periods_with_a_swap():
         reference=SimpleNamespace(score_from=0.0, needs_images=False), scores=[], uplink=[], downlink=[],
         edge_gap_windows=[g + 200.0 for g in over], edge_source_gap_windows=over, edge_wait_max_ms=0.0,
         edge_swap_windows=swapped, label_arrivals=list(stamps), label_stamps=list(stamps), image_stamps=list(stamps),
-        commands=[], server_status=[],
+        commands=[], server_status=[], server_status_at=[],
     )
     args = argparse.Namespace(source="synthetic", teacher="t", student="s", width=64, height=32, fps=5.0)
     s = _robot_summary(obs, args)

@@ -563,3 +563,41 @@ def test_mixed_precision_gradients_stay_close_to_float32():
 def test_unknown_train_precision_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="float32, float16, bfloat16"):
         TrainerConfig(train_precision="int8")
+
+
+class DropoutNet(TinyNet):
+    """TinyNet with dropout before its head (as the deeplabv3 student's ASPP has)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x - 0.5)))
+        return self.head(self.drop(torch.relu(self.conv2(x))))
+
+
+def test_phase_rng_makes_a_phase_independent_of_what_the_process_drew_before_it():
+    """A robot's phase draws its dropout from its own (seed, phase) stream: the same phase after any
+    other use of torch's generator gives the same weights, a later phase other masks, and the
+    process's generator is left where it was."""
+    def one_phase(draws_before: int) -> np.ndarray:
+        torch.manual_seed(0)
+        model = DropoutNet().eval()
+        trainer = AMSTrainer(model, small_config(strategy="full"))
+        fill(trainer, np.arange(12.0))
+        torch.rand(draws_before)  # another robot's phase, a test before this one
+        state = torch.random.get_rng_state()
+        trainer.train_phase(12.0)
+        assert torch.equal(torch.random.get_rng_state(), state)  # restored
+        return flat(model)
+
+    np.testing.assert_array_equal(one_phase(0), one_phase(1000))
+    from ams_ros.core.server.trainer import phase_rng
+    with phase_rng(3, 1, torch.device("cpu")):
+        a = torch.rand(4)
+    with phase_rng(3, 2, torch.device("cpu")):
+        b = torch.rand(4)
+    with phase_rng(3, 1, torch.device("cpu")):
+        np.testing.assert_array_equal(torch.rand(4).numpy(), a.numpy())
+    assert not torch.equal(a, b)
