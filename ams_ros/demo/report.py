@@ -62,6 +62,7 @@ def demo_settings(args: argparse.Namespace) -> dict:
 def _robot_brief(w, full: dict, exit_code: int | None) -> dict:
     """One robot's line of ``summary["robots"]``."""
     shares = [float(s.gpu_share) for s in w.server_status]
+    trained = float(sum(s.train_seconds for s in w.server_status))
     return {
         "source": full["source"],
         "miou_streamed": full["miou_streamed"],
@@ -75,8 +76,8 @@ def _robot_brief(w, full: dict, exit_code: int | None) -> dict:
         "training_phases_seen": len(w.server_status),
         # (issue #31) the base station's time spent on this robot's phases, and its share of the stream
         # (what `ams-eval fleet-check` compares with the fleet model's GPU share)
-        "train_seconds_total": round(float(sum(s.train_seconds for s in w.server_status)), 3),
-        "phase_time_share": round(float(sum(s.train_seconds for s in w.server_status)) / max(full["stream_seconds"], 1e-9), 4),
+        "train_seconds_total": round(trained, 3),
+        "phase_time_share": round(trained / max(full["stream_seconds"], 1e-9), 4),
         "uplink_kbps": full["uplink_kbps"],
         "downlink_kbps": full["downlink_kbps"],
         "frames_scored": full["frames_scored"],

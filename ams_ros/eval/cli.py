@@ -299,6 +299,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_clips(sources, preset, teacher, lut, max_seconds: float, args: argparse.Namespace) -> list:
+    """Each robot's clip, labelled (cached in ``args.cache``) and cut to the shortest one's frames."""
+    clips = [load_clip(src, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
+                       max_seconds=max_seconds, cache_dir=args.cache or None, progress=not args.quiet).cache_frames()
+             for src in sources]
+    n = min(len(c) for c in clips)
+    return [c.head(n) for c in clips]
+
+
 def cmd_fleet_check(args: argparse.Namespace) -> int:
     """(issue #31) The fleet model of a real demo run, compared per robot (ams_ros/eval/fleet_check.py)."""
     from tqdm import tqdm
@@ -315,11 +324,7 @@ def cmd_fleet_check(args: argparse.Namespace) -> int:
     _, _, teacher, space, lut = _setup(args)
     preset = model_preset(demo, get_preset("cpu-quick")).with_overrides(parse_overrides(user_overrides))
     sources = [r["source"] for r in demo.robots.values()]
-    clips = [load_clip(src, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
-                       max_seconds=demo.stream_seconds, cache_dir=args.cache or None, progress=not args.quiet).cache_frames()
-             for src in sources]
-    n = min(len(c) for c in clips)
-    clips = [c.head(n) for c in clips]
+    clips = _fleet_clips(sources, preset, teacher, lut, demo.stream_seconds, args)
     torch.manual_seed(preset.seed)
     student = load_student(s.get("student") or "deeplabv3_mobilenet_v2", num_classes=len(space.class_names),
                            weights=demo.student_weights or None).eval()
@@ -359,14 +364,10 @@ def cmd_fleet(args: argparse.Namespace) -> int:
             "overrides": overrides or None, "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
             "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine()}
     try:
-        clips = [load_clip(s, (preset.width, preset.height), teacher, lut, eval_fps=preset.eval_fps,
-                           max_seconds=args.max_seconds, cache_dir=args.cache or None,
-                           progress=not args.quiet).cache_frames() for s in args.sources]
+        clips = _fleet_clips(args.sources, preset, teacher, lut, args.max_seconds, args)
     except KeyboardInterrupt:
         print("\n[ams-eval] interrupted while labelling the clips: nothing to report", flush=True)
         return 130
-    n = min(len(c) for c in clips)
-    clips = [c.head(n) for c in clips]
     torch.manual_seed(preset.seed)  # a random start (no weights given) is the same in every run
     student = load_student(args.student, num_classes=len(space.class_names),
                            weights=args.student_weights or None).eval()

@@ -157,5 +157,5 @@ def run_check(demo: DemoRun, clips: Sequence, student, preset: Preset, teacher, 
     model = run_fleet(clips, student, preset, policy, teacher=teacher, lut=lut, progress=progress("fleet model", len(clips[0])))
     rows = compare(demo, model)
     return {"demo": {"stream_seconds": demo.stream_seconds, "phase_seconds": round(demo.phase_seconds, 4),
-                     "settings": demo.settings}, "policy": policy, "model": model, "rows": rows, "within": within(rows),
+                     "phase_overhead_s": demo.phase_overhead_s, "settings": demo.settings}, "policy": policy, "model": model, "rows": rows, "within": within(rows),
             "tolerance": TOLERANCE}
