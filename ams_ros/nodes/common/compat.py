@@ -25,15 +25,29 @@ def init_returns_context_manager() -> bool:
 
 
 class _InitContext:
-    """What :func:`ros_init` returns on Jazzy: shuts down what it initialised on ``__exit__``."""
+    """What :func:`ros_init` returns: shuts down what it initialised on ``__exit__``, through
+    Kilted's own ``InitContextManager`` where there is one, and without failing when rclpy's
+    signal thread shut the context down at the same moment (see the module docstring)."""
 
-    def __init__(self, context: Any) -> None:
+    def __init__(self, context: Any, inner: Any = None) -> None:
         self.context = context
+        self.inner = inner  # Kilted's InitContextManager, None on Jazzy
 
     def __enter__(self) -> "_InitContext":
         return self
 
     def __exit__(self, exc_type, exc_val, exc_tb) -> None:
+        try:
+            self._shut_down()
+        except RuntimeError:  # rclpy's RCLError is one
+            if self.context.ok():
+                raise  # not the race: the context is still up
+            self._shut_down()  # shut down meanwhile; now finds it so and finishes the clean-up
+
+    def _shut_down(self) -> None:
+        if self.inner is not None:
+            self.inner.__exit__(None, None, None)
+            return
         # As Kilted's InitContextManager: the default context is shut down through
         # try_shutdown(context=None), which replaces it so that rclpy.init() works again.
         default = self.context is get_default_context()
@@ -47,6 +61,5 @@ def ros_init(args: Optional[List[str]] = None, *, context: Any = None,
     if signal_handler_options is not None:
         kwargs["signal_handler_options"] = signal_handler_options
     result = rclpy.init(**kwargs)
-    if result is not None and hasattr(result, "__exit__"):
-        return result  # Kilted on: rclpy's own InitContextManager
-    return _InitContext(get_default_context() if context is None else context)
+    inner = result if result is not None and hasattr(result, "__exit__") else None  # Kilted on
+    return _InitContext(get_default_context() if context is None else context, inner)
