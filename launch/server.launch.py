@@ -69,6 +69,8 @@ def generate_launch_description() -> LaunchDescription:
         config_argument("pool_placement", "With backend ray: the robot an overloaded actor hands over: utility (the "
                                           "lowest predicted gain per GPU-second) | load (the move leaving the "
                                           "lowest peak)", PLACEMENTS),
+        config_argument("pool_spread", "With backend ray: start the actors on different Ray nodes where the cluster "
+                                       "has several (losing a node loses the fewest actors)", BOOLS),
         config_argument("signing_key_file", "Base station's private key (PEM, mode 0600, `ams-keys generate`): signs "
                                             "every update, catch-up and snapshot (empty = unsigned)"),
         config_argument("robot_public_keys", "The robots' public keys as a list of DEVICE_ID=BASE64 (`ams-keys "

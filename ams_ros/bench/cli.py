@@ -104,14 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=20, help="K per training phase")
     p.add_argument("--update-width", type=int, default=256, help="training width for the update-size phases")
     p.add_argument("--update-height", type=int, default=128, help="training height for the update-size phases")
-    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool", "launch", "inference"], default="all",
+    p.add_argument("--only", choices=["all", "resync", "fused", "updates", "uplink", "pool", "launch", "inference", "ray-nodes"],
+                   default="all",
                    help="'resync': only the catch-up vs snapshot sizes (issue #13); 'fused': only the fused-training "
                         "figures (issue #16); 'updates': only the update encodings' sizes and times (issue #10); "
                         "'uplink': only the video codecs' bytes and teacher agreement (issue #10); 'pool': robots "
                         "served vs Ray actors, and GPUs for 10/50/200 robots (issue #12; not in 'all'); 'launch': "
                         "start, Ctrl-C and respawn times under ros2 launch (issue #27; not in 'all'); 'inference': the "
                         "student in each inference runtime, bare and in the node, and updates to running "
-                        "(issue #30; not in 'all')")
+                        "(issue #30; not in 'all'); 'ray-nodes': the pool on two Ray nodes and the loss of one "
+                        "(issue #31; root; python -m ams_ros.bench.ray_nodes has its options; not in 'all')")
     p.add_argument("--launch-repeat", type=int, default=3, help="runs of the 'launch' figures")
     p.add_argument("--launch-configs", default="demo_", choices=["demo_", ""],
                    help="parameter files of the 'launch' figures: config/demo_*.yaml (demo_) or config/*.yaml (the "
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     args.precisions = names
     args.phase_steps = args.phase_steps or args.iterations
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.only == "ray-nodes":
+        from ams_ros.bench import ray_nodes
+
+        return ray_nodes.main(["--out", str(Path(args.out) / "ray_nodes")])
     if args.only == "all":
         res = run(args)
     elif args.only == "fused":

@@ -129,6 +129,7 @@ def test_every_server_launch_argument_reaches_its_nodes(client, files, assets, t
         # 0 GPUs is the default, and all this machine can schedule: an actor asking for a GPU share
         # would wait for one for ever. Given explicitly, it still goes through the argument path.
         "pool_actor_gpus": "0.0", "pool_fuse": "true", "pool_placement": "load",
+        "pool_spread": "false",
         "signing_key_file": keys["server"][0],
         "robot_public_keys": f"[rover7={keys['rover7'][1]}, rover8={keys['rover8'][1]}]", "use_sim_time": "true",
     }

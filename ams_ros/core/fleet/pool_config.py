@@ -44,8 +44,15 @@ class PoolConfig:
                                    "GPU-second, from the scheduler; needs scheduler_policy utility or utility_aging, "
                                    "else as load) | load (the move that leaves the lowest peak load). A dead actor's "
                                    "robots are restored highest utility first", choices=PLACEMENTS)
+    spread: bool = knob(True, "With backend ray: start the actors on different Ray nodes where the cluster has "
+                              "several (Ray's SPREAD scheduling), so that losing one node loses the fewest actors; "
+                              "false: Ray's default, which fills the node the server runs on first")
     check_period_s: float = knob(1.0, "With backend ray: how often the pool pings its actors (a dead one is "
                                       "replaced and its robots restored) and checks their load")
+    unreachable_s: float = knob(10.0, "With backend ray: an actor that does not answer a ping for this long (its "
+                                      "node cut off by the network, or hung) is given up as lost: its robots are "
+                                      "restored elsewhere at once instead of when Ray declares its node dead (about "
+                                      "a minute after a link goes down)")
 
     def __post_init__(self) -> None:
         check_choice("backend", self.backend, BACKENDS)
@@ -60,6 +67,6 @@ class PoolConfig:
                              f"{self.actor_gpus}")
         if not 0.0 < self.overload <= 1.0:
             raise ValueError(f"pool_overload must be in (0, 1], got {self.overload}")
-        if self.load_window_s <= 0 or self.check_period_s <= 0:
-            raise ValueError(f"pool_load_window_s and pool_check_period_s must be > 0, got {self.load_window_s}, "
-                             f"{self.check_period_s}")
+        if self.load_window_s <= 0 or self.check_period_s <= 0 or self.unreachable_s <= 0:
+            raise ValueError(f"pool_load_window_s, pool_check_period_s and pool_unreachable_s must be > 0, got "
+                             f"{self.load_window_s}, {self.check_period_s}, {self.unreachable_s}")

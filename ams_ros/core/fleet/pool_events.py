@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 
 @dataclass
 class PoolEvent:
     """A move or a recovery, for the log and the tests."""
 
-    kind: str  # "move" | "recover"
+    kind: str  # "move" | "recover" | "replace"
     device_id: str
     source: int
     target: int
     version: int
     message: str
+    at: float = field(default_factory=time.monotonic)  # when it happened (time.monotonic)

@@ -99,16 +99,27 @@ class Recovery:
             return
 
     def check(self) -> None:
-        """Ping every actor (a dead one is replaced, its robots restored); then rebalance."""
+        """Ping every actor (a dead one is replaced, its robots restored; one silent for
+        ``unreachable_s`` is given up as lost, the same way); then rebalance.
+
+        Why give up on a silent actor: when a node's network link goes down, the node is alive but
+        unreachable, and Ray declares it dead only when its heartbeats have been missed long enough
+        (65 s in ``python -m ams_ros.bench.ray_nodes --fault link``); until then every call to its
+        actors waits, and their robots get no update. Killing the actor (``_recover`` does) makes
+        those calls fail at once, and its robots resume from their kept state on a reachable actor."""
         for idx in self.live_actors():
             with self._cv:
                 ref, gen = self.actors[idx], self.generation[idx]
             try:
-                ref.call("ping", timeout=30.0)
+                ref.call("ping", timeout=self.config.unreachable_s)
             except ActorGone:
                 self._recover(idx, gen)
-            except Exception as exc:  # noqa: BLE001 - a slow actor is not a dead one
-                self.log("warning", f"actor {idx} did not answer a ping: {exc}")
+            except TimeoutError:  # Ray's GetTimeoutError is one
+                self.log("warning", f"actor {idx} did not answer a ping for {self.config.unreachable_s:g} s "
+                                    f"(pool_unreachable_s): given up as lost; its robots are restored elsewhere")
+                self._recover(idx, gen)
+            except Exception as exc:  # noqa: BLE001 - the ping itself failed: not a sign the actor is gone
+                self.log("warning", f"actor {idx}: ping failed: {type(exc).__name__}: {exc}")
         self.rebalance()
 
     def start_monitor(self) -> None:

@@ -103,12 +103,13 @@ class RayActor:
     (ValueError, FrameCodecError, RobotNotHere); a dead actor as :class:`ActorGone`."""
 
     def __init__(self, spec: WorkerSpec, name: str, cpus: float = 1.0, gpus: float = 0.0,
-                 max_concurrency: int = 8) -> None:
+                 max_concurrency: int = 8, spread: bool = True) -> None:
         ray = self._ray = import_ray()
         self.name = name
         cls = ray.remote(PoolWorker)
         self.handle = cls.options(num_cpus=cpus, num_gpus=gpus, max_concurrency=max_concurrency, max_restarts=0,
-                                  max_task_retries=0).remote(spec, name)
+                                  max_task_retries=0,
+                                  scheduling_strategy="SPREAD" if spread else "DEFAULT").remote(spec, name)
 
     def call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         ray = self._ray
@@ -130,7 +131,7 @@ class RayActor:
 
 
 def ray_actor_factory(spec: WorkerSpec, config: PoolConfig) -> Callable[[str], RayActor]:
-    return lambda name: RayActor(spec, name, cpus=config.actor_cpus, gpus=config.actor_gpus)
+    return lambda name: RayActor(spec, name, cpus=config.actor_cpus, gpus=config.actor_gpus, spread=config.spread)
 
 
 def in_process_factory(spec: WorkerSpec) -> Callable[[str], InProcessActor]:

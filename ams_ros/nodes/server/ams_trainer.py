@@ -118,8 +118,10 @@ PARAMS = (
     from_field(PoolConfig, "overload", name="pool_overload"),
     from_field(PoolConfig, "load_window_s", name="pool_load_window_s"),
     from_field(PoolConfig, "check_period_s", name="pool_check_period_s"),
+    from_field(PoolConfig, "unreachable_s", name="pool_unreachable_s"),
     from_field(PoolConfig, "fuse", name="pool_fuse"),
     from_field(PoolConfig, "placement", name="pool_placement"),
+    from_field(PoolConfig, "spread", name="pool_spread"),
 )
 
 
@@ -127,8 +129,9 @@ def pool_config(p) -> PoolConfig:
     return PoolConfig(backend=p["backend"], ray_address=p["ray_address"], actors=int(p["pool_actors"]),
                       actor_cpus=float(p["pool_actor_cpus"]), actor_gpus=float(p["pool_actor_gpus"]),
                       overload=float(p["pool_overload"]), load_window_s=float(p["pool_load_window_s"]),
-                      check_period_s=float(p["pool_check_period_s"]), fuse=bool(p["pool_fuse"]),
-                      placement=p["pool_placement"])
+                      check_period_s=float(p["pool_check_period_s"]),
+                      unreachable_s=float(p["pool_unreachable_s"]), fuse=bool(p["pool_fuse"]),
+                      placement=p["pool_placement"], spread=bool(p["pool_spread"]))
 
 
 def trainer_config(p) -> TrainerConfig:

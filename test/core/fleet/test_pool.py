@@ -119,6 +119,65 @@ def test_a_dead_actors_robots_resume_from_their_last_state_with_the_batches_sinc
     chain.apply(pool.run_phase("robot1").update)
 
 
+class _CutOff:
+    """An actor behind a link that went down: alive (its worker keeps its state) but every call
+    times out, as Ray's ray.get(timeout=...) does for an actor on an unreachable node."""
+
+    def __init__(self, actor) -> None:
+        self.actor, self.name, self.timeouts, self.killed = actor, actor.name, [], False
+
+    def call(self, method, *args, timeout=None):
+        self.timeouts.append((method, timeout))
+        raise TimeoutError(f"{method}: no answer within {timeout} s")
+
+    def kill(self) -> None:
+        self.killed = True
+        self.actor.kill()
+
+
+def test_an_actor_that_does_not_answer_a_ping_for_pool_unreachable_s_is_given_up_and_its_robots_restored(tmp_path):
+    pool = SessionPool(in_process_factory(worker_spec(tmp_path)),
+                       PoolConfig(backend="ray", actors=2, overload=1.0, unreachable_s=7.5))
+    pool.start(list(ROBOTS))
+    pool.set_teachers(teacher_spec())
+    chain = RobotChain()
+    _stream(pool, "robot1", 0.0, 2, chain)
+    logged = []
+    pool.log = lambda level, text: logged.append((level, text))
+    cut = pool.actors[0] = _CutOff(pool.actors[0])
+    pool.check()
+    assert cut.timeouts == [("ping", 7.5)]  # the ping waited pool_unreachable_s, then gave the actor up
+    assert cut.killed and pool.assignment == {"robot1": 1, "robot2": 1}
+    assert any("did not answer a ping for 7.5 s (pool_unreachable_s)" in text for _, text in logged), logged
+    assert [(e.kind, e.device_id, e.version) for e in pool.events][:1] == [("recover", "robot1", 2)]
+    assert pool.wait_all_up(60) and pool.actors[0] is not cut
+    _stream(pool, "robot1", 2.0, 1, chain)  # its chain continues on the survivor
+    assert chain.applied[-1] == (2, 3)
+
+
+def test_a_ping_that_fails_otherwise_is_not_taken_for_a_lost_actor(tmp_path):
+    pool = SessionPool(in_process_factory(worker_spec(tmp_path)), PoolConfig(backend="ray", actors=2, overload=1.0))
+    pool.start(list(ROBOTS))
+    logged = []
+    pool.log = lambda level, text: logged.append((level, text))
+    actor = pool.actors[0]
+
+    class Flaky:
+        name = actor.name
+
+        def call(self, method, *args, timeout=None):
+            raise RuntimeError("object store full")
+
+        def kill(self):
+            raise AssertionError("a failing ping must not kill the actor")
+
+    pool.actors[0] = Flaky()
+    pool.check()
+    assert pool.assignment == {"robot1": 0, "robot2": 1} and pool.events == []
+    assert logged == [("warning", "actor 0: ping failed: RuntimeError: object store full")]
+    pool.actors[0] = actor
+
+
 def test_a_pool_of_one_restores_its_robots_on_the_replacement(tmp_path):
     pool, _ = _pool(tmp_path, robots=("robot1",), actors=1)
     chain = RobotChain()
@@ -235,6 +294,7 @@ def test_states_kept_after_each_phase_persist_in_state_dir_and_resume(tmp_path):
     ({"actors": 0}, "pool_actors must be >= 1"),
     ({"overload": 1.5}, "pool_overload must be in (0, 1]"),
     ({"ray_address": " "}, "use local"),
+    ({"unreachable_s": 0}, "pool_unreachable_s must be > 0"),
 ])
 def test_bad_pool_settings_name_the_value_and_the_fix(kw, text):
     with pytest.raises(ValueError) as exc:
