@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ams_ros.core.fleet.phase_cadence import phase_overhead_s
+from ams_ros.core.fleet.stagger import StaggerConfig
 from ams_ros.core.edge.source_timing import missing_label_maps, source_holes, source_period
 
 
@@ -56,7 +57,15 @@ def demo_settings(args: argparse.Namespace) -> dict:
     """The settings a run was made with that a model of it needs (issue #31, ``ams-eval fleet-check``)."""
     keys = ("duration", "fps", "width", "height", "update_period", "horizon", "iterations", "batch_size", "gamma",
             "lr", "encoding", "bitrate", "robots", "source", "teacher", "student", "selected_classes", "label_space")
-    return {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    # whether the base station staggered the robots' batches (its default unless --server-param says otherwise)
+    stagger = StaggerConfig.enabled
+    for item in getattr(args, "server_param", None) or []:
+        key, _, value = item.partition("=")
+        if key.strip() == "asr_controller.stagger_batches":
+            stagger = value.strip().lower() in ("true", "1", "yes", "on")
+    settings["stagger_batches"] = bool(stagger)
+    return settings
 
 
 def _robot_brief(w, full: dict, exit_code: int | None) -> dict:

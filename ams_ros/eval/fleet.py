@@ -16,6 +16,9 @@ the lane is held ``phase_overhead_s`` more (publishing, saving; not GPU time). W
 ``--fused`` every ready robot (up to ``fleet_fuse_max``) trains in one fused phase costing
 ``one phase x (1 + fleet_fused_step_factor x (k - 1))`` (the factor is the marginal cost of one
 more student in a fused step; take it from ``ams-bench --only fused`` on the server's GPU). The
+robots' batches arrive in lockstep (every robot's period starts with its clip) unless
+``fleet_stagger`` spreads their first periods (:func:`~ams_ros.core.fleet.stagger.stagger_offset`),
+as robots started at different times are. The
 weights of a fused phase equal those of separate phases (test/test_fused_training.py), so the
 students are trained with the sequential trainer here and only the modelled GPU time differs.
 
@@ -40,6 +43,7 @@ from torch import nn
 
 from ams_ros.core.wire.frame_codec import encode_frames
 from ams_ros.core.edge.frame_sampler import FrameSampler
+from ams_ros.core.fleet.stagger import stagger_offset
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.fleet.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
 from ams_ros.core.server.session import RobotSession, SessionConfig, TrainingDiverged
@@ -123,8 +127,10 @@ class _FleetRun:
             ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
             run = SchemeRun(ctx, name, "ams", {"policy": policy})
             run.new_edge()
+            first = stagger_offset(first_robot + j, p.update_period_s) if p.fleet_stagger else None
             self.robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + first_robot + j),
-                                      FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s), deque(),
+                                      FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s,
+                                                   first_period=first), deque(),
                                       {float(t): i for i, t in enumerate(clip.times)}))
         self.gpu = {"free": -math.inf, "busy": 0.0}
         self.fuse_max = max(1, int(p.fleet_fuse_max)) if fused else 1
@@ -250,6 +256,9 @@ def _figures(robots, sched, gpu, t0, t1, policy, fused, partial) -> dict:
             "miou_teacher": round(100 * res.cm_teacher.miou(), 3),
             "miou_gt": None if gt is None else round(100 * gt, 3),
             "phases": len(res.updates),
+            # from the newest frame a phase trained on to its update at the robot: the sharing's wait shows here
+            "update_delay_s": (round(float(np.mean([u.t_arrive - u.t_data for u in res.updates])), 3)
+                               if res.updates else None),
             "gpu_share": round(sched.busy_s(r.name, t1 + step) / duration, 4),
             "uplink_kbps": round(sum(b for _, b in res.uplink) * 8 / duration / 1000, 2),
             "downlink_kbps": round(sum(b for _, b in res.downlink) * 8 / duration / 1000, 2),
@@ -356,7 +365,8 @@ def markdown(study: dict, preset: Preset) -> str:
                 f"measured here / {preset.train_speedup:g}")
              + f", K={preset.iterations}; fused: {'on' if study['fused'] else 'off'}"
              + (f" (extra student x{preset.fleet_fused_step_factor:g} of a step, at most {preset.fleet_fuse_max})"
-                if study["fused"] else "") + ".", "",
+                if study["fused"] else "")
+             + f"; batches {'staggered' if preset.fleet_stagger else 'in lockstep'}.", "",
              "| N | policy | mean (worst) mIoU loss (points) | GPU utilisation (teacher + training) | mIoU vs teacher "
              "per robot | GPU share per robot | up / down Kbps (mean) |", "|---|---|---|---|---|---|---|"]
     for r in study["runs"]:

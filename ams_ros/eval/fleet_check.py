@@ -82,6 +82,8 @@ def model_preset(demo: DemoRun, base: Preset) -> Preset:
         "adaptive_update_period": AdaptivePeriodConfig.enabled,
         "train_s_per_step": demo.phase_seconds / max(1, iterations),
         "phase_overhead_s": demo.phase_overhead_s,
+        # the base station's staggering of the robots' batches (a demo run before it existed sent them together)
+        "fleet_stagger": bool(s.get("stagger_batches", False)),
         # the real base station labels on its own node, beside the trainer: the teacher holds no phase up
         # (give teacher_s / teacher_call_s with --set for a teacher that shares the trainer's device)
         "teacher_s": 0.0, "teacher_call_s": 0.0,
@@ -157,5 +159,5 @@ def run_check(demo: DemoRun, clips: Sequence, student, preset: Preset, teacher, 
     model = run_fleet(clips, student, preset, policy, teacher=teacher, lut=lut, progress=progress("fleet model", len(clips[0])))
     rows = compare(demo, model)
     return {"demo": {"stream_seconds": demo.stream_seconds, "phase_seconds": round(demo.phase_seconds, 4),
-                     "phase_overhead_s": demo.phase_overhead_s, "settings": demo.settings}, "policy": policy, "model": model, "rows": rows, "within": within(rows),
-            "tolerance": TOLERANCE}
+                     "phase_overhead_s": demo.phase_overhead_s, "settings": demo.settings},
+            "policy": policy, "model": model, "rows": rows, "within": within(rows), "tolerance": TOLERANCE}

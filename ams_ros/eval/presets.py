@@ -75,6 +75,9 @@ class Preset:
     # ---- fleet (issue 16, `ams-eval fleet`): robots sharing the server's GPU
     fleet_fused_step_factor: float = 0.35  # fused phase of k = one phase x (1 + this x (k-1)); from ams-bench on the GPU
     fleet_fuse_max: int = 18               # at most this many students in one fused step
+    # robots' batches at staggered times (robot j's first period a fraction frac(j x 0.618) of T_update) instead of
+    # all at once, as robots started at different times send them
+    fleet_stagger: bool = False
     # ---- One-Time (fine-tune the whole student on the first 60 s, once)
     one_time_s: float = 60.0
     one_time_steps: int = 0           # 0 = the K * (one_time_s / T_update) steps AMS spends on that span

@@ -47,15 +47,21 @@ def player():
 
 def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(player):
     node, counters, published = player
+    wall = [100.0]  # the player's wall clock, stepped by the test (a loaded machine cannot move it)
+    node._wall_clock = lambda: wall[0]
     time.sleep(0.5)                           # the rest of the robot loads before spinning starts:
+    before = time.monotonic()
     node._tick_source()                       # playback starts at the first tick, frame 0 is due at once
     assert published == [pytest.approx(0.0)]
     assert counters.source_frames_skipped == 0
     # and the ticks restart with it: frame k is due at tick k, not at a phase left from construction
-    # (on that old schedule frames fell due just after ticks, and ordinary jitter skipped frames)
-    assert node._play_timer.time_until_next_call() > 0.5e9 / FPS
+    # (on that old schedule frames fell due just after ticks, and ordinary jitter skipped frames).
+    # Reset at some moment after `before`, the next tick is at least a period after it; left on the
+    # construction-time schedule (0.5 s ago, period 0.2 s) it would be overdue.
+    until = node._play_timer.time_until_next_call()
+    assert until >= (1.0 / FPS - (time.monotonic() - before)) * 1e9 - 1e6 and until > 0
 
-    node._t_wall0 -= 2.0 + 0.5 / FPS          # the process stalled ~2 s: frames 0.2 .. 2.0 s are due
+    wall[0] += 2.0 + 0.5 / FPS                # the process stalled ~2 s: frames 0.2 .. 2.0 s are due
     node._tick_source()
     assert published[-1] == pytest.approx(2.0)
     assert counters.source_frames_skipped == 9   # 0.2 .. 1.8 s were never published
@@ -63,6 +69,9 @@ def test_a_late_player_publishes_the_newest_due_frame_and_counts_the_skipped(pla
 
     node._tick_source()                       # nothing new is due yet: nothing published, nothing skipped
     assert len(published) == 2 and counters.source_frames_skipped == 9
+    wall[0] += 1.0 / FPS                      # frame 2.2 s falls due: published, nothing skipped
+    node._tick_source()
+    assert published[-1] == pytest.approx(2.2) and counters.source_frames_skipped == 9
 
 
 def test_the_test_only_learning_faults_black_out_or_replace_the_played_frames_while_set(player):

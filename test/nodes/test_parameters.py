@@ -155,6 +155,54 @@ def test_a_new_server_version_goes_out_at_once_repeating_the_last_command(server
     assert len(sent) == 2
 
 
+def test_robots_whose_batches_arrive_together_are_told_once_to_shift_into_their_slots(server):
+    """(issue #31) r1 and r2 send their batches within 0.2 s of each other: r2's next command carries
+    the shift into its slot (6.18 s after r1's, the shorter way round: 3.8 s earlier); the next
+    commands carry none until a second batch after the shift has arrived; r1, the reference, is never
+    moved; with stagger_batches off nobody is."""
+    state, _, asr = server
+    sent = {"r1": [], "r2": []}
+    for dev in sent:
+        asr.pubs[dev].publish = sent[dev].append
+        state.sessions[dev].latest_t = 0.0
+        state.sessions[dev].sampling_command = lambda now: (0.5, 10.0, 0.2)  # a command due every tick
+    state.note_arrival("r1", 10.0, at=100.0)
+    state.note_arrival("r2", 10.0, at=100.2)
+    asr._tick()
+    assert sent["r1"][-1].period_shift == 0.0
+    assert sent["r2"][-1].period_shift == pytest.approx(0.618034 * 10.0 - 10.0 - 0.2, abs=1e-3)
+    asr._tick()  # nothing new arrived: not told again
+    state.note_arrival("r2", 10.0, at=106.4)  # the batch that was on its way: still not
+    asr._tick()
+    assert [m.period_shift for m in sent["r2"][1:]] == [0.0, 0.0]
+    state.note_arrival("r1", 10.0, at=110.0)
+    state.note_arrival("r2", 10.0, at=116.1)  # the shifted one, in its slot (within 10 %): left alone
+    asr._tick()
+    assert sent["r2"][-1].period_shift == 0.0 and all(m.period_shift == 0.0 for m in sent["r1"])
+    state.note_arrival("r2", 10.0, at=120.0)  # drifted back into r1's time
+    assert _set(asr, "stagger_batches", False).successful
+    asr._tick()
+    assert sent["r2"][-1].period_shift == 0.0
+    assert _set(asr, "stagger_batches", True).successful
+    asr._tick()
+    assert sent["r2"][-1].period_shift == pytest.approx(-3.82, abs=0.01)
+    assert not _set(asr, "stagger_tolerance", 0.6).successful
+
+
+def test_a_robot_on_another_update_period_is_not_staggered_against_the_reference(server):
+    state, _, asr = server
+    sent = []
+    asr.pubs["r1"].publish = lambda msg: None
+    asr.pubs["r2"].publish = sent.append
+    for dev in ("r1", "r2"):
+        state.sessions[dev].latest_t = 0.0
+        state.sessions[dev].sampling_command = lambda now: (0.5, 10.0, 0.2)
+    state.note_arrival("r1", 10.0, at=100.0)
+    state.note_arrival("r2", 20.0, at=100.1)  # the adaptive period made its period 20 s
+    asr._tick()
+    assert sent[-1].period_shift == 0.0
+
+
 def test_the_asr_start_up_values_are_the_controllers_initial_state(ros):
     state = ServerState()
     trainer = AMSTrainerNode(state, parameter_overrides=SMALL)

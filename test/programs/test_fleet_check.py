@@ -56,6 +56,19 @@ def test_the_model_takes_the_demos_settings_and_its_measured_phase_cost(tmp_path
     assert p.train_s_per_step == pytest.approx(2.5 / 2)  # 10 s over 4 phases of K = 2 steps
     assert p.teacher_s == 0.0 and p.server_labels == "received"
     assert p.phase_overhead_s == pytest.approx(0.3)  # the lane's time per phase outside training
+    assert p.fleet_stagger is False  # a demo run from before the base station staggered batches
+    _write_demo(tmp_path, {"robot1": _robot("synthetic:0", 4, 10.0)}, {**SETTINGS, "stagger_batches": True})
+    assert model_preset(DemoRun.read(tmp_path), PRESETS["cpu-quick"]).fleet_stagger is True
+
+
+def test_the_demos_settings_say_whether_the_base_station_staggered_the_batches():
+    import argparse
+
+    from ams_ros.demo.report import demo_settings
+
+    assert demo_settings(argparse.Namespace(robots=3))["stagger_batches"] is True  # the default
+    off = argparse.Namespace(robots=3, server_param=["asr_controller.stagger_batches=false", "ams_trainer.lr=0.01"])
+    assert demo_settings(off)["stagger_batches"] is False
 
 
 def test_compare_gives_relative_differences_and_within_holds_only_inside_the_tolerance(tmp_path):

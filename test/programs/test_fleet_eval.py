@@ -111,6 +111,19 @@ def test_a_teacher_that_labels_a_batch_in_one_call_costs_the_gpu_less_and_leaves
     assert sum(r["phases"] for r in b["robots"].values()) >= sum(r["phases"] for r in a["robots"].values())
 
 
+def test_staggered_batches_wait_less_for_a_shared_gpu_than_batches_in_lockstep(clip, student) -> None:
+    # per robot and 5 s period: 5 frames x 0.1 s of teacher + 2 steps x 0.5 s = 1.5 s of GPU; in lockstep
+    # robot2's batch waits behind robot1's work every period, staggered (its periods 3.1 s later) it does not
+    busy = TINY.with_overrides({"teacher_s": 0.1})
+    clips = [fleet.robot_clip(clip, j) for j in range(2)]
+    lockstep = fleet.run_fleet(clips, student, busy, "round_robin")
+    staggered = fleet.run_fleet(clips, student, busy.with_overrides({"fleet_stagger": True}), "round_robin")
+    delay = lambda r, d: r["robots"][d]["update_delay_s"]  # noqa: E731
+    assert delay(staggered, "robot2") < delay(lockstep, "robot2") - 0.5, (staggered, lockstep)
+    assert delay(staggered, "robot1") == pytest.approx(delay(lockstep, "robot1"), abs=0.3)  # robot 0: a whole period
+    assert staggered["gpu_utilisation"] == pytest.approx(lockstep["gpu_utilisation"], rel=0.1)  # the same work
+
+
 def _study(losses: dict[tuple[int, str], tuple[float, float]]) -> dict:
     return {"runs": [{"n": n, "policy": pol, "partial": False, "mean_miou_loss": m, "worst_miou_loss": w}
                      for (n, pol), (m, w) in losses.items()]}

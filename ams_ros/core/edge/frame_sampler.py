@@ -30,12 +30,18 @@ class FrameSampler:
 
     ``offer`` returns a :class:`SampledBatch` once the buffer spans ``update_period`` seconds.
     ``size`` (W, H) resizes kept frames, so the uplink carries the training resolution.
+    ``first_period`` (seconds, optional) closes the first batch that much after the first frame
+    instead of a whole period: robots sharing a base station then send their batches at
+    staggered times instead of all at once
+    (:func:`~ams_ros.core.fleet.stagger.stagger_offset`); :meth:`shift_period` moves the batch being
+    buffered later or earlier once, as the base station commands (``SamplingCommand.period_shift``).
     """
 
     sampling_rate: float = 1.0
     update_period: float = 10.0
     size: tuple[int, int] | None = None
     max_frames: int = 600
+    first_period: float | None = None
     _next_sample_t: float | None = None
     _period_start: float | None = None
     _frames: list[np.ndarray] = field(default_factory=list)
@@ -56,12 +62,21 @@ class FrameSampler:
                 raise ValueError(f"update period must be positive seconds, got {update_period}")
             self.update_period = float(update_period)
 
+    def shift_period(self, seconds: float) -> None:
+        """Close the batch being buffered ``seconds`` later (> 0) or earlier (< 0; at the next
+        frame when that is already past); the periods after it keep their length."""
+        if not np.isfinite(seconds):
+            raise ValueError(f"period shift must be a finite number of seconds, got {seconds}")
+        if self._period_start is not None:
+            self._period_start += float(seconds)
+
     def offer(self, t: float, frame: np.ndarray) -> SampledBatch | None:
         """Consider the frame captured at stream time ``t``; maybe close a batch."""
         if self._period_start is None:
             self._period_start = t
         batch = None
-        if t - self._period_start >= self.update_period - 1e-6:
+        period = self.first_period if self._seq == 0 and self.first_period else self.update_period
+        if t - self._period_start >= period - 1e-6:
             batch = self.flush(t)  # this frame already belongs to the next period
             self._period_start = t
         if self._next_sample_t is None or t >= self._next_sample_t - 1e-6:

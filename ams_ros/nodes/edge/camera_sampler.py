@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -136,6 +136,7 @@ class CameraSampler(Node):
             self.image_pub = self.create_publisher(Image, self.p["image_topic"], image_qos)
             rate = float(self.p["publish_rate"]) or float(getattr(self._source, "fps", 10.0) or 10.0)
             self._t_wall0: float | None = None  # set by the first tick: playback starts when spinning does
+            self._wall_clock: Callable[[], float] = time.monotonic  # the player's pace (a test steps its own)
             self._clock0 = 0.0
             self._pending = None
             self._play_timer = self.create_timer(1.0 / rate, self._reject.guard("source frame", self._tick_source),
@@ -192,13 +193,13 @@ class CameraSampler(Node):
         if self.finished:
             return
         if self._t_wall0 is None:  # not at construction: the other nodes may take seconds to load
-            self._t_wall0 = time.monotonic()
+            self._t_wall0 = self._wall_clock()
             self._clock0 = self.get_clock().now().nanoseconds * 1e-9
             # ticks from now on: frame k is due at tick k, so only a tick a whole period late skips
             # a frame (ticks left on the construction-time schedule made any jitter skip one)
             self._play_timer.reset()
         start = float(self.p["start_s"])
-        elapsed = time.monotonic() - self._t_wall0 + start
+        elapsed = self._wall_clock() - self._t_wall0 + start
         duration = float(self.p["duration_s"])
         frame, self._pending = self._pending, None
         exhausted = False
@@ -318,9 +319,14 @@ class CameraSampler(Node):
         try:
             with self._sampler_lock:
                 self.sampler.command(msg.sampling_rate, msg.update_period)
+                if msg.period_shift:  # (issue #31) once: into this robot's slot of the period
+                    self.sampler.shift_period(msg.period_shift)
         except ValueError as exc:
             self._reject("sampling command", str(exc))
             return
+        if msg.period_shift:
+            self.get_logger().info(f"the base station staggers the batches: this one closes "
+                                   f"{msg.period_shift:+.1f} s {'later' if msg.period_shift > 0 else 'earlier'}")
         with self.counters.lock:
             self.counters.sampling_rate = self.sampler.sampling_rate
             self.counters.update_period = self.sampler.update_period

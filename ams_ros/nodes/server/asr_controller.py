@@ -6,6 +6,10 @@ with the server's current model version and chain tag (a lost update is noticed 
 When the version or chain changes between two rate periods (a phase shipped an update), the last
 command goes out again at once with the new version, so a robot that lost that update notices
 within about a second instead of a rate period (``make faults``: 9.8 s before).
+(issue #31) With ``stagger_batches`` (the default) a robot whose batches arrive together with
+another's is told once, in its next command's ``period_shift``, to move its batch into its slot of
+the period (:mod:`ams_ros.core.fleet.stagger`): robots started together otherwise send their
+batches together, and each waits behind the others' on the shared GPU.
 Its settings are the core's :class:`~ams_ros.core.server.rate_control.RateControlConfig` and
 :class:`~ams_ros.core.server.rate_control.AdaptivePeriodConfig`; they can change at run time, and the
 controllers keep their current rate when they do.
@@ -19,6 +23,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import SamplingCommand
+from ams_ros.core.fleet.stagger import StaggerConfig, stagger_shift
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import sec_to_stamp
@@ -37,6 +42,8 @@ PARAMS = (
     DEVICE_IDS,
     *(from_field(RateControlConfig, name, dynamic=True) for name in RATE_FIELDS),
     *(from_field(AdaptivePeriodConfig, field, name=name, dynamic=True) for name, field in PERIOD_FIELDS.items()),
+    from_field(StaggerConfig, "enabled", name="stagger_batches", dynamic=True),
+    from_field(StaggerConfig, "tolerance", name="stagger_tolerance", dynamic=True),
 )
 
 
@@ -62,10 +69,13 @@ class ASRController(Node):
                      for d in state.robots}
         self._reject = RejectLog(self, counter=state.rejections)
         self._last: dict[str, tuple[float, float, float, int, str]] = {}  # per robot: rate, period, phi, version, tag
+        self._shifted_after: dict[str, int] = {}  # per robot: batches that had arrived when it was told to shift
         self.create_timer(1.0, self._reject.guard("rate tick", self._tick), callback_group=MutuallyExclusiveCallbackGroup())
 
     def _apply_change(self, changes: dict[str, Any]) -> None:
-        rate, period = rate_configs({**self.p, **changes})
+        values = {**self.p, **changes}
+        StaggerConfig(enabled=bool(values["stagger_batches"]), tolerance=float(values["stagger_tolerance"]))
+        rate, period = rate_configs(values)
         for session in self.state.sessions.values():
             session.configure_rate_control(rate, period)
 
@@ -91,5 +101,31 @@ class ASRController(Node):
             # (issue #13) so the robot notices a lost update, or a new chain, within one command
             msg.server_version = version
             msg.chain_tag = tag
+            msg.period_shift = float(self._period_shift(dev) if cmd is not None else 0.0)
             self.pubs[dev].publish(msg)
             self._last[dev] = (float(rate), float(period), float(phi), version, tag)
+
+    def _period_shift(self, dev: str) -> float:
+        """(issue #31) The shift that moves ``dev``'s batches into their slot relative to the first
+        robot of ``device_ids`` that streams on the same period; 0 when it is there, when staggering
+        is off, or before the second batch after a previous shift has arrived (the first may have
+        been on its way already when the robot was told)."""
+        if not self.p["stagger_batches"]:
+            return 0.0
+        with self.state.cv:
+            arrivals = dict(self.state.arrivals)
+        mine = arrivals.get(dev)
+        if mine is None or mine[2] < self._shifted_after.get(dev, -2) + 2:
+            return 0.0
+        robots = self.state.robots
+        ref = next((r for r in robots if r in arrivals and arrivals[r][1] == mine[1]
+                    and abs(mine[0] - arrivals[r][0]) < 2.0 * mine[1]), None)  # streaming with it, same period
+        if ref is None or ref == dev:
+            return 0.0
+        shift = stagger_shift(robots.index(dev), mine[0], robots.index(ref), arrivals[ref][0], mine[1],
+                              float(self.p["stagger_tolerance"]))
+        if shift:
+            self._shifted_after[dev] = mine[2]
+            self.get_logger().info(f"{dev}: batches arrive {mine[0] - arrivals[ref][0]:+.1f} s after {ref}'s: "
+                                   f"shifting the next one {shift:+.1f} s into its slot (stagger_batches)")
+        return shift

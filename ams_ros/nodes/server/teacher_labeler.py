@@ -147,6 +147,7 @@ class TeacherLabeler(Node):
                     st.count_error(dev, f"batch {msg.batch_seq}: {exc}", dropped=True)
                     self._reject(f"batch {msg.batch_seq}", str(exc))
                     return
+            st.note_arrival(dev, float(msg.update_period))  # (issue #31) for staggering the robots' batches
             for old in st.enqueue(dev, msg, int(self.p["max_pending_batches"])):
                 self.get_logger().warning(f"{dev}: teacher busy, dropped batch {old.batch_seq}")
         return cb

@@ -59,3 +59,34 @@ def test_flush_returns_partial_batch_once():
     b = s.flush()
     assert b is not None and len(b.frames) == 3
     assert s.flush() is None
+
+
+def test_a_first_period_closes_the_first_batch_early_and_later_ones_every_period():
+    s = FrameSampler(sampling_rate=1.0, update_period=10.0, first_period=3.0)
+    batches = [b for t, f in frames(30 * 25, 30) if (b := s.offer(t, f)) is not None]
+    assert [b.timestamps[0] for b in batches] == [0.0, pytest.approx(3.0), pytest.approx(13.0)]
+    assert [len(b.frames) for b in batches] == [3, 10, 10]
+
+
+def test_shift_period_moves_the_batch_being_buffered_once():
+    s = FrameSampler(sampling_rate=1.0, update_period=10.0)
+    out = []
+    for t, f in frames(30 * 35, 30):
+        if t == 5.0:
+            s.shift_period(3.0)  # the batch being buffered (0..10 s) closes at 13 s instead
+        if (b := s.offer(t, f)) is not None:
+            out.append(b.timestamps[0])
+    assert out == [0.0, pytest.approx(13.0), pytest.approx(23.0)]
+
+
+def test_a_shift_to_a_time_already_past_closes_the_batch_at_the_next_frame():
+    s = FrameSampler(sampling_rate=1.0, update_period=10.0)
+    closed = []
+    for t, f in frames(30 * 12, 30):
+        if t == 6.0:
+            s.shift_period(-5.0)  # 5 s was already past
+        if (b := s.offer(t, f)) is not None:
+            closed.append((b.timestamps[0], b.timestamps[-1]))
+    assert closed == [(0.0, pytest.approx(5.0))]  # closed at the 6 s frame, which starts the next batch
+    with pytest.raises(ValueError, match="finite"):
+        s.shift_period(float("nan"))
