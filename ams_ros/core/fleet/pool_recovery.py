@@ -18,7 +18,7 @@ from ams_ros.core.fleet.transports import ActorGone, ActorRef
 class Recovery:
     """Recovery and the monitor; uses the pool's state (``actors``, ``generation``, ``_down``, ...)."""
 
-    def _recover(self, idx: int, generation: int) -> None:
+    def _recover(self, idx: int, generation: int, reason: str = "died") -> None:
         """Handle the death of actor ``idx`` (unless someone already did): restore each of its
         robots from its kept state, with the batches labelled since replayed, on the least-loaded
         surviving actor (warm: no start-up wait), and start a replacement actor in the background
@@ -43,20 +43,20 @@ class Recovery:
                     self._install(idx, self._new_actor(idx, generation + 1))
                 for dev in robots:
                     target = self._least_loaded() if survivors else idx
-                    self._restore(dev, idx, target, t0)
+                    self._restore(dev, idx, target, t0, reason)
             finally:
                 with self._cv:
                     self._held.difference_update(robots)
                     self._cv.notify_all()
             if not robots:
-                self.log("warning", f"actor {idx} died (no robots on it)")
+                self.log("warning", f"actor {idx} {reason} (no robots on it)")
             if survivors:
                 t = threading.Thread(target=self._replace, args=(idx, generation + 1), daemon=True,
                                      name=f"session_pool_replace{idx}")
                 self._replacers.append(t)
                 t.start()
 
-    def _restore(self, dev: str, dead: int, target: int, t0: float) -> None:
+    def _restore(self, dev: str, dead: int, target: int, t0: float, reason: str = "died") -> None:
         with self._cv:
             ref = self.actors[target]
         state, _, _ = self._states[dev]
@@ -72,7 +72,7 @@ class Recovery:
             self.info[dev] = reply.info
             self.assignment[dev] = target
         event = PoolEvent("recover", dev, dead, target, int(reply.info.version),
-                          f"{dev}: actor {dead} died; restored on actor {target} ({ref.name}) at v{reply.info.version} "
+                          f"{dev}: actor {dead} {reason}; restored on actor {target} ({ref.name}) at v{reply.info.version} "
                           f"of chain {reply.info.chain_tag} (+{len(replay)} batches replayed) in "
                           f"{time.monotonic() - t0:.1f} s")
         self.events.append(event)
@@ -117,7 +117,7 @@ class Recovery:
             except TimeoutError:  # Ray's GetTimeoutError is one
                 self.log("warning", f"actor {idx} did not answer a ping for {self.config.unreachable_s:g} s "
                                     f"(pool_unreachable_s): given up as lost; its robots are restored elsewhere")
-                self._recover(idx, gen)
+                self._recover(idx, gen, reason=f"lost (silent for {self.config.unreachable_s:g} s)")
             except Exception as exc:  # noqa: BLE001 - the ping itself failed: not a sign the actor is gone
                 self.log("warning", f"actor {idx}: ping failed: {type(exc).__name__}: {exc}")
         self.rebalance()

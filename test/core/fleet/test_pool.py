@@ -150,6 +150,7 @@ def test_an_actor_that_does_not_answer_a_ping_for_pool_unreachable_s_is_given_up
     assert cut.killed and pool.assignment == {"robot1": 1, "robot2": 1}
     assert any("did not answer a ping for 7.5 s (pool_unreachable_s)" in text for _, text in logged), logged
     assert [(e.kind, e.device_id, e.version) for e in pool.events][:1] == [("recover", "robot1", 2)]
+    assert "actor 0 lost (silent for 7.5 s); restored on actor 1" in pool.events[0].message
     assert pool.wait_all_up(60) and pool.actors[0] is not cut
     _stream(pool, "robot1", 2.0, 1, chain)  # its chain continues on the survivor
     assert chain.applied[-1] == (2, 3)
