@@ -59,12 +59,10 @@ def demo_settings(args: argparse.Namespace) -> dict:
             "lr", "encoding", "bitrate", "robots", "source", "teacher", "student", "selected_classes", "label_space")
     settings = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     # whether the base station staggered the robots' batches (its default unless --server-param says otherwise)
-    stagger = StaggerConfig.enabled
-    for item in getattr(args, "server_param", None) or []:
-        key, _, value = item.partition("=")
-        if key.strip() == "asr_controller.stagger_batches":
-            stagger = value.strip().lower() in ("true", "1", "yes", "on")
-    settings["stagger_batches"] = bool(stagger)
+    from ams_ros.demo.runner import parse_param_overrides  # the runner imports this module
+
+    server = parse_param_overrides(getattr(args, "server_param", None) or [], "--server-param")
+    settings["stagger_batches"] = bool(server.get("asr_controller", {}).get("stagger_batches", StaggerConfig.enabled))
     return settings
 
 

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ams_ros.core.fleet.backend import Backend, RobotHandle
 from ams_ros.core.fleet.scheduling import LABEL, GpuScheduler
+from ams_ros.core.fleet.stagger import Arrival
 
 
 class BaseStation:
@@ -27,10 +28,9 @@ class BaseStation:
         self.received: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
         self.last_error: dict[str, str] = {}
-        # (issue #31) when each robot's last batch arrived (time.monotonic), the period it covers and
-        # how many have arrived: the ASR controller staggers the robots' batches from these
-        # (ams_ros/core/fleet/stagger.py)
-        self.arrivals: dict[str, tuple[float, float, int]] = {}
+        # (issue #31) each robot's last batch: the ASR controller staggers the robots' batches from
+        # these (ams_ros/core/fleet/stagger.py)
+        self.arrivals: dict[str, Arrival] = {}
         self.cv = threading.Condition()
         self.stopping = False
         self._labelling: set[str] = set()  # robots whose batch a labelling thread has in hand
@@ -72,8 +72,8 @@ class BaseStation:
     def note_arrival(self, robot: str, period_s: float, at: Optional[float] = None) -> None:
         """A batch of ``robot`` covering ``period_s`` seconds arrived (now, or at ``at``)."""
         with self.cv:
-            count = self.arrivals[robot][2] + 1 if robot in self.arrivals else 1
-            self.arrivals[robot] = (time.monotonic() if at is None else float(at), float(period_s), count)
+            count = self.arrivals[robot].count + 1 if robot in self.arrivals else 1
+            self.arrivals[robot] = Arrival(time.monotonic() if at is None else float(at), float(period_s), count)
 
     # ------------------------------------------------------------------ batches for the teacher
     def enqueue(self, robot: str, batch: Any, max_pending: int) -> list[Any]:

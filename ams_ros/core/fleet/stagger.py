@@ -18,12 +18,21 @@ moved relative to each other: their phases drift anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from ams_ros.core.common.config import knob
 
 #: the golden ratio's fractional part: its multiples (mod 1) spread any number of robots evenly
 GOLDEN = (5 ** 0.5 - 1) / 2
+
+
+class Arrival(NamedTuple):
+    """A robot's last frame batch at the base station: when (time.monotonic), the period it
+    covers (s) and how many of its batches have arrived so far."""
+
+    at: float
+    period_s: float
+    count: int
 
 
 @dataclass
@@ -69,3 +78,32 @@ def stagger_shift(index: int, arrival: float, ref_index: int, ref_arrival: float
     if shift > period_s / 2:
         shift -= period_s
     return 0.0 if abs(shift) <= tolerance * period_s else shift
+
+
+class BatchStagger:
+    """The base station's side: which robot is the reference and when a robot may be told again.
+
+    The reference is the first robot of ``robots`` whose last batch covered the same period and
+    arrived within two periods of this robot's (it streams with it); a robot is the reference's
+    peer only then. After a shift, a robot is not told again before the second batch since has
+    arrived: the first may already have been on its way when the robot was told."""
+
+    def __init__(self) -> None:
+        self._shifted_after: dict[str, int] = {}  # per robot: its batches that had arrived when told
+
+    def shift(self, dev: str, robots: Sequence[str], arrivals: Mapping[str, Arrival],
+              tolerance: float) -> tuple[float, Optional[str]]:
+        """(seconds to shift ``dev``'s batch being buffered, the reference robot); (0, None) when
+        there is nothing to do, (0, reference) when ``dev`` is in its slot."""
+        mine = arrivals.get(dev)
+        if mine is None or mine.count < self._shifted_after.get(dev, -2) + 2:
+            return 0.0, None
+        ref = next((r for r in robots if r in arrivals and arrivals[r].period_s == mine.period_s
+                    and abs(mine.at - arrivals[r].at) < 2.0 * mine.period_s), None)
+        if ref is None or ref == dev:
+            return 0.0, None
+        shift = stagger_shift(robots.index(dev), mine.at, robots.index(ref), arrivals[ref].at, mine.period_s,
+                              tolerance)
+        if shift:
+            self._shifted_after[dev] = mine.count
+        return shift, ref

@@ -23,7 +23,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 
 from ams_msgs.msg import SamplingCommand
-from ams_ros.core.fleet.stagger import StaggerConfig, stagger_shift
+from ams_ros.core.fleet.stagger import BatchStagger, StaggerConfig
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.nodes.common import topics
 from ams_ros.nodes.common.conversions import sec_to_stamp
@@ -69,7 +69,7 @@ class ASRController(Node):
                      for d in state.robots}
         self._reject = RejectLog(self, counter=state.rejections)
         self._last: dict[str, tuple[float, float, float, int, str]] = {}  # per robot: rate, period, phi, version, tag
-        self._shifted_after: dict[str, int] = {}  # per robot: batches that had arrived when it was told to shift
+        self._stagger = BatchStagger()
         self.create_timer(1.0, self._reject.guard("rate tick", self._tick), callback_group=MutuallyExclusiveCallbackGroup())
 
     def _apply_change(self, changes: dict[str, Any]) -> None:
@@ -106,26 +106,14 @@ class ASRController(Node):
             self._last[dev] = (float(rate), float(period), float(phi), version, tag)
 
     def _period_shift(self, dev: str) -> float:
-        """(issue #31) The shift that moves ``dev``'s batches into their slot relative to the first
-        robot of ``device_ids`` that streams on the same period; 0 when it is there, when staggering
-        is off, or before the second batch after a previous shift has arrived (the first may have
-        been on its way already when the robot was told)."""
+        """(issue #31) The shift that moves ``dev``'s batches into their slot
+        (:class:`~ams_ros.core.fleet.stagger.BatchStagger`); 0 when staggering is off."""
         if not self.p["stagger_batches"]:
             return 0.0
         with self.state.cv:
             arrivals = dict(self.state.arrivals)
-        mine = arrivals.get(dev)
-        if mine is None or mine[2] < self._shifted_after.get(dev, -2) + 2:
-            return 0.0
-        robots = self.state.robots
-        ref = next((r for r in robots if r in arrivals and arrivals[r][1] == mine[1]
-                    and abs(mine[0] - arrivals[r][0]) < 2.0 * mine[1]), None)  # streaming with it, same period
-        if ref is None or ref == dev:
-            return 0.0
-        shift = stagger_shift(robots.index(dev), mine[0], robots.index(ref), arrivals[ref][0], mine[1],
-                              float(self.p["stagger_tolerance"]))
+        shift, ref = self._stagger.shift(dev, self.state.robots, arrivals, float(self.p["stagger_tolerance"]))
         if shift:
-            self._shifted_after[dev] = mine[2]
-            self.get_logger().info(f"{dev}: batches arrive {mine[0] - arrivals[ref][0]:+.1f} s after {ref}'s: "
+            self.get_logger().info(f"{dev}: batches arrive {arrivals[dev].at - arrivals[ref].at:+.1f} s after {ref}'s: "
                                    f"shifting the next one {shift:+.1f} s into its slot (stagger_batches)")
         return shift

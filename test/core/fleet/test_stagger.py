@@ -36,3 +36,23 @@ def test_stagger_shift_moves_a_robot_into_its_slot_the_shorter_way_round():
 def test_stagger_config_names_a_bad_tolerance():
     with pytest.raises(ValueError, match="stagger_tolerance must be in"):
         StaggerConfig(tolerance=0.7)
+
+
+def test_batch_stagger_picks_the_first_streaming_robot_as_reference_and_waits_two_batches_after_a_shift():
+    from ams_ros.core.fleet.stagger import Arrival, BatchStagger
+
+    robots = ["r1", "r2", "r3"]
+    s = BatchStagger()
+    arrivals = {"r1": Arrival(100.0, 10.0, 1), "r2": Arrival(100.2, 10.0, 1)}
+    assert s.shift("r1", robots, arrivals, 0.1) == (0.0, None)  # the reference is never moved
+    shift, ref = s.shift("r2", robots, arrivals, 0.1)
+    assert ref == "r1" and shift == pytest.approx(slot_fraction(1) * 10.0 - 10.0 - 0.2)
+    arrivals["r2"] = Arrival(106.4, 10.0, 2)  # the batch that was already on its way
+    assert s.shift("r2", robots, arrivals, 0.1) == (0.0, None)
+    arrivals["r2"] = Arrival(116.1, 10.0, 3)  # the shifted one, in its slot
+    assert s.shift("r2", robots, arrivals, 0.1) == (0.0, "r1")
+    # r1 stopped streaming (its last batch three periods old): r2 is its own reference now
+    arrivals["r2"] = Arrival(131.0, 10.0, 4)
+    assert s.shift("r2", robots, arrivals, 0.1) == (0.0, None)
+    # a robot on another period is not placed against the reference
+    assert s.shift("r3", robots, {"r1": Arrival(100.0, 10.0, 1), "r3": Arrival(100.1, 20.0, 1)}, 0.1) == (0.0, None)
