@@ -10,6 +10,7 @@
     make eval ARGS="fleet-check out/demo3"       (that model against a `make demo ARGS="--robots 3 --out out/demo3"` run, issue 31)
     make eval ARGS="replot out/eval/A"
     make eval ARGS="merge out/eval/A-jit out/eval/A-ams --out out/eval/A"   (schemes run in parallel processes)
+    make eval ARGS="merge out/eval/F-9 out/eval/F-136 --out out/eval/F"    (fleet studies of other N, side by side)
 
 ``run`` is the default subcommand. Teacher specs: ``tflite:PATH``, ``torchvision:NAME[@W.pth]``,
 ``checkpoint:PATH``, ``espnetv2:PATH[@DEVICE]``, ``oracle[:SEED][?shifts=..]`` (the synthetic world's). Schemes: ``none``,
@@ -43,8 +44,9 @@ from ams_ros.core.models.teachers import build_teacher, place_teacher, select_cl
 from ams_ros.core.models.weights import load_student
 from ams_ros.eval.analysis import analyze
 from ams_ros.eval.clips import load_clip
-from ams_ros.eval.fleet import StudyInterrupted, fleet_study, write_study
+from ams_ros.eval.fleet import StudyInterrupted, fleet_study, parse_alone, write_study
 from ams_ros.eval.leave_one_out import pretrain
+from ams_ros.eval.fleet_merge import is_fleet_folder, merge_studies
 from ams_ros.eval.merge import merge_runs
 from ams_ros.eval.presets import get_preset, parse_overrides
 from ams_ros.eval.report import write_results, combine, replot, PAPER_NAMES
@@ -119,6 +121,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fl.add_argument("--robots", default="1,2,4", help="comma list of N (robots per GPU)")
     fl.add_argument("--policies", default="round_robin,utility", help="comma list of scheduler policies")
     fl.add_argument("--fused", action="store_true", help="train all due robots in one fused phase (costed by the preset)")
+    fl.add_argument("--alone", default="all",
+                    help="robots whose reference run alone this study computes: all (every robot up to the largest N), "
+                         "none, or a list such as 1-4,7; a study without some references gets its losses from "
+                         "'ams-eval merge' with a study that has them")
     fl.add_argument("--student-weights", default="", help="initial student weights: checkpoint or tflite:PATH")
     fl.add_argument("--out", default="out/eval/fleet", help="output folder")
     fl.add_argument("--no-plots", action="store_true")
@@ -148,9 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     an.add_argument("--skip-s", type=float, default=0.0,
                     help="only frames this many seconds after the stream's start (the paper skips 250 s)")
     mg = sub.add_parser("merge", help="one run folder from runs of the same experiment made in parallel "
-                        "(e.g. --schemes jit in one process, --schemes none,ams in another)")
-    mg.add_argument("runs", nargs="+", help="output folders of earlier 'ams-eval run's: same source, teacher, "
-                    "student, classes and preset")
+                        "(e.g. --schemes jit in one process, --schemes none,ams in another; or fleet studies: "
+                        "--robots 9 in one, --robots 1,3,6 in another)")
+    mg.add_argument("runs", nargs="+", help="output folders of earlier 'ams-eval run's, or all of 'ams-eval fleet' "
+                    "studies: same source(s), teacher, student, classes and preset")
     mg.add_argument("--out", required=True, help="the merged run's folder (not one of the runs)")
     mg.add_argument("--no-plots", action="store_true")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
@@ -358,10 +365,12 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     if bad or not robots or min(robots) < 1:
         raise ValueError(f"--policies {bad} not valid (choose from {', '.join(POLICIES)}) or --robots "
                          f"'{args.robots}' not a list of N >= 1")
+    alone = parse_alone(args.alone, max(robots))
     preset, overrides, teacher, space, lut = _setup(args)
     out = Path(args.out)
     meta = {"sources": args.sources, "teacher": args.teacher, "student": args.student,
-            "overrides": overrides or None, "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
+            "student_weights": args.student_weights or None, "classes": args.classes or None,
+            "max_seconds": args.max_seconds, "overrides": overrides or None, "command": "python -m ams_ros.eval.cli " + shlex.join(args.argv),
             "started": _dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine()}
     try:
         clips = _fleet_clips(args.sources, preset, teacher, lut, args.max_seconds, args)
@@ -384,7 +393,8 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         write_study(out, study, preset, meta, plots=plots and not args.no_plots)
 
     try:
-        study = fleet_study(clips, student, preset, robots, policies, args.fused, teacher, lut, progress, save)
+        study = fleet_study(clips, student, preset, robots, policies, args.fused, teacher, lut, progress, save,
+                            alone=alone)
         interrupted = False
     except StudyInterrupted as exc:
         study, interrupted = exc.study, True
@@ -429,6 +439,19 @@ def cmd_replot(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    fleets = [is_fleet_folder(r) for r in args.runs]
+    if all(fleets):
+        study = merge_studies(args.runs, args.out, plots=not args.no_plots)
+        print((Path(args.out) / "fleet.md").read_text(), flush=True)
+        for d in study["differences"]:
+            print(f"[ams-eval] {d['what']} ran in {d['kept_from']} (kept) and {d['other']} with other figures: "
+                  + ", ".join(f"{k} {a} / {b}" for k, (a, b) in d["fields"].items()), flush=True)
+        print(f"[ams-eval] merged N = {', '.join(map(str, study['robots']))} and {len(study['alone'])} robots alone "
+              f"from {len(args.runs)} fleet studies into {args.out}", flush=True)
+        return 0
+    if any(fleets):
+        raise ValueError(f"{', '.join(r for r, f in zip(args.runs, fleets) if f)} are 'ams-eval fleet' studies and "
+                         f"{', '.join(r for r, f in zip(args.runs, fleets) if not f)} are not: merge folders of one kind")
     merged = merge_runs(args.runs, args.out, plots=not args.no_plots)
     print((Path(args.out) / "results.md").read_text(), flush=True)
     print(f"[ams-eval] merged {', '.join(merged['schemes'])} from {len(args.runs)} runs into {args.out}", flush=True)

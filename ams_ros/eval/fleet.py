@@ -275,15 +275,20 @@ def _figures(robots, sched, gpu, t0, t1, policy, fused, partial) -> dict:
 def fleet_study(sources: Sequence[Clip], student: nn.Module, preset: Preset, robots: Sequence[int],
                 policies: Sequence[str], fused: bool = False, teacher=None, lut=None,
                 progress_factory: Callable[[str, int], Callable[[int], None]] | None = None,
-                on_result: Callable[[dict], None] | None = None) -> dict:
-    """Every N in ``robots`` under every policy, plus each robot served alone (the reference)."""
+                on_result: Callable[[dict], None] | None = None, alone: Sequence[int] | None = None) -> dict:
+    """Every N in ``robots`` under every policy, plus each robot served alone (the reference): every
+    robot up to the largest N, or the robots (1-based) in ``alone`` (the others' references come from
+    another study, by ``ams-eval merge``)."""
     n_max = max(robots)
+    alone = range(1, n_max + 1) if alone is None else alone
     clips = [robot_clip(sources[j % len(sources)], j // len(sources)) for j in range(n_max)]
     progress_factory = progress_factory or (lambda name, total: (lambda n: None))
     study: dict = {"robots": list(robots), "policies": list(policies), "fused": fused, "alone": {}, "runs": [],
                    "partial": False}
     try:
         for j, c in enumerate(clips):  # the reference: robot j alone on the GPU
+            if j + 1 not in alone:
+                continue
             res = run_fleet([c], student, preset, "round_robin", fused, teacher, lut,
                             progress_factory(f"robot{j + 1} alone", len(c)), first_robot=j)
             study["alone"][f"robot{j + 1}"] = res["robots"][f"robot{j + 1}"]
@@ -324,8 +329,31 @@ def _add_loss(res: dict, alone: dict) -> None:
         if ref is not None:
             fig["miou_loss"] = round(ref["miou_teacher"] - fig["miou_teacher"], 3)
             losses.append(fig["miou_loss"])
-    res["mean_miou_loss"] = round(float(np.mean(losses)), 3) if losses else None
-    res["worst_miou_loss"] = round(float(np.max(losses)), 3) if losses else None
+    # a mean over some of the robots is not the fleet's: none until every robot has its reference
+    whole = bool(losses) and len(losses) == len(res["robots"])
+    res["mean_miou_loss"] = round(float(np.mean(losses)), 3) if whole else None
+    res["worst_miou_loss"] = round(float(np.max(losses)), 3) if whole else None
+
+
+def parse_alone(spec: str, n_max: int) -> list[int]:
+    """``--alone``: all | none | a list of robots (1-based) and ranges, e.g. ``1-4,7``."""
+    spec = spec.strip().lower()
+    if spec == "all":
+        return list(range(1, n_max + 1))
+    if spec == "none":
+        return []
+    picked: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            a, _, b = part.partition("-")
+            picked.update(range(int(a), int(b or a) + 1))
+    except ValueError:
+        raise ValueError(f"--alone '{spec}' is not all, none or a list of robots such as 1-4,7") from None
+    bad = sorted(i for i in picked if not 1 <= i <= n_max)
+    if bad or not picked:
+        raise ValueError(f"--alone '{spec}' names robots {bad or 'none'} outside 1..{n_max} (the largest N of --robots); "
+                         f"choose robots 1..{n_max}, all or none")
+    return sorted(picked)
 
 
 def largest_n_under(study: dict, budget: float, policy: str | None = None, worst: bool = False) -> int:

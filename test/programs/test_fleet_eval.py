@@ -141,6 +141,15 @@ def test_the_largest_n_under_a_budget_takes_the_best_policy_at_each_n_and_stops_
     assert fleet.plan(_study({(1, "utility"): (2.0, 2.0)}), 1.0, [10])["gpus"]["10"] == {"mean": None, "worst": None}
 
 
+def test_parse_alone_takes_all_none_or_robots_and_ranges_and_names_robots_outside_the_fleet() -> None:
+    assert fleet.parse_alone("all", 4) == [1, 2, 3, 4] and fleet.parse_alone("none", 4) == []
+    assert fleet.parse_alone("3-4,1", 4) == [1, 3, 4]
+    with pytest.raises(ValueError, match=r"names robots \[5, 6\] outside 1..4"):
+        fleet.parse_alone("2-6", 4)
+    with pytest.raises(ValueError, match="is not all, none or a list"):
+        fleet.parse_alone("first", 4)
+
+
 def test_fleet_cli_writes_json_markdown_and_plot_for_every_n_and_policy(tmp_path) -> None:
     out = tmp_path / "fleet"
     rc = eval_main(["fleet", "--sources", SPEC, "--robots", "1,2", "--policies", "round_robin,utility",

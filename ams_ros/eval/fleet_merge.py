@@ -1,0 +1,133 @@
+"""``ams-eval merge`` for fleet studies: one study from several ``ams-eval fleet`` runs made side by side.
+
+A fleet study at the issue's scale (long streams, N up to 24) trains every robot's student for real
+on this machine, hours on two cores in one process. Each N is independent once the sources, the
+teacher, the student and the preset are fixed, and so is each robot's reference run alone (robot j
+alone is the same run whatever N it is the reference for), so the N can run as separate processes
+(``--robots 9`` in one, ``--robots 1,3,6`` in another, each with its own ``--out``) and be merged
+here into the folder one run of all of them would have written: ``fleet.json``, ``fleet.md`` and
+the plot, losses against the merged references.
+
+Studies that are not the same experiment are refused, naming what differs (sources, teacher,
+student, its weights, classes, preset values, fused). A robot's reference alone, or an (N, policy)
+run, present in several studies is the same seeded run, but not always the same figures: x264 does
+not always encode a batch to the same bytes in two processes (seen at 64x32 and 64x48 here; batch
+sizes decide transfer times and which frames the rate control samples next). The first study's
+figures are kept (never an average of two runs) and every difference is recorded in the merged
+``fleet.json`` (``differences``: the robot or run, each field's values) and printed: the spread
+between two runs of one robot is the noise floor under the losses.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Sequence
+
+from ams_ros.eval.fleet import _add_loss, write_study
+from ams_ros.eval.presets import Preset
+
+#: fleet.json fields that must be equal for two studies to be one experiment.
+SAME_STUDY = ("sources", "teacher", "student", "student_weights", "classes", "max_seconds", "preset", "fused")
+
+
+def is_fleet_folder(folder: str | Path) -> bool:
+    return (Path(folder) / "fleet.json").exists()
+
+
+def _difference(key: str, there: object, first: object) -> str:
+    if isinstance(there, dict) and isinstance(first, dict):
+        keys = sorted(k for k in set(there) | set(first) if there.get(k) != first.get(k))
+        return f"'{key}' differ in " + ", ".join(f"{k} ({there.get(k)!r} there, {first.get(k)!r} in the first)"
+                                                 for k in keys)
+    return f"'{key}' is {there!r} there and {first!r} in the first"
+
+
+def _robot_index(name: str) -> int:
+    return int(name.removeprefix("robot")) if name.removeprefix("robot").isdigit() else 1 << 30
+
+
+def _figures(run: dict) -> dict:
+    """A run's own figures, without the losses (recomputed against the merged references)."""
+    out = {k: v for k, v in run.items() if k not in ("mean_miou_loss", "worst_miou_loss")}
+    out["robots"] = {n: {k: v for k, v in f.items() if k != "miou_loss"} for n, f in run["robots"].items()}
+    return out
+
+
+def _flat(fig: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in fig.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _differing(what: str, kept: dict, other: dict, kept_from: Path, other_from: Path) -> list[dict]:
+    """[] when ``other`` equals ``kept``; else one record naming each field that differs, both values."""
+    a, b = _flat(kept), _flat(other)
+    fields_ = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return [{"what": what, "kept_from": str(kept_from), "other": str(other_from), "fields": fields_}] if fields_ else []
+
+
+def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = True) -> dict:
+    """Merge finished ``ams-eval fleet`` folders of one experiment into ``out``; returns its fleet.json."""
+    paths = [Path(f) for f in folders]
+    if len(paths) < 2:
+        raise ValueError(f"merge takes at least two fleet folders, got {len(paths)}")
+    out = Path(out)
+    if any(out.resolve() == p.resolve() for p in paths):
+        raise ValueError(f"the output folder {out} is one of the studies: write the merged study to a new folder")
+    missing = [str(p) for p in paths if not is_fleet_folder(p)]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: no fleet.json; merge takes folders written by 'ams-eval fleet' "
+                                f"(or, all of them, by 'ams-eval run')")
+    studies = [(p, json.loads((p / "fleet.json").read_text())) for p in paths]
+    first, s0 = studies[0]
+    alone: dict[str, dict] = {}
+    runs: dict[tuple[int, str], dict] = {}
+    origin: dict[object, Path] = {}
+    policies: list[str] = []
+    differences: list[dict] = []
+    for folder, s in studies:
+        for key in SAME_STUDY:
+            if s.get(key) != s0.get(key):
+                raise ValueError(f"{folder} is not the same experiment as {first}: "
+                                 f"{_difference(key, s.get(key), s0.get(key))}; merge only studies of one set of "
+                                 f"sources, teacher, student and preset")
+        for name, fig in s["alone"].items():
+            if name in alone:
+                differences += _differing(f"{name} alone", alone[name], fig, origin[name], folder)
+                continue
+            alone[name], origin[name] = fig, folder
+        for run in s["runs"]:
+            key = (int(run["n"]), str(run["policy"]))
+            if key in runs:
+                differences += _differing(f"N={key[0]} {key[1]}", _figures(runs[key]), _figures(run), origin[key], folder)
+                continue
+            runs[key] = json.loads(json.dumps(run))
+            origin[key] = folder
+        policies += [p for p in s["policies"] if p not in policies]
+    order = {p: i for i, p in enumerate(policies)}
+    study = {"robots": sorted({n for n, _ in runs}), "policies": policies, "fused": s0["fused"],
+             "alone": dict(sorted(alone.items(), key=lambda kv: _robot_index(kv[0]))),
+             "runs": [runs[k] for k in sorted(runs, key=lambda k: (k[0], order[k[1]]))],
+             "partial": any(s.get("partial") for _, s in studies)}
+    for run in study["runs"]:
+        _add_loss(run, study["alone"])
+    meta = {k: v for k, v in s0.items()
+            if k not in (*study, "preset", "command", "started", "wall_seconds", "machine")}
+    meta.update(command="; ".join(s.get("command", "") for _, s in studies if s.get("command")),
+                started=min((s["started"] for _, s in studies if s.get("started")), default=None),
+                machine=s0.get("machine"),
+                wall_seconds_of_runs=round(sum(float(s.get("wall_seconds") or 0.0) for _, s in studies), 1),
+                merged=_dt.datetime.now().isoformat(timespec="seconds"), differences=differences,
+                merged_from=[{"folder": str(f), "robots": s["robots"], "alone": list(s["alone"]),
+                              "command": s.get("command"), "wall_seconds": s.get("wall_seconds")} for f, s in studies])
+    known = {f.name for f in fields(Preset)}
+    preset = Preset(**{k: v for k, v in s0["preset"].items() if k in known})
+    write_study(out, study, preset, meta, plots=plots)
+    return json.loads((out / "fleet.json").read_text())
