@@ -55,18 +55,26 @@ def sizing_table(robots: tuple[int, ...] = (10, 50, 200), rates: tuple[float, ..
     return rows
 
 
+def synthetic_worker_spec(folder: Path, size: tuple[int, int], iterations: int, batch_size: int, horizon_s: float,
+                          update_period_s: float) -> WorkerSpec:
+    """The workers' spec of the pool benchmarks: a seeded random DeepLabV3-MobileNetV2 for the synthetic
+    world (its checkpoint written to ``folder``, where a Ray actor loads it), CPU, one torch thread."""
+    torch.manual_seed(0)
+    n_cls = len(get_label_space("synthetic").class_names)
+    w0 = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), folder / "w0.pt",
+                                 "deeplabv3_mobilenet_v2", n_cls)
+    trainer = TrainerConfig(input_size=size, iterations=iterations, batch_size=batch_size, horizon_s=horizon_s,
+                            update_period_s=update_period_s, gamma=0.05)
+    return WorkerSpec(StudentSpec("deeplabv3_mobilenet_v2", str(w0), "synthetic"), SessionConfig(trainer=trainer),
+                      device="cpu", torch_threads=1)
+
+
 def measure(actors_list: tuple[int, ...], seconds: float, width: int, height: int, iterations: int,
             frames: int, update_period_s: float, robots_per_actor: int = 2) -> dict:
     """Robot-periods per second a pool of A CPU actors sustains (see the module doc)."""
     tmp = Path(tempfile.mkdtemp(prefix="ams-pool-bench-"))
-    torch.manual_seed(0)
-    n_cls = len(get_label_space("synthetic").class_names)
-    w0 = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp / "w0.pt",
-                                 "deeplabv3_mobilenet_v2", n_cls)
-    trainer = TrainerConfig(input_size=(width, height), iterations=iterations, batch_size=4, horizon_s=60.0,
-                            update_period_s=update_period_s, gamma=0.05)
-    spec = WorkerSpec(StudentSpec("deeplabv3_mobilenet_v2", str(w0), "synthetic"), SessionConfig(trainer=trainer),
-                      device="cpu", torch_threads=1)
+    spec = synthetic_worker_spec(tmp, (width, height), iterations, batch_size=4, horizon_s=60.0,
+                                 update_period_s=update_period_s)
     how = connect_ray("local", num_cpus=max(actors_list))
     started = how.startswith("started")  # end only a Ray instance this started
     print(f"[pool] {how}", flush=True)

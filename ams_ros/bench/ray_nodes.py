@@ -210,28 +210,16 @@ FAULTS = ("power", "link")
 def drive(net: TwoHosts, address: str, before_s: float, after_s: float, period_s: float, frames: int,
           size: tuple[int, int], iterations: int, fault: str = "power") -> dict[str, Any]:
     """Serve the robots on the two nodes, kill the worker node, and measure (runs on the head)."""
-    import torch
-
+    from ams_ros.bench.pool import synthetic_worker_spec
     from ams_ros.core.fleet.pool import SessionPool
     from ams_ros.core.fleet.pool_config import PoolConfig
     from ams_ros.core.fleet.transports import connect_ray, disconnect_ray, ray_actor_factory
-    from ams_ros.core.fleet.worker import TeacherSpec, WorkerSpec
-    from ams_ros.core.models.labels import get_label_space
-    from ams_ros.core.models.weights import StudentSpec, load_student, save_student_checkpoint
-    from ams_ros.core.server.session import SessionConfig
-    from ams_ros.core.server.trainer_config import TrainerConfig
+    from ams_ros.core.fleet.worker import TeacherSpec
     from ams_ros.core.sources.synthetic import SyntheticWorld
 
     print(f"[ray-nodes] {connect_ray(address)}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="ams-ray-nodes-"))
-    torch.manual_seed(0)
-    n_cls = len(get_label_space("synthetic").class_names)
-    w0 = save_student_checkpoint(load_student("deeplabv3_mobilenet_v2", n_cls), tmp / "w0.pt",
-                                 "deeplabv3_mobilenet_v2", n_cls)
-    trainer = TrainerConfig(input_size=size, iterations=iterations, batch_size=2, horizon_s=30.0,
-                            update_period_s=period_s, gamma=0.05)
-    spec = WorkerSpec(StudentSpec("deeplabv3_mobilenet_v2", str(w0), "synthetic"), SessionConfig(trainer=trainer),
-                      device="cpu", torch_threads=1)
+    spec = synthetic_worker_spec(tmp, size, iterations, batch_size=2, horizon_s=30.0, update_period_s=period_s)
     # overload 1.0: no load-driven moves, so the recovery is the only thing that moves a robot
     config = PoolConfig(backend="ray", actors=2, actor_cpus=1.0, overload=1.0, check_period_s=0.5, spread=True)
     pool = SessionPool(ray_actor_factory(spec, config), config,
@@ -276,11 +264,7 @@ def drive(net: TwoHosts, address: str, before_s: float, after_s: float, period_s
     replace = [e for e in pool.events if e.kind == "replace"]
     after = pool.call(victim, "info")
     first = logs[victim].first_update_after(killed_at)
-    replacement_host = hosts_now = None
-    if replace:
-        idx = replace[0].target
-        hosts_now = net.host_of(pool.actors[idx].call("ping").pid)
-        replacement_host = hosts_now
+    replacement_host = net.host_of(pool.actors[replace[0].target].call("ping").pid) if replace else None
     result = {
         "setup": {"nodes": {"head": f"{HEAD_IP} (ray start --head)", "worker": f"{WORKER_IP} (ray start --address)"},
                   "student": f"deeplabv3_mobilenet_v2 {size[0]}x{size[1]}", "iterations": iterations,

@@ -52,6 +52,7 @@ class Preset:
     # AMS (issue #29): the gate on each phase (ams:gate_frames=0 turns it off)
     gate_frames: int = GateConfig.gate_frames
     gate_margin: float = GateConfig.gate_margin
+    gate_scene_drop: float = GateConfig.gate_scene_drop
     drift_phases: int = GateConfig.drift_phases
     # AMS (issue #29): the teacher-label checks (ams:one_class_share=1.0+min_frame_std=0 turns them off)
     min_frame_std: float = LabelCheckConfig.min_frame_std

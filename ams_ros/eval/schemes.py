@@ -364,7 +364,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
     run = SchemeRun(ctx, spec.name, "ams", {"strategy": p.strategy, "gamma": p.gamma, "iterations": p.iterations,
                                             "batch_size": p.batch_size, "horizon_s": p.horizon_s,
                                             "update_period_s": p.update_period_s, "gate_frames": p.gate_frames,
-                                            "gate_margin": p.gate_margin, "drift_phases": p.drift_phases,
+                                            "gate_margin": p.gate_margin, "gate_scene_drop": p.gate_scene_drop,
+                                            "drift_phases": p.drift_phases,
                                             "min_frame_std": p.min_frame_std, "one_class_share": p.one_class_share,
                                             **dict(spec.params)})
     w, h = ctx.size
@@ -375,7 +376,8 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         update_encoding=p.encoding, downlink=DownlinkBudgetConfig(downlink_budget_kbps=p.downlink_budget_kbps),
         rate=RateControlConfig(r_min=p.r_min, r_max=p.r_max, r_init=p.r_max, period_s=p.update_period_s),
         adaptive_period=AdaptivePeriodConfig(enabled=p.adaptive_update_period),
-        gate=GateConfig(gate_frames=p.gate_frames, gate_margin=p.gate_margin, drift_phases=p.drift_phases),
+        gate=GateConfig(gate_frames=p.gate_frames, gate_margin=p.gate_margin, gate_scene_drop=p.gate_scene_drop,
+                        drift_phases=p.drift_phases),
         labels=LabelCheckConfig(min_frame_std=p.min_frame_std, one_class_share=p.one_class_share,
                                 one_class_batches=p.one_class_batches))
     session = RobotSession("eval", copy.deepcopy(ctx.student), cfg)
@@ -427,10 +429,14 @@ def run_ams(ctx: RunContext, spec: SchemeSpec) -> SchemeResult:
         run.score(i, t, edge.infer(frame))
     run.res.params["phases"] = len(run.res.updates)
     run.res.params["phases_discarded"] = session.discarded_phases
+    run.res.params["phases_unjudged"] = session.unjudged_phases
     run.res.params["batches_refused"] = session.refused_batches
     run.res.params["frames_refused"] = session.refused_frames
     if session.discarded_phases:
         run.res.notes.append(f"the gate discarded {session.discarded_phases} phase(s) (last: {session.last_discard})")
+    if session.unjudged_phases:
+        run.res.notes.append(f"the gate shipped {session.unjudged_phases} phase(s) unjudged across a scene change "
+                             f"(last: {session.last_unjudged})")
     if session.refused_frames:
         run.res.notes.append(f"the label checks kept {session.refused_frames} frame(s) from training, "
                              f"{session.refused_batches} whole batch(es) (last: {session.last_refusal})")

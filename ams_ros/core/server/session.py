@@ -29,7 +29,7 @@ from ams_ros.core.server.rate_control import (
     SamplingRateController,
 )
 from ams_ros.core.server.label_checks import LabelCheckConfig, LabelChecks
-from ams_ros.core.server.quality_gate import GateConfig, drifted, held_out, score, verdict
+from ams_ros.core.server.quality_gate import GateConfig, drifted, held_out, scene_changed, score, verdict
 from ams_ros.core.server.trainer import AMSTrainer
 from ams_ros.core.server.stop_hooks import PhaseInterrupted
 from ams_ros.core.server.trainer_config import PhaseResult, TrainerConfig
@@ -128,6 +128,8 @@ class PhaseStart:
     running_score: float = float("nan")
     train_now: float = 0.0
     start_score: float = float("nan")  # the starting weights' score on the held-out frames
+    # the running model's score on the previous phase's held-out frames (gate_scene_drop)
+    previous_score: float = float("nan")
 
 
 class RobotSession:
@@ -155,6 +157,9 @@ class RobotSession:
         self.diverged_phases = 0
         self.discarded_phases = 0  # (issue #29) phases the gate kept from shipping
         self.last_discard = ""
+        self.unjudged_phases = 0  # (issue #29) phases shipped unjudged across a scene change, and why the last
+        self.last_unjudged = ""
+        self._previous_held: list = []  # the previous phase's held-out frames (gate_scene_drop)
         # (issue #29) batches (and frames of kept batches) the label checks kept from training, and why
         self.label_checks = LabelChecks(self.config.labels, self.config.trainer.ignore_index)
         self.refused_batches = 0
@@ -326,8 +331,12 @@ class RobotSession:
         running = score(self.model, held, configured.ignore_index) if held else float("nan")
         start = score(self._start_model(), held, configured.ignore_index) \
             if held and self.config.gate.drift_phases else float("nan")
+        previous = score(self.model, self._previous_held, configured.ignore_index) \
+            if held and self._previous_held and self.config.gate.gate_scene_drop > 0 else float("nan")
+        if held:
+            self._previous_held = held
         return PhaseStart(now, ckpt, configured, plan, enc, before, self.trainer.phase, held, running,
-                          now if upto is None else upto, start)
+                          now if upto is None else upto, start, previous)
 
     def _start_model(self) -> nn.Module:
         """A copy of the student with the starting weights (built once), for the drift rule."""
@@ -349,7 +358,11 @@ class RobotSession:
         scores = None
         if start.held:
             scores = (start.running_score, score(self.model, start.held, self.trainer.config.ignore_index))
-            reason = verdict(*scores, self.config.gate)
+            unjudged = scene_changed(start.previous_score, start.running_score, self.config.gate)
+            reason = "" if unjudged else verdict(*scores, self.config.gate)
+            if unjudged:  # (issue #29) the candidate ships: the frames that would judge it are of a new scene
+                self.unjudged_phases += 1
+                self.last_unjudged = f"phase {result.phase} shipped unjudged: {unjudged}"
             if reason:  # (issue #29) not shipped: the robot keeps what it runs, no version is used
                 self.trainer.rollback(start.ckpt)
                 self.discarded_phases += 1

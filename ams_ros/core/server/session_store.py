@@ -87,6 +87,7 @@ def session_state(session: RobotSession) -> dict[str, Any]:
             "history": [(int(v), _t(idx), None if before is None else _t(before)) for v, idx, before in session.history],
             "rollbacks": int(session.rollbacks),
             "discarded_phases": int(session.discarded_phases), "last_discard": session.last_discard,
+            "unjudged_phases": int(session.unjudged_phases), "last_unjudged": session.last_unjudged,
             "refused_batches": int(session.refused_batches), "refused_frames": int(session.refused_frames),
             "last_refusal": session.last_refusal,
             "label_checks": [bool(session.label_checks.seen_varied), int(session.label_checks.one_class_run)],
@@ -138,6 +139,8 @@ def restore_session_state(session: RobotSession, state: dict[str, Any]) -> None:
         session.rollbacks = int(state.get("rollbacks", 0))
         session.discarded_phases = int(state.get("discarded_phases", 0))
         session.last_discard = str(state.get("last_discard", ""))
+        session.unjudged_phases = int(state.get("unjudged_phases", 0))
+        session.last_unjudged = str(state.get("last_unjudged", ""))
         session.refused_batches = int(state.get("refused_batches", 0))
         session.refused_frames = int(state.get("refused_frames", 0))
         session.last_refusal = str(state.get("last_refusal", ""))

@@ -97,6 +97,7 @@ PARAMS = (
     # issue 29: the gate on each phase
     from_field(GateConfig, "gate_frames"),
     from_field(GateConfig, "gate_margin"),
+    from_field(GateConfig, "gate_scene_drop"),
     from_field(GateConfig, "drift_phases"),
     # issue 29: the checks a batch passes before it is trained on
     from_field(LabelCheckConfig, "min_frame_std"),
@@ -361,6 +362,7 @@ def session_config(p, tcfg: TrainerConfig, key: SigningKey | None) -> SessionCon
                          snapshot_encoding=p["snapshot_encoding"], signing_key=key,
                          min_samples=int(p["min_samples"]), catch_up_versions=int(p["catch_up_versions"]),
                          gate=GateConfig(gate_frames=int(p["gate_frames"]), gate_margin=float(p["gate_margin"]),
+                                         gate_scene_drop=float(p["gate_scene_drop"]),
                                          drift_phases=int(p["drift_phases"])),
                          labels=LabelCheckConfig(min_frame_std=float(p["min_frame_std"]),
                                                  one_class_share=float(p["one_class_share"]),

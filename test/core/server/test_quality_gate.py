@@ -14,7 +14,7 @@ from ams_ros.core.models.labels import get_label_space
 from ams_ros.core.models.pretraining import distill
 from ams_ros.core.models.samples import BufferEntry
 from ams_ros.core.models.weights import load_student
-from ams_ros.core.server.quality_gate import GateConfig, held_out, score, verdict
+from ams_ros.core.server.quality_gate import GateConfig, held_out, scene_changed, score, verdict
 from ams_ros.core.server.session import RobotSession, SessionConfig
 from ams_ros.core.server.trainer_config import TrainerConfig
 from ams_ros.core.sources.synthetic import world_from_spec
@@ -65,11 +65,22 @@ def test_the_verdict_names_both_scores_and_the_margin_and_never_discards_on_nan(
     assert verdict(float("nan"), 0.0, cfg) == "" and verdict(50.0, float("nan"), cfg) == ""
 
 
+def test_a_scene_change_is_a_drop_of_the_running_models_score_past_gate_scene_drop_never_on_nan_or_at_0():
+    cfg = GateConfig(gate_frames=4, gate_scene_drop=10.0)
+    assert scene_changed(50.0, 41.0, cfg) == "" and scene_changed(50.0, 70.0, cfg) == ""
+    assert scene_changed(50.0, 39.0, cfg) == ("a scene change: the running model scores 39.0 on the 4 newest frames, "
+                                              "against 50.0 on the previous phase's (gate_scene_drop 10 points)")
+    assert scene_changed(float("nan"), 0.0, cfg) == "" and scene_changed(50.0, float("nan"), cfg) == ""
+    assert scene_changed(50.0, 0.0, GateConfig(gate_frames=4, gate_scene_drop=0.0)) == ""
+
+
 def test_bad_gate_settings_name_the_value():
     with pytest.raises(ValueError, match="gate_frames must be >= 0"):
         GateConfig(gate_frames=-1)
     with pytest.raises(ValueError, match="gate_margin is in mIoU points: 0 to 100, got 150"):
         GateConfig(gate_margin=150)
+    with pytest.raises(ValueError, match=r"gate_scene_drop is in mIoU points: 0 to 100 \(0 = judge every phase\), got -1"):
+        GateConfig(gate_scene_drop=-1)
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +128,35 @@ def test_a_poisoned_phase_is_undone_and_not_shipped_and_a_sound_one_ships_with_i
     assert candidate >= running - 2.0 and running > 20.0, out.gate_scores
     assert out.result.now == 11.0  # trained on frames up to the held-out three
     assert session.discarded_phases == 1
+
+
+@pytest.mark.parametrize("scene_drop", [10.0, 0.0])
+def test_a_phase_whose_frames_are_a_new_scene_ships_unjudged_unless_gate_scene_drop_is_0(taught, scene_drop):
+    """The running model scores its own scene's held-out frames well and a new scene's badly: that drop,
+    with the same weights, is the scene changing, and the phase after it is not judged on frames it has
+    barely trained on. (Poisoned here so that a judged phase is certainly discarded.)"""
+    student, world = taught
+    other = world_from_spec("synthetic:1?shifts=10", width=SIZE[0], height=SIZE[1])  # its scene shifts at 10 s
+    session = RobotSession("r", copy.deepcopy(student), SessionConfig(
+        trainer=TrainerConfig(iterations=3, batch_size=2, gamma=0.05, lr=2e-3, input_size=SIZE, horizon_s=60.0,
+                              update_period_s=5.0), gate=GateConfig(gate_frames=3, gate_margin=2.0,
+                                                                    gate_scene_drop=scene_drop)))
+    for t in range(10):
+        session.add_labeled(float(t), *world.frame_at(float(t)))
+    first = session.run_phase(9.0)
+    assert first is not None and session.unjudged_phases == 0  # no previous held-out frames: judged
+    session.trainer.config.lr = 1.0
+    for t in range(10, 15):
+        session.add_labeled(float(t), *other.frame_at(float(t)))
+    assert score(session.model, session._previous_held) > score(session.model, session.trainer.buffer.window(
+        14.0, 60.0)[-3:]) + 10.0  # the new scene: the same weights score far lower on it
+    out = session.run_phase(14.0)
+    if scene_drop:
+        assert out is not None and out.update.new_version == 2 and session.discarded_phases == 0
+        assert session.unjudged_phases == 1 and session.last_unjudged.startswith(
+            "phase 2 shipped unjudged: a scene change: the running model scores ")
+    else:
+        assert out is None and session.discarded_phases == 1 and session.unjudged_phases == 0
 
 
 def test_without_a_gate_every_phase_ships(taught):
