@@ -159,6 +159,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mg.add_argument("runs", nargs="+", help="output folders of earlier 'ams-eval run's, or all of 'ams-eval fleet' "
                     "studies: same source(s), teacher, student, classes and preset")
     mg.add_argument("--out", required=True, help="the merged run's folder (not one of the runs)")
+    mg.add_argument("--references-only", nargs="+", default=[], metavar="STUDY",
+                    help="fleet studies whose robots' references alone are taken (not their runs); their preset may "
+                         "differ in fleet-only fields (fleet_rate_share, fleet_fused_step_factor, fleet_fuse_max)")
     mg.add_argument("--no-plots", action="store_true")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")
@@ -441,7 +444,7 @@ def cmd_replot(args: argparse.Namespace) -> int:
 def cmd_merge(args: argparse.Namespace) -> int:
     fleets = [is_fleet_folder(r) for r in args.runs]
     if all(fleets):
-        study = merge_studies(args.runs, args.out, plots=not args.no_plots)
+        study = merge_studies(args.runs, args.out, plots=not args.no_plots, references=args.references_only)
         print((Path(args.out) / "fleet.md").read_text(), flush=True)
         for d in study["differences"]:
             print(f"[ams-eval] {d['what']} ran in {d['kept_from']} (kept) and {d['other']} with other figures: "

@@ -43,6 +43,7 @@ from torch import nn
 
 from ams_ros.core.wire.frame_codec import encode_frames
 from ams_ros.core.edge.frame_sampler import FrameSampler
+from ams_ros.core.fleet.rate_share import fair_share_rate
 from ams_ros.core.fleet.stagger import stagger_offset
 from ams_ros.core.server.rate_control import AdaptivePeriodConfig, RateControlConfig
 from ams_ros.core.fleet.scheduling import LABEL, POLICIES, GpuScheduler, SchedulerConfig, student_error
@@ -123,13 +124,17 @@ class _FleetRun:
         # the share window spans the whole run: the figures are shares of the run's GPU time
         self.sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
         self.robots: list[_Robot] = []
+        # (issue #31) each robot's rate ceiling: its share of the GPU (r_max when off)
+        self.rate_cap = (fair_share_rate(len(clips), p.update_period_s, p.teacher_s, p.teacher_call_s,
+                                         p.iterations * p.train_s_per_step, p.r_min, p.r_max)
+                         if p.fleet_rate_share else p.r_max)
         for j, (name, clip) in enumerate(zip(names, clips)):
             ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
             run = SchemeRun(ctx, name, "ams", {"policy": policy})
             run.new_edge()
             first = stagger_offset(first_robot + j, p.update_period_s) if p.fleet_stagger else None
             self.robots.append(_Robot(name, run, _session(p, student, clip.size, p.seed + first_robot + j),
-                                      FrameSampler(sampling_rate=p.r_max, update_period=p.update_period_s,
+                                      FrameSampler(sampling_rate=self.rate_cap, update_period=p.update_period_s,
                                                    first_period=first), deque(),
                                       {float(t): i for i, t in enumerate(clip.times)}))
         self.gpu = {"free": -math.inf, "busy": 0.0}
@@ -174,7 +179,7 @@ class _FleetRun:
             cmd = r.session.sampling_command(r.session.latest_t)
             if cmd is not None:
                 at = r.run.down.send(end, COMMAND_BYTES)
-                r.run.edges[0].schedule(at, _command(r, cmd[0], cmd[1], at))
+                r.run.edges[0].schedule(at, _command(r, min(cmd[0], self.rate_cap), cmd[1], at))
 
     def serve(self, now: float) -> None:
         """Run the GPU's jobs that start by ``now``: batches in arrival order unless a phase was due first."""

@@ -26,11 +26,16 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
+from ams_ros.core.fleet.rate_share import fair_share_rate
 from ams_ros.eval.fleet import _add_loss, write_study
 from ams_ros.eval.presets import Preset
 
 #: fleet.json fields that must be equal for two studies to be one experiment.
 SAME_STUDY = ("sources", "teacher", "student", "student_weights", "classes", "max_seconds", "preset", "fused")
+#: preset fields that only act when robots share the GPU: a robot served alone runs the same with any value
+#: (fleet_rate_share: where its ceiling for one robot is r_max, checked), so a study's references serve a study
+#: that differs from it only in these (``--references-only``)
+REFERENCE_NEUTRAL = ("fleet_rate_share", "fleet_fused_step_factor", "fleet_fuse_max")
 
 
 def is_fleet_folder(folder: str | Path) -> bool:
@@ -73,18 +78,46 @@ def _differing(what: str, kept: dict, other: dict, kept_from: Path, other_from: 
     return [{"what": what, "kept_from": str(kept_from), "other": str(other_from), "fields": fields_}] if fields_ else []
 
 
-def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = True) -> dict:
-    """Merge finished ``ams-eval fleet`` folders of one experiment into ``out``; returns its fleet.json."""
+def _alone_cap_is_r_max(preset: dict) -> bool:
+    return not preset.get("fleet_rate_share") or fair_share_rate(
+        1, preset["update_period_s"], preset["teacher_s"], preset["teacher_call_s"],
+        preset["iterations"] * preset["train_s_per_step"], preset["r_min"], preset["r_max"]) >= preset["r_max"]
+
+
+def _check_references(folder: Path, s: dict, first: Path, s0: dict) -> None:
+    """A study whose references serve ``s0``: the same experiment but for reference-neutral preset fields."""
+    for key in SAME_STUDY:
+        there, here = s.get(key), s0.get(key)
+        if key == "preset":
+            there = {k: v for k, v in there.items() if k not in REFERENCE_NEUTRAL}
+            here = {k: v for k, v in here.items() if k not in REFERENCE_NEUTRAL}
+        if there != here:
+            raise ValueError(f"{folder}'s references cannot serve {first}: {_difference(key, there, here)} (only "
+                             f"{', '.join(REFERENCE_NEUTRAL)} may differ)")
+    for p in (s["preset"], s0["preset"]):
+        if not _alone_cap_is_r_max(p):
+            raise ValueError(f"fleet_rate_share caps a robot served alone below r_max {p['r_max']:g} at these costs: "
+                             f"its reference is not the same run with and without it")
+
+
+def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = True,
+                  references: Sequence[str | Path] = ()) -> dict:
+    """Merge finished ``ams-eval fleet`` folders of one experiment into ``out``; returns its fleet.json.
+    ``references``: studies whose robots' references alone are taken (their runs are not), which may differ
+    from the first study in reference-neutral preset fields only."""
     paths = [Path(f) for f in folders]
-    if len(paths) < 2:
-        raise ValueError(f"merge takes at least two fleet folders, got {len(paths)}")
+    refs = [Path(f) for f in references]
+    if len(paths) + len(refs) < 2:
+        raise ValueError(f"merge takes at least two fleet folders, got {len(paths) + len(refs)}")
     out = Path(out)
-    if any(out.resolve() == p.resolve() for p in paths):
+    if any(out.resolve() == p.resolve() for p in (*paths, *refs)):
         raise ValueError(f"the output folder {out} is one of the studies: write the merged study to a new folder")
-    missing = [str(p) for p in paths if not is_fleet_folder(p)]
+    missing = [str(p) for p in (*paths, *refs) if not is_fleet_folder(p)]
     if missing:
         raise FileNotFoundError(f"{', '.join(missing)}: no fleet.json; merge takes folders written by 'ams-eval fleet' "
                                 f"(or, all of them, by 'ams-eval run')")
+    if not paths:
+        raise ValueError("merge needs at least one study whose runs it keeps besides --references-only")
     studies = [(p, json.loads((p / "fleet.json").read_text())) for p in paths]
     first, s0 = studies[0]
     alone: dict[str, dict] = {}
@@ -92,6 +125,14 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
     origin: dict[object, Path] = {}
     policies: list[str] = []
     differences: list[dict] = []
+    for folder in refs:
+        s = json.loads((folder / "fleet.json").read_text())
+        _check_references(folder, s, first, s0)
+        for name, fig in s["alone"].items():
+            if name in alone:
+                differences += _differing(f"{name} alone", alone[name], fig, origin[name], folder)
+                continue
+            alone[name], origin[name] = fig, folder
     for folder, s in studies:
         for key in SAME_STUDY:
             if s.get(key) != s0.get(key):
@@ -125,6 +166,7 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
                 machine=s0.get("machine"),
                 wall_seconds_of_runs=round(sum(float(s.get("wall_seconds") or 0.0) for _, s in studies), 1),
                 merged=_dt.datetime.now().isoformat(timespec="seconds"), differences=differences,
+                references_from=[str(f) for f in refs],
                 merged_from=[{"folder": str(f), "robots": s["robots"], "alone": list(s["alone"]),
                               "command": s.get("command"), "wall_seconds": s.get("wall_seconds")} for f, s in studies])
     known = {f.name for f in fields(Preset)}

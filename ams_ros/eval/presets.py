@@ -79,6 +79,9 @@ class Preset:
     # robots' batches at staggered times (robot j's first period a fraction frac(j x 0.618) of T_update) instead of
     # all at once, as robots started at different times send them
     fleet_stagger: bool = False
+    # each robot's sampling rate capped at its fair share of the GPU (ams_ros/core/fleet/rate_share.py) instead of
+    # ASR's alone: labelling N robots' frames first come first served can outgrow the GPU and starve every phase
+    fleet_rate_share: bool = False
     # ---- One-Time (fine-tune the whole student on the first 60 s, once)
     one_time_s: float = 60.0
     one_time_steps: int = 0           # 0 = the K * (one_time_s / T_update) steps AMS spends on that span

@@ -81,6 +81,11 @@ def test_a_rollback_over_dds_publishes_the_next_version_saves_it_and_is_counted(
     status = server_status(state, "r1", session, Shipped("r1", outcomes[2], 5.0, 5.0, False))
     assert (status.gate_running_miou, status.gate_candidate_miou) == pytest.approx(outcomes[2].gate_scores)
     assert status.phases_discarded == 0 and status.last_discard == "" and status.rollbacks == 0
+    assert status.phases_unjudged == 0 and status.last_unjudged == ""
+    session.unjudged_phases, session.last_unjudged = 2, "phase 3 shipped unjudged: a scene change: ..."
+    status = server_status(state, "r1", session, Shipped("r1", outcomes[2], 5.0, 5.0, False))
+    assert status.phases_unjudged == 2 and status.last_unjudged.startswith("phase 3 shipped unjudged: a scene change")
+    session.unjudged_phases, session.last_unjudged = 0, ""
     flat_before = np.concatenate([p.detach().cpu().numpy().ravel() for p in session.model.parameters()])
 
     refused = _call(node, version=9)

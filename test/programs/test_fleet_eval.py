@@ -124,6 +124,22 @@ def test_staggered_batches_wait_less_for_a_shared_gpu_than_batches_in_lockstep(c
     assert staggered["gpu_utilisation"] == pytest.approx(lockstep["gpu_utilisation"], rel=0.1)  # the same work
 
 
+def test_robots_capped_at_their_share_of_a_saturated_gpu_get_their_updates_sooner(clip, student) -> None:
+    """(issue #31) Three robots whose frames alone outgrow the GPU (5 frames x 0.5 s of teacher per 5 s
+    period each): first come first served, the labelling queue grows and every phase waits behind it;
+    with each robot's rate capped at its share, fewer frames are labelled and the phases come sooner."""
+    over = TINY.with_overrides({"teacher_s": 0.5, "r_min": 0.1, "r_max": 1.0})
+    clips = [fleet.robot_clip(clip, j) for j in range(3)]
+    queued = fleet.run_fleet(clips, student, over, "round_robin")
+    shared = fleet.run_fleet(clips, student, over.with_overrides({"fleet_rate_share": True}), "round_robin")
+    delay = lambda r: np.mean([f["update_delay_s"] for f in r["robots"].values()])  # noqa: E731
+    phases = lambda r: sum(f["phases"] for f in r["robots"].values())  # noqa: E731
+    assert delay(shared) < 0.7 * delay(queued), (delay(shared), delay(queued))
+    assert phases(shared) >= phases(queued)
+    assert shared["gpu_teacher"] < queued["gpu_teacher"] and shared["gpu_training"] >= queued["gpu_training"]
+    assert all(f["uplink_kbps"] < g["uplink_kbps"] for f, g in zip(shared["robots"].values(), queued["robots"].values()))
+
+
 def _study(losses: dict[tuple[int, str], tuple[float, float]]) -> dict:
     return {"runs": [{"n": n, "policy": pol, "partial": False, "mean_miou_loss": m, "worst_miou_loss": w}
                      for (n, pol), (m, w) in losses.items()]}

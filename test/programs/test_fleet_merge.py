@@ -84,6 +84,29 @@ def test_a_reference_or_run_with_other_figures_in_another_study_is_kept_once_and
     assert merge_studies([studies / "one", studies / "one"], tmp_path / "same")["differences"] == []
 
 
+def test_a_study_with_its_rate_shared_takes_its_references_from_a_study_without(studies, tmp_path) -> None:
+    """fleet_rate_share acts only when robots share the GPU (alone, a robot's ceiling is r_max at these
+    costs), so the references of a study without it serve a study with it."""
+    shared = tmp_path / "shared"
+    assert eval_main(["fleet", "--sources", SPEC, "--robots", "2", "--alone", "none", "--policies", "utility",
+                      "--teacher", "oracle:0?shifts=20", "--max-seconds", "20", "--cache", "", "--quiet",
+                      "--out", str(shared), "--set", TINY + " fleet_rate_share=true"]) == 0
+    merged = merge_studies([shared], tmp_path / "merged", references=[studies / "one", studies / "two"])
+    one, two = _load(studies / "one"), _load(studies / "two")
+    assert merged["alone"] == {"robot1": one["alone"]["robot1"], "robot2": two["alone"]["robot2"]}
+    assert merged["preset"]["fleet_rate_share"] is True and [r["n"] for r in merged["runs"]] == [2]
+    assert merged["runs"][0]["mean_miou_loss"] is not None
+    assert merged["references_from"] == [str(studies / "one"), str(studies / "two")]
+    # a field that does change a robot alone is refused, named
+    data = _load(studies / "one")
+    data["preset"]["teacher_s"] = 0.1
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "fleet.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"references cannot serve .*teacher_s \(0.1 there, 0.25 in the first\)"):
+        merge_studies([shared], tmp_path / "merged2", references=[other])
+
+
 def test_studies_of_another_preset_or_kind_are_refused_naming_what_differs(studies, tmp_path, capsys) -> None:
     other = tmp_path / "other"
     data = _load(studies / "two")

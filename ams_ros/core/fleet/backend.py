@@ -63,6 +63,8 @@ class RobotHandle(Protocol):
 
     discarded_phases: int  # (issue #29) phases the gate kept from shipping, and why the last one
     last_discard: str
+    unjudged_phases: int  # (issue #29) phases shipped unjudged across a scene change, and why the last one
+    last_unjudged: str
     refused_batches: int  # (issue #29) batches and frames the label checks kept from training, and why the last
     refused_frames: int
     last_refusal: str

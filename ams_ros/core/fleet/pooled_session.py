@@ -54,6 +54,14 @@ class PooledSession:
         return str(self._info.last_discard)
 
     @property
+    def unjudged_phases(self) -> int:
+        return int(self._info.unjudged_phases)
+
+    @property
+    def last_unjudged(self) -> str:
+        return str(self._info.last_unjudged)
+
+    @property
     def refused_batches(self) -> int:
         return int(self._info.refused_batches)
 

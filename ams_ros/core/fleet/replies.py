@@ -31,6 +31,8 @@ class RobotInfo:
     downlink_budget_kbps: float
     discarded_phases: int = 0  # (issue #29) phases the gate kept from shipping, and why the last one
     last_discard: str = ""
+    unjudged_phases: int = 0  # (issue #29) phases shipped unjudged across a scene change, and why the last one
+    last_unjudged: str = ""
     refused_batches: int = 0  # (issue #29) batches (and frames) the label checks kept from training, and why
     refused_frames: int = 0
     last_refusal: str = ""

@@ -321,6 +321,7 @@ class PoolWorker:
             else None,
             downlink_budget_kbps=float(session.config.downlink.downlink_budget_kbps),
             discarded_phases=int(session.discarded_phases), last_discard=session.last_discard,
+            unjudged_phases=int(session.unjudged_phases), last_unjudged=session.last_unjudged,
             refused_batches=int(session.refused_batches), refused_frames=int(session.refused_frames),
             last_refusal=session.last_refusal)
 

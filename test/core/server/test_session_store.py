@@ -68,6 +68,9 @@ def _trained(student, world, phases: int, **kw) -> tuple[RobotSession, list]:
 def test_save_and_load_restore_weights_adam_state_version_tag_and_buffer_exactly(tmp_path, student, world):
     session, _ = _trained(student, world, 2)
     session.rate._phis.append(0.25)
+    # (issue #29) the gate's counts, and why the last
+    session.discarded_phases, session.last_discard = 3, "phase 2 discarded: ..."
+    session.unjudged_phases, session.last_unjudged = 1, "phase 1 shipped unjudged: a scene change: ..."
     store = SessionStore(str(tmp_path))
     store.save(session)
     loaded = store.load("robot1", student, _config())
@@ -85,6 +88,8 @@ def test_save_and_load_restore_weights_adam_state_version_tag_and_buffer_exactly
     assert all(a.t == b.t and np.array_equal(a.frame, b.frame) and np.array_equal(a.label, b.label)
                for a, b in zip(src, dst))
     assert list(back.rate._phis) == list(session.rate._phis) and back.latest_t == session.latest_t
+    assert (back.discarded_phases, back.last_discard) == (3, "phase 2 discarded: ...")
+    assert (back.unjudged_phases, back.last_unjudged) == (1, "phase 1 shipped unjudged: a scene change: ...")
     # the resumed session trains the next phase exactly as the original would
     a, b = _phase(session, world, 10), _phase(back, world, 10)
     assert np.array_equal(a.result.indices, b.result.indices) and np.array_equal(_flat(back.model), _flat(session.model))
