@@ -28,6 +28,7 @@ from typing import Sequence
 
 from ams_ros.core.fleet.rate_share import fair_share_rate
 from ams_ros.eval.fleet import _add_loss, write_study
+from ams_ros.eval.merge import describe_difference
 from ams_ros.eval.presets import Preset
 
 #: fleet.json fields that must be equal for two studies to be one experiment.
@@ -40,14 +41,6 @@ REFERENCE_NEUTRAL = ("fleet_rate_share", "fleet_fused_step_factor", "fleet_fuse_
 
 def is_fleet_folder(folder: str | Path) -> bool:
     return (Path(folder) / "fleet.json").exists()
-
-
-def _difference(key: str, there: object, first: object) -> str:
-    if isinstance(there, dict) and isinstance(first, dict):
-        keys = sorted(k for k in set(there) | set(first) if there.get(k) != first.get(k))
-        return f"'{key}' differ in " + ", ".join(f"{k} ({there.get(k)!r} there, {first.get(k)!r} in the first)"
-                                                 for k in keys)
-    return f"'{key}' is {there!r} there and {first!r} in the first"
 
 
 def _robot_index(name: str) -> int:
@@ -92,7 +85,7 @@ def _check_references(folder: Path, s: dict, first: Path, s0: dict) -> None:
             there = {k: v for k, v in there.items() if k not in REFERENCE_NEUTRAL}
             here = {k: v for k, v in here.items() if k not in REFERENCE_NEUTRAL}
         if there != here:
-            raise ValueError(f"{folder}'s references cannot serve {first}: {_difference(key, there, here)} (only "
+            raise ValueError(f"{folder}'s references cannot serve {first}: {describe_difference(key, there, here)} (only "
                              f"{', '.join(REFERENCE_NEUTRAL)} may differ)")
     for p in (s["preset"], s0["preset"]):
         if not _alone_cap_is_r_max(p):
@@ -137,7 +130,7 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
         for key in SAME_STUDY:
             if s.get(key) != s0.get(key):
                 raise ValueError(f"{folder} is not the same experiment as {first}: "
-                                 f"{_difference(key, s.get(key), s0.get(key))}; merge only studies of one set of "
+                                 f"{describe_difference(key, s.get(key), s0.get(key))}; merge only studies of one set of "
                                  f"sources, teacher, student and preset")
         for name, fig in s["alone"].items():
             if name in alone:

@@ -49,7 +49,7 @@ def _same_series(a: SchemeResult, b: SchemeResult) -> bool:
             and a.uplink == b.uplink and a.downlink == b.downlink)
 
 
-def _difference(key: str, there: object, first: object) -> str:
+def describe_difference(key: str, there: object, first: object) -> str:
     """What differs, named: for the preset's values only the fields that differ."""
     if isinstance(there, dict) and isinstance(first, dict):
         fields = sorted(k for k in set(there) | set(first) if there.get(k) != first.get(k))
@@ -75,7 +75,7 @@ def merge_runs(runs: Sequence[str | Path], out: str | Path, plots: bool = True) 
         for key in SAME_EXPERIMENT:
             if summary.get(key) != s0.get(key):
                 raise ValueError(f"{folder} is not the same experiment as {first}: "
-                                 f"{_difference(key, summary.get(key), s0.get(key))}; merge only runs of one source, "
+                                 f"{describe_difference(key, summary.get(key), s0.get(key))}; merge only runs of one source, "
                                  f"teacher, student and preset")
         if not np.array_equal(times, times0):
             raise ValueError(f"{folder} scored other frames than {first} (its series.json clip_times differ): "

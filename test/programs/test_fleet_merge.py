@@ -103,7 +103,7 @@ def test_a_study_with_its_rate_shared_takes_its_references_from_a_study_without(
     other = tmp_path / "other"
     other.mkdir()
     (other / "fleet.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"references cannot serve .*teacher_s \(0.1 there, 0.25 in the first\)"):
+    with pytest.raises(ValueError, match=r"references cannot serve .*teacher_s \(0.1 there, 0.25 in the first run\)"):
         merge_studies([shared], tmp_path / "merged2", references=[other])
 
 
@@ -113,7 +113,7 @@ def test_studies_of_another_preset_or_kind_are_refused_naming_what_differs(studi
     data["preset"]["teacher_s"] = 0.1
     other.mkdir()
     (other / "fleet.json").write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"'preset' differ in teacher_s \(0.1 there, 0.25 in the first\)"):
+    with pytest.raises(ValueError, match=r"'preset' differ in teacher_s \(0.1 there, 0.25 in the first run\)"):
         merge_studies([studies / "one", other], tmp_path / "merged")
     run = tmp_path / "run"
     run.mkdir()
