@@ -20,6 +20,7 @@ between two runs of one robot is the noise floor under the losses.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 from dataclasses import fields
@@ -71,6 +72,18 @@ def _differing(what: str, kept: dict, other: dict, kept_from: Path, other_from: 
     return [{"what": what, "kept_from": str(kept_from), "other": str(other_from), "fields": fields_}] if fields_ else []
 
 
+def _load_study(folder: Path, filled: list[dict]) -> dict:
+    """A study's fleet.json; preset fields added to the harness after it ran are taken at their defaults
+    (the harness then had no such knob) and listed in ``filled``."""
+    s = json.loads((folder / "fleet.json").read_text())
+    defaults = dataclasses.asdict(Preset("defaults"))
+    missing = [k for k in defaults if k not in s["preset"] and k not in ("name", "description")]
+    if missing:
+        s["preset"] = {**s["preset"], **{k: defaults[k] for k in missing}}
+        filled.append({"folder": str(folder), "fields": {k: defaults[k] for k in missing}})
+    return s
+
+
 def _alone_cap_is_r_max(preset: dict) -> bool:
     return not preset.get("fleet_rate_share") or fair_share_rate(
         1, preset["update_period_s"], preset["teacher_s"], preset["teacher_call_s"],
@@ -111,7 +124,8 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
                                 f"(or, all of them, by 'ams-eval run')")
     if not paths:
         raise ValueError("merge needs at least one study whose runs it keeps besides --references-only")
-    studies = [(p, json.loads((p / "fleet.json").read_text())) for p in paths]
+    filled: list[dict] = []
+    studies = [(p, _load_study(p, filled)) for p in paths]
     first, s0 = studies[0]
     alone: dict[str, dict] = {}
     runs: dict[tuple[int, str], dict] = {}
@@ -119,7 +133,7 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
     policies: list[str] = []
     differences: list[dict] = []
     for folder in refs:
-        s = json.loads((folder / "fleet.json").read_text())
+        s = _load_study(folder, filled)
         _check_references(folder, s, first, s0)
         for name, fig in s["alone"].items():
             if name in alone:
@@ -159,7 +173,7 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
                 machine=s0.get("machine"),
                 wall_seconds_of_runs=round(sum(float(s.get("wall_seconds") or 0.0) for _, s in studies), 1),
                 merged=_dt.datetime.now().isoformat(timespec="seconds"), differences=differences,
-                references_from=[str(f) for f in refs],
+                references_from=[str(f) for f in refs], preset_fields_defaulted=filled,
                 merged_from=[{"folder": str(f), "robots": s["robots"], "alone": list(s["alone"]),
                               "command": s.get("command"), "wall_seconds": s.get("wall_seconds")} for f, s in studies])
     known = {f.name for f in fields(Preset)}

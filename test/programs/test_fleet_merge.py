@@ -84,6 +84,20 @@ def test_a_reference_or_run_with_other_figures_in_another_study_is_kept_once_and
     assert merge_studies([studies / "one", studies / "one"], tmp_path / "same")["differences"] == []
 
 
+def test_a_study_from_before_a_preset_field_existed_is_taken_at_the_fields_default_and_listed(studies, tmp_path):
+    older = tmp_path / "older"
+    older.mkdir()
+    data = _load(studies / "one")
+    del data["preset"]["fleet_rate_share"]  # the harness had no such knob when it ran
+    (older / "fleet.json").write_text(json.dumps(data))
+    merged = merge_studies([older, studies / "two"], tmp_path / "merged")
+    assert merged["preset_fields_defaulted"] == [{"folder": str(older), "fields": {"fleet_rate_share": False}}]
+    data["preset"]["teacher_s"] = 0.1  # a field it had is still compared
+    (older / "fleet.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="teacher_s"):
+        merge_studies([older, studies / "two"], tmp_path / "merged2")
+
+
 def test_a_study_with_its_rate_shared_takes_its_references_from_a_study_without(studies, tmp_path) -> None:
     """fleet_rate_share acts only when robots share the GPU (alone, a robot's ceiling is r_max at these
     costs), so the references of a study without it serve a study with it."""
