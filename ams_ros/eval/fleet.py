@@ -85,6 +85,7 @@ class _Robot:
     sampler: FrameSampler
     pending: deque          # (arrival time at the server, encoded batch)
     index: dict
+    dropped: int = 0        # batches dropped waiting for the teacher (fleet_max_pending)
 
 
 def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> RobotSession:
@@ -181,10 +182,23 @@ class _FleetRun:
                 at = r.run.down.send(end, COMMAND_BYTES)
                 r.run.edges[0].schedule(at, _command(r, min(cmd[0], self.rate_cap), cmd[1], at))
 
+    def drop_beyond_max_pending(self, now: float) -> None:
+        """The oldest of a robot's batches waiting at ``now`` beyond ``fleet_max_pending`` are dropped, as the
+        teacher labeler drops them (counted)."""
+        cap = self.p.fleet_max_pending
+        if cap <= 0:
+            return
+        for r in self.robots:
+            while sum(1 for at, _ in r.pending if at <= now) > cap:
+                r.pending.popleft()
+                r.dropped += 1
+
     def serve(self, now: float) -> None:
         """Run the GPU's jobs that start by ``now``: batches in arrival order unless a phase was due first."""
         gpu, robots = self.gpu, self.robots
         while True:
+            # a batch that waits while the GPU is busy: when the GPU frees up, a robot holds at most fleet_max_pending
+            self.drop_beyond_max_pending(min(now, gpu["free"]))
             arrived = [r for r in robots if r.pending]
             first = min((r.pending[0][0] for r in arrived), default=math.inf)
             ready = [r for r in robots if r.session.ready()]
@@ -261,6 +275,7 @@ def _figures(robots, sched, gpu, t0, t1, policy, fused, partial) -> dict:
             "miou_teacher": round(100 * res.cm_teacher.miou(), 3),
             "miou_gt": None if gt is None else round(100 * gt, 3),
             "phases": len(res.updates),
+            "batches_dropped": r.dropped,
             # from the newest frame a phase trained on to its update at the robot: the sharing's wait shows here
             "update_delay_s": (round(float(np.mean([u.t_arrive - u.t_data for u in res.updates])), 3)
                                if res.updates else None),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 
+from ams_ros.core.fleet.base_station import MAX_PENDING_BATCHES
 from ams_ros.core.wire.frame_codec import VIDEO_CODECS, BatchEncoderConfig
 from ams_ros.core.server.label_checks import LabelCheckConfig
 from ams_ros.core.server.quality_gate import GateConfig
@@ -82,6 +83,10 @@ class Preset:
     # each robot's sampling rate capped at its fair share of the GPU (ams_ros/core/fleet/rate_share.py) instead of
     # ASR's alone: labelling N robots' frames first come first served can outgrow the GPU and starve every phase
     fleet_rate_share: bool = False
+    # batches of one robot that have arrived and wait for the teacher beyond which the oldest is dropped, as the
+    # teacher labeler does (max_pending_batches); 0 = never (every batch labelled, first come first served: the
+    # fleet figures before 2026-12-08)
+    fleet_max_pending: int = MAX_PENDING_BATCHES
     # ---- One-Time (fine-tune the whole student on the first 60 s, once)
     one_time_s: float = 60.0
     one_time_steps: int = 0           # 0 = the K * (one_time_s / T_update) steps AMS spends on that span

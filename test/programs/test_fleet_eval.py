@@ -15,6 +15,7 @@ from ams_ros.core.models.weights import load_student
 from ams_ros.eval import fleet
 from ams_ros.eval.cli import main as eval_main
 from ams_ros.eval.clips import load_clip
+from ams_ros.core.fleet.base_station import MAX_PENDING_BATCHES
 from ams_ros.eval.presets import PRESETS
 
 SPEC = "synthetic:0?shifts=20"
@@ -138,6 +139,23 @@ def test_robots_capped_at_their_share_of_a_saturated_gpu_get_their_updates_soone
     assert phases(shared) >= phases(queued)
     assert shared["gpu_teacher"] < queued["gpu_teacher"] and shared["gpu_training"] >= queued["gpu_training"]
     assert all(f["uplink_kbps"] < g["uplink_kbps"] for f, g in zip(shared["robots"].values(), queued["robots"].values()))
+
+
+def test_batches_beyond_max_pending_are_dropped_as_the_teacher_labeler_drops_them(clip, student) -> None:
+    """(issue #31) Past capacity the real base station keeps at most max_pending_batches of a robot waiting
+    for the teacher (the oldest dropped); the model does the same, so its queues, and the phases' wait
+    behind them, stay bounded, and the GPU time goes to phases. fleet_max_pending=0 labels every batch (the figures before it)."""
+    over = TINY.with_overrides({"teacher_s": 0.5})
+    clips = [fleet.robot_clip(clip, j) for j in range(3)]
+    every = fleet.run_fleet(clips, student, over.with_overrides({"fleet_max_pending": 0}), "round_robin")
+    capped = fleet.run_fleet(clips, student, over.with_overrides({"fleet_max_pending": 1}), "round_robin")
+    assert all(f["batches_dropped"] == 0 for f in every["robots"].values())
+    assert sum(f["batches_dropped"] for f in capped["robots"].values()) >= 2
+    phases = lambda r: sum(f["phases"] for f in r["robots"].values())  # noqa: E731
+    # the GPU time the dropped batches would have taken goes to the phases
+    assert capped["gpu_teacher"] < every["gpu_teacher"] and capped["gpu_training"] > every["gpu_training"]
+    assert phases(capped) > phases(every), (phases(capped), phases(every))
+    assert PRESETS["cpu-quick"].fleet_max_pending == MAX_PENDING_BATCHES == 4  # the teacher labeler's default
 
 
 def _study(losses: dict[tuple[int, str], tuple[float, float]]) -> dict:

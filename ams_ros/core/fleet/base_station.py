@@ -19,6 +19,11 @@ from ams_ros.core.fleet.scheduling import LABEL, GpuScheduler
 from ams_ros.core.fleet.stagger import Arrival
 
 
+#: batches of one robot waiting for the teacher beyond which the oldest is dropped (counted): the teacher
+#: labeler's ``max_pending_batches`` and the fleet model's ``fleet_max_pending``
+MAX_PENDING_BATCHES = 4
+
+
 class BaseStation:
     def __init__(self) -> None:
         self.robots: list[str] = []

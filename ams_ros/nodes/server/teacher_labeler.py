@@ -27,6 +27,7 @@ from ams_msgs.msg import FrameBatch
 from ams_ros.core import sources as _sources  # noqa: F401 (registers the synthetic world's oracle teacher)
 from ams_ros.core.common.devices import DeviceConfig, resolve_device
 from ams_ros.core.fleet.backend import LocalBackend
+from ams_ros.core.fleet.base_station import MAX_PENDING_BATCHES
 from ams_ros.core.fleet.worker import TeacherSpec
 from ams_ros.core.security.signing import SeenSignatures, SignatureError
 from ams_ros.core.wire.frame_codec import BatchLimits, FrameCodecError
@@ -52,7 +53,7 @@ PARAMS = (
                                    "(e.g. robot2=oracle:1 for a robot playing synthetic:1; empty = `teacher` for all)"),
     Param("teacher_max_batch", 0, "Frames per teacher forward pass (0 = a robot's whole batch in one call)"),
     from_field(TeacherSpec, "min_confidence", name="teacher_min_confidence"),
-    Param("max_pending_batches", 4, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
+    Param("max_pending_batches", MAX_PENDING_BATCHES, "Per device: batches waiting for the teacher beyond this are dropped (counted)",
           dynamic=True),
     Param("batch_qos_depth", 10, "Frame batch QoS depth (reliable)"),
     from_field(BatchLimits, "max_batch_frames"),
