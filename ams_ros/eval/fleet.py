@@ -88,6 +88,17 @@ class _Robot:
     dropped: int = 0        # batches dropped waiting for the teacher (fleet_max_pending)
 
 
+#: preset fields the fleet model does not read (other schemes' knobs, and AMS's gate and label checks, which a
+#: fleet robot's session runs at their core defaults): two studies that differ only in these are one experiment
+FLEET_UNREAD_PREFIXES = ("jit_", "shadowtutor_", "rt_", "one_time_", "gate_")
+FLEET_UNREAD = ("keyframe_upload", "jpeg_quality", "drift_phases", "min_frame_std", "one_class_share",
+                "one_class_batches")
+
+
+def fleet_reads(field: str) -> bool:
+    return field not in FLEET_UNREAD and not field.startswith(FLEET_UNREAD_PREFIXES)
+
+
 def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> RobotSession:
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ams_ros.core.fleet.rate_share import fair_share_rate
-from ams_ros.eval.fleet import _add_loss, write_study
+from ams_ros.eval.fleet import _add_loss, fleet_reads, write_study
 from ams_ros.eval.merge import describe_difference
 from ams_ros.eval.presets import Preset
 
@@ -37,7 +37,7 @@ SAME_STUDY = ("sources", "teacher", "student", "student_weights", "classes", "ma
 #: preset fields that only act when robots share the GPU: a robot served alone runs the same with any value
 #: (fleet_rate_share: where its ceiling for one robot is r_max, checked), so a study's references serve a study
 #: that differs from it only in these (``--references-only``)
-REFERENCE_NEUTRAL = ("fleet_rate_share", "fleet_fused_step_factor", "fleet_fuse_max")
+REFERENCE_NEUTRAL = ("fleet_rate_share", "fleet_fused_step_factor", "fleet_fuse_max", "fleet_max_pending")
 
 
 def is_fleet_folder(folder: str | Path) -> bool:
@@ -73,14 +73,15 @@ def _differing(what: str, kept: dict, other: dict, kept_from: Path, other_from: 
 
 
 def _load_study(folder: Path, filled: list[dict]) -> dict:
-    """A study's fleet.json; preset fields added to the harness after it ran are taken at their defaults
-    (the harness then had no such knob) and listed in ``filled``."""
+    """A study's fleet.json. Preset fields added to the harness after it ran are taken at the value that
+    reproduces how it ran then (``Preset.BEFORE_IT_EXISTED``, else the default) and listed in ``filled``;
+    fields the fleet model does not read are left out of the comparison."""
     s = json.loads((folder / "fleet.json").read_text())
-    defaults = dataclasses.asdict(Preset("defaults"))
-    missing = [k for k in defaults if k not in s["preset"] and k not in ("name", "description")]
+    defaults = {**dataclasses.asdict(Preset("defaults")), **Preset.BEFORE_IT_EXISTED}
+    missing = {k: v for k, v in defaults.items() if k not in s["preset"] and fleet_reads(k)}
     if missing:
-        s["preset"] = {**s["preset"], **{k: defaults[k] for k in missing}}
-        filled.append({"folder": str(folder), "fields": {k: defaults[k] for k in missing}})
+        filled.append({"folder": str(folder), "fields": missing})
+    s["preset"] = {k: v for k, v in {**s["preset"], **missing}.items() if fleet_reads(k)}
     return s
 
 
@@ -100,7 +101,13 @@ def _check_references(folder: Path, s: dict, first: Path, s0: dict) -> None:
         if there != here:
             raise ValueError(f"{folder}'s references cannot serve {first}: {describe_difference(key, there, here)} (only "
                              f"{', '.join(REFERENCE_NEUTRAL)} may differ)")
+    slowest = max((f.get("update_delay_s") or 0.0 for f in s["alone"].values()), default=0.0)
     for p in (s["preset"], s0["preset"]):
+        cap = p["fleet_max_pending"]
+        if cap > 0 and slowest >= cap * p["update_period_s"]:
+            raise ValueError(f"fleet_max_pending {cap}: a reference's updates came {slowest:g} s after its frames, so a "
+                             f"robot alone may have had batches dropped; its reference is not the same run with another "
+                             f"fleet_max_pending")
         if not _alone_cap_is_r_max(p):
             raise ValueError(f"fleet_rate_share caps a robot served alone below r_max {p['r_max']:g} at these costs: "
                              f"its reference is not the same run with and without it")

@@ -120,6 +120,10 @@ class Preset:
     # ---- bookkeeping
     seed: int = _T.seed
 
+    #: (issue #31) the value of each field added after figures were published that reproduces how the harness ran
+    #: before the field existed (where that is not its default): for reading results written then
+    BEFORE_IT_EXISTED = {"fleet_max_pending": 0, "gate_scene_drop": 0.0}
+
     def to_dict(self) -> dict:
         return asdict(self)
 

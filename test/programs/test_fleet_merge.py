@@ -92,10 +92,36 @@ def test_a_study_from_before_a_preset_field_existed_is_taken_at_the_fields_defau
     (older / "fleet.json").write_text(json.dumps(data))
     merged = merge_studies([older, studies / "two"], tmp_path / "merged")
     assert merged["preset_fields_defaulted"] == [{"folder": str(older), "fields": {"fleet_rate_share": False}}]
+    data["preset"]["gate_margin"] = 9.0  # a field the fleet model does not read is not compared
+    (older / "fleet.json").write_text(json.dumps(data))
+    assert merge_studies([older, studies / "two"], tmp_path / "merged2")["differences"] == []
     data["preset"]["teacher_s"] = 0.1  # a field it had is still compared
     (older / "fleet.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="teacher_s"):
-        merge_studies([older, studies / "two"], tmp_path / "merged2")
+        merge_studies([older, studies / "two"], tmp_path / "merged3")
+    # a field whose default changed how the model runs is taken at what it was before it existed
+    data = _load(studies / "one")
+    del data["preset"]["fleet_max_pending"]  # every batch was labelled then
+    (older / "fleet.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"fleet_max_pending \(4 there, 0 in the first run\)"):
+        merge_studies([older, studies / "two"], tmp_path / "merged4")
+
+
+def test_references_from_a_study_that_labelled_every_batch_serve_one_that_drops_unless_a_reference_waited_that_long(
+        studies, tmp_path) -> None:
+    """fleet_max_pending (batches dropped beyond it) changes nothing for a robot alone whose updates never
+    came as late as that many periods: no batch of it waited behind that many."""
+    older = tmp_path / "older"
+    older.mkdir()
+    data = _load(studies / "one")
+    del data["preset"]["fleet_max_pending"]  # every batch labelled
+    (older / "fleet.json").write_text(json.dumps(data))
+    merged = merge_studies([studies / "two"], tmp_path / "merged", references=[older])
+    assert merged["alone"]["robot1"] == data["alone"]["robot1"]
+    data["alone"]["robot1"]["update_delay_s"] = 4 * 5.0  # four periods late: it may have had batches dropped
+    (older / "fleet.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="fleet_max_pending 4: a reference's updates came 20 s after its frames"):
+        merge_studies([studies / "two"], tmp_path / "merged2", references=[older])
 
 
 def test_a_study_with_its_rate_shared_takes_its_references_from_a_study_without(studies, tmp_path) -> None:
