@@ -9,6 +9,9 @@ time on one stream-time clock: teacher labelling jobs (one call per batch: ``tea
 phases run in the order they became due (a phase is due when its robot's batch is labelled);
 among the robots whose phases are due, the
 :class:`~ams_ros.core.fleet.scheduling.GpuScheduler` of the chosen policy picks whose phase runs.
+As on the real base station, a robot keeps at most ``fleet_max_pending`` batches waiting for the
+teacher (the oldest dropped, counted); with ``fleet_rate_share`` each robot's sampling rate is capped
+at its fair share of the GPU (:func:`~ams_ros.core.fleet.rate_share.fair_share_rate`).
 
 The GPU cost model is the preset's: ``teacher_call_s`` + ``teacher_s`` per frame for a batch and a training phase of
 ``iterations`` steps at ``train_s_per_step`` (or the measured time / ``train_speedup``), after which
