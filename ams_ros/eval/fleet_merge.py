@@ -4,9 +4,16 @@ A fleet study at the issue's scale (long streams, N up to 24) trains every robot
 on this machine, hours on two cores in one process. Each N is independent once the sources, the
 teacher, the student and the preset are fixed, and so is each robot's reference run alone (robot j
 alone is the same run whatever N it is the reference for), so the N can run as separate processes
-(``--robots 9`` in one, ``--robots 1,3,6`` in another, each with its own ``--out``) and be merged
-here into the folder one run of all of them would have written: ``fleet.json``, ``fleet.md`` and
-the plot, losses against the merged references.
+(``--robots 9 --alone 5-9`` in one, ``--robots 1,3,6 --alone 1-4`` in another, each with its own
+``--out``) and be merged here into the folder one run of all of them would have written:
+``fleet.json``, ``fleet.md`` and the plot, losses against the merged references. A study of a lever
+that acts only when robots share the GPU (``fleet_rate_share``, ``fleet_max_pending``, the fused
+factor) takes its references from a study without it (``--references-only``), where it is shown not
+to change a robot served alone.
+
+Only the preset fields the fleet model reads are compared, and a field added to the harness after a
+study ran is taken at the value that reproduces how it ran then (``Preset.BEFORE_IT_EXISTED``),
+listed in ``preset_fields_defaulted``.
 
 Studies that are not the same experiment are refused, naming what differs (sources, teacher,
 student, its weights, classes, preset values, fused). A robot's reference alone, or an (N, policy)
@@ -35,8 +42,8 @@ from ams_ros.eval.presets import Preset
 #: fleet.json fields that must be equal for two studies to be one experiment.
 SAME_STUDY = ("sources", "teacher", "student", "student_weights", "classes", "max_seconds", "preset", "fused")
 #: preset fields that only act when robots share the GPU: a robot served alone runs the same with any value
-#: (fleet_rate_share: where its ceiling for one robot is r_max, checked), so a study's references serve a study
-#: that differs from it only in these (``--references-only``)
+#: (checked: fleet_rate_share where its ceiling for one robot is r_max, fleet_max_pending where no reference's
+#: updates came that many periods late), so a study's references serve a study that differs only in these
 REFERENCE_NEUTRAL = ("fleet_rate_share", "fleet_fused_step_factor", "fleet_fuse_max", "fleet_max_pending")
 
 
