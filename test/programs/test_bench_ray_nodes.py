@@ -51,7 +51,12 @@ def test_the_worker_nodes_robot_resumes_on_the_head_with_its_chain_and_nothing_l
     r = json.loads((tmp_path / "ray_nodes.json").read_text())
     assert sorted(r["actors"].values()) == ["head", "worker"], r["actors"]  # pool_spread: one actor per node
     assert len(r["restored"]) == 1 and r["restored"][0]["target_host"] == "head", r["restored"]
-    assert r["updates_lost"] == 0 and r["restored"][0]["version"] == r["victim_at_kill"]["server_version"]
+    # nothing lost: the robot is restored at (at least) the version the server had and the robot ran when the
+    # node died. Not "equal": the snapshot is taken just before the kill, and a phase finishing in that moment
+    # is saved and restored too (v10 restored over a v9 snapshot was seen); the chain check below says the robot
+    # and the restored session agree.
+    restored, had = r["restored"][0]["version"], r["victim_at_kill"]
+    assert r["updates_lost"] == 0 and restored >= had["server_version"] and restored >= had["version"], r
     assert r["chain_breaks"] == {"robot1": [], "robot2": []} and r["errors"] == {"robot1": [], "robot2": []}
     after, had = r["victim_after"], r["victim_at_kill"]
     assert after["updates_after_kill"] >= 1 and after["version"] > had["version"] and after["phase"] > had["phase"]
