@@ -46,7 +46,7 @@ from ams_ros.eval.analysis import analyze
 from ams_ros.eval.clips import load_clip
 from ams_ros.eval.fleet import StudyInterrupted, fleet_study, parse_alone, write_study
 from ams_ros.eval.leave_one_out import pretrain
-from ams_ros.eval.fleet_merge import is_fleet_folder, merge_studies
+from ams_ros.eval.fleet_merge import REFERENCE_NEUTRAL, is_fleet_folder, merge_studies
 from ams_ros.eval.merge import merge_runs
 from ams_ros.eval.presets import get_preset, parse_overrides
 from ams_ros.eval.report import write_results, combine, replot, PAPER_NAMES
@@ -161,7 +161,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mg.add_argument("--out", required=True, help="the merged run's folder (not one of the runs)")
     mg.add_argument("--references-only", nargs="+", default=[], metavar="STUDY",
                     help="fleet studies whose robots' references alone are taken (not their runs); their preset may "
-                         "differ in fleet-only fields (fleet_rate_share, fleet_fused_step_factor, fleet_fuse_max)")
+                         f"differ in fleet-only fields ({', '.join(REFERENCE_NEUTRAL)}, where checked not to change a "
+                         "robot alone)")
     mg.add_argument("--no-plots", action="store_true")
     rep = sub.add_parser("replot", help="redraw a run's figures from its series.json")
     rep.add_argument("runs", nargs="+", help="output folders of earlier runs")

@@ -102,6 +102,15 @@ def fleet_reads(field: str) -> bool:
     return field not in FLEET_UNREAD and not field.startswith(FLEET_UNREAD_PREFIXES)
 
 
+def rate_cap(p: Preset, robots: int) -> float:
+    """(issue #31) Each of ``robots`` robots' sampling-rate ceiling: its fair share of the GPU with
+    ``fleet_rate_share``, else ``r_max``."""
+    if not p.fleet_rate_share:
+        return p.r_max
+    return fair_share_rate(robots, p.update_period_s, p.teacher_s, p.teacher_call_s,
+                           p.iterations * p.train_s_per_step, p.r_min, p.r_max)
+
+
 def _session(p: Preset, student: nn.Module, size: tuple[int, int], seed: int) -> RobotSession:
     cfg = SessionConfig(
         trainer=TrainerConfig(iterations=p.iterations, batch_size=p.batch_size, horizon_s=p.horizon_s,
@@ -139,10 +148,7 @@ class _FleetRun:
         # the share window spans the whole run: the figures are shares of the run's GPU time
         self.sched = GpuScheduler(names, SchedulerConfig(policy=policy, share_window_s=1e12), period_s=p.update_period_s)
         self.robots: list[_Robot] = []
-        # (issue #31) each robot's rate ceiling: its share of the GPU (r_max when off)
-        self.rate_cap = (fair_share_rate(len(clips), p.update_period_s, p.teacher_s, p.teacher_call_s,
-                                         p.iterations * p.train_s_per_step, p.r_min, p.r_max)
-                         if p.fleet_rate_share else p.r_max)
+        self.rate_cap = rate_cap(p, len(clips))  # (issue #31) each robot's share of the GPU (r_max when off)
         for j, (name, clip) in enumerate(zip(names, clips)):
             ctx = RunContext(clip, student, p, teacher=teacher, lut=lut, progress=progress)
             run = SchemeRun(ctx, name, "ams", {"policy": policy})

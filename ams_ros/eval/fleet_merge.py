@@ -34,8 +34,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Sequence
 
-from ams_ros.core.fleet.rate_share import fair_share_rate
-from ams_ros.eval.fleet import _add_loss, fleet_reads, write_study
+from ams_ros.eval.fleet import _add_loss, fleet_reads, rate_cap, write_study
 from ams_ros.eval.merge import describe_difference
 from ams_ros.eval.presets import Preset
 
@@ -92,22 +91,30 @@ def _load_study(folder: Path, filled: list[dict]) -> dict:
     return s
 
 
-def _alone_cap_is_r_max(preset: dict) -> bool:
-    return not preset.get("fleet_rate_share") or fair_share_rate(
-        1, preset["update_period_s"], preset["teacher_s"], preset["teacher_call_s"],
-        preset["iterations"] * preset["train_s_per_step"], preset["r_min"], preset["r_max"]) >= preset["r_max"]
+def _preset(fields_: dict) -> Preset:
+    """The Preset of a study's (loaded) preset fields; those it lacks at their defaults."""
+    known = {f.name for f in fields(Preset)}
+    return Preset(**{k: v for k, v in fields_.items() if k in known})
+
+
+def _mismatch(s: dict, s0: dict, ignore: Sequence[str] = ()) -> str:
+    """What makes study ``s`` another experiment than ``s0`` (the preset fields in ``ignore`` aside); "" if nothing."""
+    for key in SAME_STUDY:
+        there, here = s.get(key), s0.get(key)
+        if key == "preset" and ignore:
+            there = {k: v for k, v in there.items() if k not in ignore}
+            here = {k: v for k, v in here.items() if k not in ignore}
+        if there != here:
+            return describe_difference(key, there, here)
+    return ""
 
 
 def _check_references(folder: Path, s: dict, first: Path, s0: dict) -> None:
     """A study whose references serve ``s0``: the same experiment but for reference-neutral preset fields."""
-    for key in SAME_STUDY:
-        there, here = s.get(key), s0.get(key)
-        if key == "preset":
-            there = {k: v for k, v in there.items() if k not in REFERENCE_NEUTRAL}
-            here = {k: v for k, v in here.items() if k not in REFERENCE_NEUTRAL}
-        if there != here:
-            raise ValueError(f"{folder}'s references cannot serve {first}: {describe_difference(key, there, here)} (only "
-                             f"{', '.join(REFERENCE_NEUTRAL)} may differ)")
+    mismatch = _mismatch(s, s0, ignore=REFERENCE_NEUTRAL)
+    if mismatch:
+        raise ValueError(f"{folder}'s references cannot serve {first}: {mismatch} (only "
+                         f"{', '.join(REFERENCE_NEUTRAL)} may differ)")
     slowest = max((f.get("update_delay_s") or 0.0 for f in s["alone"].values()), default=0.0)
     for p in (s["preset"], s0["preset"]):
         cap = p["fleet_max_pending"]
@@ -115,7 +122,7 @@ def _check_references(folder: Path, s: dict, first: Path, s0: dict) -> None:
             raise ValueError(f"fleet_max_pending {cap}: a reference's updates came {slowest:g} s after its frames, so a "
                              f"robot alone may have had batches dropped; its reference is not the same run with another "
                              f"fleet_max_pending")
-        if not _alone_cap_is_r_max(p):
+        if rate_cap(_preset(p), 1) < p["r_max"]:
             raise ValueError(f"fleet_rate_share caps a robot served alone below r_max {p['r_max']:g} at these costs: "
                              f"its reference is not the same run with and without it")
 
@@ -146,25 +153,25 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
     origin: dict[object, Path] = {}
     policies: list[str] = []
     differences: list[dict] = []
+
+    def take_references(folder: Path, s: dict) -> None:
+        """Each robot's reference once (the first met); a later one with other figures is recorded."""
+        for name, fig in s["alone"].items():
+            if name in alone:
+                differences.extend(_differing(f"{name} alone", alone[name], fig, origin[name], folder))
+                continue
+            alone[name], origin[name] = fig, folder
+
     for folder in refs:
         s = _load_study(folder, filled)
         _check_references(folder, s, first, s0)
-        for name, fig in s["alone"].items():
-            if name in alone:
-                differences += _differing(f"{name} alone", alone[name], fig, origin[name], folder)
-                continue
-            alone[name], origin[name] = fig, folder
+        take_references(folder, s)
     for folder, s in studies:
-        for key in SAME_STUDY:
-            if s.get(key) != s0.get(key):
-                raise ValueError(f"{folder} is not the same experiment as {first}: "
-                                 f"{describe_difference(key, s.get(key), s0.get(key))}; merge only studies of one set of "
-                                 f"sources, teacher, student and preset")
-        for name, fig in s["alone"].items():
-            if name in alone:
-                differences += _differing(f"{name} alone", alone[name], fig, origin[name], folder)
-                continue
-            alone[name], origin[name] = fig, folder
+        mismatch = _mismatch(s, s0)
+        if mismatch:
+            raise ValueError(f"{folder} is not the same experiment as {first}: {mismatch}; merge only studies of one "
+                             f"set of sources, teacher, student and preset")
+        take_references(folder, s)
         for run in s["runs"]:
             key = (int(run["n"]), str(run["policy"]))
             if key in runs:
@@ -190,7 +197,5 @@ def merge_studies(folders: Sequence[str | Path], out: str | Path, plots: bool = 
                 references_from=[str(f) for f in refs], preset_fields_defaulted=filled,
                 merged_from=[{"folder": str(f), "robots": s["robots"], "alone": list(s["alone"]),
                               "command": s.get("command"), "wall_seconds": s.get("wall_seconds")} for f, s in studies])
-    known = {f.name for f in fields(Preset)}
-    preset = Preset(**{k: v for k, v in s0["preset"].items() if k in known})
-    write_study(out, study, preset, meta, plots=plots)
+    write_study(out, study, _preset(s0["preset"]), meta, plots=plots)
     return json.loads((out / "fleet.json").read_text())
