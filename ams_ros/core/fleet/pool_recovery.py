@@ -93,8 +93,10 @@ class Recovery:
                 self.log("error", f"starting a replacement for actor {idx} failed: {type(exc).__name__}: {exc}")
                 self._stop.wait(self.config.check_period_s)
                 continue
-            self._install(idx, ref)
+            # the event before the install: once the actor is installed, wait_all_up returns, and whoever waited
+            # must find the event (the two-node bench read the events in between and found none)
             self.events.append(PoolEvent("replace", "", idx, idx, 0, f"actor {idx} replaced by {ref.name}"))
+            self._install(idx, ref)
             self.log("info", f"actor {idx} replaced by {ref.name}")
             return
 
